@@ -1,0 +1,61 @@
+# tcpcryptd — build, test and demo entry points. Everything a target needs is installed here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.stamp
+
+APT_PACKAGES := gcc python3-dev python3-venv iptables iproute2 libnetfilter-queue-dev \
+	libnetfilter-queue1 iperf3 tcpdump tshark ethtool curl netcat-openbsd procps kmod
+
+.PHONY: setup apt venv test test-slow demo bench bench-engine install uninstall clean vectors lint
+
+setup: $(STAMP)-apt $(STAMP)-venv
+
+# System packages (root, Debian). Re-run only when this Makefile changes.
+$(STAMP)-apt: Makefile
+	@if [ "$$(id -u)" != 0 ]; then echo "make setup: run as root (installs Debian packages)" >&2; exit 1; fi
+	mkdir -p $(VENV)
+	DEBIAN_FRONTEND=noninteractive apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES)
+	touch $@
+
+# Python virtualenv with the package in editable mode plus test extras.
+$(STAMP)-venv: pyproject.toml $(STAMP)-apt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+test: setup
+	bash tools/run-tests.sh
+
+test-slow: setup
+	bash tools/run-tests.sh --slow
+
+vectors: setup
+	$(PY) tools/make_vectors.py > tests/vectors/tcpcrypt.json
+
+demo: setup
+	$(PY) -m tcpcryptd.demo
+
+bench: setup
+	$(PY) -m bench $(if $(QUICK),--quick,)
+
+bench-engine: setup
+	$(PY) -m bench.engine
+
+install: setup
+	$(PYTHON) -m pip install .
+	install -D -m 0644 systemd/tcpcryptd.service /etc/systemd/system/tcpcryptd.service
+	install -D -m 0644 conf/tcpcryptd.toml /etc/tcpcryptd/tcpcryptd.toml
+	-systemctl daemon-reload
+
+uninstall:
+	-systemctl disable --now tcpcryptd
+	rm -f /etc/systemd/system/tcpcryptd.service
+	-$(PYTHON) -m pip uninstall -y tcpcryptd
+
+clean:
+	rm -rf $(VENV) .pytest_cache .coverage htmlcov build *.egg-info
