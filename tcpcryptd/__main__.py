@@ -1,0 +1,5 @@
+"""``python -m tcpcryptd`` = the ``tcpcryptd`` command."""
+
+from tcpcryptd.cli import main
+
+main()

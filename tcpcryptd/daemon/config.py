@@ -1,0 +1,301 @@
+"""The daemon's configuration: a TOML file (``conf/tcpcryptd.toml``), validated key by key.
+
+Every key is optional; no file at all gives the defaults: encrypt every TCP flow but loopback,
+offer the TEPs X25519, X448, P-256 (RFC 8548 §7, Table 4) in that order and all three AEADs
+(Table 5) with AES-128-GCM preferred. A bad file gives one :class:`ConfigError` whose message
+names the key (``marks.seen: must be an integer, got 'x'``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tcpcryptd.core.constants import DEFAULT_MAX_INIT_LEN, TEP, AEADId
+from tcpcryptd.daemon.errors import ConfigError
+from tcpcryptd.engine.config import EngineConfig
+
+#: Where ``tcpcryptd`` looks for its configuration when no ``--config`` is given.
+DEFAULT_CONFIG_PATH = Path("/etc/tcpcryptd/tcpcryptd.toml")
+DEFAULT_CONTROL_PATH = "/run/tcpcryptd/control.sock"
+
+#: Config names of the TEPs (RFC 8548 §7, Table 4).
+TEP_NAMES: dict[str, TEP] = {
+    "X25519": TEP.ECDHE_CURVE25519,
+    "X448": TEP.ECDHE_CURVE448,
+    "P-256": TEP.ECDHE_P256,
+    "P-521": TEP.ECDHE_P521,
+}
+#: Config names of the AEAD algorithms (RFC 8548 §7, Table 5).
+AEAD_NAMES: dict[str, AEADId] = {
+    "AES-128-GCM": AEADId.AES_128_GCM,
+    "AES-256-GCM": AEADId.AES_256_GCM,
+    "CHACHA20-POLY1305": AEADId.CHACHA20_POLY1305,
+}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+FIREWALL_BACKENDS = ("auto", "nft", "legacy")
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    enabled: bool = True
+    teps: tuple[TEP, ...] = (TEP.ECDHE_CURVE25519, TEP.ECDHE_CURVE448, TEP.ECDHE_P256)
+    aeads: tuple[AEADId, ...] = (AEADId.AES_128_GCM, AEADId.AES_256_GCM,
+                                 AEADId.CHACHA20_POLY1305)
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    number: int = 0
+    max_len: int = 1024
+
+
+@dataclass(frozen=True)
+class MarksConfig:
+    injected: int = 0x40000000
+    seen: int = 0x20000000
+    encrypted: int = 0x10000000
+
+
+@dataclass(frozen=True)
+class FirewallConfig:
+    backend: str = "auto"
+    ipv6: bool = True
+    skip_ports: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: str = DEFAULT_CONTROL_PATH
+
+
+_ENGINE_DEFAULTS = EngineConfig()
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_flows: int = _ENGINE_DEFAULTS.max_flows
+    max_held_packets: int = _ENGINE_DEFAULTS.max_held_packets
+    max_buffered_bytes: int = _ENGINE_DEFAULTS.max_buffered_bytes
+    max_init_len: int = _ENGINE_DEFAULTS.max_init_len
+    idle_timeout: float = _ENGINE_DEFAULTS.idle_timeout
+    handshake_timeout: float = _ENGINE_DEFAULTS.handshake_timeout
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    keylog: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration (immutable; CLI overrides make a new one)."""
+
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    marks: MarksConfig = field(default_factory=MarksConfig)
+    firewall: FirewallConfig = field(default_factory=FirewallConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validators: each takes (key, raw value) and returns the typed value or raises ConfigError.
+
+Validator = Callable[[str, Any], Any]
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: must be true or false, got {value!r}")
+    return value
+
+
+def _integer(low: int, high: int) -> Validator:
+    def check(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, got {_type_name(value)} {value!r}")
+        if not low <= value <= high:
+            raise ConfigError(f"{key}: must be in {low}..{high}, got {value}")
+        return value
+    return check
+
+
+def _seconds(low: float, high: float) -> Validator:
+    def check(key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: must be a number of seconds, got {_type_name(value)} "
+                              f"{value!r}")
+        if not low <= value <= high:
+            raise ConfigError(f"{key}: must be in {low:g}..{high:g} seconds, got {value}")
+        return float(value)
+    return check
+
+
+def _choice(choices: tuple[str, ...]) -> Validator:
+    def check(key: str, value: Any) -> str:
+        if not isinstance(value, str) or value.lower() not in choices:
+            raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+        return value.lower()
+    return check
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: must be a string, got {_type_name(value)} {value!r}")
+    if "\0" in value:
+        raise ConfigError(f"{key}: must not contain NUL")
+    return value
+
+
+def _path(key: str, value: Any) -> str:
+    text = _string(key, value)
+    if not text:
+        raise ConfigError(f"{key}: must not be empty")
+    return text
+
+
+def _name_list(names: dict[str, int]) -> Validator:
+    """A non-empty list of distinct algorithm names, in order of preference."""
+
+    def check(key: str, value: Any) -> tuple:
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{key}: must be a non-empty list of names "
+                              f"({', '.join(names)}), got {value!r}")
+        result = []
+        for item in value:
+            upper = item.upper() if isinstance(item, str) else None
+            if upper not in names:
+                raise ConfigError(f"{key}: unknown name {item!r} (known: {', '.join(names)})")
+            if names[upper] in result:
+                raise ConfigError(f"{key}: {item!r} is listed twice")
+            result.append(names[upper])
+        return tuple(result)
+    return check
+
+
+def _port_list(key: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be a list of TCP ports, got {value!r}")
+    port = _integer(1, 65535)
+    ports = tuple(port(f"{key}[{index}]", item) for index, item in enumerate(value))
+    if len(set(ports)) != len(ports):
+        raise ConfigError(f"{key}: a port is listed twice")
+    return ports
+
+
+_MARK = _integer(1, 0xFFFFFFFF)
+
+#: section -> key -> validator. Section and key names are the TOML names.
+SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
+    "encryption": (EncryptionConfig, {
+        "enabled": _boolean,
+        "teps": _name_list(TEP_NAMES),
+        "aeads": _name_list(AEAD_NAMES),
+    }),
+    "queue": (QueueConfig, {
+        "number": _integer(0, 65535),
+        "max_len": _integer(1, 65535),
+    }),
+    "marks": (MarksConfig, {"injected": _MARK, "seen": _MARK, "encrypted": _MARK}),
+    "firewall": (FirewallConfig, {
+        "backend": _choice(FIREWALL_BACKENDS),
+        "ipv6": _boolean,
+        "skip_ports": _port_list,
+    }),
+    "control": (ControlConfig, {"socket": _path}),
+    "limits": (LimitsConfig, {
+        "max_flows": _integer(1, 10_000_000),
+        "max_held_packets": _integer(1, 1024),
+        "max_buffered_bytes": _integer(65536, 1 << 30),
+        "max_init_len": _integer(64, 65535),
+        "idle_timeout": _seconds(1.0, 30 * 86400.0),
+        "handshake_timeout": _seconds(1.0, 3600.0),
+    }),
+    "log": (LogConfig, {"level": _choice(LOG_LEVELS), "keylog": _string}),
+}
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Validate a parsed TOML document; raises :class:`ConfigError` naming the first bad key."""
+    sections: dict[str, Any] = {}
+    for section, body in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{section}: unknown section (known: {', '.join(SCHEMA)})")
+        cls, keys = SCHEMA[section]
+        if not isinstance(body, dict):
+            raise ConfigError(f"{section}: must be a table ([{section}])")
+        values = {}
+        for key, raw in body.items():
+            if key not in keys:
+                raise ConfigError(f"{section}.{key}: unknown key (known in [{section}]: "
+                                  f"{', '.join(keys)})")
+            values[key] = keys[key](f"{section}.{key}", raw)
+        sections[section] = cls(**values)
+    config = Config(**sections)
+    _check_marks(config.marks)
+    return config
+
+
+def _check_marks(marks: MarksConfig) -> None:
+    """The three marks are tested with ``--mark X/X``: they must not share a bit."""
+    named = (("marks.injected", marks.injected), ("marks.seen", marks.seen),
+             ("marks.encrypted", marks.encrypted))
+    for index, (name, value) in enumerate(named):
+        for other_name, other in named[index + 1:]:
+            if value & other:
+                raise ConfigError(f"{other_name}: shares bits with {name} "
+                                  f"({other:#x} & {value:#x})")
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate ``path``; ``None`` means the default path if it exists, else defaults.
+
+    An explicitly given path that does not exist is an error (a typo must not silently run
+    with defaults).
+    """
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return Config()
+        path = DEFAULT_CONFIG_PATH
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def engine_config(config: Config) -> EngineConfig:
+    """The engine's configuration: algorithms in preference order and the limits.
+
+    ``encryption.aeads`` lists the most preferred first; A offers them in that order in Init1
+    and, as B, the engine wants them in increasing priority (RFC 8548 §3.3).
+    """
+    limits = config.limits
+    return EngineConfig(
+        enabled=config.encryption.enabled,
+        teps=tuple(int(tep) for tep in config.encryption.teps),
+        aeads=tuple(int(aead) for aead in config.encryption.aeads),
+        aead_preference=tuple(int(aead) for aead in reversed(config.encryption.aeads)),
+        max_init_len=limits.max_init_len,
+        max_flows=limits.max_flows,
+        max_held_packets=limits.max_held_packets,
+        max_buffered_bytes=limits.max_buffered_bytes,
+        idle_timeout=limits.idle_timeout,
+        handshake_timeout=limits.handshake_timeout,
+    )

@@ -1,0 +1,260 @@
+"""The daemon's iptables/ip6tables rules: own chains, installed and removed atomically.
+
+Placement (DESIGN.md §5, measured): conntrack must see the wire view of a flow, so outbound
+packets are queued in ``raw OUTPUT`` (before conntrack) and inbound ones in ``mangle
+PREROUTING`` (after it). Three chains, the same for IPv4 and IPv6::
+
+    raw    OUTPUT     -> TCPCRYPT_OUT    queue local -> wire (with --queue-bypass);
+                                         NOTRACK for packets injected toward the local stack
+    mangle OUTPUT     -> TCPCRYPT_GUARD  encrypted flow, packet not seen by the daemon: DROP
+    mangle PREROUTING -> TCPCRYPT_IN     queue wire -> local; encrypted flows WITHOUT bypass
+
+Loopback, configured ports, non-local destinations and packets the daemon injected itself
+(``marks.injected``, set with SO_MARK) are skipped. A connection is recorded as encrypted in
+its connmark (``marks.encrypted``) when a non-SYN segment with an ENO option crosses either
+hook: RFC 8547 §4.6 has the active opener put a non-SYN ENO option on its third segment, and
+"once a host has both sent and received an ACK segment containing an ENO option, encryption
+MUST be enabled". The daemon sets ``marks.seen`` on every packet it gives a verdict, so with
+the daemon gone (crash, SIGKILL) ``--queue-bypass`` lets plain flows through while
+encrypted flows are dropped in both directions instead of leaking plaintext.
+
+Install and remove are each one ``iptables-restore --noflush`` per family (atomic), idempotent,
+and work with iptables-nft and iptables-legacy.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tcpcryptd.core.constants import ENO_KIND
+from tcpcryptd.daemon.errors import FirewallError
+
+CHAIN_OUT = "TCPCRYPT_OUT"
+CHAIN_GUARD = "TCPCRYPT_GUARD"
+CHAIN_IN = "TCPCRYPT_IN"
+
+#: (table, built-in chain, own chain): where each own chain is jumped to from.
+JUMPS: tuple[tuple[str, str, str], ...] = (
+    ("raw", "OUTPUT", CHAIN_OUT),
+    ("mangle", "OUTPUT", CHAIN_GUARD),
+    ("mangle", "PREROUTING", CHAIN_IN),
+)
+TABLES = ("raw", "mangle")
+#: iptables' multiport match takes at most 15 ports per rule.
+MULTIPORT_MAX = 15
+COMMAND_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """What the rules depend on (from the config and the ``--queue`` option)."""
+
+    queue_num: int
+    mark_injected: int
+    mark_seen: int
+    mark_encrypted: int
+    skip_ports: tuple[int, ...] = ()
+
+
+def _jump_rule(builtin: str, chain: str) -> str:
+    return f"{builtin} -p tcp -j {chain}"
+
+
+def _skip_rules(chain: str, spec: RuleSpec, device_flag: str) -> list[str]:
+    """RETURN for loopback, non-local traffic and configured ports (either end)."""
+    rules = [f"-A {chain} {device_flag} lo -j RETURN"]
+    if chain == CHAIN_IN:
+        rules.append(f"-A {chain} -m addrtype ! --dst-type LOCAL -j RETURN")
+    for start in range(0, len(spec.skip_ports), MULTIPORT_MAX):
+        ports = ",".join(str(p) for p in spec.skip_ports[start:start + MULTIPORT_MAX])
+        rules.append(f"-A {chain} -p tcp -m multiport --ports {ports} -j RETURN")
+    return rules
+
+
+def _record_encrypted(chain: str, spec: RuleSpec) -> str:
+    """connmark |= encrypted for a non-SYN segment bearing ENO (RFC 8547 §4.6)."""
+    return (f"-A {chain} -p tcp --tcp-flags SYN NONE --tcp-option {ENO_KIND} "
+            f"-j CONNMARK --or-mark {spec.mark_encrypted:#x}")
+
+
+def chain_rules(spec: RuleSpec) -> dict[str, list[str]]:
+    """table -> the ``-A`` lines filling the own chains (the same for IPv4 and IPv6)."""
+    queue = f"-j NFQUEUE --queue-num {spec.queue_num}"
+    injected = f"{spec.mark_injected:#x}/{spec.mark_injected:#x}"
+    encrypted = f"{spec.mark_encrypted:#x}/{spec.mark_encrypted:#x}"
+    verdicted = spec.mark_seen | spec.mark_injected
+    out = [
+        # Injected toward the local stack: plaintext sequence space, keep it out of conntrack's
+        # wire view (it would judge such a packet INVALID once the two spaces drift apart).
+        f"-A {CHAIN_OUT} -o lo -m mark --mark {injected} -j CT --notrack",
+        *_skip_rules(CHAIN_OUT, spec, "-o"),
+        f"-A {CHAIN_OUT} -m mark --mark {injected} -j RETURN",
+        f"-A {CHAIN_OUT} -p tcp {queue} --queue-bypass",
+    ]
+    guard = [
+        *_skip_rules(CHAIN_GUARD, spec, "-o"),
+        _record_encrypted(CHAIN_GUARD, spec),
+        f"-A {CHAIN_GUARD} -m connmark --mark {encrypted} -m mark --mark 0x0/{verdicted:#x} "
+        f"-j DROP",
+    ]
+    inbound = [
+        *_skip_rules(CHAIN_IN, spec, "-i"),
+        _record_encrypted(CHAIN_IN, spec),
+        # Tell the daemon in the nfmark that the connection is encrypted (fail closed on a
+        # packet it cannot process).
+        f"-A {CHAIN_IN} -j CONNMARK --restore-mark --nfmask {spec.mark_encrypted:#x} "
+        f"--ctmask {spec.mark_encrypted:#x}",
+        f"-A {CHAIN_IN} -m connmark --mark {encrypted} {queue}",
+        f"-A {CHAIN_IN} -p tcp {queue} --queue-bypass",
+    ]
+    return {"raw": out, "mangle": guard + inbound}
+
+
+@dataclass(frozen=True)
+class TableState:
+    """What ``iptables-save -t TABLE`` shows of ours: own chains and jump rules (as saved)."""
+
+    chains: frozenset[str]
+    jumps: tuple[str, ...]      # "OUTPUT -p tcp -j TCPCRYPT_OUT", one per occurrence
+
+
+OWN_CHAINS = frozenset(chain for _, _, chain in JUMPS)
+
+
+def parse_save(text: str) -> TableState:
+    """Find our chains and every rule that jumps to one of them in ``iptables-save`` output."""
+    chains: set[str] = set()
+    jumps: list[str] = []
+    for line in text.splitlines():
+        if line.startswith(":"):
+            name = line[1:].split(" ", 1)[0]
+            if name in OWN_CHAINS:
+                chains.add(name)
+        elif line.startswith("-A "):
+            words = line.split()
+            if words[1] not in OWN_CHAINS and words[-1] in OWN_CHAINS and words[-2] == "-j":
+                jumps.append(" ".join(words[1:]))
+    return TableState(frozenset(chains), tuple(jumps))
+
+
+def install_text(spec: RuleSpec, state: dict[str, TableState]) -> str:
+    """``iptables-restore --noflush`` input that (re)creates our chains and adds missing jumps.
+
+    Declaring a chain (``:NAME - [0:0]``) under --noflush creates it or flushes it, so running
+    this twice leaves the same rules as running it once.
+    """
+    rules = chain_rules(spec)
+    lines: list[str] = []
+    for table in TABLES:
+        lines.append(f"*{table}")
+        own = [chain for t, _, chain in JUMPS if t == table]
+        lines += [f":{chain} - [0:0]" for chain in own]
+        lines += rules[table]
+        present = state.get(table, TableState(frozenset(), ())).jumps
+        for t, builtin, chain in JUMPS:
+            if t == table and _jump_rule(builtin, chain) not in present:
+                lines.append(f"-I {builtin} 1 -p tcp -j {chain}")
+        lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def remove_text(state: dict[str, TableState]) -> str | None:
+    """``iptables-restore --noflush`` input deleting every jump to our chains and the chains;
+    ``None`` when nothing of ours is installed."""
+    lines: list[str] = []
+    for table in TABLES:
+        found = state.get(table)
+        if found is None or not (found.chains or found.jumps):
+            continue
+        lines.append(f"*{table}")
+        lines += [f"-D {jump}" for jump in found.jumps]
+        lines += [f"-F {chain}" for chain in sorted(found.chains)]
+        lines += [f"-X {chain}" for chain in sorted(found.chains)]
+        lines.append("COMMIT")
+    return "\n".join(lines) + "\n" if lines else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the tools
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One iptables flavour: ``nft`` (iptables-nft) or ``legacy`` (iptables-legacy)."""
+
+    name: str
+
+    def tool(self, family: int, kind: str = "") -> str:
+        """``iptables-nft``, ``ip6tables-legacy-restore``... for family 4 or 6."""
+        base = "iptables" if family == 4 else "ip6tables"
+        return f"{base}-{self.name}" + (f"-{kind}" if kind else "")
+
+    def available(self) -> bool:
+        return all(shutil.which(self.tool(family, kind)) for family in (4, 6)
+                   for kind in ("save", "restore"))
+
+
+def _run(argv: Sequence[str], stdin: str | None = None) -> str:
+    try:
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                              timeout=COMMAND_TIMEOUT, check=False)
+    except FileNotFoundError as exc:
+        raise FirewallError(f"{argv[0]} not found: install the iptables package") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise FirewallError(f"{argv[0]} did not finish in {COMMAND_TIMEOUT:.0f}s "
+                            f"(xtables lock held?)") from exc
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().replace("\n", "; ")
+        raise FirewallError(f"{' '.join(argv)} failed (exit {done.returncode}): {detail}")
+    return done.stdout
+
+
+def detect_backend(choice: str) -> Backend:
+    """The configured backend, or for ``auto`` the one ``iptables`` on PATH is."""
+    if choice in ("nft", "legacy"):
+        backend = Backend(choice)
+    else:
+        version = _run(["iptables", "-V"])
+        backend = Backend("legacy" if "legacy" in version else "nft")
+    if not backend.available():
+        raise FirewallError(f"iptables-{backend.name}-restore/-save (and the ip6tables ones) "
+                            f"not found: install the iptables package")
+    return backend
+
+
+class Firewall:
+    """Installs and removes our rules with one backend, for IPv4 and (optionally) IPv6."""
+
+    def __init__(self, backend: Backend, ipv6: bool = True) -> None:
+        self.backend = backend
+        self.families: tuple[int, ...] = (4, 6) if ipv6 else (4,)
+
+    def state(self, family: int) -> dict[str, TableState]:
+        return {table: parse_save(_run([self.backend.tool(family, "save"), "-t", table]))
+                for table in TABLES}
+
+    def _restore(self, family: int, text: str) -> None:
+        _run([self.backend.tool(family, "restore"), "--wait", "--noflush"], stdin=text)
+
+    def install(self, spec: RuleSpec) -> None:
+        """Add (or refresh) our chains and jumps; atomic per family, idempotent."""
+        for family in self.families:
+            self._restore(family, install_text(spec, self.state(family)))
+
+    def remove(self) -> bool:
+        """Delete our jumps and chains in every family; True when something was installed."""
+        removed = False
+        for family in self.families:
+            text = remove_text(self.state(family))
+            if text is not None:
+                self._restore(family, text)
+                removed = True
+        return removed
+
+    def installed(self) -> bool:
+        return any(state.chains or state.jumps for family in self.families
+                   for state in self.state(family).values())
+

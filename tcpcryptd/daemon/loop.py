@@ -1,0 +1,278 @@
+"""The daemon: one event loop over the NFQUEUE fd, the control socket and the engine's timers.
+
+Thin by design: every protocol decision is the engine's (``handle_packet``/``handle_timer``
+return a :class:`~tcpcryptd.engine.actions.Result`); this module turns results into
+verdicts, deferred verdicts and raw-socket sends, and passes ``time.monotonic()`` in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from tcpcryptd import __version__
+from tcpcryptd.daemon import status as status_view
+from tcpcryptd.daemon.config import Config
+from tcpcryptd.daemon.control import ControlServer, Request, Response
+from tcpcryptd.daemon.errors import ControlError
+from tcpcryptd.daemon.nfqueue import PacketQueue, QueuedPacket, Verdicts, direction, truncated
+from tcpcryptd.daemon.rawsock import InjectError
+from tcpcryptd.engine.actions import Direction, Result, Verdict
+
+log = logging.getLogger(__name__)
+
+
+class FlowEngine(Protocol):
+    """The part of :class:`tcpcryptd.engine.engine.Engine` the daemon drives."""
+
+    counters: dict[str, int]
+
+    def handle_packet(self, packet_id: int, data: bytes, direction: Direction,
+                      now: float) -> Result: ...
+    def handle_timer(self, now: float) -> Result: ...
+    def next_deadline(self) -> float | None: ...
+    def flows(self) -> list[Any]: ...
+    def set_enabled(self, enabled: bool) -> None: ...
+
+
+class Sender(Protocol):
+    def send(self, packet: bytes) -> None: ...
+
+
+class PacketPath:
+    """Engine results -> verdicts and injections; never raises into NetfilterQueue.
+
+    A packet the daemon cannot process (the engine raised, or it was truncated by the copy
+    size) is treated as if the queue had been bypassed: an outbound one is accepted without
+    the seen mark, so the firewall guard drops it on encrypted connections and lets it pass
+    on plain ones; an inbound one is dropped on encrypted connections (the connmark restored
+    into its nfmark says so) and accepted otherwise.
+    """
+
+    def __init__(self, engine: FlowEngine, sender: Sender, verdicts: Verdicts,
+                 encrypted_mark: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self.sender = sender
+        self.verdicts = verdicts
+        self.encrypted_mark = encrypted_mark
+        self.clock = clock
+        self.counters: Counter[str] = Counter()
+
+    def on_packet(self, packet: QueuedPacket) -> None:
+        """NetfilterQueue callback: one verdict (now or deferred) for every packet."""
+        try:
+            data = packet.get_payload()
+            if truncated(data):
+                self.counters["daemon_truncated"] += 1
+                self._unprocessable(packet)
+                return
+            result = self.engine.handle_packet(packet.id, data, direction(packet),
+                                               self.clock())
+        except Exception:
+            self.counters["daemon_engine_errors"] += 1
+            log.debug("engine failed on packet %d", packet.id, exc_info=True)
+            self._unprocessable(packet)
+            return
+        try:
+            self._verdict(packet, result)
+            self._apply(result)
+        except Exception:
+            self.counters["daemon_verdict_errors"] += 1
+            log.debug("verdict for packet %d failed", packet.id, exc_info=True)
+
+    def on_timer(self) -> None:
+        try:
+            result = self.engine.handle_timer(self.clock())
+        except Exception:
+            self.counters["daemon_timer_errors"] += 1
+            log.debug("engine timer failed", exc_info=True)
+            return
+        self._apply(result)
+
+    def _verdict(self, packet: QueuedPacket, result: Result) -> None:
+        if result.verdict is Verdict.ACCEPT:
+            self.verdicts.accept(packet, result.data)
+        elif result.verdict is Verdict.HOLD:
+            self.verdicts.hold(packet)
+        else:
+            self.verdicts.drop(packet)
+
+    def _unprocessable(self, packet: QueuedPacket) -> None:
+        try:
+            if direction(packet) is Direction.INBOUND and packet.mark & self.encrypted_mark:
+                self.verdicts.drop(packet)
+            else:
+                self.verdicts.accept_unseen(packet)
+        except Exception:  # verdict already given, queue gone: nothing else to do
+            log.debug("fallback verdict for packet %d failed", packet.id, exc_info=True)
+
+    def _apply(self, result: Result) -> None:
+        for release in result.releases:
+            try:
+                if not self.verdicts.release(release.packet_id, release.data, release.accept):
+                    self.counters["daemon_unknown_releases"] += 1
+            except Exception:
+                self.counters["daemon_verdict_errors"] += 1
+                log.debug("release of packet %d failed", release.packet_id, exc_info=True)
+        for transmit in result.transmit:
+            try:
+                self.sender.send(transmit.data)
+            except InjectError as exc:
+                self.counters["daemon_inject_errors"] += 1
+                log.debug("injection failed: %s", exc)
+
+    def counters_view(self) -> dict[str, int]:
+        """Engine counters plus the daemon's own (``daemon_*``)."""
+        merged = dict(self.engine.counters)
+        for name, value in self.counters.items():
+            merged[name] = merged.get(name, 0) + value
+        return merged
+
+
+class Daemon:
+    """Control requests and the event loop around one :class:`PacketPath`."""
+
+    def __init__(self, config: Config, engine: FlowEngine, path: PacketPath,
+                 firewall_backend: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.engine = engine
+        self.path = path
+        self.firewall_backend = firewall_backend
+        self.enabled = config.encryption.enabled
+        self.clock = clock
+        self.started = clock()
+        self.stopping = False
+
+    # ---- control requests
+
+    def handle(self, request: Request) -> Response:
+        command = request["command"]
+        if command == "ping":
+            return {"ok": True, "pid": os.getpid(), "version": __version__}
+        if command in ("enable", "disable"):
+            self.enabled = command == "enable"
+            self.engine.set_enabled(self.enabled)
+            log.info("encryption of new connections %s", "enabled" if self.enabled
+                     else "disabled")
+            return {"ok": True, "enabled": self.enabled}
+        if command == "status":
+            return {"ok": True, **self.status()}
+        return self._session_id(request)
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        sessions = [status_view.session_json(flow, now) for flow in self.engine.flows()]
+        return {
+            "daemon": {
+                "pid": os.getpid(),
+                "version": __version__,
+                "enabled": self.enabled,
+                "queue": self.config.queue.number,
+                "firewall": self.firewall_backend,
+                "uptime": round(now - self.started, 3),
+                "held_packets": len(self.path.verdicts.held),
+            },
+            "counters": self.path.counters_view(),
+            "sessions": sessions,
+        }
+
+    def _session_id(self, request: Request) -> Response:
+        remote_addr = request.get("remote_addr")
+        remote_port = request.get("remote_port")
+        local_port = request.get("local_port")
+        for name, value in (("remote_port", remote_port), ("local_port", local_port)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 0 < value < 65536):
+                raise ControlError(f"{name} must be a port number")
+        if remote_addr is not None and not isinstance(remote_addr, str):
+            raise ControlError("remote_addr must be a string")
+        if local_port is None and remote_addr is None:
+            raise ControlError("session-id needs remote_addr and remote_port, or local_port")
+        matches = [flow for flow in (status_view.session_json(f, self.clock())
+                                     for f in self.engine.flows())
+                   if status_view.matches(flow, remote_addr, remote_port, local_port)]
+        if not matches:
+            raise ControlError("no such connection")
+        with_id = [flow for flow in matches if flow["session_id"]]
+        if not with_id:
+            raise ControlError("the connection has no tcpcrypt session (not encrypted, or "
+                               "the key exchange has not finished)")
+        if len(with_id) > 1:
+            raise ControlError(f"{len(with_id)} encrypted connections match; be more "
+                               f"specific")
+        flow = with_id[0]
+        return {"ok": True, "session_id": flow["session_id"], "local": flow["local"],
+                "remote": flow["remote"]}
+
+    # ---- the loop
+
+    def run(self, queue: PacketQueue, control: ControlServer) -> None:
+        """Serve until SIGTERM/SIGINT (``stopping``)."""
+        selector = selectors.DefaultSelector()
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        previous_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        assert control.listener is not None
+        selector.register(queue.fileno(), selectors.EVENT_READ, "queue")
+        selector.register(control.listener, selectors.EVENT_READ, "listen")
+        selector.register(wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while not self.stopping:
+                deadline = self.engine.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - self.clock())
+                for key, events in selector.select(timeout):
+                    self._dispatch(key, events, selector, queue, control)
+                deadline = self.engine.next_deadline()
+                if deadline is not None and deadline <= self.clock():
+                    self.path.on_timer()
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            selector.close()
+            wake_r.close()
+            wake_w.close()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        log.info("%s received, stopping", signal.Signals(signum).name)
+        self.stopping = True
+
+    def _dispatch(self, key: selectors.SelectorKey, events: int,
+                  selector: selectors.BaseSelector, queue: PacketQueue,
+                  control: ControlServer) -> None:
+        if key.data == "queue":
+            queue.process()
+        elif key.data == "wake":
+            try:
+                key.fileobj.recv(512)  # type: ignore[union-attr]
+            except BlockingIOError:
+                pass
+        elif key.data == "listen":
+            sock = control.accept()
+            if sock is not None:
+                selector.register(sock, selectors.EVENT_READ, "client")
+        else:
+            fd = key.fd
+            if events & selectors.EVENT_READ:
+                control.readable(fd)
+            if events & selectors.EVENT_WRITE:
+                control.writable(fd)
+            if control.finished(fd):
+                selector.unregister(key.fileobj)
+                control.drop(fd)
+            else:
+                wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE
+                                                 if control.wants_write(fd) else 0)
+                if wanted != key.events:
+                    selector.modify(key.fileobj, wanted, "client")
+

@@ -1,0 +1,45 @@
+"""Engine configuration (docs/ARCHITECTURE.md "Layer 3")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tcpcryptd.core.constants import DEFAULT_MAX_INIT_LEN, TEP, AEADId
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Policy, algorithms and limits of one :class:`~tcpcryptd.engine.engine.Engine`."""
+
+    #: encrypt new flows (off: every new flow is left plain; existing ones continue)
+    enabled: bool = True
+    #: TEPs offered in our SYNs, most preferred first (as host A); as host B we pick the first
+    #: of this list the peer offered (RFC 8547 §4.5: B lists the chosen TEP last = alone)
+    teps: tuple[int, ...] = (TEP.ECDHE_CURVE25519, TEP.ECDHE_CURVE448, TEP.ECDHE_P256)
+    #: sym_cipher list A offers in Init1 (RFC 8548 §4.1)
+    aeads: tuple[int, ...] = (AEADId.AES_128_GCM, AEADId.AES_256_GCM, AEADId.CHACHA20_POLY1305)
+    #: B's preference in increasing priority (RFC 8548 §3.3): AES-128-GCM most preferred
+    aead_preference: tuple[int, ...] = (AEADId.CHACHA20_POLY1305, AEADId.AES_256_GCM,
+                                        AEADId.AES_128_GCM)
+    #: bound on an Init message's message_len (DESIGN.md §8)
+    max_init_len: int = DEFAULT_MAX_INIT_LEN
+    #: flows tracked at once; a new SYN beyond it is left plain (counted)
+    max_flows: int = 65536
+    #: local packets held per flow while keys are not ready; beyond: dropped (kernel resends)
+    max_held_packets: int = 16
+    #: bytes buffered per flow (out-of-order wire bytes + plaintext not yet taken by the stack)
+    max_buffered_bytes: int = 1 << 20
+    #: a flow nobody sent on for this long is forgotten (encrypted ones are aborted first)
+    idle_timeout: float = 7200.0
+    #: a flow still in its handshake for this long is forgotten
+    handshake_timeout: float = 75.0
+    #: TIME-WAIT-like linger after both FINs or a RST, then the flow is forgotten
+    linger: float = 60.0
+    #: retransmission timer of injected bytes (RFC 6298): initial, lower and upper bound
+    initial_rto: float = 1.0
+    min_rto: float = 0.2
+    max_rto: float = 60.0
+    #: give up after this many retransmissions of injected bytes -> abort both sides
+    max_retransmits: int = 8
+    #: retransmission timer toward the local stack for plaintext it has not acknowledged
+    local_rto: float = 0.2

@@ -1,0 +1,297 @@
+"""Per-flow state of the transparent tcpcrypt endpoint, and the packets it builds itself.
+
+A :class:`Flow` is one TCP connection of the local stack, keyed by the 4-tuple as the local
+stack sends it.  It holds the ENO handshake endpoint, the tcpcrypt handshake or session, the
+outbound :class:`~tcpcryptd.engine.sendmap.SendMap`, the inbound
+:class:`~tcpcryptd.engine.reassembly.Reassembly`, the plaintext waiting for the local stack,
+retransmission timers of injected bytes, and counters for ``tcpcryptd status``.
+
+Sequence spaces (DESIGN.md §3): both streams of a direction share its ISN; every offset is
+``seq - (ISN + 1)`` as an unbounded int (:func:`unwrap` handles the 32-bit wrap).
+
+Packets the engine makes look like the local stack's (DESIGN.md §4): toward the wire they
+carry the stack's latest TSval and echo the peer's latest, its window (scaled by the stack's
+own shift), TTL/hop limit, DF and traffic class; toward the stack they mirror the peer's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from tcpcryptd.core.aead import AEADAlgorithm
+from tcpcryptd.core.constants import NON_SYN_OPTION, TEP
+from tcpcryptd.core.negotiation import ENOEndpoint, Negotiated
+from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake, Session
+from tcpcryptd.engine.reassembly import Reassembly
+from tcpcryptd.engine.sendmap import SendMap
+from tcpcryptd.packet import options as tcp_options
+from tcpcryptd.packet.tcp import ACK, FlowKey, build
+
+MASK32 = 0xFFFFFFFF
+_HALF32 = 1 << 31
+
+#: MSS assumed when a SYN carries none (RFC 9293 §3.7.1)
+DEFAULT_MSS = {4: 536, 6: 1220}
+#: Frame overhead plus the padded ``45 02`` option the local stack does not know about:
+#: the MSS clamp on ENO flows (DESIGN.md §4, PROTOCOL-NOTES §4.2).
+MSS_CLAMP = 20 + 4
+
+
+class FlowAbort(Exception):
+    """A condition that aborts the connection (RST both ways), with the reason counted."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def unwrap(seq: int, isn: int, ref: int) -> int:
+    """Offset ``seq - (isn + 1)`` as the unbounded int nearest to ``ref`` (32-bit wrap)."""
+    delta = (seq - isn - 1 - ref) & MASK32
+    if delta >= _HALF32:
+        delta -= 1 << 32
+    return ref + delta
+
+
+class State(StrEnum):
+    """Life of an ENO flow."""
+
+    SYN_SENT = "syn-sent"          #: A: our SYN carries ENO
+    SYN_RECEIVED = "syn-received"  #: B: the peer's SYN carried ENO, we answer in the SYN-ACK
+    NEGOTIATED = "negotiated"      #: A: the SYN-ACK agreed a TEP; third ACK not yet sent
+    KEYING = "keying"              #: encryption on (RFC 8547 §4.6), Init1/Init2 under way
+    ENCRYPTED = "encrypted"        #: session keys exist
+    CLOSED = "closed"              #: both FINs or a RST seen: lingering
+    ABORTED = "aborted"            #: RST sent to both sides: lingering
+
+
+@dataclass(frozen=True)
+class FlowStatus:
+    """One line of ``tcpcryptd status``."""
+
+    local: str
+    remote: str
+    state: str
+    role: str
+    tep: str
+    aead: str
+    session_id: str
+    age: float
+    packets_out: int
+    packets_in: int
+    bytes_out_plain: int
+    bytes_out_wire: int
+    bytes_in_wire: int
+    bytes_in_plain: int
+    abort_reason: str
+
+
+def _address(version: int, addr: bytes, port: int) -> str:
+    if version == 4:
+        return f"{'.'.join(str(b) for b in addr)}:{port}"
+    groups = ":".join(addr[i:i + 2].hex() for i in range(0, 16, 2))
+    return f"[{groups}]:{port}"
+
+
+class Flow:
+    """State of one ENO connection (plain connections have no Flow)."""
+
+    def __init__(self, key: FlowKey, role: str, eno: ENOEndpoint, now: float) -> None:
+        self.key = key
+        self.version = key[0]
+        self.role = role
+        self.eno = eno
+        self.state = State.SYN_SENT if role == "A" else State.SYN_RECEIVED
+        self.created = now
+        self.last_activity = now
+        self.negotiated: Negotiated | None = None
+        self.handshake: InitiatorHandshake | ResponderHandshake | None = None
+        self.session: Session | None = None
+        self.abort_reason = ""
+        # ISNs: local = the local stack's (outbound stream), peer = the remote's
+        self.local_isn = 0
+        self.peer_isn = 0
+        # segment sizes: what the peer takes (unclamped) and what the local stack takes
+        self.peer_mss = DEFAULT_MSS[self.version]
+        self.local_mss = DEFAULT_MSS[self.version]
+        self.local_wscale = 0   # shift of the window fields the local stack sends
+        self.peer_wscale = 0    # shift of the window fields the peer sends
+        self.local_wscale_sent = self.peer_wscale_sent = False
+        self.local_sack = self.peer_sack = False
+        self.local_ts = self.peer_ts = False
+        self.sack_ok = False    # both SYNs carried SACK-permitted
+        self.ts_ok = False      # both SYNs carried timestamps
+        #: add ``45 02`` to what we send until a non-SYN segment arrives (RFC 8547 §4.6)
+        self.send_eno = True
+        # outbound: local stack -> wire
+        self.smap = SendMap()
+        self.local_fin = False
+        # inbound: wire -> local stack
+        self.rx = Reassembly()
+        self.rx_init = bytearray()          # Init message bytes collected so far
+        self.rx_init_done = False
+        self.rx_partial = bytearray()       # start of a frame not yet whole
+        self.rx_frame_offset = 0            # wire offset of the next frame
+        self.rx_finp = False                # FINp frame verified
+        self.rx_fin_wire: int | None = None  # wire offset of the peer's TCP FIN
+        self.rx_fin_done = False            # FIN consumed (one wire and one local number)
+        self.rx_urgent: int | None = None   # local index of the last urgent byte
+        # plaintext for the local stack: local offsets [dl_base, dl_base + len(dl_buf))
+        self.dl_buf = bytearray()
+        self.dl_base = 0
+        self.dl_sent = 0                    # next local offset never sent to the stack
+        self.dl_fin_sent = False            # the peer's FIN was passed to the stack
+        self.stack_rcv_ack = 0              # the stack's ACK of our deliveries (local)
+        self.stack_window = 65535           # bytes the stack can take beyond stack_rcv_ack
+        self.dl_deadline: float | None = None
+        self.dl_backoff = 0
+        # what the local stack has seen from the peer
+        self.stack_seen_ack: int | None = None
+        self.stack_seen_window = -1
+        self.peer_last_ack = -1
+        # templates for packets the engine builds (DESIGN.md §4)
+        self.stack_tsval = 0
+        self.peer_tsval = 0
+        self.out_ttl, self.out_df, self.out_tos = 64, True, 0
+        self.in_ttl, self.in_df, self.in_tos = 64, True, 0
+        self.stack_window_field = 65535
+        self.peer_window_field = 65535
+        # retransmission of injected bytes (RFC 6298)
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.rto = 1.0
+        self.rtx_deadline: float | None = None
+        self.rtx_count = 0
+        self.rtt_probe: tuple[int, float] | None = None  # (wire end, time sent)
+        self.syn_time = now
+        self.syn_rtt: float | None = None
+        # packets held until keys exist: (packet_id, parsed packet)
+        self.held: list[tuple[int, object]] = []
+        self.closed_at: float | None = None
+        self.scheduled: float | None = None
+        # counters for status
+        self.packets_out = self.packets_in = 0
+        self.bytes_out_plain = self.bytes_out_wire = 0
+        self.bytes_in_wire = self.bytes_in_plain = 0
+
+    # -- derived --------------------------------------------------------------------------
+
+    @property
+    def keyed(self) -> bool:
+        return self.session is not None
+
+    def wire_ack_offset(self) -> int:
+        """What we acknowledge to the peer: every contiguous wire byte the engine holds.
+
+        The ACK rule (DESIGN.md §3, "decide and document"): the engine takes responsibility
+        for each byte of the peer's wire stream once it is contiguous -- Init bytes are
+        consumed, verified frames' plaintext is kept until the local stack ACKs it
+        (retransmitted toward it on a timer), and a frame still incomplete is buffered; if it
+        later fails authentication the connection is aborted (RFC 8548 §3.6 allows ACKing,
+        the price being the abort).  So the wire ACK never waits for a frame larger than the
+        local window and never deadlocks; the local stack's own ACK only releases plaintext.
+        """
+        return self.rx.next + (1 if self.rx_fin_done else 0)
+
+    def wire_snd_next(self) -> int:
+        return self.smap.wire_end + (1 if self.local_fin else 0)
+
+    def local_rcv_next(self) -> int:
+        """The local offset the stack expects next from the peer (what we delivered)."""
+        return self.dl_sent
+
+    def pending_plain(self) -> int:
+        """Verified plaintext the stack has not acknowledged yet."""
+        return self.dl_base + len(self.dl_buf) - self.stack_rcv_ack
+
+    def wire_window(self) -> int:
+        """The receive window we advertise to the peer, in bytes beyond our wire ACK.
+
+        Room the stack still has beyond the plaintext we already hold, plus frame overhead;
+        never less than what completes a partly received frame (no deadlock on a frame
+        larger than the local window); never more than the per-flow buffer allows.
+        """
+        verified_end = self.dl_base + len(self.dl_buf)
+        room = self.stack_rcv_ack + self.stack_window - verified_end - len(self.rx_partial)
+        window = room + 64 if room > 0 else 0
+        partial = self.rx_partial
+        if partial:
+            need = ((partial[1] << 8 | partial[2]) + 3 - len(partial)) if len(partial) >= 3 else 3
+            window = max(window, need)
+        return max(0, min(window, self.rx.limit - self.rx.buffered))
+
+    def window_field(self) -> int:
+        return min(self.wire_window() >> self.local_wscale, 0xFFFF)
+
+    # -- packets the engine builds --------------------------------------------------------
+
+    def _wire_options(self, sack: bool) -> bytes:
+        raw = b""
+        if self.ts_ok:
+            raw = tcp_options.set_timestamps(raw, self.stack_tsval, self.peer_tsval)
+        if self.send_eno:
+            raw = tcp_options.add(raw, NON_SYN_OPTION)
+        if sack and self.sack_ok:
+            blocks = self.rx.sack_blocks()
+            if blocks:
+                isn1 = self.peer_isn + 1
+                raw = tcp_options.replace_sack(
+                    raw, [((l + isn1) & MASK32, (r + isn1) & MASK32) for l, r in blocks])
+        return raw
+
+    def wire_packet(self, wire_offset: int, flags: int, payload: bytes = b"", *,
+                    sack: bool = False) -> bytes:
+        """A segment toward the wire, from the local address, as the local stack would."""
+        version, src, sport, dst, dport = self.key
+        seq = (self.local_isn + 1 + wire_offset) & MASK32
+        ack = (self.peer_isn + 1 + self.wire_ack_offset()) & MASK32
+        self.packets_out += 1
+        self.bytes_out_wire += len(payload)
+        return build(version, src, dst, sport, dport, seq, ack, flags | ACK, self.window_field(),
+                     self._wire_options(sack), payload, self.out_ttl, self.out_df, self.out_tos)
+
+    def local_packet(self, local_offset: int, flags: int, payload: bytes = b"",
+                     urg_ptr: int = 0) -> bytes:
+        """A segment toward the local stack, from the peer, as the peer would send it."""
+        version, src, sport, dst, dport = self.key
+        seq = (self.peer_isn + 1 + local_offset) & MASK32
+        ack = (self.local_isn + 1 + self.smap.wire_to_local_ack(self.smap.peer_wire_ack)) & MASK32
+        raw = b""
+        if self.ts_ok:
+            raw = tcp_options.set_timestamps(raw, self.peer_tsval, self.stack_tsval)
+        return build(version, dst, src, dport, sport, seq, ack, flags | ACK,
+                     self.peer_window_field, raw, payload, self.in_ttl, self.in_df,
+                     self.in_tos, urg_ptr=urg_ptr)
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def rtt_sample(self, sample: float, min_rto: float, max_rto: float) -> None:
+        """RFC 6298 §2 smoothing."""
+        if self.srtt is None:
+            self.srtt, self.rttvar = sample, sample / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
+            self.srtt = 0.875 * self.srtt + 0.125 * sample
+        self.rto = min(max(self.srtt + 4 * self.rttvar, min_rto), max_rto)
+
+    def status(self, now: float) -> FlowStatus:
+        version, src, sport, dst, dport = self.key
+        session = self.session
+        aead: AEADAlgorithm | None = session.aead if session else None
+        tep = ""
+        if self.negotiated is not None:
+            try:
+                tep = TEP(self.negotiated.tep).name
+            except ValueError:
+                tep = f"0x{self.negotiated.tep:02x}"
+        return FlowStatus(
+            local=_address(version, src, sport), remote=_address(version, dst, dport),
+            state=str(self.state), role=self.role, tep=tep,
+            aead=aead.name if aead else "",
+            session_id=session.session_id.hex() if session else "",
+            age=now - self.created,
+            packets_out=self.packets_out, packets_in=self.packets_in,
+            bytes_out_plain=self.bytes_out_plain, bytes_out_wire=self.bytes_out_wire,
+            bytes_in_wire=self.bytes_in_wire, bytes_in_plain=self.bytes_in_plain,
+            abort_reason=self.abort_reason)

@@ -1,0 +1,215 @@
+"""The ENO handshake of a flow and the in-band tcpcrypt key exchange (RFC 8547 §4, 8548 §3.3).
+
+* Outbound SYN (we are host A): the SYN-form ENO option is appended, TEPs by preference; the
+  option bytes are kept in the :class:`~tcpcryptd.core.negotiation.ENOEndpoint` so every
+  retransmitted SYN carries identical bytes and the transcript is exact (RFC 8547 §4.6, §4.8).
+* Inbound SYN with ENO (we are host B): the outbound SYN-ACK gets B's answer, the global
+  suboption 0x01 plus one TEP (RFC 8547 §4.5).
+* Every RFC 8547 §4.6 fallback condition leaves the connection plain and untouched: a peer
+  without ENO, a SYN-ACK whose ENO a middlebox stripped (then A's ACK has no ENO and B falls
+  back too), a malformed option, a role clash, no common TEP.  A missing ENO never resets.
+* SYN data or a TCP Fast Open option: the flow stays plain (RFC 8547 §4.7, tcpcrypt defines
+  no SYN data).  An ENO option that does not fit in the 40 option bytes: the SYN goes plain.
+* MSS clamp on ENO flows only: the peer's MSS, as the local stack sees it, is lowered by the
+  frame overhead and the padded ``45 02`` option, so local segments still fit once framed.
+* Keys are made only when needed (no crypto for a SYN flood): A generates its key pair when
+  its third ACK leaves (Init1 rides on it), B when Init1 arrives.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tcpcryptd.core.constants import INIT1_MAGIC, INIT2_MAGIC
+from tcpcryptd.core.eno import Suboption, build_syn_option
+from tcpcryptd.core.messages import message_length
+from tcpcryptd.core.negotiation import ENOEndpoint, Fallback, FallbackReason
+from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake
+from tcpcryptd.engine.flow import DEFAULT_MSS, MSS_CLAMP, Flow, State
+from tcpcryptd.packet import options as tcp_options
+from tcpcryptd.packet.tcp import ACK, PacketError, TCPPacket
+
+if TYPE_CHECKING:
+    from tcpcryptd.engine.config import EngineConfig
+
+#: Smallest MSS the clamp leaves (RFC 9293 §3.7.1 minimum for IPv4)
+_MIN_CLAMPED_MSS = 88
+
+
+def _options(pkt: TCPPacket) -> list[tuple[int, bytes]] | None:
+    try:
+        return tcp_options.parse(pkt.options)
+    except PacketError:
+        return None
+
+
+def syn_refusal(cfg: EngineConfig, pkt: TCPPacket) -> str | None:
+    """Why a SYN must stay plain before any ENO processing, or None (RFC 8547 §4.7)."""
+    if not cfg.enabled or not cfg.teps:
+        return "disabled"
+    if len(pkt.payload):
+        return "syn-data"
+    try:
+        if tcp_options.tfo(pkt.options) is not None:
+            return "tcp-fast-open"
+    except PacketError:
+        return "bad-options"
+    return None
+
+
+def _record_syn(flow: Flow, pkt: TCPPacket, *, local: bool) -> None:
+    """Note MSS, window scale, SACK-permitted and timestamps of a SYN or SYN-ACK."""
+    raw = pkt.options
+    mss = tcp_options.mss(raw) or DEFAULT_MSS[pkt.version]
+    wscale = min(tcp_options.wscale(raw) or 0, 14)
+    if local:
+        flow.local_mss, flow.local_wscale = mss, wscale
+        flow.local_sack = tcp_options.sack_permitted(raw)
+        flow.local_ts = tcp_options.timestamps(raw) is not None
+        flow.stack_window = pkt.window
+    else:
+        flow.peer_mss, flow.peer_wscale = mss, wscale
+        flow.peer_sack = tcp_options.sack_permitted(raw)
+        flow.peer_ts = tcp_options.timestamps(raw) is not None
+        flow.peer_window_field = pkt.window
+
+
+def _finish_syn_exchange(flow: Flow) -> None:
+    """Options in effect once both SYNs were seen (window scale needs both, RFC 7323 §2.2)."""
+    both_ws = flow.local_wscale_sent and flow.peer_wscale_sent
+    if not both_ws:
+        flow.local_wscale = flow.peer_wscale = 0
+    flow.sack_ok = flow.local_sack and flow.peer_sack
+    flow.ts_ok = flow.local_ts and flow.peer_ts
+
+
+def clamp_mss(flow: Flow, pkt: TCPPacket) -> None:
+    """Lower the MSS the local stack sees so its segments fit once framed (DESIGN.md §4)."""
+    limit = max(flow.peer_mss - MSS_CLAMP, _MIN_CLAMPED_MSS)
+    pkt.options = tcp_options.set_mss(pkt.options, limit)
+
+
+def open_active(cfg: EngineConfig, pkt: TCPPacket, now: float) -> Flow:
+    """A new flow for an outbound SYN; we are host A (caller checked :func:`syn_refusal`)."""
+    local = build_syn_option(None, [Suboption(tep) for tep in cfg.teps])
+    flow = Flow(pkt.flow_key(), "A", ENOEndpoint.active(local), now)
+    flow.local_isn = pkt.seq
+    _record_syn(flow, pkt, local=True)
+    flow.local_wscale_sent = tcp_options.wscale(pkt.options) is not None
+    return flow
+
+
+def add_syn_option(flow: Flow, pkt: TCPPacket) -> bool:
+    """Append our SYN-form ENO option to an outbound SYN or SYN-ACK; False if it cannot."""
+    option = flow.eno.option_for_segment(syn=True, ack=bool(pkt.flags & ACK))
+    if not option:
+        return False
+    try:
+        pkt.options = tcp_options.add(pkt.options, option)
+    except PacketError:
+        return False
+    return True
+
+
+def on_syn_ack(flow: Flow, pkt: TCPPacket, now: float) -> Fallback | None:
+    """Host A receives the SYN-ACK: negotiate (RFC 8547 §4.5, §4.6); clamp its MSS."""
+    opts = _options(pkt)
+    if opts is None:
+        return Fallback(FallbackReason.MALFORMED)
+    flow.eno.on_received(syn=True, ack=True, options=opts)
+    if flow.eno.negotiated is None:
+        return flow.eno.outcome if isinstance(flow.eno.outcome, Fallback) else Fallback(
+            FallbackReason.NO_ENO)
+    flow.negotiated = flow.eno.negotiated
+    flow.peer_isn = pkt.seq
+    _record_syn(flow, pkt, local=False)
+    flow.peer_wscale_sent = tcp_options.wscale(pkt.options) is not None
+    _finish_syn_exchange(flow)
+    flow.state = State.NEGOTIATED
+    flow.syn_rtt = now - flow.syn_time
+    clamp_mss(flow, pkt)
+    return None
+
+
+def open_passive(cfg: EngineConfig, pkt: TCPPacket, now: float) -> Flow | Fallback:
+    """An inbound SYN: a flow if its ENO option negotiates with ours; we are host B."""
+    opts = _options(pkt)
+    if opts is None:
+        return Fallback(FallbackReason.MALFORMED)
+    # B lists TEPs in increasing priority: our most preferred goes last (RFC 8547 §4.5)
+    eno = ENOEndpoint.passive(tuple(reversed(cfg.teps)))
+    eno.on_received(syn=True, ack=False, options=opts)
+    if eno.negotiated is None:
+        return eno.outcome if isinstance(eno.outcome, Fallback) else Fallback(
+            FallbackReason.NO_ENO)
+    flow = Flow(pkt.reverse_flow_key(), "B", eno, now)
+    flow.negotiated = eno.negotiated
+    flow.peer_isn = pkt.seq
+    _record_syn(flow, pkt, local=False)
+    flow.peer_wscale_sent = tcp_options.wscale(pkt.options) is not None
+    clamp_mss(flow, pkt)
+    return flow
+
+
+def on_local_syn_ack(flow: Flow, pkt: TCPPacket, now: float) -> bool:
+    """Host B's stack answers the SYN: add B's ENO answer; False if it does not fit."""
+    flow.local_isn = pkt.seq
+    _record_syn(flow, pkt, local=True)
+    flow.local_wscale_sent = tcp_options.wscale(pkt.options) is not None
+    _finish_syn_exchange(flow)
+    flow.syn_time = now
+    return add_syn_option(flow, pkt)
+
+
+def on_first_ack(flow: Flow, pkt: TCPPacket, now: float) -> Fallback | None:
+    """Host B receives A's first non-SYN segment: it must carry ENO (RFC 8547 §4.6)."""
+    opts = _options(pkt) or []
+    flow.eno.on_received(syn=False, ack=bool(pkt.flags & ACK), options=opts)
+    if isinstance(flow.eno.outcome, Fallback):
+        return flow.eno.outcome
+    if flow.eno.encrypting:
+        flow.state = State.KEYING
+        flow.syn_rtt = now - flow.syn_time
+    return None
+
+
+def start_init1(flow: Flow, cfg: EngineConfig) -> bytes:
+    """Host A's Init1: the key pair is generated here, not before (RFC 8548 §3.3)."""
+    assert flow.negotiated is not None
+    handshake = InitiatorHandshake(flow.negotiated.tep_byte, flow.negotiated.transcript,
+                                   cfg.aeads)
+    flow.handshake = handshake
+    flow.state = State.KEYING
+    return handshake.init1
+
+
+def consume_init(flow: Flow, cfg: EngineConfig, chunk: bytes | memoryview) -> tuple[bytes, bytes]:
+    """Collect the peer's Init message from the in-order wire stream.
+
+    Returns ``(init2_to_send, leftover)``: the Init2 host B must send at once (empty for A)
+    and the bytes after the message (the first frames).  Until the message is whole both are
+    empty.  Raises :class:`~tcpcryptd.core.errors.InitMessageError` /
+    :class:`~tcpcryptd.core.errors.KeyAgreementError`, which abort the connection.
+    """
+    flow.rx_init += chunk
+    magic = INIT2_MAGIC if flow.role == "A" else INIT1_MAGIC
+    length = message_length(flow.rx_init, magic, cfg.max_init_len)
+    if length is None or len(flow.rx_init) < length:
+        return b"", b""
+    message = bytes(flow.rx_init[:length])
+    leftover = bytes(flow.rx_init[length:])
+    flow.rx_init = bytearray()
+    flow.rx_init_done = True
+    flow.rx_frame_offset = length
+    init2 = b""
+    if flow.role == "A":
+        assert isinstance(flow.handshake, InitiatorHandshake)
+        flow.session = flow.handshake.receive_init2(message, max_len=cfg.max_init_len)
+    else:
+        assert flow.negotiated is not None
+        responder = ResponderHandshake(flow.negotiated.tep_byte, flow.negotiated.transcript,
+                                       cfg.aead_preference)
+        flow.handshake = responder
+        init2, flow.session = responder.receive_init1(message, max_len=cfg.max_init_len)
+    flow.state = State.ENCRYPTED
+    return init2, leftover

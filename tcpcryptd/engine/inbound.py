@@ -1,0 +1,270 @@
+"""Inbound path: wire -> local stack (DESIGN.md §3 "Inbound", RFC 8548 §3.6-3.8, §4.2).
+
+For every non-SYN segment from the peer on an ENO flow:
+
+* its ACK/SACK describe our outbound wire stream: translated to local through the send map
+  (an ACK inside a frame counts up to the frame's local start; progress over injected bytes
+  only is absorbed), timers of injected bytes advance;
+* its payload goes into the wire-space :class:`~tcpcryptd.engine.reassembly.Reassembly`
+  (out of order, duplicates, overlaps, any boundaries); the contiguous bytes feed first the
+  peer's Init message, then the frame parser: frames are verified and decrypted strictly in
+  order and only whole verified frames' plaintext is queued for the local stack (local
+  offsets; local seq = peer ISN + 1 + offset);
+* the plaintext goes to the stack as its window allows, in this very packet (rewritten) and
+  in engine-made packets, kept until the stack ACKs it and resent on a timer;
+* the ACK rule is :meth:`~tcpcryptd.engine.flow.Flow.wire_ack_offset`: the engine itself
+  ACKs the peer at once when bytes were taken but nothing reached the stack (Init, partial
+  frame, closed local window), and answers a gap with a duplicate ACK carrying SACK blocks in
+  wire space, so the peer's fast retransmit works;
+* a segment with nothing new for the stack (no data, no ACK progress, same window, not a
+  genuine duplicate ACK) is dropped, never shown as a spurious duplicate ACK;
+* FIN: a TCP FIN must sit right after a verified FINp frame, else abort; the FINp frame
+  delivers the FIN to the stack.  URGp frames set URG and the urgent pointer toward the
+  stack.  RST passes with translated numbers (it cannot be authenticated, RFC 8548 §3.7).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tcpcryptd.core.frame import HEADER_LEN, MIN_CLEN
+from tcpcryptd.core.errors import FrameError
+from tcpcryptd.engine.actions import Direction, Result, Transmit, Verdict
+from tcpcryptd.engine.flow import MASK32, Flow, FlowAbort, unwrap
+from tcpcryptd.engine.handshake import consume_init
+from tcpcryptd.packet import options as tcp_options
+from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, URG, TCPPacket
+
+if TYPE_CHECKING:
+    from tcpcryptd.engine.engine import Engine
+
+_TS_KIND = 8
+
+
+def note_peer(flow: Flow, pkt: TCPPacket) -> None:
+    """Remember the peer's TSval, TTL, window (less frame overhead) for engine-made packets."""
+    raw = pkt.options
+    if flow.ts_ok:
+        if len(raw) >= 12 and raw[2] == _TS_KIND and raw[0] == 1:
+            flow.peer_tsval = int.from_bytes(raw[4:8], "big")
+        else:
+            ts = tcp_options.timestamps(raw)
+            if ts is not None:
+                flow.peer_tsval = ts[0]
+    flow.in_ttl, flow.in_df, flow.in_tos = pkt.ttl, pkt.df, pkt.tos
+    # the peer's window counts wire bytes; leave room for frame overhead (~1.6% + a header)
+    window = pkt.window << flow.peer_wscale
+    window = max(0, window - (window >> 6) - 24)
+    flow.peer_window_field = min(window >> flow.peer_wscale, 0xFFFF)
+
+
+def _local_sack(flow: Flow, raw: bytes) -> bytes:
+    """The peer's SACK blocks (our wire stream) translated to whole local frames."""
+    smap = flow.smap
+    isn1 = flow.local_isn + 1
+    blocks = []
+    for left, right in tcp_options.sack_blocks(raw):
+        lo = unwrap(left, flow.local_isn, smap.peer_wire_ack)
+        hi = unwrap(right, flow.local_isn, smap.peer_wire_ack)
+        local = smap.sack_to_local(lo, hi)
+        if local is not None:
+            blocks.append(((local[0] + isn1) & MASK32, (local[1] + isn1) & MASK32))
+    return tcp_options.replace_sack(raw, blocks)
+
+
+def _to_stack_header(flow: Flow, pkt: TCPPacket, local_ack: int) -> None:
+    pkt.ack = (flow.local_isn + 1 + local_ack) & MASK32
+    pkt.window = flow.peer_window_field
+    if len(pkt.options) > (12 if flow.ts_ok else 0):
+        pkt.options = _local_sack(flow, pkt.options)
+    flow.stack_seen_ack = local_ack
+    flow.stack_seen_window = pkt.window
+
+
+def deliver_pending(eng: Engine, flow: Flow, now: float, pkt: TCPPacket | None,
+                    result: Result) -> int:
+    """Send verified plaintext (and the FIN) the stack has room for; return bytes sent.
+
+    The first piece is written into ``pkt`` (the packet being handled) when given.
+    """
+    end = flow.dl_base + len(flow.dl_buf)
+    send_to = min(end, flow.stack_rcv_ack + flow.stack_window)
+    fin = flow.rx_fin_done and not flow.dl_fin_sent
+    off = flow.dl_sent
+    if off >= send_to and not (fin and off == end):
+        return 0
+    seg = max(flow.local_mss - (12 if flow.ts_ok else 0), 64)
+    local_ack = flow.smap.wire_to_local_ack(flow.smap.peer_wire_ack)
+    sent = 0
+    while True:
+        piece_end = min(off + seg, send_to) if off < send_to else off
+        data = bytes(flow.dl_buf[off - flow.dl_base:piece_end - flow.dl_base])
+        is_fin = fin and piece_end == end
+        flags = PSH | (FIN if is_fin else 0)
+        urg_ptr = 0
+        if flow.rx_urgent is not None and flow.rx_urgent >= off:
+            urg_ptr = min(flow.rx_urgent + 1 - off, 0xFFFF)
+            flags |= URG
+        if pkt is not None:
+            pkt.seq = (flow.peer_isn + 1 + off) & MASK32
+            _to_stack_header(flow, pkt, local_ack)
+            pkt.flags = (pkt.flags & ~(FIN | PSH | URG | RST)) | ACK | flags
+            pkt.urg_ptr = urg_ptr
+            pkt.payload = data
+            result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes()
+            pkt = None
+        else:
+            result.transmit.append(Transmit(flow.local_packet(off, flags, data, urg_ptr),
+                                            Direction.INBOUND))
+            flow.stack_seen_ack = local_ack
+        sent += len(data)
+        off = piece_end
+        if is_fin:
+            off += 1
+            flow.dl_fin_sent = True
+            break
+        if off >= send_to and not (fin and off == end):
+            break
+    if flow.rx_urgent is not None and flow.rx_urgent < off:
+        flow.rx_urgent = None
+    flow.dl_sent = off
+    flow.bytes_in_plain += sent
+    if flow.dl_deadline is None:
+        flow.dl_deadline = now + eng.config.local_rto
+    return sent or 1
+
+
+def _consume_frames(eng: Engine, flow: Flow, chunk: bytes | memoryview, now: float,
+                    result: Result) -> None:
+    """Verify and decrypt the whole frames now contiguous (RFC 8548 §4.2), strictly in order."""
+    session = flow.session
+    assert session is not None
+    partial = flow.rx_partial
+    data: bytes | bytearray | memoryview = chunk
+    if partial:
+        partial += chunk
+        data = partial
+    pos, total = 0, len(data)
+    while total - pos >= HEADER_LEN:
+        if flow.rx_finp:
+            raise FlowAbort("data-after-finp")
+        clen = (data[pos + 1] << 8) | data[pos + 2]
+        if clen < MIN_CLEN:
+            raise FrameError(f"clen {clen} shorter than tag and flags")
+        length = HEADER_LEN + clen
+        if total - pos < length:
+            break
+        frame = session.open(flow.rx_frame_offset, data[pos:pos + length])
+        flow.rx_frame_offset += length
+        pos += length
+        if frame.urgent is not None:
+            flow.rx_urgent = flow.dl_base + len(flow.dl_buf) + frame.urgent
+        if frame.data:
+            flow.dl_buf += frame.data
+        if frame.fin:
+            flow.rx_finp = True
+        if frame.needs_rekey_reply:
+            eng.inject_empty_frame(flow, now, result)
+    if partial:
+        del partial[:pos]
+    elif pos < total:
+        flow.rx_partial = bytearray(data[pos:])
+    if len(flow.dl_buf) + len(flow.rx_partial) > eng.config.max_buffered_bytes + 0x10000:
+        raise FlowAbort("buffer-limit")
+
+
+def _consume(eng: Engine, flow: Flow, chunk: bytes | memoryview, now: float,
+             result: Result) -> None:
+    if flow.rx_fin_done:
+        raise FlowAbort("data-after-fin")
+    if not flow.rx_init_done:
+        init2, chunk = consume_init(flow, eng.config, chunk)
+        if not flow.rx_init_done:
+            return
+        eng.on_keys(flow, init2, now, result)
+    if chunk:
+        _consume_frames(eng, flow, chunk, now, result)
+
+
+def _check_fin(flow: Flow) -> None:
+    """A TCP FIN must follow a verified FINp frame directly (RFC 8548 §3.7), else abort."""
+    fin_at = flow.rx_fin_wire
+    if fin_at is None or flow.rx_fin_done or flow.rx.next < fin_at:
+        return
+    if (flow.rx.next == fin_at and flow.rx_finp and not flow.rx_partial
+            and flow.rx_frame_offset == fin_at):
+        flow.rx_fin_done = True
+        return
+    raise FlowAbort("fin-without-finp")
+
+
+def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: Result) -> None:
+    """A non-SYN segment from the peer on an ENO flow."""
+    note_peer(flow, pkt)
+    flow.send_eno = False  # a non-SYN segment arrived (RFC 8547 §4.6)
+    flow.packets_in += 1
+    flags = pkt.flags
+    smap = flow.smap
+    if flags & RST:
+        pkt.seq = (flow.peer_isn + 1 + flow.dl_sent) & MASK32
+        if flags & ACK:
+            _to_stack_header(flow, pkt, smap.wire_to_local_ack(
+                unwrap(pkt.ack, flow.local_isn, smap.peer_wire_ack)))
+        pkt.payload = b""
+        result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes()
+        eng.close(flow, now, result)
+        return
+    if not flags & ACK:
+        eng.count("drops_no-ack")
+        result.verdict = Verdict.DROP
+        return
+    prev_ack = smap.peer_wire_ack
+    wire_ack = unwrap(pkt.ack, flow.local_isn, prev_ack)
+    if wire_ack > flow.wire_snd_next():
+        eng.count("drops_ack-of-unsent")
+        result.verdict = Verdict.DROP
+        result.transmit.append(eng.engine_ack(flow))
+        return
+    local_ack = smap.ack(wire_ack)
+    if wire_ack > prev_ack:
+        eng.on_peer_ack(flow, now)
+    n = len(pkt.payload)
+    answer = False
+    if n:
+        flow.bytes_in_wire += n
+        offset = unwrap(pkt.seq, flow.peer_isn, flow.rx.next)
+        chunk = flow.rx.take(offset, pkt.payload)
+        if chunk:
+            _consume(eng, flow, chunk, now, result)
+        answer = True
+    if flags & FIN:
+        fin_at = unwrap(pkt.seq, flow.peer_isn, flow.rx.next) + n
+        if flow.rx_fin_wire is None:
+            flow.rx_fin_wire = fin_at
+        elif fin_at != flow.rx_fin_wire:
+            raise FlowAbort("fin-moved")
+        answer = True
+    _check_fin(flow)
+    delivered = deliver_pending(eng, flow, now, pkt, result)
+    if result.verdict is None:
+        news = (flow.stack_seen_ack is None or local_ack > flow.stack_seen_ack
+                or flow.peer_window_field != flow.stack_seen_window
+                or (not n and not flags & FIN and wire_ack == prev_ack
+                    and smap.local_end > local_ack))
+        if news:
+            pkt.seq = (flow.peer_isn + 1 + flow.dl_sent) & MASK32
+            _to_stack_header(flow, pkt, local_ack)
+            pkt.flags &= ~(FIN | PSH | URG)
+            pkt.urg_ptr = 0
+            if n:
+                pkt.payload = b""
+                result.data = pkt.to_bytes()
+            else:
+                result.data = pkt.to_bytes_incremental()
+            result.verdict = Verdict.ACCEPT
+        else:
+            result.verdict = Verdict.DROP
+    if answer and not delivered and not any(
+            t.direction is Direction.OUTBOUND for t in result.transmit) and not result.releases:
+        result.transmit.append(eng.engine_ack(flow))
+    eng.check_closed(flow, now)

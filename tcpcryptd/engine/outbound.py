@@ -1,0 +1,266 @@
+"""Outbound path: local stack -> wire (DESIGN.md §3 "Outbound", RFC 8548 §3.6-3.7, §4.2).
+
+For every non-SYN segment the local stack sends on an ENO flow:
+
+* its ACK/window/SACK describe the peer's stream: the ACK becomes the engine's wire receive
+  point (see :meth:`~tcpcryptd.engine.flow.Flow.wire_ack_offset` for the ACK rule), the SACK
+  blocks the engine's own out-of-order wire ranges, the window
+  :meth:`~tcpcryptd.engine.flow.Flow.wire_window`; the stack's ACK also releases plaintext
+  the engine holds for it and may let more flow to it;
+* new local data becomes frames (one per segment, split so every wire packet fits the peer's
+  MSS), appended to the send map; data already framed -- a retransmission with any new
+  boundaries -- *replays* the stored wire bytes of the frames covering it (never a second
+  seal at a used offset: AES-GCM nonce reuse);
+* a FIN rides on the segment with the last byte of the FINp frame; a bare FIN becomes an
+  empty FINp frame (20 bytes) plus FIN (RFC 8548 §3.7);
+* URG: the stack's urgent pointer becomes the frame's URGp + urgent field, the offset of the
+  last urgent byte from the frame's first data byte in the application stream (DESIGN.md §8);
+  URG is cleared on the wire;
+* keep-alives and zero-window probes (``snd.una - 1``, 0 or 1 byte) pass with a translated
+  sequence number and no payload: they are not framed and leak no byte;
+* until keys exist, data segments are HELD (bounded) and released in order, encrypted.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tcpcryptd.core.frame import FRAME_OVERHEAD, FRAME_OVERHEAD_URGENT, MAX_FRAME_DATA
+from tcpcryptd.engine.actions import Direction, Release, Result, Transmit, Verdict
+from tcpcryptd.engine.flow import MASK32, Flow, State, unwrap
+from tcpcryptd.engine.handshake import start_init1
+from tcpcryptd.engine.inbound import deliver_pending
+from tcpcryptd.packet import options as tcp_options
+from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, URG, TCPPacket, build
+
+if TYPE_CHECKING:
+    from tcpcryptd.engine.engine import Engine
+
+_TS_KIND = 8
+
+
+def note_stack(flow: Flow, pkt: TCPPacket) -> None:
+    """Remember what engine-made packets must copy from the stack (DESIGN.md §4)."""
+    raw = pkt.options
+    if flow.ts_ok:
+        if len(raw) >= 12 and raw[2] == _TS_KIND and raw[0] == 1:
+            flow.stack_tsval = int.from_bytes(raw[4:8], "big")
+        else:
+            ts = tcp_options.timestamps(raw)
+            if ts is not None:
+                flow.stack_tsval = ts[0]
+    flow.out_ttl, flow.out_df, flow.out_tos = pkt.ttl, pkt.df, pkt.tos
+    if pkt.flags & ACK:
+        acked = unwrap(pkt.ack, flow.peer_isn, flow.stack_rcv_ack)
+        limit = flow.dl_sent
+        if acked > flow.stack_rcv_ack and acked <= limit:
+            flow.stack_rcv_ack = acked
+            drop = min(acked, flow.dl_base + len(flow.dl_buf)) - flow.dl_base
+            if drop > 0:
+                del flow.dl_buf[:drop]
+                flow.dl_base += drop
+            flow.dl_backoff = 0
+            flow.dl_deadline = None
+        flow.stack_window = pkt.window << flow.local_wscale
+
+
+def _wire_header(flow: Flow, pkt: TCPPacket, wire_offset: int, *, data: bool) -> None:
+    """Rewrite seq, ack, window and options of a stack segment for the wire."""
+    pkt.seq = (flow.local_isn + 1 + wire_offset) & MASK32
+    if pkt.flags & ACK:
+        pkt.ack = (flow.peer_isn + 1 + flow.wire_ack_offset()) & MASK32
+        pkt.window = flow.window_field()
+    raw = pkt.options
+    if len(raw) != (12 if flow.ts_ok else 0) or flow.send_eno or flow.rx.buffered:
+        blocks = []
+        if not data and flow.sack_ok:
+            isn1 = flow.peer_isn + 1
+            blocks = [((l + isn1) & MASK32, (r + isn1) & MASK32)
+                      for l, r in flow.rx.sack_blocks()]
+        raw = tcp_options.replace_sack(raw, blocks)
+        if flow.send_eno:
+            raw = tcp_options.add(raw, b"\x45\x02")
+        pkt.options = raw
+
+
+def _hold(eng: Engine, flow: Flow, packet_id: int, pkt: TCPPacket, result: Result) -> None:
+    if len(flow.held) >= eng.config.max_held_packets:
+        eng.count("drops_hold-limit")
+        result.verdict = Verdict.DROP
+        return
+    flow.held.append((packet_id, pkt))
+    result.verdict = Verdict.HOLD
+
+
+def _frame_new(flow: Flow, data: memoryview | bytes, urgent_last: int | None, fin: bool,
+               max_payload: int) -> None:
+    """Seal new local data into frames that each fit one wire packet (RFC 8548 §4.2)."""
+    smap = flow.smap
+    session = flow.session
+    assert session is not None
+    overhead = FRAME_OVERHEAD_URGENT if urgent_last is not None else FRAME_OVERHEAD
+    step = max(1, min(max_payload - overhead, MAX_FRAME_DATA - 2))
+    pos, n = 0, len(data)
+    while pos < n:
+        chunk = data[pos:pos + step]
+        pos += len(chunk)
+        local_start = smap.local_end
+        urgent = None
+        if urgent_last is not None and urgent_last >= local_start:
+            urgent = min(urgent_last - local_start, 0xFFFF)
+        smap.append(len(chunk), session.seal(smap.wire_end, chunk, fin=fin and pos >= n,
+                                             urgent=urgent))
+    flow.bytes_out_plain += n
+
+
+def _split(flow: Flow, pkt: TCPPacket, wire_lo: int, payload: bytes, max_payload: int,
+           flags: int, fin: bool) -> tuple[bytes, list[Transmit]]:
+    """The rewritten packet (first piece) and engine-made packets for the rest."""
+    pieces = [payload[i:i + max_payload] for i in range(0, len(payload), max_payload)] or [b""]
+    flags &= ~(FIN | URG)
+    extra: list[Transmit] = []
+    offset = wire_lo + len(pieces[0])
+    for k, piece in enumerate(pieces[1:], start=2):
+        last = k == len(pieces)
+        extra.append(Transmit(build(
+            pkt.version, pkt.src, pkt.dst, pkt.sport, pkt.dport,
+            (flow.local_isn + 1 + offset) & MASK32, pkt.ack,
+            flags | (FIN if fin and last else 0), pkt.window, pkt.options, piece,
+            pkt.ttl, pkt.df, pkt.tos), Direction.OUTBOUND))
+        offset += len(piece)
+        flow.packets_out += 1
+    pkt.flags = flags | (FIN if fin and len(pieces) == 1 else 0)
+    if len(pieces) > 1:
+        pkt.flags &= ~PSH
+    pkt.urg_ptr = 0
+    pkt.payload = pieces[0]
+    flow.packets_out += 1
+    flow.bytes_out_wire += len(payload)
+    return pkt.to_bytes(), extra
+
+
+def process_data(eng: Engine, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None, list[Transmit]]:
+    """Frame or replay one data/FIN segment of the stack; None = drop (counted)."""
+    smap = flow.smap
+    payload = pkt.payload
+    n = len(payload)
+    fin = bool(pkt.flags & FIN)
+    start = unwrap(pkt.seq, flow.local_isn, smap.local_end)
+    end = start + n
+    if start > smap.local_end:
+        eng.count("drops_local-gap")
+        return None, []
+    fin_pending = fin and (smap.fin_local is None or smap.fin_local == end)
+    if end <= smap.local_acked and not fin_pending:
+        if not fin and n <= 1 and end >= smap.local_acked - 1:
+            # keep-alive / zero-window probe: snd.una - 1 on the wire, no payload
+            _wire_header(flow, pkt, smap.wire_acked - 1, data=False)
+            pkt.payload = b""
+            pkt.flags &= ~PSH
+            flow.packets_out += 1
+            return pkt.to_bytes(), []
+        eng.count("drops_stale")
+        return None, []
+    if fin and smap.fin_local is not None and end != smap.fin_local:
+        eng.count("drops_bad-fin")
+        return None, []
+    _wire_header(flow, pkt, 0, data=True)
+    max_payload = max(flow.peer_mss - len(pkt.options), 64)
+    if end > smap.local_end:
+        if smap.fin_local is not None:
+            eng.count("drops_data-after-fin")
+            return None, []
+        urgent_last = None
+        if pkt.flags & URG and pkt.urg_ptr:
+            urgent_last = start + pkt.urg_ptr - 1
+        new = payload[smap.local_end - start:]
+        _frame_new(flow, new, urgent_last, fin, max_payload)
+        if fin:
+            smap.close()
+    elif fin and smap.fin_local is None:
+        assert flow.session is not None
+        smap.append(0, flow.session.seal(smap.wire_end, b"", fin=True), injected=True)
+        smap.close()
+    if fin:
+        flow.local_fin = True
+    if n:
+        wire_lo, wire_hi = smap.wire_range(start, end)
+    else:
+        wire_lo = wire_hi = smap.fin_wire  # type: ignore[assignment]
+        fin_frame = smap.unacked[-1] if smap.unacked else None
+        if fin_frame is not None and fin_frame.wire_end == smap.fin_wire:
+            wire_lo = max(fin_frame.wire_start, smap.peer_wire_ack)
+    wire_fin = fin and (smap.fin_wire is not None)
+    if wire_fin:
+        wire_hi = smap.fin_wire  # type: ignore[assignment]
+        wire_lo = min(wire_lo, wire_hi)
+    pkt.seq = (flow.local_isn + 1 + wire_lo) & MASK32
+    return _split(flow, pkt, wire_lo, smap.read(wire_lo, wire_hi), max_payload, pkt.flags,
+                  wire_fin)
+
+
+def _start_init1(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now: float,
+                 result: Result) -> None:
+    """Host A's third ACK: Init1 rides on it (or right before a data segment, which waits)."""
+    flow.eno.option_for_segment(syn=False, ack=True)  # the ACK carries ``45 02``
+    init1 = start_init1(flow, eng.config)
+    flow.smap.append(0, init1, injected=True)
+    if flow.syn_rtt is not None:
+        flow.rtt_sample(flow.syn_rtt, eng.config.min_rto, eng.config.max_rto)
+    else:
+        flow.rto = eng.config.initial_rto
+    flow.rtx_deadline = now + flow.rto
+    flow.rtt_probe = (flow.smap.wire_end, now)
+    if len(pkt.payload) or pkt.flags & FIN:
+        for piece in eng.wire_pieces(flow, 0, init1):
+            result.transmit.append(piece)
+        _hold(eng, flow, packet_id, pkt, result)
+        return
+    _wire_header(flow, pkt, 0, data=True)
+    max_payload = max(flow.peer_mss - len(pkt.options), 64)
+    data, extra = _split(flow, pkt, 0, init1, max_payload, pkt.flags | PSH, False)
+    result.verdict, result.data = Verdict.ACCEPT, data
+    result.transmit.extend(extra)
+
+
+def handle_outbound(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now: float,
+                    result: Result) -> None:
+    """A non-SYN segment from the local stack on an ENO flow."""
+    note_stack(flow, pkt)
+    flags = pkt.flags
+    if flags & RST:
+        _wire_header(flow, pkt, flow.smap.local_to_wire(
+            unwrap(pkt.seq, flow.local_isn, flow.smap.local_end)), data=False)
+        result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
+        eng.close(flow, now, result)
+        return
+    if flow.state is State.NEGOTIATED:
+        _start_init1(eng, flow, pkt, packet_id, now, result)
+        return
+    deliver_pending(eng, flow, now, None, result)
+    if len(pkt.payload) or flags & FIN:
+        if not flow.keyed or flow.held:
+            _hold(eng, flow, packet_id, pkt, result)
+            return
+        data, extra = process_data(eng, flow, pkt)
+        result.verdict = Verdict.DROP if data is None else Verdict.ACCEPT
+        result.data = data
+        result.transmit.extend(extra)
+        eng.check_closed(flow, now)
+        return
+    # a pure ACK or window update
+    start = unwrap(pkt.seq, flow.local_isn, flow.smap.local_end)
+    _wire_header(flow, pkt, flow.smap.local_to_wire(start), data=False)
+    flow.packets_out += 1
+    result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
+
+
+def release_held(eng: Engine, flow: Flow, now: float, result: Result) -> None:
+    """Keys exist: frame and release the held segments in order (DESIGN.md §4)."""
+    held, flow.held = flow.held, []
+    for packet_id, pkt in held:
+        assert isinstance(pkt, TCPPacket)
+        data, extra = process_data(eng, flow, pkt)
+        result.releases.append(Release(packet_id, data, data is not None))
+        result.transmit.extend(extra)
+    eng.check_closed(flow, now)

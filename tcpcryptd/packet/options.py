@@ -1,0 +1,326 @@
+"""TCP options: parse, read and edit the raw option bytes of a TCP header.
+
+Layout (RFC 9293 §3.1): kind 0 (EOL) ends the list and everything after it is padding;
+kind 1 (NOP) is one byte, used to align the next option; every other option is
+``kind | length | data`` with ``length`` counting all of it. Kinds: MSS 2 (RFC 9293 §3.7.1),
+window scale 3 and timestamps 8 (RFC 7323), SACK-permitted 4 and SACK 5 (RFC 2018), TFO 34
+(RFC 7413), ENO 69 (RFC 8547 §4.1). Unknown kinds are kept as they are.
+
+Errors, both subclasses of :class:`~tcpcryptd.packet.tcp.PacketError`:
+
+* :class:`OptionError`: the option list itself is malformed (a length byte missing, below 2
+  or running past the end). Every function here raises it for such input, and nothing else.
+* :class:`OptionSpaceError`: an edit does not fit in the 40 bytes a TCP header allows.
+
+A known kind with a wrong length (an MSS option of 3 bytes, a SACK option of 12) is not an
+:class:`OptionError`: the getters skip it and report the first well-formed option of that
+kind, as Linux does (it ignores such options), and the editors leave it alone, except
+:func:`replace_sack` and :func:`remove`, which drop it with the rest of its kind.
+
+Edits return new bytes padded with EOL (zero) bytes to a multiple of 4 (RFC 9293 §3.1), the
+options ahead of the edit point untouched, so the alignment the sender chose stays.
+NOP bytes right before an option are its alignment padding and go with it when it is removed.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from tcpcryptd.core.constants import ENO_KIND
+from tcpcryptd.packet.checksum import Buffer
+from tcpcryptd.packet.tcp import PacketError
+
+__all__ = [
+    "EOL",
+    "NOP",
+    "MSS",
+    "WS",
+    "SACK_PERM",
+    "SACK",
+    "TS",
+    "TFO",
+    "ENO",
+    "MAX_OPTIONS_LEN",
+    "OptionError",
+    "OptionSpaceError",
+    "parse",
+    "mss",
+    "get_mss",
+    "wscale",
+    "sack_permitted",
+    "sack_blocks",
+    "timestamps",
+    "tfo",
+    "eno_options",
+    "add",
+    "remove",
+    "set_mss",
+    "replace_sack",
+    "set_timestamps",
+]
+
+EOL = 0
+NOP = 1
+MSS = 2
+WS = 3
+SACK_PERM = 4
+SACK = 5
+TS = 8
+TFO = 34
+ENO = ENO_KIND
+
+#: Room for options in a TCP header: data offset 15 words minus the 5 of the fixed header.
+MAX_OPTIONS_LEN = 40
+
+_TS_OPTION = struct.Struct("!BBII")
+_SACK_BLOCK = struct.Struct("!II")
+_U16 = struct.Struct("!H")
+_SACK_BLOCK_LEN = 8
+# Kinds whose data are 32-bit numbers: added at an offset of 2 mod 4, so the numbers are
+# 32-bit aligned (the layout of RFC 7323 Appendix A and RFC 2018 §3).
+_WORD_ALIGNED_KINDS = frozenset((TS, SACK))
+
+
+class OptionError(PacketError):
+    """A malformed TCP option list: a length byte missing, below 2 or past the end."""
+
+
+class OptionSpaceError(PacketError):
+    """An edited option list would exceed the 40 bytes of a TCP header."""
+
+
+def _is_well_formed(kind: int, length: int) -> bool:
+    """Whether an option of a known kind has a length its RFC allows (unknown kinds: yes)."""
+    if kind == MSS:
+        return length == 4
+    if kind == WS:
+        return length == 3
+    if kind == SACK_PERM:
+        return length == 2
+    if kind == TS:
+        return length == 10
+    if kind == SACK:
+        return 10 <= length <= 34 and (length - 2) % _SACK_BLOCK_LEN == 0
+    if kind == TFO:  # RFC 7413 §4.1.1: a request (no cookie) or a 4..16-byte cookie
+        return length == 2 or 6 <= length <= 18
+    return True
+
+
+def _scan(raw: Buffer) -> tuple[list[tuple[int, int, int, int]], int]:
+    """Locate the options: ``[(kind, group_start, start, end)]`` and the end of the content.
+
+    ``group_start`` includes the NOPs right before the option; the content ends after the
+    last option (trailing NOPs, an EOL and what follows it are padding).
+    """
+    items: list[tuple[int, int, int, int]] = []
+    n = len(raw)
+    i = 0
+    group_start = 0
+    content_end = 0
+    while i < n:
+        kind = raw[i]
+        if kind == EOL:
+            break
+        if kind == NOP:
+            i += 1
+            continue
+        if i + 1 >= n:
+            raise OptionError(f"option kind {kind} without a length byte")
+        length = raw[i + 1]
+        if length < 2 or i + length > n:
+            raise OptionError(f"option kind {kind} with bad length {length}")
+        items.append((kind, group_start, i, i + length))
+        i += length
+        group_start = content_end = i
+    return items, content_end
+
+
+def parse(raw: Buffer) -> list[tuple[int, bytes]]:
+    """The options in order as ``(kind, data)``, NOP and EOL left out; OptionError if malformed.
+
+    ``data`` excludes the kind and length bytes.
+    """
+    items, _ = _scan(raw)
+    return [(kind, bytes(raw[start + 2 : end])) for kind, _, start, end in items]
+
+
+def _first(raw: Buffer, kind: int) -> tuple[int, int] | None:
+    """(start, end) of the first well-formed option of ``kind``, or None.
+
+    The whole list is still checked (OptionError if malformed); a walk of its own rather than
+    :func:`_scan`, because getters run per packet and this one builds no list.
+    """
+    found = None
+    n = len(raw)
+    i = 0
+    while i < n:
+        k = raw[i]
+        if k == EOL:
+            break
+        if k == NOP:
+            i += 1
+            continue
+        if i + 1 >= n:
+            raise OptionError(f"option kind {k} without a length byte")
+        length = raw[i + 1]
+        if length < 2 or i + length > n:
+            raise OptionError(f"option kind {k} with bad length {length}")
+        if k == kind and found is None and _is_well_formed(k, length):
+            found = (i, i + length)
+        i += length
+    return found
+
+
+def mss(raw: Buffer) -> int | None:
+    """The maximum segment size (RFC 9293 §3.7.1), None if absent."""
+    found = _first(raw, MSS)
+    return None if found is None else _U16.unpack_from(raw, found[0] + 2)[0]
+
+
+#: The name the architecture contract (docs/ARCHITECTURE.md, layer 2) uses for :func:`mss`.
+get_mss = mss
+
+
+def wscale(raw: Buffer) -> int | None:
+    """The window scale shift count as sent (RFC 7323 §2.2; the receiver caps it at 14)."""
+    found = _first(raw, WS)
+    return None if found is None else raw[found[0] + 2]
+
+
+def sack_permitted(raw: Buffer) -> bool:
+    """Whether the SACK-permitted option is present (RFC 2018 §2)."""
+    return _first(raw, SACK_PERM) is not None
+
+
+def sack_blocks(raw: Buffer) -> list[tuple[int, int]]:
+    """The SACK blocks ``(left edge, right edge)`` of the first SACK option (RFC 2018 §3)."""
+    found = _first(raw, SACK)
+    if found is None:
+        return []
+    start, end = found
+    return [_SACK_BLOCK.unpack_from(raw, i) for i in range(start + 2, end, _SACK_BLOCK_LEN)]
+
+
+def timestamps(raw: Buffer) -> tuple[int, int] | None:
+    """``(TSval, TSecr)`` of the timestamps option (RFC 7323 §3.2), None if absent."""
+    found = _first(raw, TS)
+    if found is None:
+        return None
+    _, _, tsval, tsecr = _TS_OPTION.unpack_from(raw, found[0])
+    return tsval, tsecr
+
+
+def tfo(raw: Buffer) -> bytes | None:
+    """The TCP Fast Open cookie (RFC 7413 §4.1.1): b"" for a cookie request, None if absent."""
+    found = _first(raw, TFO)
+    return None if found is None else bytes(raw[found[0] + 2 : found[1]])
+
+
+def eno_options(raw: Buffer) -> list[bytes]:
+    """Every ENO option (kind 69) whole, kind and length bytes included, in order.
+
+    All of them, because a SYN with more than one ENO option disables ENO (RFC 8547 §4.1);
+    each is the exact bytes the transcript needs (RFC 8547 §4.8).
+    """
+    items, _ = _scan(raw)
+    return [bytes(raw[start:end]) for kind, _, start, end in items if kind == ENO]
+
+
+def _pad(content: bytes) -> bytes:
+    """``content`` padded with EOL bytes to a multiple of 4; OptionSpaceError past 40."""
+    if len(content) > MAX_OPTIONS_LEN:
+        raise OptionSpaceError(f"{len(content)} bytes of TCP options do not fit in 40")
+    return content + bytes(-len(content) % 4)
+
+
+def _append(content: bytes, option: bytes) -> bytes:
+    """``option`` after ``content``, NOP-aligned when its data are 32-bit words and it fits."""
+    if option[0] in _WORD_ALIGNED_KINDS:
+        nops = (2 - len(content)) % 4
+        if len(content) + nops + len(option) <= MAX_OPTIONS_LEN:
+            return content + b"\x01" * nops + option
+    return content + option
+
+
+def add(raw: Buffer, option: bytes) -> bytes:
+    """``raw`` with ``option`` (one whole option, kind and length bytes included) appended.
+
+    The new option goes after the last existing one, so existing options keep their
+    positions; timestamps and SACK options get NOPs ahead of them to align their numbers.
+    Options of the same kind already present stay (remove them first if needed).
+    ValueError if ``option`` is not a single option; OptionSpaceError if it does not fit.
+    """
+    if len(option) < 2 or option[0] in (EOL, NOP) or option[1] != len(option):
+        raise ValueError("not a single TCP option with a matching length byte")
+    _, content_end = _scan(raw)
+    return _pad(_append(bytes(raw[:content_end]), option))
+
+
+def _without(raw: Buffer, kind: int) -> bytes:
+    """The option content of ``raw`` (no trailing padding) without any option of ``kind``."""
+    items, _ = _scan(raw)
+    return b"".join(bytes(raw[group_start:end]) for k, group_start, _, end in items if k != kind)
+
+
+def remove(raw: Buffer, kind: int) -> bytes:
+    """``raw`` without any option of ``kind`` (and the NOPs that aligned them), re-padded."""
+    return _pad(_without(raw, kind))
+
+
+def set_mss(raw: Buffer, mss_limit: int) -> bytes:
+    """``raw`` with its MSS lowered to ``mss_limit`` if it is above it; never raised.
+
+    The clamp DESIGN.md §4 needs so that segments plus frame overhead fit the path. Without
+    an MSS option the peer assumes 536 (IPv4) or 1220 (IPv6) bytes (RFC 9293 §3.7.1), which a
+    sane clamp does not undercut, so nothing is added; the length never changes.
+    """
+    found = _first(raw, MSS)
+    if found is None or _U16.unpack_from(raw, found[0] + 2)[0] <= mss_limit:
+        return bytes(raw)
+    edited = bytearray(raw)
+    _U16.pack_into(edited, found[0] + 2, mss_limit)
+    return bytes(edited)
+
+
+def replace_sack(raw: Buffer, blocks: Sequence[tuple[int, int]]) -> bytes:
+    """``raw`` with its SACK option(s) replaced by one carrying ``blocks`` (RFC 2018 §3).
+
+    The caller passes the blocks it could translate, most recent first; an empty list
+    removes the option. Blocks that do not fit in the option space are dropped from the end:
+    RFC 2018 §4 has the first block report the most recent segment and lets a receiver send
+    fewer blocks than it holds. So this never raises OptionSpaceError.
+    """
+    items, _ = _scan(raw)
+    sacks = [(start, end) for kind, _, start, end in items if kind == SACK]
+    if len(sacks) == 1 and sacks[0][1] - sacks[0][0] == 2 + len(blocks) * _SACK_BLOCK_LEN:
+        # The common case of ACK translation: every block mapped, rewrite in place.
+        edited = bytearray(raw)
+        for i, (left, right) in enumerate(blocks):
+            _SACK_BLOCK.pack_into(edited, sacks[0][0] + 2 + i * _SACK_BLOCK_LEN, left, right)
+        return bytes(edited)
+    content = b"".join(
+        bytes(raw[group_start:end]) for kind, group_start, _, end in items if kind != SACK
+    )
+    room = MAX_OPTIONS_LEN - len(content) - 2
+    count = min(len(blocks), 4, max(room, 0) // _SACK_BLOCK_LEN)
+    if count == 0:
+        return _pad(content)
+    option = bytes((SACK, 2 + count * _SACK_BLOCK_LEN)) + b"".join(
+        _SACK_BLOCK.pack(left, right) for left, right in blocks[:count]
+    )
+    return _pad(_append(content, option))
+
+
+def set_timestamps(raw: Buffer, tsval: int, tsecr: int) -> bytes:
+    """``raw`` with the timestamps option (RFC 7323 §3.2) set to ``(tsval, tsecr)``.
+
+    An existing option is rewritten in place; otherwise one is appended (NOP-aligned), which
+    may raise OptionSpaceError.
+    """
+    found = _first(raw, TS)
+    if found is None:
+        return add(raw, _TS_OPTION.pack(TS, 10, tsval, tsecr))
+    edited = bytearray(raw)
+    _TS_OPTION.pack_into(edited, found[0], TS, 10, tsval, tsecr)
+    return bytes(edited)

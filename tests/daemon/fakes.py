@@ -1,0 +1,118 @@
+"""Test doubles for the daemon's plumbing: queued packets, a scripted engine, a sender."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tcpcryptd.daemon.nfqueue import NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING
+from tcpcryptd.daemon.rawsock import InjectError
+from tcpcryptd.engine.actions import Direction, Result, Verdict
+from tcpcryptd.engine.flow import FlowStatus
+
+
+def ipv4_packet(payload_len: int = 0, total_len: int | None = None) -> bytes:
+    """A minimal IPv4 header (+ zero bytes); ``total_len`` may lie to fake truncation."""
+    length = 20 + payload_len if total_len is None else total_len
+    header = bytes([0x45, 0]) + length.to_bytes(2, "big") + bytes(8) + \
+        bytes([10, 0, 0, 1, 10, 0, 0, 2])
+    return header + bytes(payload_len)
+
+
+@dataclass
+class FakePacket:
+    """Records what the daemon did with it, and refuses a second verdict like the real one."""
+
+    id: int
+    payload: bytes = field(default_factory=ipv4_packet)
+    hook: int = NF_INET_LOCAL_OUT
+    mark: int = 0
+    verdict: str | None = None
+    new_payload: bytes | None = None
+    new_mark: int | None = None
+    retained: bool = False
+
+    @classmethod
+    def inbound(cls, packet_id: int, mark: int = 0) -> FakePacket:
+        return cls(packet_id, hook=NF_INET_PRE_ROUTING, mark=mark)
+
+    def get_payload(self) -> bytes:
+        return self.payload
+
+    def set_payload(self, payload: bytes) -> None:
+        self.new_payload = payload
+
+    def set_mark(self, mark: int) -> None:
+        self.new_mark = mark
+
+    def retain(self) -> None:
+        self.retained = True
+
+    def _give(self, verdict: str) -> None:
+        if self.verdict is not None:
+            raise RuntimeError("Verdict already given for this packet")
+        self.verdict = verdict
+
+    def accept(self) -> None:
+        self._give("accept")
+
+    def drop(self) -> None:
+        self._give("drop")
+
+
+class ScriptedEngine:
+    """Returns queued Results in order (ACCEPT unchanged when the script is empty)."""
+
+    def __init__(self, flows: list[FlowStatus] | None = None) -> None:
+        self.script: list[Result | Exception] = []
+        self.calls: list[tuple[int, bytes, Direction, float]] = []
+        self.timer_calls: list[float] = []
+        self.deadline: float | None = None
+        self.counters: dict[str, int] = {"encrypted": 1, "plain": 2}
+        self._flows = flows or []
+        self.enabled = True
+
+    def handle_packet(self, packet_id, data, direction, now):
+        self.calls.append((packet_id, data, direction, now))
+        return self._next(Result(Verdict.ACCEPT))
+
+    def handle_timer(self, now):
+        self.timer_calls.append(now)
+        self.deadline = None
+        return self._next(Result(None))
+
+    def _next(self, default: Result) -> Result:
+        if not self.script:
+            return default
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    def next_deadline(self):
+        return self.deadline
+
+    def flows(self):
+        return list(self._flows)
+
+    def set_enabled(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+
+class FakeSender:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.fail = False
+
+    def send(self, packet: bytes) -> None:
+        if self.fail:
+            raise InjectError("refused")
+        self.sent.append(packet)
+
+
+def flow_status(local="10.0.0.1:40000", remote="10.0.0.2:80", state="encrypted", role="A",
+                tep="ECDHE_CURVE25519", aead="AES-128-GCM", session_id="23" + "ab" * 32,
+                age=2.5) -> FlowStatus:
+    return FlowStatus(local=local, remote=remote, state=state, role=role, tep=tep, aead=aead,
+                      session_id=session_id, age=age, packets_out=5, packets_in=4,
+                      bytes_out_plain=1000, bytes_out_wire=1106, bytes_in_wire=273,
+                      bytes_in_plain=200, abort_reason="")

@@ -1,0 +1,119 @@
+"""Config validation: defaults, the shipped file, one readable error naming the bad key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tcpcryptd.core.constants import TEP, AEADId
+from tcpcryptd.daemon import config as config_module
+from tcpcryptd.daemon.config import SCHEMA, Config, engine_config, load_config, parse_config
+from tcpcryptd.daemon.errors import ConfigError
+
+SHIPPED = Path(__file__).resolve().parents[2] / "conf" / "tcpcryptd.toml"
+
+
+def test_no_file_gives_the_defaults(monkeypatch, tmp_path):
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PATH", tmp_path / "absent.toml")
+    config = load_config(None)
+    assert config == Config()
+    assert config.encryption.teps == (TEP.ECDHE_CURVE25519, TEP.ECDHE_CURVE448,
+                                      TEP.ECDHE_P256)
+    assert config.encryption.aeads[0] == AEADId.AES_128_GCM
+    assert set(config.encryption.aeads) == set(AEADId)
+    assert config.control.socket == "/run/tcpcryptd/control.sock"
+    assert config.firewall.skip_ports == ()
+    assert config.log.keylog == ""
+
+
+def test_default_path_is_read_when_present(monkeypatch, tmp_path):
+    path = tmp_path / "tcpcryptd.toml"
+    path.write_text("[queue]\nnumber = 7\n")
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PATH", path)
+    assert load_config(None).queue.number == 7
+
+
+def test_shipped_file_documents_every_key_with_its_default():
+    data = tomllib.loads(SHIPPED.read_text())
+    assert parse_config(data) == Config()
+    for section, (_, keys) in SCHEMA.items():
+        assert set(data[section]) == set(keys), section
+
+
+def test_explicit_missing_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[queue\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
+        load_config(path)
+
+
+def test_error_from_file_names_file_and_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[queue]\nnumber = 70000\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: queue.number: must be in 0..65535, got 70000"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[nope]\n", "nope: unknown section"),
+    ("queue = 1\n", "queue: must be a table"),
+    ("[queue]\nnumbr = 1\n", "queue.numbr: unknown key"),
+    ("[queue]\nnumber = '1'\n", "queue.number: must be an integer, got str '1'"),
+    ("[queue]\nnumber = true\n", "queue.number: must be an integer, got bool"),
+    ("[queue]\nmax_len = 0\n", "queue.max_len: must be in 1..65535, got 0"),
+    ("[encryption]\nenabled = 1\n", "encryption.enabled: must be true or false"),
+    ("[encryption]\nteps = []\n", "encryption.teps: must be a non-empty list"),
+    ("[encryption]\nteps = 'X25519'\n", "encryption.teps: must be a non-empty list"),
+    ("[encryption]\nteps = ['X25519', 'P-384']\n", "encryption.teps: unknown name 'P-384'"),
+    ("[encryption]\nteps = ['X25519', 'x25519']\n", "encryption.teps: 'x25519' is listed twice"),
+    ("[encryption]\naeads = [1]\n", "encryption.aeads: unknown name 1"),
+    ("[marks]\nseen = 0\n", "marks.seen: must be in 1..4294967295, got 0"),
+    ("[marks]\nseen = 0x40000000\n", "marks.seen: shares bits with marks.injected"),
+    ("[marks]\nencrypted = 0x60000000\n", "marks.encrypted: shares bits with marks.injected"),
+    ("[firewall]\nbackend = 'nftables'\n", "firewall.backend: must be one of auto, nft, legacy"),
+    ("[firewall]\nskip_ports = [22, 0]\n", r"firewall.skip_ports\[1\]: must be in 1..65535"),
+    ("[firewall]\nskip_ports = [22, 22]\n", "firewall.skip_ports: a port is listed twice"),
+    ("[firewall]\nskip_ports = 22\n", "firewall.skip_ports: must be a list"),
+    ("[control]\nsocket = ''\n", "control.socket: must not be empty"),
+    ("[control]\nsocket = 5\n", "control.socket: must be a string"),
+    ("[limits]\nidle_timeout = 'long'\n", "limits.idle_timeout: must be a number of seconds"),
+    ("[limits]\nhandshake_timeout = 0.5\n", "limits.handshake_timeout: must be in 1..3600"),
+    ("[limits]\nmax_init_len = 10\n", "limits.max_init_len: must be in 64..65535"),
+    ("[log]\nlevel = 'loud'\n", "log.level: must be one of debug, info, warning, error"),
+    ("[log]\nkeylog = false\n", "log.keylog: must be a string"),
+])
+def test_bad_values_give_one_error_naming_the_key(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(tomllib.loads(text))
+
+
+def test_names_are_case_insensitive_and_ordered():
+    config = parse_config(tomllib.loads(
+        "[encryption]\nteps = ['p-256', 'X448']\naeads = ['chacha20-poly1305']\n"
+        "[log]\nlevel = 'DEBUG'\n"))
+    assert config.encryption.teps == (TEP.ECDHE_P256, TEP.ECDHE_CURVE448)
+    assert config.encryption.aeads == (AEADId.CHACHA20_POLY1305,)
+    assert config.log.level == "debug"
+
+
+def test_engine_config_follows_the_preferences():
+    config = parse_config(tomllib.loads(
+        "[encryption]\nenabled = false\nteps = ['P-521']\n"
+        "aeads = ['AES-256-GCM', 'AES-128-GCM']\n[limits]\nmax_flows = 10\n"
+        "idle_timeout = 30\n"))
+    engine = engine_config(config)
+    assert engine.enabled is False
+    assert engine.teps == (TEP.ECDHE_P521,)
+    assert engine.aeads == (AEADId.AES_256_GCM, AEADId.AES_128_GCM)
+    # B's preference is in increasing priority (RFC 8548 §3.3): most preferred last
+    assert engine.aead_preference == (AEADId.AES_128_GCM, AEADId.AES_256_GCM)
+    assert engine.max_flows == 10
+    assert engine.idle_timeout == 30.0

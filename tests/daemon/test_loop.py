@@ -1,0 +1,225 @@
+"""The packet path (engine results -> verdicts) and the control requests, with stand-ins."""
+
+from __future__ import annotations
+
+import pytest
+
+from tcpcryptd.daemon.config import Config
+from tcpcryptd.daemon.errors import ControlError
+from tcpcryptd.daemon.loop import Daemon, PacketPath
+from tcpcryptd.daemon.nfqueue import Verdicts
+from tcpcryptd.engine.actions import Direction, Release, Result, Transmit, Verdict
+
+from .fakes import FakePacket, FakeSender, ScriptedEngine, flow_status, ipv4_packet
+
+SEEN, ENCRYPTED = 0x20000000, 0x10000000
+
+
+@pytest.fixture
+def parts():
+    engine = ScriptedEngine()
+    sender = FakeSender()
+    clock = iter(float(t) for t in range(100, 10_000))
+    path = PacketPath(engine, sender, Verdicts(SEEN), ENCRYPTED, clock=lambda: next(clock))
+    return engine, sender, path
+
+
+def test_accept_passes_direction_and_time_and_marks_seen(parts):
+    engine, _, path = parts
+    packet = FakePacket(7, mark=0x3)
+    path.on_packet(packet)
+    assert engine.calls == [(7, packet.payload, Direction.OUTBOUND, 100.0)]
+    assert packet.verdict == "accept" and packet.new_payload is None
+    assert packet.new_mark == 0x3 | SEEN
+    inbound = FakePacket.inbound(8)
+    path.on_packet(inbound)
+    assert engine.calls[-1][2] is Direction.INBOUND
+
+
+def test_accept_with_rewritten_bytes(parts):
+    engine, _, path = parts
+    engine.script.append(Result(Verdict.ACCEPT, data=b"rewritten"))
+    packet = FakePacket(1)
+    path.on_packet(packet)
+    assert packet.verdict == "accept" and packet.new_payload == b"rewritten"
+
+
+def test_drop(parts):
+    engine, _, path = parts
+    engine.script.append(Result(Verdict.DROP))
+    packet = FakePacket(1)
+    path.on_packet(packet)
+    assert packet.verdict == "drop" and packet.new_mark is None
+
+
+def test_hold_then_release_in_any_order(parts):
+    engine, _, path = parts
+    first, second = FakePacket(1), FakePacket(2)
+    engine.script += [Result(Verdict.HOLD), Result(Verdict.HOLD)]
+    path.on_packet(first)
+    path.on_packet(second)
+    assert first.retained and second.retained
+    assert first.verdict is None and set(path.verdicts.held) == {1, 2}
+    engine.script.append(Result(Verdict.ACCEPT, releases=[Release(2, b"sealed", True),
+                                                          Release(1, None, False)]))
+    third = FakePacket(3)
+    path.on_packet(third)
+    assert second.verdict == "accept" and second.new_payload == b"sealed"
+    assert second.new_mark == SEEN
+    assert first.verdict == "drop"
+    assert third.verdict == "accept" and not path.verdicts.held
+
+
+def test_hold_and_release_in_one_result(parts):
+    engine, _, path = parts
+    engine.script.append(Result(Verdict.HOLD, releases=[Release(4, b"x", True)]))
+    packet = FakePacket(4)
+    path.on_packet(packet)
+    assert packet.verdict == "accept" and packet.new_payload == b"x"
+
+
+def test_unknown_release_is_counted_not_fatal(parts):
+    engine, _, path = parts
+    engine.script.append(Result(Verdict.ACCEPT, releases=[Release(99, None, True)]))
+    path.on_packet(FakePacket(1))
+    assert path.counters["daemon_unknown_releases"] == 1
+
+
+def test_transmit_goes_to_the_sender_and_failures_are_counted(parts):
+    engine, sender, path = parts
+    engine.script.append(Result(Verdict.ACCEPT, transmit=[Transmit(b"a", Direction.OUTBOUND),
+                                                          Transmit(b"b", Direction.INBOUND)]))
+    path.on_packet(FakePacket(1))
+    assert sender.sent == [b"a", b"b"]
+    sender.fail = True
+    engine.script.append(Result(Verdict.ACCEPT, transmit=[Transmit(b"c", Direction.OUTBOUND)]))
+    path.on_packet(FakePacket(2))
+    assert path.counters["daemon_inject_errors"] == 1
+
+
+def test_engine_error_outbound_passes_unseen_so_the_guard_decides(parts):
+    engine, _, path = parts
+    engine.script.append(ValueError("bug"))
+    packet = FakePacket(1)
+    path.on_packet(packet)
+    assert packet.verdict == "accept" and packet.new_mark is None
+    assert path.counters["daemon_engine_errors"] == 1
+
+
+def test_engine_error_inbound_drops_on_encrypted_connections_only(parts):
+    engine, _, path = parts
+    engine.script += [ValueError("bug"), ValueError("bug")]
+    encrypted = FakePacket.inbound(1, mark=ENCRYPTED)
+    plain = FakePacket.inbound(2)
+    path.on_packet(encrypted)
+    path.on_packet(plain)
+    assert encrypted.verdict == "drop"
+    assert plain.verdict == "accept" and plain.new_mark is None
+
+
+def test_truncated_packet_never_reaches_the_engine(parts):
+    engine, _, path = parts
+    packet = FakePacket(1, payload=ipv4_packet(100, total_len=9000))
+    path.on_packet(packet)
+    assert engine.calls == [] and packet.verdict == "accept"
+    assert path.counters["daemon_truncated"] == 1
+
+
+def test_verdict_failure_is_counted_not_raised(parts):
+    engine, _, path = parts
+    packet = FakePacket(1)
+    packet.verdict = "accept"  # a second verdict raises like NetfilterQueue's
+    path.on_packet(packet)
+    assert path.counters["daemon_verdict_errors"] == 1
+
+
+def test_timer_results_are_applied_and_errors_counted(parts):
+    engine, sender, path = parts
+    engine.script.append(Result(None, transmit=[Transmit(b"rto", Direction.OUTBOUND)]))
+    path.on_timer()
+    assert sender.sent == [b"rto"] and engine.timer_calls == [100.0]
+    engine.script.append(RuntimeError("bug"))
+    path.on_timer()
+    assert path.counters["daemon_timer_errors"] == 1
+
+
+def test_counters_merge_engine_and_daemon(parts):
+    engine, _, path = parts
+    path.counters["daemon_truncated"] = 2
+    assert path.counters_view() == {"encrypted": 1, "plain": 2, "daemon_truncated": 2}
+
+
+# ---- control requests
+
+@pytest.fixture
+def daemon():
+    flows = [flow_status(),
+             flow_status(local="10.0.0.1:40001", remote="10.0.0.3:80", session_id="",
+                         state="keying", tep="", aead=""),
+             flow_status(local="[fd00:0201:0000:0000:0000:0000:0000:0001]:5000",
+                         remote="[fd00:0201:0000:0000:0000:0000:0000:0002]:6000",
+                         session_id="24" + "cd" * 32, role="B")]
+    engine = ScriptedEngine(flows)
+    path = PacketPath(engine, FakeSender(), Verdicts(SEEN), ENCRYPTED)
+    return Daemon(Config(), engine, path, "nft", clock=lambda: 50.0)
+
+
+def test_ping(daemon):
+    answer = daemon.handle({"command": "ping"})
+    assert answer["ok"] and answer["version"]
+
+
+def test_enable_disable_toggle_the_engine(daemon):
+    assert daemon.handle({"command": "disable"}) == {"ok": True, "enabled": False}
+    assert daemon.engine.enabled is False
+    assert daemon.status()["daemon"]["enabled"] is False
+    assert daemon.handle({"command": "enable"}) == {"ok": True, "enabled": True}
+    assert daemon.engine.enabled is True
+
+
+def test_status_schema(daemon):
+    answer = daemon.handle({"command": "status"})
+    assert set(answer) == {"ok", "daemon", "counters", "sessions"}
+    assert set(answer["daemon"]) == {"pid", "version", "enabled", "queue", "firewall", "uptime",
+                                     "held_packets"}
+    assert answer["counters"] == {"encrypted": 1, "plain": 2}
+    first = answer["sessions"][0]
+    assert first["tep"] == "X25519" and first["role"] == "A"
+    assert answer["sessions"][2]["local"] == "[fd00:201::1]:5000"
+
+
+def test_session_id_by_remote_or_local_port(daemon):
+    by_remote = daemon.handle({"command": "session-id", "remote_addr": "10.0.0.2",
+                               "remote_port": 80})
+    assert by_remote == {"ok": True, "session_id": "23" + "ab" * 32,
+                         "local": "10.0.0.1:40000", "remote": "10.0.0.2:80"}
+    by_v6 = daemon.handle({"command": "session-id", "remote_addr": "fd00:201:0::2",
+                           "remote_port": 6000})
+    assert by_v6["session_id"].startswith("24")
+    by_local = daemon.handle({"command": "session-id", "local_port": 5000})
+    assert by_local["session_id"].startswith("24")
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({"remote_addr": "10.0.0.9", "remote_port": 80}, "no such connection"),
+    ({"remote_addr": "10.0.0.3", "remote_port": 80}, "has no tcpcrypt session"),
+    ({"remote_port": 80, "remote_addr": None, "local_port": None}, "needs remote_addr"),
+    ({"local_port": "80"}, "local_port must be a port number"),
+    ({"local_port": 0}, "local_port must be a port number"),
+    ({"remote_addr": 5, "remote_port": 80}, "remote_addr must be a string"),
+])
+def test_session_id_errors_never_return_an_empty_id(daemon, request_, message):
+    with pytest.raises(ControlError, match=message):
+        daemon.handle({"command": "session-id", **request_})
+
+
+def test_session_id_ambiguous_when_two_connections_go_to_one_server():
+    flows = [flow_status(), flow_status(local="10.0.0.1:40002", session_id="23" + "ef" * 32)]
+    engine = ScriptedEngine(flows)
+    daemon = Daemon(Config(), engine, PacketPath(engine, FakeSender(), Verdicts(SEEN), ENCRYPTED),
+                    "nft")
+    with pytest.raises(ControlError, match="2 encrypted connections match"):
+        daemon.handle({"command": "session-id", "remote_addr": "10.0.0.2", "remote_port": 80})
+    answer = daemon.handle({"command": "session-id", "remote_addr": "10.0.0.2",
+                            "remote_port": 80, "local_port": 40002})
+    assert answer["session_id"] == "23" + "ef" * 32

@@ -1,0 +1,120 @@
+"""Failures: the daemon killed mid-transfer, and a middlebox that tampers with a frame.
+
+DESIGN.md invariant 4 (no application byte in plaintext on an ENO flow, also when the daemon
+dies) and invariant 3 / RFC 8548 §3.6 (AEAD failure aborts the connection; no unverified byte
+reaches the application).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import pytest
+from e2e_support import IMPAIRED_SIZE, MB, NC_PORT, TRANSFER_TIMEOUT, E2E, session_ids
+
+pytestmark = pytest.mark.e2e
+
+#: curl's "operation timed out": a hang, which is not the error a tampered frame must cause.
+CURL_TIMED_OUT = 28
+
+
+def _write_all(pipe, data: bytes) -> None:
+    """Feed ``data`` to a process's stdin until done or the process is gone."""
+    try:
+        for start in range(0, len(data), 65536):
+            pipe.write(data[start:start + 65536])
+        pipe.close()
+    except (BrokenPipeError, ValueError, OSError):
+        pass
+
+
+def _wait_for_size(path, size: int, timeout: float = TRANSFER_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or path.stat().st_size < size:
+        assert time.monotonic() < deadline, f"{path.name}: fewer than {size} bytes arrived"
+        time.sleep(0.05)
+
+
+def _own_rules(e2e: E2E) -> str:
+    """The daemon's chains still present in A (both iptables back ends)."""
+    found = []
+    for tool in ("iptables-save", "ip6tables-save", "iptables-legacy-save",
+                 "ip6tables-legacy-save"):
+        out = e2e.bed.a.run(tool, check=False).stdout.decode(errors="replace")
+        found += [line for line in out.splitlines() if "TCPCRYPT" in line]
+    return "\n".join(found)
+
+
+def test_kill9_mid_transfer_never_leaks_then_recovers(e2e: E2E) -> None:
+    daemons = e2e.daemons("A", "B")
+    data = e2e.payload(IMPAIRED_SIZE).read_bytes()
+    first_part = 1 * MB
+
+    # 1. An encrypted upload A -> B; the daemon in A dies after the first megabyte arrived.
+    capture = e2e.bed.capture("crash")
+    received = e2e.bed.workdir / "crash-received.bin"
+    listener = e2e.nc_listen("B", received)
+    client = e2e.bed.a.popen(["nc", "-N", e2e.bed.addr("B"), str(NC_PORT)],
+                             stdin=subprocess.PIPE)
+    assert client.stdin is not None
+    client.stdin.write(data[:first_part])
+    client.stdin.flush()
+    _wait_for_size(received, first_part)
+    assert len(session_ids(daemons["B"], NC_PORT)) == 1
+    daemons["A"].kill()
+
+    # The local stack goes on sending the rest (and retransmitting) with nobody to encrypt it.
+    writer = threading.Thread(target=_write_all, args=(client.stdin, data[first_part:]),
+                              daemon=True)
+    writer.start()
+    writer.join(timeout=5)
+    time.sleep(2)                        # an observation window; no assertion depends on it
+    client.kill()
+    listener.kill()
+    writer.join(timeout=10)
+    capture.stop()
+    report = capture.analyze(e2e.marker)
+    assert report.syn_with_eno == 1 and report.synack_with_eno == 1, report.summary()
+    assert report.marker_hits == 0, report.summary()
+    got = received.read_bytes()
+    assert data.startswith(got)
+    assert len(got) < len(data), "the flow continued without its daemon"
+
+    # 2. While the daemon is down, new flows pass as plain TCP (queue bypass).
+    capture = e2e.bed.capture("daemon-down")
+    plain = e2e.curl("A", "B", 2 * MB)
+    capture.stop()
+    assert plain.intact, plain.describe()
+    down = capture.analyze(e2e.marker)
+    assert down.syn_with_eno == 0, down.summary()
+    e2e.assert_plaintext(down)
+
+    # 3. `tcpcryptd disable` cleans up after the crash; a restarted daemon encrypts again.
+    daemons["A"].disable()
+    assert _own_rules(e2e) == ""
+    e2e.bed.daemon("A")
+    capture = e2e.bed.capture("restarted")
+    again = e2e.curl("A", "B", IMPAIRED_SIZE)
+    capture.stop()
+    assert again.intact, again.describe()
+    e2e.assert_encrypted(capture.analyze(e2e.marker))
+
+
+def test_tampered_frame_resets_the_connection(e2e: E2E) -> None:
+    daemons = e2e.daemons("A", "B")
+    capture = e2e.bed.capture("tamper")
+    e2e.bed.start_impairment("--tamper", "30")
+    transfer = e2e.curl("A", "B", IMPAIRED_SIZE, timeout=120)
+    stats = e2e.bed.stop_impairment()
+    capture.stop()
+
+    assert stats["tampered"] == 1, stats
+    assert transfer.exit_code not in (0, CURL_TIMED_OUT), transfer.describe()
+    assert transfer.received_is_prefix(), "corrupted bytes reached the application"
+    assert transfer.received_size < IMPAIRED_SIZE
+    aborts = sum(daemon.counters().get("aborts", 0) for daemon in daemons.values())
+    assert aborts >= 1
+    report = capture.analyze(e2e.marker)
+    assert report.marker_hits == 0, report.summary()

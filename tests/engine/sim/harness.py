@@ -1,0 +1,465 @@
+"""Two hosts, each a TCP stack model behind an optional flow engine, joined by an impaired wire.
+
+The packet path is the daemon's (DESIGN.md §5, docs/ARCHITECTURE.md "Layer 3"):
+
+    stack -> engine OUTBOUND -> wire -> peer engine INBOUND -> peer stack
+
+An engine's ``Transmit(OUTBOUND)`` goes to the wire and ``Transmit(INBOUND)`` to its own stack;
+a HELD packet stays in the host's table until a ``Release`` names it (at most once).  Time is
+simulated: the loop jumps to the earliest of the wire's next arrival, the stacks' and engines'
+timers and the applications' next actions.  Nothing sleeps and nothing reads a clock, so a
+scenario is a pure function of its seed.  Simulated time and the event count are bounded: a
+flow that stops making progress fails with :class:`SimulationStalled`, naming its state.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tcpcryptd.core.constants import INIT1_MAGIC, INIT2_MAGIC
+from tcpcryptd.engine.actions import Direction, Verdict
+
+from . import invariants
+from .stack import Endpoint, StackConfig, State, TcpStack
+from .wire import C2S, S2C, ByteFlip, Impairments, TargetedDrop, Wire
+
+#: A marker planted in the application data: it must never be seen on an ENO wire.
+PLAINTEXT_MARKER = b"<<TCPCRYPT-PLAINTEXT-MARKER>>"
+_ADDRESSES = {
+    4: (bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])),
+    6: (bytes.fromhex("fd000000000000000000000000000001"), bytes.fromhex("fd000000000000000000000000000002")),
+}
+
+
+class SimulationStalled(AssertionError):
+    """The scenario ran out of simulated time or events before both sides finished."""
+
+
+class EngineLike(Protocol):
+    def handle_packet(self, packet_id: int, data: bytes, direction: Direction, now: float): ...
+    def handle_timer(self, now: float): ...
+    def next_deadline(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One reproducible run; ``name`` identifies it in test ids and failure messages."""
+
+    name: str
+    seed: int
+    version: int = 4
+    client_engine: bool = True
+    server_engine: bool = True
+    impairments: Impairments = Impairments()
+    c2s_bytes: int = 10_000
+    s2c_bytes: int = 10_000
+    server_first: bool = False
+    simultaneous_close: bool = False
+    targeted: tuple[TargetedDrop, ...] = ()
+    flip: ByteFlip | None = None
+    strip_synack_eno: bool = False
+    mtu: int = 1500
+    slow_reader: bool = False
+    keepalive: bool = False
+    client_stack: StackConfig = StackConfig()
+    server_stack: StackConfig = StackConfig()
+    client_iss: int | None = None
+    max_time: float = 900.0
+    max_events: int = 1_000_000
+
+    @property
+    def expect_encrypted(self) -> bool:
+        """Both ends run an engine and no middlebox interferes: the flow must end up ENO."""
+        return self.client_engine and self.server_engine and not self.strip_synack_eno
+
+    @property
+    def expect_abort(self) -> bool:
+        return self.flip is not None
+
+
+@dataclass
+class _App:
+    """The application on one host: writes its data in chunks, reads, closes."""
+
+    data: bytes
+    chunks: list[int]
+    gap: float
+    slow_reader: bool
+    read_chunk: int = 4096
+    read_interval: float = 0.02
+    wait_for: int = 0
+    written: int = 0
+    next_write: float | None = None
+    next_read: float | None = None
+    closed: bool = False
+    hold_close: bool = False
+
+
+@dataclass
+class _Host:
+    name: str
+    direction: str
+    stack: TcpStack
+    engine: EngineLike | None
+    app: _App
+    held: dict[int, tuple[bytes, Direction]] = field(default_factory=dict)
+    next_packet_id: int = 1
+    max_held: int = 0
+    packets_to_stack: int = 0
+
+
+@dataclass
+class SimResult:
+    """Everything the invariant checks need after a run."""
+
+    scenario: Scenario
+    now: float
+    events: int
+    client: _Host
+    server: _Host
+    wire: Wire
+    log: invariants.WireLog
+    violations: list[str]
+
+    def summary(self) -> str:
+        c, s = self.client.stack, self.server.stack
+        return (
+            f"{self.scenario.name}: t={self.now:.3f}s events={self.events} "
+            f"client {c.state.value} err={c.error} read {len(c.received)}/{len(self.server.app.data)} "
+            f"sent_unacked={c.bytes_unacked}; server {s.state.value} err={s.error} read "
+            f"{len(s.received)}/{len(self.client.app.data)} sent_unacked={s.bytes_unacked}; "
+            f"wire {self.wire.stats}; client stack {c.stats}; server stack {s.stats}; "
+            f"held c={len(self.client.held)} s={len(self.server.held)}; "
+            f"engines: c={_counters(self.client.engine)} s={_counters(self.server.engine)}"
+        )
+
+
+def _counters(engine: EngineLike | None) -> object:
+    return None if engine is None else getattr(engine, "counters", None)
+
+
+def make_payload(rng: random.Random, size: int) -> bytes:
+    """Random application bytes with the plaintext marker planted where it fits."""
+    data = bytearray(rng.randbytes(size))
+    if size >= len(PLAINTEXT_MARKER):
+        for _ in range(1 + size // 8192):
+            at = rng.randrange(size - len(PLAINTEXT_MARKER) + 1)
+            data[at : at + len(PLAINTEXT_MARKER)] = PLAINTEXT_MARKER
+    return bytes(data)
+
+
+def _chunks(rng: random.Random, size: int) -> list[int]:
+    out = []
+    left = size
+    while left > 0:
+        piece = min(left, rng.choice((1, 7, 100, 536, 1000, 1448, 3000, 16384, 65536)))
+        out.append(piece)
+        left -= piece
+    return out
+
+
+class Simulation:
+    """Runs one :class:`Scenario` to completion (or to a clear failure)."""
+
+    def __init__(self, scenario: Scenario, engine_factory=None) -> None:
+        self.sc = scenario
+        self.rng = random.Random(scenario.seed)
+        make_engine = engine_factory or _real_engine
+        v = scenario.version
+        client_addr, server_addr = _ADDRESSES[v]
+        client_ep = Endpoint(v, client_addr, 40000 + self.rng.randrange(20000))
+        server_ep = Endpoint(v, server_addr, 443)
+        c_cfg = _with_mtu(scenario.client_stack, scenario)
+        s_cfg = _with_mtu(scenario.server_stack, scenario)
+        client_stack = TcpStack("client", client_ep, server_ep, random.Random(self.rng.random()), c_cfg, scenario.client_iss)
+        server_stack = TcpStack("server", server_ep, client_ep, random.Random(self.rng.random()), s_cfg)
+        c_data = make_payload(self.rng, scenario.c2s_bytes)
+        s_data = make_payload(self.rng, scenario.s2c_bytes)
+        self.client = _Host(
+            "client", C2S, client_stack, make_engine() if scenario.client_engine else None,
+            _App(c_data, _chunks(self.rng, len(c_data)), 0.003, scenario.slow_reader,
+                 wait_for=len(s_data) if scenario.server_first else 0),
+        )
+        self.server = _Host(
+            "server", S2C, server_stack, make_engine() if scenario.server_engine else None,
+            _App(s_data, _chunks(self.rng, len(s_data)), 0.003, scenario.slow_reader),
+        )
+        for host in (self.client, self.server):
+            host.app.hold_close = scenario.simultaneous_close
+        self.wire = Wire(
+            random.Random(self.rng.random()),
+            scenario.impairments,
+            scenario.mtu,
+            eno_flow=scenario.expect_encrypted,
+            targeted=scenario.targeted,
+            flip=scenario.flip,
+            strip_synack_eno=scenario.strip_synack_eno,
+        )
+        self.log = invariants.WireLog()
+        self.now = 0.0
+        self.events = 0
+        self.violations: list[str] = []
+        self._work: deque[tuple[_Host, str, bytes, Direction | None]] = deque()
+        self._abort_seen_at: float | None = None
+
+    # ------------------------------------------------------------------ run loop
+    def run(self) -> SimResult:
+        self.server.stack.listen()
+        self.client.stack.connect(self.now)
+        self._collect(self.client)
+        self._drain()
+        while not self._done():
+            self.events += 1
+            when = self._next_event_time()
+            if when is None:
+                raise SimulationStalled(f"no event left (deadlock): {self._result().summary()}")
+            if when > self.sc.max_time or self.events > self.sc.max_events:
+                raise SimulationStalled(
+                    f"no completion within {self.sc.max_time}s / {self.sc.max_events} events: "
+                    f"{self._result().summary()}"
+                )
+            self.now = max(self.now, when)
+            self._step()
+            self._drain()
+            self._app_react()
+            self._drain()
+        return self._result()
+
+    def _result(self) -> SimResult:
+        return SimResult(self.sc, self.now, self.events, self.client, self.server, self.wire, self.log, self.violations)
+
+    def _hosts(self) -> tuple[_Host, _Host]:
+        return self.client, self.server
+
+    def _done(self) -> bool:
+        c, s = self.client.stack, self.server.stack
+        if self.sc.expect_abort:
+            if c.error is not None or s.error is not None:
+                if self._abort_seen_at is None:
+                    self._abort_seen_at = self.now
+                return (c.error is not None and s.error is not None) or self.now > self._abort_seen_at + 5.0
+            return c.finished and s.finished
+        return c.finished and s.finished and all(h.app.closed and h.stack.readable == 0 for h in self._hosts())
+
+    def _next_event_time(self) -> float | None:
+        times = [self.wire.next_arrival()]
+        for host in self._hosts():
+            times.append(host.stack.next_timer())
+            if host.engine is not None:
+                times.append(host.engine.next_deadline())
+            times.append(host.app.next_write)
+            times.append(host.app.next_read)
+        present = [t for t in times if t is not None]
+        return min(present) if present else None
+
+    def _step(self) -> None:
+        """Run every event that is due at ``self.now``, in a fixed order."""
+        now = self.now
+        arrival = self.wire.next_arrival()
+        if arrival is not None and arrival <= now:
+            direction, data = self.wire.pop_arrival()
+            host = self.server if direction == C2S else self.client
+            self._from_wire(host, data)
+            return
+        for host in self._hosts():
+            if host.engine is not None:
+                deadline = host.engine.next_deadline()
+                if deadline is not None and deadline <= now:
+                    self._apply(host, host.engine.handle_timer(now), None, b"", Direction.OUTBOUND)
+            timer = host.stack.next_timer()
+            if timer is not None and timer <= now:
+                host.stack.on_timer(now)
+                self._collect(host)
+            app = host.app
+            if app.next_write is not None and app.next_write <= now:
+                self._write(host)
+            if app.next_read is not None and app.next_read <= now:
+                self._slow_read(host)
+
+    # ------------------------------------------------------------------ packet path
+    def _from_wire(self, host: _Host, data: bytes) -> None:
+        if host.engine is None:
+            self._work.append((host, "stack", data, None))
+            return
+        packet_id = host.next_packet_id
+        host.next_packet_id += 1
+        self._apply(host, host.engine.handle_packet(packet_id, data, Direction.INBOUND, self.now), packet_id, data, Direction.INBOUND)
+
+    def _from_stack(self, host: _Host, data: bytes) -> None:
+        if host.engine is None:
+            self._to_wire(host, data)
+            return
+        packet_id = host.next_packet_id
+        host.next_packet_id += 1
+        self._apply(host, host.engine.handle_packet(packet_id, data, Direction.OUTBOUND, self.now), packet_id, data, Direction.OUTBOUND)
+
+    def _apply(self, host: _Host, result, packet_id: int | None, data: bytes, direction: Direction) -> None:
+        """Carry out a Result: the verdict, releases of held packets, engine-made packets."""
+        verdict = result.verdict
+        if packet_id is None:
+            if verdict is not None:
+                self.violations.append(f"{host.name}: handle_timer returned verdict {verdict!r}")
+        elif verdict is Verdict.ACCEPT:
+            self._forward(host, result.data if result.data is not None else data, direction)
+        elif verdict is Verdict.HOLD:
+            host.held[packet_id] = (data, direction)
+            host.max_held = max(host.max_held, len(host.held))
+        elif verdict is not Verdict.DROP:
+            self.violations.append(f"{host.name}: packet {packet_id} got verdict {verdict!r}")
+        for release in result.releases:
+            held = host.held.pop(release.packet_id, None)
+            if held is None:
+                self.violations.append(f"{host.name}: release of packet {release.packet_id} that is not held")
+                continue
+            if release.accept:
+                self._forward(host, release.data if release.data is not None else held[0], held[1])
+        for transmit in result.transmit:
+            self._forward(host, transmit.data, transmit.direction)
+
+    def _forward(self, host: _Host, data: bytes, direction: Direction) -> None:
+        if direction == Direction.OUTBOUND:
+            self._to_wire(host, data)
+        else:
+            self._work.append((host, "stack", data, None))
+
+    def _to_wire(self, host: _Host, data: bytes) -> None:
+        self.log.record(host.direction, data)
+        self.wire.send(host.direction, data, self.now)
+
+    def _collect(self, host: _Host) -> None:
+        for data in host.stack.take_output():
+            self._work.append((host, "engine", data, None))
+
+    def _drain(self) -> None:
+        """Process packets moving between a stack and its engine at this instant."""
+        while self._work:
+            host, where, data, _ = self._work.popleft()
+            if where == "stack":
+                host.packets_to_stack += 1
+                host.stack.receive(data, self.now)
+                self._collect(host)
+                self._fast_read(host)
+            else:
+                self._from_stack(host, data)
+
+    # ------------------------------------------------------------------ applications
+    def _app_react(self) -> None:
+        for host in self._hosts():
+            app, stack = host.app, host.stack
+            self._fast_read(host)
+            if stack.error is not None or app.closed:
+                continue
+            if stack.state not in (State.ESTABLISHED, State.CLOSE_WAIT):
+                continue
+            if app.written < len(app.data):
+                if app.next_write is None and len(stack.received) >= app.wait_for:
+                    app.next_write = self.now
+            elif not app.hold_close:
+                self._close(host)
+            elif all(
+                h.app.written == len(h.app.data) and len(h.stack.received) == len(o.app.data)
+                for h, o in ((self.client, self.server), (self.server, self.client))
+            ):
+                for h in self._hosts():
+                    self._close(h)  # simultaneous close: both FINs leave at this instant
+
+    def _close(self, host: _Host) -> None:
+        if not host.app.closed:
+            host.app.closed = True
+            host.stack.close(self.now)
+            self._collect(host)
+
+    def _write(self, host: _Host) -> None:
+        app = host.app
+        size = app.chunks.pop(0)
+        host.stack.write(app.data[app.written : app.written + size], self.now)
+        app.written += size
+        app.next_write = self.now + app.gap if app.chunks else None
+        self._collect(host)
+
+    def _fast_read(self, host: _Host) -> None:
+        if host.app.slow_reader:
+            if host.app.next_read is None and host.stack.readable:
+                host.app.next_read = self.now + host.app.read_interval
+            return
+        if host.stack.readable:
+            host.stack.read(host.stack.readable, self.now)
+            self._collect(host)
+
+    def _slow_read(self, host: _Host) -> None:
+        app = host.app
+        host.stack.read(app.read_chunk, self.now)
+        app.next_read = self.now + app.read_interval if host.stack.readable else None
+        self._collect(host)
+
+
+def _real_engine() -> EngineLike:
+    from tcpcryptd.engine import Engine, EngineConfig
+
+    return Engine(EngineConfig())
+
+
+def _with_mtu(cfg: StackConfig, sc: Scenario) -> StackConfig:
+    from dataclasses import replace
+
+    keepalive = 0.5 if sc.keepalive else cfg.keepalive_idle
+    rcv_buffer = 8192 if sc.slow_reader else cfg.rcv_buffer
+    return replace(cfg, mtu=sc.mtu, keepalive_idle=keepalive, rcv_buffer=rcv_buffer)
+
+
+def check(result: SimResult) -> list[str]:
+    """Every invariant of DESIGN.md §6 that applies to this scenario; [] when all hold."""
+    sc = result.scenario
+    out = list(result.violations)
+    out += [f"wire: oversize packet {o}" for o in result.wire.stats.oversize[:3]]
+    out += invariants.check_no_conflicts(result.log)
+    c_rec, s_rec = result.log.records[C2S], result.log.records[S2C]
+    for host in (result.client, result.server):
+        st = host.stack.stats
+        for name in ("dropped_bad_checksum", "dropped_unparsable", "dropped_no_timestamp", "inconsistent_retransmissions"):
+            if getattr(st, name):
+                out.append(f"{host.name} stack: {name} = {getattr(st, name)}")
+        if host.max_held > 64:
+            out.append(f"{host.name}: engine held {host.max_held} packets at once")
+    pairs = ((C2S, result.client.app.data, result.server.stack, c_rec, INIT1_MAGIC),
+             (S2C, result.server.app.data, result.client.stack, s_rec, INIT2_MAGIC))
+    if sc.expect_abort:
+        out += _check_abort(result)
+        for label, written, receiver, _, _ in pairs:
+            out += invariants.check_prefix(label, written, bytes(receiver.received))
+    else:
+        for label, written, receiver, _, _ in pairs:
+            out += invariants.check_stream_delivered(label, written, bytes(receiver.received), receiver.eof)
+        for host in (result.client, result.server):
+            if host.held:
+                out.append(f"{host.name}: {len(host.held)} packets still held after the flow finished")
+    if sc.client_engine and not invariants.has_syn_eno(c_rec):
+        out.append("client engine did not put ENO on the SYN")
+    for label, written, _, rec, magic in pairs:
+        if sc.expect_encrypted:
+            out += invariants.check_eno_wire(label, rec, written, magic, complete=not sc.expect_abort)
+        elif not sc.expect_abort:
+            out += invariants.check_plain_wire(label, rec, written)
+    return out
+
+
+def _check_abort(result: SimResult) -> list[str]:
+    """A tampered frame must abort: the flip happened and the receiving side was reset."""
+    sc = result.scenario
+    if not result.wire.stats.flips:
+        return ["tamper scenario: the wire never flipped a byte (scenario proves nothing)"]
+    receiver = result.server.stack if sc.flip.direction == C2S else result.client.stack
+    if receiver.error is None:
+        return [f"tampered frame toward the {receiver.name} did not abort its connection ({receiver.state.value})"]
+    return []
+
+
+def run(scenario: Scenario, engine_factory=None) -> SimResult:
+    """Run ``scenario``; raises SimulationStalled if it does not finish."""
+    return Simulation(scenario, engine_factory).run()
+
+
+__all__ = ["Scenario", "SimResult", "Simulation", "SimulationStalled", "check", "run", "make_payload", "PLAINTEXT_MARKER"]
