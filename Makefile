@@ -40,10 +40,15 @@ vectors: setup
 demo: setup
 	$(PY) -m tcpcryptd.demo
 
-bench: setup
+$(STAMP)-bench: pyproject.toml $(STAMP)-venv
+	$(PIP) install -q -e '.[test,bench]'
+	touch $@
+
+bench: setup $(STAMP)-bench
 	$(PY) -m bench $(if $(QUICK),--quick,)
 
 bench-engine: setup
+	$(PY) -m bench.packet_costs
 	$(PY) -m bench.engine
 
 install: setup

@@ -32,7 +32,13 @@ from tcpcryptd.core.eno import (
     parse_syn_option,
 )
 from tcpcryptd.core.keys import next_session_secret, resumption_id
-from tcpcryptd.core.negotiation import Negotiated, TcpcryptValidity, negotiate, passive_open
+from tcpcryptd.core.negotiation import (
+    Fallback,
+    Negotiated,
+    TcpcryptValidity,
+    negotiate,
+    passive_open,
+)
 from tcpcryptd.core.resumption import CacheEntry, SessionCache
 from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake, Session
 from tcpcryptd.core.tep import key_agreement
@@ -60,8 +66,9 @@ GENERATIONS = 2
 #: The resumed case: resume the X25519 / AES-128-GCM session with ss[1].
 RESUMED_FROM = (TEP.ECDHE_CURVE25519, AEADId.AES_128_GCM)
 RESUME_NONCE_LEN = 8
-#: Peer names for the session caches (any hashable will do; no addresses are involved).
+#: How each host's session cache names its peer (any hashable; no addresses are involved).
 PEER_OF = {"A": "host-b", "B": "host-a"}
+#: The caches' clock: the resumption happens at the time the secrets were stored.
 NOW = 0.0
 
 
@@ -168,12 +175,14 @@ def key_fields(session: Session, ss_count: int) -> dict[str, Any]:
 
 @dataclass
 class FreshSession:
+    """A fresh case's vector and both hosts' sessions (the resumed case caches from them)."""
+
     case: dict[str, Any]
     a: Session
     b: Session
 
 
-def negotiate_both(a_syn: SynOption, answer: tuple[SynOption | None, Any],
+def negotiate_both(a_syn: SynOption, answer: tuple[SynOption | None, Negotiated | Fallback],
                    a_validity: TcpcryptValidity) -> tuple[Negotiated, Negotiated]:
     """B's passive-open outcome and A's outcome from B's SYN-ACK option as received."""
     b_syn, b_outcome = answer

@@ -93,16 +93,24 @@ class TrafficKey:
             raise ValueError(f"frame offset {offset} outside the 64-bit frame ID range")
         return (offset ^ self._nr).to_bytes(self.algorithm.nonce_len, "big")
 
+    # seal/open compute the nonce inline (no call to nonce()): they run once per frame.
+
     def seal(self, offset: int, plaintext: bytes, associated_data: bytes) -> bytes:
         """Encrypt a frame's plaintext; returns ciphertext with the tag appended."""
-        return self._aead.encrypt(self.nonce(offset), plaintext, associated_data)
+        if not 0 <= offset <= MAX_FRAME_OFFSET:
+            raise ValueError(f"frame offset {offset} outside the 64-bit frame ID range")
+        nonce = (offset ^ self._nr).to_bytes(self.algorithm.nonce_len, "big")
+        return self._aead.encrypt(nonce, plaintext, associated_data)
 
     def open(self, offset: int, ciphertext: bytes | memoryview, associated_data: bytes) -> bytes:
         """Decrypt and verify; raise :class:`FrameAuthError` on FAIL (RFC 8548 §3.6)."""
+        if not 0 <= offset <= MAX_FRAME_OFFSET:
+            raise ValueError(f"frame offset {offset} outside the 64-bit frame ID range")
+        nonce = (offset ^ self._nr).to_bytes(self.algorithm.nonce_len, "big")
         try:
-            return self._aead.decrypt(self.nonce(offset), ciphertext, associated_data)
+            return self._aead.decrypt(nonce, ciphertext, associated_data)
         except InvalidTag:
-            raise FrameAuthError(f"AEAD authentication failed for frame at offset {offset}") from None
+            raise FrameAuthError(f"AEAD FAIL for the frame at offset {offset}") from None
 
     def __repr__(self) -> str:
         return f"TrafficKey({self.algorithm.name})"

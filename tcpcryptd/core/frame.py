@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
-from tcpcryptd.core.aead import AEAD_ALGORITHMS, AEADAlgorithm, TrafficKey
+from tcpcryptd.core.aead import AEAD_ALGORITHMS, TrafficKey
 from tcpcryptd.core.errors import FrameError
 
 _HEADER = struct.Struct(">BH")
@@ -42,6 +42,8 @@ FLAG_URGP = 0x02
 FLAGS_LEN = 1
 URGENT_LEN = 2
 MAX_URGENT = 0xFFFF
+_FLAGS_NONE = b"\x00"
+_FLAGS_FIN = bytes((FLAG_FINP,))
 
 #: Tag length of every RFC 8548 AEAD (§6); frame limits below rely on it being the same.
 TAG_LEN = 16
@@ -85,13 +87,12 @@ def encode_frame(key: TrafficKey, offset: int, data: bytes | bytearray | memoryv
 
     ``ValueError`` if the data does not fit in one frame or ``urgent`` is out of 0..65535.
     """
-    flags = FLAG_FINP if fin else 0
     if urgent is None:
-        plaintext = bytes((flags,)) + data
+        plaintext = (_FLAGS_FIN if fin else _FLAGS_NONE) + data
     else:
         if not 0 <= urgent <= MAX_URGENT:
             raise ValueError(f"urgent {urgent} outside 0..{MAX_URGENT}")
-        plaintext = _URGENT_PREFIX.pack(flags | FLAG_URGP, urgent) + data
+        plaintext = _URGENT_PREFIX.pack((FLAG_FINP if fin else 0) | FLAG_URGP, urgent) + data
     clen = len(plaintext) + TAG_LEN
     if clen > MAX_CLEN:
         raise ValueError(f"{len(data)} data bytes do not fit in one frame (clen {clen})")
@@ -112,11 +113,6 @@ def frame_length(buf: bytes | bytearray | memoryview) -> int | None:
     return HEADER_LEN + clen
 
 
-def frame_rekey(frame: bytes | bytearray | memoryview) -> bool:
-    """The rekey bit of a frame's control byte (cres bits ignored, RFC 8548 §4.2)."""
-    return bool(frame[0] & CONTROL_REKEY)
-
-
 def decode_frame(key: TrafficKey, offset: int, frame: bytes | bytearray | memoryview, *,
                  generation: int = 0) -> Frame:
     """Verify and decrypt one whole frame at ``offset``.
@@ -124,11 +120,12 @@ def decode_frame(key: TrafficKey, offset: int, frame: bytes | bytearray | memory
     ``frame`` must be exactly one frame.  Raises :class:`FrameError` (malformed) or
     :class:`FrameAuthError` (AEAD FAIL); never returns unverified data.
     """
-    length = frame_length(frame)
-    if length is None or length != len(frame):
-        raise FrameError(f"{len(frame)} bytes are not exactly one frame")
-    view = memoryview(frame)
-    plaintext = key.open(offset, view[HEADER_LEN:], bytes(view[:HEADER_LEN]))
+    length = len(frame)
+    if length < HEADER_LEN or HEADER_LEN + ((frame[1] << 8) | frame[2]) != length:
+        raise FrameError(f"{length} bytes are not exactly one frame")
+    if length < HEADER_LEN + MIN_CLEN:
+        raise FrameError(f"clen {length - HEADER_LEN} shorter than tag and flags ({MIN_CLEN})")
+    plaintext = key.open(offset, frame[HEADER_LEN:], bytes(frame[:HEADER_LEN]))
     flags = plaintext[0]
     if flags & FLAG_URGP:
         if len(plaintext) < FLAGS_LEN + URGENT_LEN:
@@ -138,15 +135,12 @@ def decode_frame(key: TrafficKey, offset: int, frame: bytes | bytearray | memory
     else:
         urgent = None
         data = plaintext[FLAGS_LEN:]
-    return Frame(offset, length, frame_rekey(frame), bool(flags & FLAG_FINP), urgent, data,
-                 generation)
+    return Frame(offset, length, bool(frame[0] & CONTROL_REKEY), bool(flags & FLAG_FINP), urgent,
+                 data, generation)
 
 
 class FrameOpener(Protocol):
     """What :class:`FrameDecoder` needs from a session (see ``Session.open``)."""
-
-    @property
-    def aead(self) -> AEADAlgorithm: ...
 
     def open(self, offset: int, frame: bytes) -> Frame: ...
 

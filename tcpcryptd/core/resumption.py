@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from tcpcryptd.core.aead import aead_algorithm
 from tcpcryptd.core.constants import MAX_RESUME_NONCE_LEN, RESUME_HALF_LEN, RESUME_ID_LEN
 from tcpcryptd.core.keys import next_session_secret, resumption_id
-from tcpcryptd.core.session import Role, Session
+from tcpcryptd.core.session import Session
 from tcpcryptd.core.tep import TEP_ID_MASK
 
 #: Default number of cached secrets.
@@ -88,7 +88,7 @@ class CacheEntry:
         return CacheEntry(self.peer, self.tep, self.aead, self.index + 1, self.sends_with_k_ab,
                           now, ss_next, resumption_id(ss_next))
 
-    def resume_session(self, role: Role, local_nonce: bytes, peer_nonce: bytes) -> Session:
+    def resume_session(self, role: str, local_nonce: bytes, peer_nonce: bytes) -> Session:
         """The resumed session on this secret (RFC 8548 §3.5), keys in the original direction."""
         return Session.resume(role, self.tep, aead_algorithm(self.aead), self.ss,
                               sends_with_k_ab=self.sends_with_k_ab, local_nonce=local_nonce,

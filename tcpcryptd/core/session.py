@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Literal
-
 from tcpcryptd.core.aead import AEAD_ALGORITHMS, AEADAlgorithm, TrafficKey, aead_algorithm
 from tcpcryptd.core.constants import (
     DEFAULT_MAX_INIT_LEN,
@@ -27,7 +25,13 @@ from tcpcryptd.core.constants import (
     AEADId,
 )
 from tcpcryptd.core.errors import CipherMismatchError, FrameError, InitMessageError
-from tcpcryptd.core.frame import Frame, decode_frame, encode_frame, frame_rekey
+from tcpcryptd.core.frame import (
+    CONTROL_REKEY,
+    HEADER_LEN,
+    Frame,
+    decode_frame,
+    encode_frame,
+)
 from tcpcryptd.core.keys import (
     KeySchedule,
     compute_prk,
@@ -37,8 +41,6 @@ from tcpcryptd.core.keys import (
 )
 from tcpcryptd.core.messages import encode_init1, encode_init2, parse_init1, parse_init2
 from tcpcryptd.core.tep import EphemeralKey, key_agreement
-
-Role = Literal["A", "B"]
 
 #: The v bit of a suboption byte (RFC 8547 §4.2); set in the TEP byte of resumed sessions.
 TEP_BYTE_V = 0x80
@@ -76,12 +78,14 @@ def _ephemeral(tep: int, private_key: bytes | None) -> EphemeralKey:
 class Session:
     """An established tcpcrypt session: one session secret ``ss[i]`` and its key generations.
 
-    ``role`` is the role in *this* connection; ``sends_with_k_ab`` says which traffic keys
-    this host encrypts with, fixed by its role in the original ss[0] session (RFC 8548 §3.3,
-    §3.5).  ``local_generation`` / ``remote_generation`` are the generation numbers of RFC
-    8548 §3.8.  Several local increments not yet announced are announced one per sealed
-    frame (each carries rekey=1), so the peer's count never skips a generation;
-    ``send_generation`` is the generation of the latest sealed frame.
+    ``role`` is the role in *this* connection, ``"A"`` or ``"B"`` (a
+    :class:`tcpcryptd.core.negotiation.Role` member will do); ``sends_with_k_ab`` says which
+    traffic keys this host encrypts with, fixed by its role in the original ss[0] session
+    (RFC 8548 §3.3, §3.5).  ``local_generation`` / ``remote_generation`` are the generation
+    numbers of RFC 8548 §3.8.  Several local increments not yet announced are announced one
+    per sealed frame (each carries rekey=1), so the peer's count never skips a generation;
+    ``send_generation`` is the generation of the latest sealed frame.  Keys of old
+    generations stay until :meth:`discard_generations_below`; the caller bounds them.
 
     ``seal`` refuses an offset below the end of the previous sealed frame: a frame ID is never
     used twice under one key (RFC 8548 §3.6).  Retransmissions replay stored wire bytes.
@@ -91,7 +95,7 @@ class Session:
                  "schedule", "local_generation", "remote_generation", "send_generation",
                  "fin_sent", "_next_seal_offset", "_send_keys", "_recv_keys")
 
-    def __init__(self, role: Role, tep_byte: int, aead: AEADAlgorithm, ss: bytes, sn: bytes,
+    def __init__(self, role: str, tep_byte: int, aead: AEADAlgorithm, ss: bytes, sn: bytes,
                  sends_with_k_ab: bool) -> None:
         if role not in ("A", "B"):
             raise ValueError(f"role must be 'A' or 'B', not {role!r}")
@@ -110,9 +114,12 @@ class Session:
         self._next_seal_offset = 0
         self._send_keys: dict[int, TrafficKey] = {}
         self._recv_keys: dict[int, TrafficKey] = {}
+        # The keys of the current generations always exist: seal/open index them directly.
+        self._key(0, True)
+        self._key(0, False)
 
     @classmethod
-    def resume(cls, role: Role, tep: int, aead: AEADAlgorithm, ss: bytes, *,
+    def resume(cls, role: str, tep: int, aead: AEADAlgorithm, ss: bytes, *,
                sends_with_k_ab: bool, local_nonce: bytes, peer_nonce: bytes) -> Session:
         """A session resumed from cached ``ss[i]`` (RFC 8548 §3.5); no Init messages.
 
@@ -169,9 +176,13 @@ class Session:
             raise ValueError(f"offset {offset} below the end of the previous frame "
                              f"({self._next_seal_offset}): frame ID reuse")
         rekey = self.send_generation < self.local_generation
-        generation = self.send_generation + 1 if rekey else self.send_generation
-        frame = encode_frame(self._key(generation, True), offset, data, rekey=rekey, fin=fin,
-                             urgent=urgent)
+        if rekey:
+            generation = self.send_generation + 1
+            key = self._key(generation, True)
+        else:
+            generation = self.send_generation
+            key = self._send_keys[generation]
+        frame = encode_frame(key, offset, data, rekey=rekey, fin=fin, urgent=urgent)
         self.send_generation = generation
         self._next_seal_offset = offset + len(frame)
         self.fin_sent = fin
@@ -185,16 +196,17 @@ class Session:
         set (unless our FINp frame is already sealed).  Raises :class:`FrameError` /
         :class:`FrameAuthError`; the generations change only for a verified frame.
         """
-        if not frame:
-            raise FrameError("empty frame")
-        rekey = frame_rekey(frame)
-        generation = self.remote_generation + 1 if rekey else self.remote_generation
+        if len(frame) < HEADER_LEN:
+            raise FrameError(f"{len(frame)} bytes are shorter than a frame header")
+        if not frame[0] & CONTROL_REKEY:
+            generation = self.remote_generation
+            return decode_frame(self._recv_keys[generation], offset, frame, generation=generation)
+        generation = self.remote_generation + 1
         result = decode_frame(self._key(generation, False), offset, frame, generation=generation)
-        if rekey:
-            self.remote_generation = generation
-            if generation > self.local_generation:
-                self.local_generation = generation
-                result.needs_rekey_reply = not self.fin_sent
+        self.remote_generation = generation
+        if generation > self.local_generation:
+            self.local_generation = generation
+            result.needs_rekey_reply = not self.fin_sent
         return result
 
     def discard_generations_below(self, generation: int) -> None:

@@ -203,7 +203,7 @@ class _WeierstrassScheme(KeyAgreementScheme):
             # curve with cofactor 1); infinity has no compressed encoding.
             peer = ec.EllipticCurvePublicKey.from_encoded_point(self.curve, point)
         except ValueError:
-            raise KeyAgreementError(f"{self.name}: public key is not a point on the curve") from None
+            raise KeyAgreementError(f"{self.name}: public key not on the curve") from None
         return private.exchange(ec.ECDH(), peer)
 
 

@@ -2,8 +2,8 @@
 
 Requests are objects with a ``command`` (``ping``, ``status``, ``enable``, ``disable``,
 ``session-id``); answers are objects with ``ok`` (true/false) and, when false, ``error``.
-Malformed or oversized requests get an error answer, never a crash; an oversized line also
-closes that connection. The server is non-blocking and driven by the daemon's event loop.
+Malformed or oversized requests get an error answer, never a crash; an oversized line is
+skipped without being buffered. The server is non-blocking and driven by the daemon's event loop.
 One instance per socket path: an exclusive ``flock`` on ``PATH.lock`` (holding the pid)
 plus a probe of an existing socket, so a stale socket after a crash is replaced and a live
 one is never stolen.
@@ -67,6 +67,7 @@ class _Connection:
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.closing = False
+        self.skipping = False   # inside an oversized line: discard up to its newline
 
 
 class ControlServer:
@@ -151,7 +152,11 @@ class ControlServer:
         return sock
 
     def readable(self, fd: int) -> None:
-        """Read what the client sent and answer every complete line."""
+        """Read what the client sent and answer every complete line.
+
+        A line longer than :data:`MAX_REQUEST` is answered with an error and skipped up to
+        its newline without being buffered; the connection stays usable.
+        """
         connection = self.connections[fd]
         try:
             chunk = connection.sock.recv(MAX_REQUEST)
@@ -162,21 +167,27 @@ class ControlServer:
         if not chunk:
             connection.closing = True
             return
+        if connection.skipping:
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                return
+            connection.skipping = False
+            chunk = chunk[newline + 1:]
         connection.inbuf += chunk
-        while not connection.closing:
+        while True:
             newline = connection.inbuf.find(b"\n")
             if newline < 0:
                 if len(connection.inbuf) >= MAX_REQUEST:
                     self._reply(connection, error(f"request longer than {MAX_REQUEST} bytes"))
-                    connection.closing = True
-                break
+                    connection.inbuf.clear()
+                    connection.skipping = True
+                return
             line = bytes(connection.inbuf[:newline])
             del connection.inbuf[:newline + 1]
             if len(line) >= MAX_REQUEST:
                 self._reply(connection, error(f"request longer than {MAX_REQUEST} bytes"))
-                connection.closing = True
-                break
-            self._reply(connection, self._answer(line))
+            else:
+                self._reply(connection, self._answer(line))
 
     def writable(self, fd: int) -> None:
         connection = self.connections[fd]

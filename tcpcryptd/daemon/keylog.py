@@ -18,6 +18,10 @@ import os
 from typing import Protocol
 
 from tcpcryptd.daemon.errors import ConfigError
+from tcpcryptd.engine.actions import Result
+from tcpcryptd.engine.config import EngineConfig
+from tcpcryptd.engine.engine import Engine
+from tcpcryptd.engine.flow import Flow
 
 
 class KeyedSession(Protocol):
@@ -51,3 +55,20 @@ class KeyLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+class KeyLoggingEngine(Engine):
+    """The engine, writing each new session to a :class:`KeyLog` when its keys exist.
+
+    Hooks :meth:`Engine.on_keys`, the engine's single point where a session comes into
+    being (RFC 8548 §3.3: after Init1/Init2), so the engine itself stays free of I/O.
+    """
+
+    def __init__(self, config: EngineConfig, keylog: KeyLog) -> None:
+        super().__init__(config)
+        self.keylog = keylog
+
+    def on_keys(self, flow: Flow, init2: bytes, now: float, result: Result) -> None:
+        super().on_keys(flow, init2, now, result)
+        if flow.session is not None:
+            self.keylog.write(flow.session)

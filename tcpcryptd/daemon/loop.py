@@ -7,6 +7,7 @@ verdicts, deferred verdicts and raw-socket sends, and passes ``time.monotonic()`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import selectors
@@ -25,6 +26,7 @@ from tcpcryptd.daemon.errors import ControlError
 from tcpcryptd.daemon.nfqueue import PacketQueue, QueuedPacket, Verdicts, direction, truncated
 from tcpcryptd.daemon.rawsock import InjectError
 from tcpcryptd.engine.actions import Direction, Result, Verdict
+from tcpcryptd.engine.config import EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 class FlowEngine(Protocol):
     """The part of :class:`tcpcryptd.engine.engine.Engine` the daemon drives."""
 
+    config: EngineConfig
     counters: dict[str, int]
 
     def handle_packet(self, packet_id: int, data: bytes, direction: Direction,
@@ -39,7 +42,6 @@ class FlowEngine(Protocol):
     def handle_timer(self, now: float) -> Result: ...
     def next_deadline(self) -> float | None: ...
     def flows(self) -> list[Any]: ...
-    def set_enabled(self, enabled: bool) -> None: ...
 
 
 class Sender(Protocol):
@@ -145,7 +147,7 @@ class Daemon:
         self.engine = engine
         self.path = path
         self.firewall_backend = firewall_backend
-        self.enabled = config.encryption.enabled
+        self.enabled = engine.config.enabled
         self.clock = clock
         self.started = clock()
         self.stopping = False
@@ -158,7 +160,8 @@ class Daemon:
             return {"ok": True, "pid": os.getpid(), "version": __version__}
         if command in ("enable", "disable"):
             self.enabled = command == "enable"
-            self.engine.set_enabled(self.enabled)
+            # the engine reads its config at every new SYN: existing flows are unaffected
+            self.engine.config = dataclasses.replace(self.engine.config, enabled=self.enabled)
             log.info("encryption of new connections %s", "enabled" if self.enabled
                      else "disabled")
             return {"ok": True, "enabled": self.enabled}

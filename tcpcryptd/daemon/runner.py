@@ -9,12 +9,13 @@ from tcpcryptd.daemon.config import Config, engine_config
 from tcpcryptd.daemon.control import ControlServer
 from tcpcryptd.daemon.errors import DaemonError
 from tcpcryptd.daemon.firewall import Firewall, RuleSpec, detect_backend
-from tcpcryptd.daemon.keylog import KeyLog
+from tcpcryptd.daemon.keylog import KeyLog, KeyLoggingEngine
 from tcpcryptd.daemon.logsetup import setup_logging
 from tcpcryptd.daemon.loop import Daemon, PacketPath
 from tcpcryptd.daemon.nfqueue import PacketQueue, Verdicts
 from tcpcryptd.daemon.rawsock import RawSender
 from tcpcryptd.daemon.sdnotify import notify
+from tcpcryptd.engine.engine import Engine
 
 log = logging.getLogger("tcpcryptd.daemon")
 
@@ -32,13 +33,12 @@ def run_daemon(config: Config) -> None:
     it), the rules. Teardown in reverse, rules first, so no packet is queued to a daemon
     that is going away; held packets are dropped, never let out unencrypted.
     """
-    from tcpcryptd.engine.engine import Engine
-
     setup_logging(config.log.level)
     backend = detect_backend(config.firewall.backend)
     firewall = Firewall(backend, ipv6=config.firewall.ipv6)
     keylog = KeyLog(config.log.keylog) if config.log.keylog else None
-    engine = Engine(engine_config(config), on_session=keylog.write if keylog else None)
+    engine = Engine(engine_config(config)) if keylog is None else \
+        KeyLoggingEngine(engine_config(config), keylog)
     verdicts = Verdicts(config.marks.seen)
     sender = RawSender(config.marks.injected, ipv6=config.firewall.ipv6)
     path = PacketPath(engine, sender, verdicts, config.marks.encrypted)

@@ -26,7 +26,7 @@ from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake, Sessi
 from tcpcryptd.engine.reassembly import Reassembly
 from tcpcryptd.engine.sendmap import SendMap
 from tcpcryptd.packet import options as tcp_options
-from tcpcryptd.packet.tcp import ACK, FlowKey, build
+from tcpcryptd.packet.tcp import ACK, FlowKey, TCPPacket, build
 
 MASK32 = 0xFFFFFFFF
 _HALF32 = 1 << 31
@@ -44,6 +44,11 @@ class FlowAbort(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def ts_newer(a: int, b: int) -> bool:
+    """RFC 7323 §5.3 comparison of 32-bit timestamps: ``a`` later than ``b``."""
+    return 0 < ((a - b) & MASK32) < _HALF32
 
 
 def unwrap(seq: int, isn: int, ref: int) -> int:
@@ -226,7 +231,7 @@ class Flow:
 
     # -- packets the engine builds --------------------------------------------------------
 
-    def _wire_options(self, sack: bool) -> bytes:
+    def wire_options(self, sack: bool) -> bytes:
         raw = b""
         if self.ts_ok:
             raw = tcp_options.set_timestamps(raw, self.stack_tsval, self.peer_tsval)
@@ -249,7 +254,7 @@ class Flow:
         self.packets_out += 1
         self.bytes_out_wire += len(payload)
         return build(version, src, dst, sport, dport, seq, ack, flags | ACK, self.window_field(),
-                     self._wire_options(sack), payload, self.out_ttl, self.out_df, self.out_tos)
+                     self.wire_options(sack), payload, self.out_ttl, self.out_df, self.out_tos)
 
     def local_packet(self, local_offset: int, flags: int, payload: bytes = b"",
                      urg_ptr: int = 0) -> bytes:
@@ -295,3 +300,41 @@ class Flow:
             bytes_out_plain=self.bytes_out_plain, bytes_out_wire=self.bytes_out_wire,
             bytes_in_wire=self.bytes_in_wire, bytes_in_plain=self.bytes_in_plain,
             abort_reason=self.abort_reason)
+
+
+_TS_KIND = 8
+_TS_AT_4 = b"\x01\x01\x08\x0a"  # the layout Linux uses: NOP NOP TS
+
+
+def packet_tsval(pkt: TCPPacket) -> int | None:
+    """TSval of a segment (RFC 7323 §3), None without the option."""
+    raw = pkt.options
+    if raw[:4] == _TS_AT_4:
+        return int.from_bytes(raw[4:8], "big")
+    ts = tcp_options.timestamps(raw)
+    return None if ts is None else ts[0]
+
+
+def refresh_tsval(pkt: TCPPacket, tsval: int, tsecr: int | None) -> None:
+    """Make a segment carry the latest TSval of its sender (and, if given, TSecr).
+
+    Held, reordered or completed-late segments would otherwise carry an older TSval than one
+    their receiver already saw and be dropped by PAWS (RFC 7323 §5).
+    """
+    raw = pkt.options
+    if raw[:4] == _TS_AT_4:
+        old = int.from_bytes(raw[4:8], "big")
+        if old == tsval or ts_newer(old, tsval):
+            tsval = old
+            if tsecr is None or int.from_bytes(raw[8:12], "big") == tsecr:
+                return
+        if tsecr is None:
+            tsecr = int.from_bytes(raw[8:12], "big")
+        pkt.options = raw[:4] + tsval.to_bytes(4, "big") + tsecr.to_bytes(4, "big") + raw[12:]
+        return
+    ts = tcp_options.timestamps(raw)
+    if ts is None:
+        return
+    if ts_newer(ts[0], tsval):
+        tsval = ts[0]
+    pkt.options = tcp_options.set_timestamps(raw, tsval, ts[1] if tsecr is None else tsecr)

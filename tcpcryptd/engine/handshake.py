@@ -60,18 +60,25 @@ def syn_refusal(cfg: EngineConfig, pkt: TCPPacket) -> str | None:
 def _record_syn(flow: Flow, pkt: TCPPacket, *, local: bool) -> None:
     """Note MSS, window scale, SACK-permitted and timestamps of a SYN or SYN-ACK."""
     raw = pkt.options
+    timestamps = tcp_options.timestamps(raw)
     mss = tcp_options.mss(raw) or DEFAULT_MSS[pkt.version]
     wscale = min(tcp_options.wscale(raw) or 0, 14)
     if local:
         flow.local_mss, flow.local_wscale = mss, wscale
         flow.local_sack = tcp_options.sack_permitted(raw)
-        flow.local_ts = tcp_options.timestamps(raw) is not None
+        flow.local_ts = timestamps is not None
         flow.stack_window = pkt.window
+        flow.out_ttl, flow.out_df, flow.out_tos = pkt.ttl, pkt.df, pkt.tos
+        if timestamps is not None:
+            flow.stack_tsval = timestamps[0]
     else:
         flow.peer_mss, flow.peer_wscale = mss, wscale
         flow.peer_sack = tcp_options.sack_permitted(raw)
-        flow.peer_ts = tcp_options.timestamps(raw) is not None
+        flow.peer_ts = timestamps is not None
         flow.peer_window_field = pkt.window
+        flow.in_ttl, flow.in_df, flow.in_tos = pkt.ttl, pkt.df, pkt.tos
+        if timestamps is not None:
+            flow.peer_tsval = timestamps[0]
 
 
 def _finish_syn_exchange(flow: Flow) -> None:

@@ -30,7 +30,15 @@ from typing import TYPE_CHECKING
 from tcpcryptd.core.frame import HEADER_LEN, MIN_CLEN
 from tcpcryptd.core.errors import FrameError
 from tcpcryptd.engine.actions import Direction, Result, Transmit, Verdict
-from tcpcryptd.engine.flow import MASK32, Flow, FlowAbort, unwrap
+from tcpcryptd.engine.flow import (
+    MASK32,
+    Flow,
+    FlowAbort,
+    packet_tsval,
+    refresh_tsval,
+    ts_newer,
+    unwrap,
+)
 from tcpcryptd.engine.handshake import consume_init
 from tcpcryptd.packet import options as tcp_options
 from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, URG, TCPPacket
@@ -38,19 +46,12 @@ from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, URG, TCPPacket
 if TYPE_CHECKING:
     from tcpcryptd.engine.engine import Engine
 
-_TS_KIND = 8
-
-
 def note_peer(flow: Flow, pkt: TCPPacket) -> None:
     """Remember the peer's TSval, TTL, window (less frame overhead) for engine-made packets."""
-    raw = pkt.options
     if flow.ts_ok:
-        if len(raw) >= 12 and raw[2] == _TS_KIND and raw[0] == 1:
-            flow.peer_tsval = int.from_bytes(raw[4:8], "big")
-        else:
-            ts = tcp_options.timestamps(raw)
-            if ts is not None:
-                flow.peer_tsval = ts[0]
+        tsval = packet_tsval(pkt)
+        if tsval is not None and ts_newer(tsval, flow.peer_tsval):
+            flow.peer_tsval = tsval
     flow.in_ttl, flow.in_df, flow.in_tos = pkt.ttl, pkt.df, pkt.tos
     # the peer's window counts wire bytes; leave room for frame overhead (~1.6% + a header)
     window = pkt.window << flow.peer_wscale
@@ -75,6 +76,8 @@ def _local_sack(flow: Flow, raw: bytes) -> bytes:
 def _to_stack_header(flow: Flow, pkt: TCPPacket, local_ack: int) -> None:
     pkt.ack = (flow.local_isn + 1 + local_ack) & MASK32
     pkt.window = flow.peer_window_field
+    if flow.ts_ok:
+        refresh_tsval(pkt, flow.peer_tsval, None)
     if len(pkt.options) > (12 if flow.ts_ok else 0):
         pkt.options = _local_sack(flow, pkt.options)
     flow.stack_seen_ack = local_ack

@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING
 
 from tcpcryptd.core.frame import FRAME_OVERHEAD, FRAME_OVERHEAD_URGENT, MAX_FRAME_DATA
 from tcpcryptd.engine.actions import Direction, Release, Result, Transmit, Verdict
-from tcpcryptd.engine.flow import MASK32, Flow, State, unwrap
+from tcpcryptd.engine.flow import (
+    MASK32,
+    Flow,
+    State,
+    packet_tsval,
+    refresh_tsval,
+    ts_newer,
+    unwrap,
+)
 from tcpcryptd.engine.handshake import start_init1
 from tcpcryptd.engine.inbound import deliver_pending
 from tcpcryptd.packet import options as tcp_options
@@ -36,19 +44,12 @@ from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, URG, TCPPacket, build
 if TYPE_CHECKING:
     from tcpcryptd.engine.engine import Engine
 
-_TS_KIND = 8
-
-
 def note_stack(flow: Flow, pkt: TCPPacket) -> None:
     """Remember what engine-made packets must copy from the stack (DESIGN.md §4)."""
-    raw = pkt.options
     if flow.ts_ok:
-        if len(raw) >= 12 and raw[2] == _TS_KIND and raw[0] == 1:
-            flow.stack_tsval = int.from_bytes(raw[4:8], "big")
-        else:
-            ts = tcp_options.timestamps(raw)
-            if ts is not None:
-                flow.stack_tsval = ts[0]
+        tsval = packet_tsval(pkt)
+        if tsval is not None and ts_newer(tsval, flow.stack_tsval):
+            flow.stack_tsval = tsval
     flow.out_ttl, flow.out_df, flow.out_tos = pkt.ttl, pkt.df, pkt.tos
     if pkt.flags & ACK:
         acked = unwrap(pkt.ack, flow.peer_isn, flow.stack_rcv_ack)
@@ -70,6 +71,8 @@ def _wire_header(flow: Flow, pkt: TCPPacket, wire_offset: int, *, data: bool) ->
     if pkt.flags & ACK:
         pkt.ack = (flow.peer_isn + 1 + flow.wire_ack_offset()) & MASK32
         pkt.window = flow.window_field()
+    if flow.ts_ok:
+        refresh_tsval(pkt, flow.stack_tsval, flow.peer_tsval)
     raw = pkt.options
     if len(raw) != (12 if flow.ts_ok else 0) or flow.send_eno or flow.rx.buffered:
         blocks = []
@@ -146,6 +149,21 @@ def process_data(eng: Engine, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None,
     n = len(payload)
     fin = bool(pkt.flags & FIN)
     start = unwrap(pkt.seq, flow.local_isn, smap.local_end)
+    header_done = False
+    if start == smap.local_end and not pkt.flags & (FIN | URG) and smap.fin_local is None:
+        # the common case: new data, one frame, one packet
+        _wire_header(flow, pkt, 0, data=True)
+        header_done = True
+        if n + FRAME_OVERHEAD <= flow.peer_mss - len(pkt.options):
+            wire_start = smap.wire_end
+            wire = flow.session.seal(wire_start, payload)  # type: ignore[union-attr]
+            smap.append(n, wire)
+            pkt.seq = (flow.local_isn + 1 + wire_start) & MASK32
+            pkt.payload = wire
+            flow.packets_out += 1
+            flow.bytes_out_plain += n
+            flow.bytes_out_wire += len(wire)
+            return pkt.to_bytes(), []
     end = start + n
     if start > smap.local_end:
         eng.count("drops_local-gap")
@@ -164,7 +182,8 @@ def process_data(eng: Engine, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None,
     if fin and smap.fin_local is not None and end != smap.fin_local:
         eng.count("drops_bad-fin")
         return None, []
-    _wire_header(flow, pkt, 0, data=True)
+    if not header_done:
+        _wire_header(flow, pkt, 0, data=True)
     max_payload = max(flow.peer_mss - len(pkt.options), 64)
     if end > smap.local_end:
         if smap.fin_local is not None:

@@ -83,7 +83,11 @@ def test_open_accepts_memoryview() -> None:
 def test_offset_outside_frame_id(offset: int) -> None:
     key = TrafficKey(aead_algorithm(AEADId.AES_128_GCM), material_for(16))
     with pytest.raises(ValueError):
+        key.nonce(offset)
+    with pytest.raises(ValueError):
         key.seal(offset, b"x", b"")
+    with pytest.raises(ValueError):
+        key.open(offset, bytes(17), b"")
 
 
 @pytest.mark.parametrize("length", [0, 27, 29, 44])

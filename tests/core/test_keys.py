@@ -50,7 +50,8 @@ def test_cprf_is_hkdf_expand(key: bytes, info: bytes, length: int) -> None:
 
 
 def test_prk_is_extract_over_concatenation() -> None:
-    n_a, transcript, init1, init2, es = b"N" * 32, b"\x45\x03\x23", b"i1" * 20, b"i2" * 20, b"E" * 32
+    n_a, transcript, es = b"N" * 32, b"\x45\x03\x23", b"E" * 32
+    init1, init2 = b"i1" * 20, b"i2" * 20
     expected = hmac.new(n_a, transcript + init1 + init2 + es, hashlib.sha256).digest()
     assert compute_prk(n_a, transcript, init1, init2, es) == expected
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -392,13 +393,17 @@ def test_a_finp_frame_and_an_urgp_frame() -> None:
 
 @pytest.mark.parametrize("case", FRESH, ids=ids(FRESH))
 def test_fresh_syn_options(case: dict[str, Any]) -> None:
-    """A offers the TEP; B (passive opener) answers global b=1 and the negotiated TEP last."""
+    """A offers the TEP; B (passive opener) answers global b=1 and the negotiated TEP last.
+
+    RFC 8547 §4.2/§4.3: b=0 makes A, b=1 makes B, and a passive opener must send its global
+    suboption explicitly; §4.5: the negotiated TEP is the last valid one in B's option.
+    """
     a_option = parse_syn_option(unhex(case, "a_syn_eno"))
     b_option = parse_syn_option(unhex(case, "b_syn_eno"))
-    assert (a_option.gopt or 0) & 0x01 == 0, "A sent b=0"  # RFC 8547 §4.3, §4.4
+    assert (a_option.gopt or 0) & 0x01 == 0, "A sent b=0"
     assert b_option.gopt is not None and b_option.gopt & 0x01, "B sent b=1 explicitly"
     assert case["tep"] in {byte & 0x7F for byte, _ in a_option.teps}
-    assert b_option.teps[-1] == (case["tep"], b""), "last TEP in B's option, v=0: fresh"
+    assert b_option.teps[-1] == (case["tep"], b""), "v=0: fresh key exchange"
 
 
 @pytest.mark.parametrize("case", FRESH, ids=ids(FRESH))
@@ -534,7 +539,10 @@ def frames_of(case: dict[str, Any], sender: str) -> list[dict[str, Any]]:
 
 
 def first_frame_offset(case: dict[str, Any], sender: str) -> int:
-    """DESIGN.md §8: the wire stream counts from the byte after the SYN, Init bytes included."""
+    """DESIGN.md §8: the wire stream counts from the byte after the SYN, Init bytes included.
+
+    A resumed session has no Init messages (its init1/init2 are empty): first frame at 0.
+    """
     return len(unhex(case, "init1" if sender == "A" else "init2"))
 
 
@@ -597,7 +605,10 @@ def test_frames_decrypt_and_reencrypt(case: dict[str, Any]) -> None:
 
 def test_generator_reproduces_the_committed_vectors() -> None:
     """Catches an implementation change that silently changes the wire format."""
-    produced = subprocess.run(
-        [sys.executable, str(GENERATOR_PATH)], capture_output=True, check=True, cwd=REPO
-    ).stdout
-    assert produced == VECTORS_PATH.read_bytes()
+    python_path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path)}
+    run = subprocess.run(
+        [sys.executable, str(GENERATOR_PATH)], capture_output=True, cwd=REPO, env=env
+    )
+    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    assert run.stdout == VECTORS_PATH.read_bytes(), "wire format changed: see tests/vectors/README.md"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from tcpcryptd.daemon.nfqueue import NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING
 from tcpcryptd.daemon.rawsock import InjectError
 from tcpcryptd.engine.actions import Direction, Result, Verdict
+from tcpcryptd.engine.config import EngineConfig
 from tcpcryptd.engine.flow import FlowStatus
 
 
@@ -69,7 +70,7 @@ class ScriptedEngine:
         self.deadline: float | None = None
         self.counters: dict[str, int] = {"encrypted": 1, "plain": 2}
         self._flows = flows or []
-        self.enabled = True
+        self.config = EngineConfig()
 
     def handle_packet(self, packet_id, data, direction, now):
         self.calls.append((packet_id, data, direction, now))
@@ -94,9 +95,6 @@ class ScriptedEngine:
     def flows(self):
         return list(self._flows)
 
-    def set_enabled(self, enabled: bool) -> None:
-        self.enabled = enabled
-
 
 class FakeSender:
     def __init__(self) -> None:
@@ -116,3 +114,40 @@ def flow_status(local="10.0.0.1:40000", remote="10.0.0.2:80", state="encrypted",
                       session_id=session_id, age=age, packets_out=5, packets_in=4,
                       bytes_out_plain=1000, bytes_out_wire=1106, bytes_in_wire=273,
                       bytes_in_plain=200, abort_reason="")
+
+
+class ControlThread:
+    """Serves a :class:`ControlServer` from a thread (the daemon does it from its loop)."""
+
+    def __init__(self, server) -> None:
+        import threading
+
+        self.server = server
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> ControlThread:
+        self.server.open()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop = True
+        self._thread.join(timeout=5)
+        self.server.close()
+
+    def _serve(self) -> None:
+        import select
+
+        while not self._stop:
+            fds = [self.server.listener.fileno(), *self.server.connections]
+            readable, _, _ = select.select(fds, [], [], 0.05)
+            for fd in readable:
+                if fd == self.server.listener.fileno():
+                    self.server.accept()
+                    continue
+                self.server.readable(fd)
+                while self.server.wants_write(fd) and not self.server.finished(fd):
+                    self.server.writable(fd)
+                if self.server.finished(fd):
+                    self.server.drop(fd)

@@ -171,10 +171,10 @@ def test_ping(daemon):
 
 def test_enable_disable_toggle_the_engine(daemon):
     assert daemon.handle({"command": "disable"}) == {"ok": True, "enabled": False}
-    assert daemon.engine.enabled is False
+    assert daemon.engine.config.enabled is False
     assert daemon.status()["daemon"]["enabled"] is False
     assert daemon.handle({"command": "enable"}) == {"ok": True, "enabled": True}
-    assert daemon.engine.enabled is True
+    assert daemon.engine.config.enabled is True
 
 
 def test_status_schema(daemon):

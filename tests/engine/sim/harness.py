@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tcpcryptd.core.constants import INIT1_MAGIC, INIT2_MAGIC
-from tcpcryptd.engine.actions import Direction, Verdict
+from tcpcryptd.engine import Direction, Engine, EngineConfig, Verdict
+from tcpcryptd.packet import options
+from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, TCPPacket
 
 from . import invariants
 from .stack import Endpoint, StackConfig, State, TcpStack
@@ -64,6 +66,7 @@ class Scenario:
     mtu: int = 1500
     slow_reader: bool = False
     keepalive: bool = False
+    idle_before_close: float = 0.0
     client_stack: StackConfig = StackConfig()
     server_stack: StackConfig = StackConfig()
     client_iss: int | None = None
@@ -88,14 +91,15 @@ class _App:
     chunks: list[int]
     gap: float
     slow_reader: bool
-    read_chunk: int = 4096
-    read_interval: float = 0.02
+    read_chunk: int = 2048
+    read_interval: float = 0.3
     wait_for: int = 0
     written: int = 0
     next_write: float | None = None
     next_read: float | None = None
     closed: bool = False
     hold_close: bool = False
+    close_at: float | None = None
 
 
 @dataclass
@@ -123,6 +127,7 @@ class SimResult:
     wire: Wire
     log: invariants.WireLog
     violations: list[str]
+    trace: list[str] | None = None
 
     def summary(self) -> str:
         c, s = self.client.stack, self.server.stack
@@ -164,8 +169,9 @@ def _chunks(rng: random.Random, size: int) -> list[int]:
 class Simulation:
     """Runs one :class:`Scenario` to completion (or to a clear failure)."""
 
-    def __init__(self, scenario: Scenario, engine_factory=None) -> None:
+    def __init__(self, scenario: Scenario, engine_factory=None, trace: bool = False) -> None:
         self.sc = scenario
+        self.trace: list[str] | None = [] if trace else None
         self.rng = random.Random(scenario.seed)
         make_engine = engine_factory or _real_engine
         v = scenario.version
@@ -229,7 +235,9 @@ class Simulation:
         return self._result()
 
     def _result(self) -> SimResult:
-        return SimResult(self.sc, self.now, self.events, self.client, self.server, self.wire, self.log, self.violations)
+        return SimResult(
+            self.sc, self.now, self.events, self.client, self.server, self.wire, self.log, self.violations, self.trace
+        )
 
     def _hosts(self) -> tuple[_Host, _Host]:
         return self.client, self.server
@@ -252,6 +260,7 @@ class Simulation:
                 times.append(host.engine.next_deadline())
             times.append(host.app.next_write)
             times.append(host.app.next_read)
+            times.append(host.app.close_at)
         present = [t for t in times if t is not None]
         return min(present) if present else None
 
@@ -278,9 +287,12 @@ class Simulation:
                 self._write(host)
             if app.next_read is not None and app.next_read <= now:
                 self._slow_read(host)
+            if app.close_at is not None and app.close_at <= now:
+                self._close(host)
 
     # ------------------------------------------------------------------ packet path
     def _from_wire(self, host: _Host, data: bytes) -> None:
+        self._note(host, "wire->", data)
         if host.engine is None:
             self._work.append((host, "stack", data, None))
             return
@@ -289,6 +301,7 @@ class Simulation:
         self._apply(host, host.engine.handle_packet(packet_id, data, Direction.INBOUND, self.now), packet_id, data, Direction.INBOUND)
 
     def _from_stack(self, host: _Host, data: bytes) -> None:
+        self._note(host, "stack->", data)
         if host.engine is None:
             self._to_wire(host, data)
             return
@@ -305,9 +318,12 @@ class Simulation:
         elif verdict is Verdict.ACCEPT:
             self._forward(host, result.data if result.data is not None else data, direction)
         elif verdict is Verdict.HOLD:
+            self._note(host, f"HOLD #{packet_id}", data)
             host.held[packet_id] = (data, direction)
             host.max_held = max(host.max_held, len(host.held))
-        elif verdict is not Verdict.DROP:
+        elif verdict is Verdict.DROP:
+            self._note(host, f"DROP #{packet_id}", data)
+        else:
             self.violations.append(f"{host.name}: packet {packet_id} got verdict {verdict!r}")
         for release in result.releases:
             held = host.held.pop(release.packet_id, None)
@@ -319,7 +335,12 @@ class Simulation:
         for transmit in result.transmit:
             self._forward(host, transmit.data, transmit.direction)
 
+    def _note(self, host: _Host, hop: str, data: bytes) -> None:
+        if self.trace is not None:
+            self.trace.append(f"{self.now:10.4f} {host.name:6} {hop:14} {describe(data)}")
+
     def _forward(self, host: _Host, data: bytes, direction: Direction) -> None:
+        self._note(host, "engine->" + ("wire" if direction == Direction.OUTBOUND else "stack"), data)
         if direction == Direction.OUTBOUND:
             self._to_wire(host, data)
         else:
@@ -358,7 +379,8 @@ class Simulation:
                 if app.next_write is None and len(stack.received) >= app.wait_for:
                     app.next_write = self.now
             elif not app.hold_close:
-                self._close(host)
+                if app.close_at is None:
+                    app.close_at = self.now + self.sc.idle_before_close
             elif all(
                 h.app.written == len(h.app.data) and len(h.stack.received) == len(o.app.data)
                 for h, o in ((self.client, self.server), (self.server, self.client))
@@ -367,6 +389,7 @@ class Simulation:
                     self._close(h)  # simultaneous close: both FINs leave at this instant
 
     def _close(self, host: _Host) -> None:
+        host.app.close_at = None
         if not host.app.closed:
             host.app.closed = True
             host.stack.close(self.now)
@@ -396,9 +419,15 @@ class Simulation:
         self._collect(host)
 
 
-def _real_engine() -> EngineLike:
-    from tcpcryptd.engine import Engine, EngineConfig
+def describe(data: bytes) -> str:
+    """One line for a trace: flags, seq, ack, window, payload length, option kinds."""
+    pkt = TCPPacket.parse(data)
+    names = "".join(n for bit, n in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, ".")) if pkt.flags & bit)
+    kinds = ",".join(str(k) for k, _ in options.parse(pkt.options))
+    return f"[{names}] seq={pkt.seq} ack={pkt.ack} win={pkt.window} len={len(pkt.payload)} opts={kinds}"
 
+
+def _real_engine() -> EngineLike:
     return Engine(EngineConfig())
 
 
@@ -438,6 +467,7 @@ def check(result: SimResult) -> list[str]:
                 out.append(f"{host.name}: {len(host.held)} packets still held after the flow finished")
     if sc.client_engine and not invariants.has_syn_eno(c_rec):
         out.append("client engine did not put ENO on the SYN")
+    out += _check_engine_status(result)
     for label, written, _, rec, magic in pairs:
         if sc.expect_encrypted:
             out += invariants.check_eno_wire(label, rec, written, magic, complete=not sc.expect_abort)
@@ -446,20 +476,57 @@ def check(result: SimResult) -> list[str]:
     return out
 
 
+def _check_engine_status(result: SimResult) -> list[str]:
+    """What ``flows()`` reports: on an ENO flow both ends agree on the session ID (RFC 8547
+    §4.8) with roles A (active opener) and B; a flow that fell back is not reported encrypted."""
+    sc = result.scenario
+    status = {
+        host.name: host.engine.flows() if isinstance(host.engine, Engine) else []
+        for host in (result.client, result.server)
+    }
+    if sc.expect_encrypted and not sc.expect_abort:
+        if len(status["client"]) != 1 or len(status["server"]) != 1:
+            return [f"flows(): expected one flow per engine, got {len(status['client'])} and {len(status['server'])}"]
+        a, b = status["client"][0], status["server"][0]
+        out = []
+        if (a.role, b.role) != ("A", "B"):
+            out.append(f"flows(): roles {a.role}/{b.role}, expected A/B")
+        if not a.session_id or a.session_id != b.session_id:
+            out.append(f"flows(): session IDs differ or are empty: {a.session_id!r} vs {b.session_id!r}")
+        return out
+    if not sc.expect_encrypted:
+        return [
+            f"flows(): {name} reports a {flow.state} flow on a connection that must be plain"
+            for name, flows in status.items()
+            for flow in flows
+            if flow.session_id
+        ]
+    return []
+
+
 def _check_abort(result: SimResult) -> list[str]:
     """A tampered frame must abort: the flip happened and the receiving side was reset."""
     sc = result.scenario
     if not result.wire.stats.flips:
         return ["tamper scenario: the wire never flipped a byte (scenario proves nothing)"]
     receiver = result.server.stack if sc.flip.direction == C2S else result.client.stack
+    if sc.flip.in_init:
+        # Different Init bytes at the two ends give different keys (RFC 8548 §3.3: the PRK
+        # covers Init1 and Init2): the first frame fails wherever it arrives.
+        if result.client.stack.error is None and result.server.stack.error is None:
+            return ["tampered Init message: neither connection was aborted"]
+        return []
     if receiver.error is None:
         return [f"tampered frame toward the {receiver.name} did not abort its connection ({receiver.state.value})"]
+    sender = result.client.stack if receiver is result.server.stack else result.server.stack
+    if sender.error is None and not sender.finished:
+        return [f"after the tampered frame the {sender.name} was neither reset nor finished ({sender.state.value})"]
     return []
 
 
-def run(scenario: Scenario, engine_factory=None) -> SimResult:
+def run(scenario: Scenario, engine_factory=None, trace: bool = False) -> SimResult:
     """Run ``scenario``; raises SimulationStalled if it does not finish."""
-    return Simulation(scenario, engine_factory).run()
+    return Simulation(scenario, engine_factory, trace).run()
 
 
 __all__ = ["Scenario", "SimResult", "Simulation", "SimulationStalled", "check", "run", "make_payload", "PLAINTEXT_MARKER"]

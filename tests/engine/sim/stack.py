@@ -46,6 +46,8 @@ RTO_MAX = 60.0
 DELAYED_ACK = 0.04
 #: Timestamp clock: 1 ms per tick, like Linux.
 TS_HZ = 1000
+#: Linux's TCP_PAWS_WINDOW: a TSval up to one tick older than TS.Recent is still accepted.
+PAWS_WINDOW = 1
 
 
 def seq_diff(a: int, b: int) -> int:
@@ -371,7 +373,7 @@ class TcpStack:
         self._update_window(pkt, force=True)
         self._rtx_deadline = None
         self._retries = 0
-        self._sample_rtt(pkt)
+        self._sample_rtt()
         self._enter_established()
         self._send_ack()
         self._push(self._now)
@@ -416,7 +418,7 @@ class TcpStack:
             if ts is None:
                 self.stats.dropped_no_timestamp += 1  # RFC 7323 §3.2
                 return
-            if seq_diff(ts[0], self._ts_recent) < 0:
+            if seq_diff(self._ts_recent, ts[0]) > PAWS_WINDOW:
                 self.stats.dropped_paws += 1  # RFC 7323 §5.3 PAWS
                 self._send_ack()
                 return
@@ -435,7 +437,7 @@ class TcpStack:
             self._rtx_deadline = None
             self._retries = 0
             self._update_window(pkt, force=True)
-            self._sample_rtt(pkt)
+            self._sample_rtt()
             self._enter_established()
         self._process_ack(pkt)
         if self.error is not None:
@@ -457,7 +459,7 @@ class TcpStack:
             self.snd_una = ack
             self.snd_nxt = max(self.snd_nxt, self.snd_una)
             self._sacked = [(l, r) for l, r in self._sacked if r > ack]
-            self._sample_rtt(pkt)
+            self._sample_rtt()
             self._retries = 0
             self._persist_backoff = 0
             if self._recovery_point is not None:
@@ -525,19 +527,15 @@ class TcpStack:
         self.snd_wl1, self.snd_wl2 = seq, ack
         return changed
 
-    def _sample_rtt(self, pkt: TCPPacket) -> None:
-        """RFC 6298 estimator fed by the echoed timestamp (RFC 7323 §4), or without
-        timestamps by one timed segment never retransmitted (Karn's algorithm, RFC 6298 §3)."""
-        if self.ts_ok:
-            ts = options.timestamps(pkt.options)
-            if ts is None or ts[1] == 0:
-                return
-            rtt = ((self._tsval() - ts[1]) % SEQ_MOD) / TS_HZ
-        else:
-            if self._timed is None or self.snd_una < self._timed[0]:
-                return
-            rtt = self._now - self._timed[1]
-            self._timed = None
+    def _sample_rtt(self) -> None:
+        """RFC 6298 estimator fed by one timed segment never retransmitted (Karn's algorithm).
+
+        Echoed timestamps are not used: during recovery they echo the oldest unacknowledged
+        segment (RFC 7323 §4.3) and would inflate the RTO far beyond what Linux computes."""
+        if self._timed is None or self.snd_una < self._timed[0]:
+            return
+        rtt = self._now - self._timed[1]
+        self._timed = None
         if rtt > RTO_MAX:
             return
         if self._srtt is None:

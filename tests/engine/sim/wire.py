@@ -61,11 +61,13 @@ class TargetedDrop:
 
 @dataclass(frozen=True)
 class ByteFlip:
-    """Flip one bit of one payload byte of the ``nth`` data packet after the Init message."""
+    """Flip one bit of one payload byte: in the frames of the ``nth`` data packet of
+    ``direction``, or (``in_init``) in the Init message of the first packet carrying it."""
 
     direction: str
     nth: int
     position_seed: int
+    in_init: bool = False
 
 
 @dataclass
@@ -150,9 +152,14 @@ class Wire:
                 self.stats.eno_stripped += 1
                 data = _rebuild(pkt, options_raw=stripped)
                 pkt = TCPPacket.parse(data)
-        if "data" in kinds and self.flip is not None and self.flip.direction == direction:
-            if view.kind_counts["data"] == self.flip.nth:
-                data = self._flip_byte(pkt)
+        flip = self.flip
+        if flip is not None and flip.direction == direction:
+            init_kind = "init1" if direction == C2S else "init2"
+            if flip.in_init and init_kind in kinds and view.kind_counts[init_kind] == 1:
+                data = self._flip_byte(pkt, 0, min(len(pkt.payload), view.init_len or 0))
+            elif not flip.in_init and "data" in kinds and view.kind_counts["data"] == flip.nth:
+                first = (view.init_len or 0) - ((pkt.seq - (view.isn or 0) - 1) % (1 << 32))
+                data = self._flip_byte(pkt, max(0, first), len(pkt.payload))
                 pkt = TCPPacket.parse(data)
         imp = self.impairments
         if self.rng.random() < imp.loss:
@@ -256,10 +263,12 @@ class Wire:
             return True
         return False
 
-    def _flip_byte(self, pkt: TCPPacket) -> bytes:
+    def _flip_byte(self, pkt: TCPPacket, first: int, end: int) -> bytes:
+        """Flip a bit of a payload byte in ``[first, end)`` (a frame byte flip starts past the
+        Init message: an Init byte already received intact elsewhere is rightly ignored)."""
         payload = bytearray(pkt.payload)
         picker = random.Random(self.flip.position_seed if self.flip else 0)
-        index = picker.randrange(len(payload))
+        index = picker.randrange(first, end)
         bit = picker.randrange(8)
         payload[index] ^= 1 << bit
         self.stats.flips.append(f"seq={pkt.seq} byte {index} bit {bit}")

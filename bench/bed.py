@@ -1,0 +1,220 @@
+"""One benchmark bed: tcpcryptd.testbed's direct A <-> B veth pair plus one traffic mode.
+
+A mode is plain TCP (no queue), the NFQUEUE pass-through (bench/passthrough.py in both
+namespaces, the daemon's own rules) or tcpcryptd (``tcpcryptd run`` in both namespaces, as
+in the e2e tests, with a generated config file choosing the TEP and the AEAD). Random loss
+is an ``iptables -t raw -A PREROUTING -i eth0 ... -m statistic -j DROP`` rule in each
+namespace: ``raw PREROUTING`` runs before ``mangle PREROUTING`` where the daemon queues, so
+a dropped packet never reaches the queue (loss on the wire, in both directions).
+
+Additions to the test bed (kept here, not in tcpcryptd/testbed.py): daemon process figures
+from /proc (VmRSS, utime+stime) and :class:`ProfiledDaemon` (the daemon under cProfile).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tcpcryptd.testbed import BedError, Daemon, Namespace, TestBed
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What carries the traffic: ``kind`` is plain, passthrough or tcpcryptd."""
+
+    kind: str
+    tep: str = "X25519"
+    aead: str = "AES-128-GCM"
+
+    @property
+    def label(self) -> str:
+        if self.kind != "tcpcryptd":
+            return self.kind
+        return f"tcpcryptd {self.tep} {self.aead}"
+
+
+PLAIN = Mode("plain")
+PASSTHROUGH = Mode("passthrough")
+
+
+def daemon_config(mode: Mode, control: Path) -> str:
+    """The TOML given to both daemons: only the chosen TEP and AEAD are offered/accepted, so
+    A's Init1 offer and B's preference can only agree on them (RFC 8548 §3.3)."""
+    return (f'[encryption]\nteps = ["{mode.tep}"]\naeads = ["{mode.aead}"]\n'
+            f'[control]\nsocket = "{control}"\n[log]\nlevel = "warning"\n')
+
+
+def read_vmrss(pid: int) -> int:
+    """Resident set size of ``pid`` in bytes (/proc/PID/status VmRSS, given in kB)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise BedError(f"no VmRSS for pid {pid}")
+
+
+def read_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def read_line(proc: subprocess.Popen, timeout: float) -> str:
+    """One line of a child's stdout pipe, or BedError after ``timeout`` seconds."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise BedError(f"no output from {proc.args} within {timeout}s")
+    return proc.stdout.readline().decode(errors="replace")
+
+
+class ProfiledDaemon(Daemon):
+    """``tcpcryptd run`` under cProfile with a CPU-time clock (``python -m bench.profiling``),
+    so time spent waiting in select() does not count. The stats file is written when the
+    daemon exits on SIGTERM."""
+
+    def __init__(self, ns: Namespace, workdir: Path, extra_args: list[str],
+                 profile_path: Path) -> None:
+        super().__init__(ns, workdir, extra_args)
+        self.profile_path = profile_path
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._log = open(self.log_path, "ab")
+        self.proc = self.ns.popen(
+            [sys.executable, "-m", "bench.profiling", "--out", str(self.profile_path), "run",
+             "--control", str(self.control), *self.extra_args],
+            stdout=self._log, stderr=self._log, cwd=str(REPO_ROOT))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BedError(f"[{self.ns.label}] profiled tcpcryptd exited with "
+                               f"{self.proc.returncode}:\n{self.log_tail()}")
+            if self.cli("status", check=False).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise BedError(f"[{self.ns.label}] profiled tcpcryptd did not answer:\n{self.log_tail()}")
+
+
+class BenchBed:
+    """A fresh direct bed with ``mode`` running on both ends and optional random loss.
+
+    A context manager: everything (pass-through programs, daemons, namespaces) is torn down
+    on exit, also after an exception or Ctrl-C.
+    """
+
+    def __init__(self, mode: Mode, loss: float = 0.0, profile_dir: Path | None = None) -> None:
+        self.mode = mode
+        self.loss = loss
+        self.profile_dir = profile_dir
+        self.bed = TestBed(router=False)
+        self.daemons: dict[str, Daemon] = {}
+        self._passthrough: list[subprocess.Popen] = []
+
+    def __enter__(self) -> BenchBed:
+        try:
+            self.bed.setup()
+            if self.mode.kind == "passthrough":
+                for ns in (self.bed.a, self.bed.b):
+                    self._start_passthrough(ns)
+            elif self.mode.kind == "tcpcryptd":
+                for label in ("A", "B"):
+                    self.daemons[label] = self._start_daemon(label)
+            if self.loss > 0:
+                self._add_loss(self.loss)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for proc in self._passthrough:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        self._passthrough.clear()
+        self.bed.close()
+
+    # ---- set-up
+
+    def _start_passthrough(self, ns: Namespace) -> None:
+        proc = ns.popen([sys.executable, "-m", "bench.passthrough"], stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, cwd=str(REPO_ROOT))
+        self._passthrough.append(proc)
+        line = read_line(proc, 20.0)
+        if not line.startswith("passthrough: ready"):
+            err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None else ""
+            raise BedError(f"[{ns.label}] pass-through did not start: {line!r} {err}")
+
+    def _start_daemon(self, label: str) -> Daemon:
+        ns = self.bed.ns(label)
+        control = self.bed.workdir / f"{label}.sock"
+        config = self.bed.workdir / f"{label}.toml"
+        config.write_text(daemon_config(self.mode, control))
+        args = ["--config", str(config)]
+        if self.profile_dir is None:
+            return self.bed.daemon(label, args)
+        daemon = ProfiledDaemon(ns, self.bed.workdir, args, self.profile_dir / f"{label}.prof")
+        self.bed.daemons.append(daemon)
+        daemon.start()
+        return daemon
+
+    def _add_loss(self, probability: float) -> None:
+        for ns in (self.bed.a, self.bed.b):
+            ns.iptables("-t", "raw", "-A", "PREROUTING", "-i", "eth0", "-p", "tcp", "-m",
+                        "statistic", "--mode", "random", "--probability", f"{probability:.4f}",
+                        "-j", "DROP")
+
+    # ---- addressing and figures
+
+    @property
+    def a(self) -> Namespace:
+        return self.bed.a
+
+    @property
+    def b(self) -> Namespace:
+        return self.bed.b
+
+    @property
+    def server_address(self) -> str:
+        """B's IPv4 address: every benchmark flow goes A -> B over IPv4."""
+        return self.bed.addr("B", 4)
+
+    @property
+    def workdir(self) -> Path:
+        return self.bed.workdir
+
+    def daemon_pids(self) -> dict[str, int]:
+        """PID of each running daemon (``ip netns exec`` execs, so it is the Python process)."""
+        return {label: d.proc.pid for label, d in self.daemons.items()
+                if d.proc is not None and d.running}
+
+    def daemon_cpu_seconds(self) -> float:
+        """utime+stime of both daemons together."""
+        return sum(read_cpu_seconds(pid) for pid in self.daemon_pids().values())
+
+    def daemon_rss(self) -> dict[str, int]:
+        return {label: read_vmrss(pid) for label, pid in self.daemon_pids().items()}
+
+    def stop_daemons(self) -> None:
+        for daemon in self.daemons.values():
+            if daemon.running:
+                daemon.stop(timeout=30)
+
+    def log_tails(self, lines: int = 5) -> str:
+        return " | ".join(f"{label}: {d.log_tail(lines)}" for label, d in self.daemons.items())

@@ -1,0 +1,143 @@
+"""Per-packet cost of the flow engine, in microseconds (run: python -m bench.engine).
+
+Two engines are connected back to back with hand-built packets (no simulation, no I/O), then
+each measured operation runs on an established X25519/AES-128-GCM flow:
+
+* parse only: ``TCPPacket.parse`` of a 1448-byte data segment (the floor);
+* outbound: a new 1448-byte data segment from the local stack -> framed, sealed, rewritten,
+  full checksum;
+* inbound: the resulting 1468-byte wire segment -> reassembled, decrypted, verified,
+  rewritten toward the stack, full checksum;
+* ACK translation: a pure ACK from the peer covering one more frame -> send map lookup,
+  header rewrite with the incremental checksum.
+
+Targets on the test machine (DESIGN.md, TESTBED.md): outbound <= 10 us, inbound <= 10 us,
+ACK translation <= 3 us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+import time
+from collections.abc import Callable
+
+from tcpcryptd.engine import Direction, Engine, EngineConfig, Verdict
+from tcpcryptd.packet.tcp import ACK, PSH, SYN, TCPPacket, build
+
+_A, _B = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+_ISN_A, _ISN_B = 1_000_000, 5_000_000
+_M32 = 0xFFFFFFFF
+_PAYLOAD = 1448
+_TARGETS = {"outbound": 10.0, "inbound": 10.0, "ack translation": 3.0}
+
+
+def _syn_options(tsval: int) -> bytes:
+    return (struct.pack("!BBH", 2, 4, 1500) + b"\x04\x02" + struct.pack("!BBII", 8, 10, tsval, 0)
+            + b"\x01\x03\x03\x0e")
+
+
+def _ts(tsval: int, tsecr: int) -> bytes:
+    return b"\x01\x01" + struct.pack("!BBII", 8, 10, tsval, tsecr)
+
+
+def _seg(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int,
+         payload: bytes = b"", options: bytes | None = None) -> bytes:
+    return build(4, src, dst, sport, dport, seq & _M32, ack & _M32, flags, 0xFFFF,
+                 _ts(1, 1) if options is None else options, payload)
+
+
+class _Bed:
+    """Host A's and host B's engines after the handshake and key exchange."""
+
+    def __init__(self) -> None:
+        config = EngineConfig(max_buffered_bytes=1 << 40)
+        self.a, self.b = Engine(config), Engine(config)
+        self.now = 0.0
+        a_syn = _seg(_A, _B, 40000, 80, _ISN_A, 0, SYN, options=_syn_options(1))
+        b_syn_ack = _seg(_B, _A, 80, 40000, _ISN_B, _ISN_A + 1, SYN | ACK,
+                         options=_syn_options(1))
+        self._exchange(self.a, a_syn, self.b)
+        self._exchange(self.b, b_syn_ack, self.a)
+        self._exchange(self.a, _seg(_A, _B, 40000, 80, _ISN_A + 1, _ISN_B + 1, ACK), self.b)
+        (flow_a,) = self.a.flows()
+        assert flow_a.state == "encrypted", flow_a
+        # both stacks open their windows wide (0xFFFF << 14): nothing waits on flow control
+        self._exchange(self.a, _seg(_A, _B, 40000, 80, _ISN_A + 1, _ISN_B + 1, ACK), self.b)
+        self._exchange(self.b, _seg(_B, _A, 80, 40000, _ISN_B + 1, _ISN_A + 1, ACK), self.a)
+
+    def _exchange(self, sender: Engine, data: bytes, receiver: Engine) -> None:
+        """Send ``data`` from ``sender``'s stack and bounce everything until quiet."""
+        queue = [(receiver, r) for r in self._wire(sender.handle_packet(
+            0, data, Direction.OUTBOUND, self.now), data)]
+        while queue:
+            engine, packet = queue.pop(0)
+            result = engine.handle_packet(0, packet, Direction.INBOUND, self.now)
+            other = self.a if engine is self.b else self.b
+            queue += [(other, t.data) for t in result.transmit
+                      if t.direction is Direction.OUTBOUND]
+            queue += [(other, r.data) for r in result.releases if r.accept and r.data]
+
+    @staticmethod
+    def _wire(result, data: bytes) -> list[bytes]:
+        out = []
+        if result.verdict is Verdict.ACCEPT:
+            out.append(result.data if result.data is not None else data)
+        out += [t.data for t in result.transmit if t.direction is Direction.OUTBOUND]
+        return out
+
+
+def _measure(label: str, count: int, run: Callable[[int], None]) -> float:
+    start = time.perf_counter()
+    for i in range(count):
+        run(i)
+    elapsed = (time.perf_counter() - start) / count * 1e6
+    target = _TARGETS.get(label)
+    verdict = "" if target is None else f"  (target <= {target:g} us: {'ok' if elapsed <= target else 'MISSED'})"
+    print(f"{label:<18} {elapsed:8.2f} us/packet{verdict}")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--count", type=int, default=20000, help="packets per measurement")
+    args = parser.parse_args(argv)
+    count = args.count
+    bed = _Bed()
+    payload = bytes(range(256)) * 6
+    payload = payload[:_PAYLOAD]
+    init1_len = 79
+    init2_len = 74
+    outbound = [_seg(_A, _B, 40000, 80, _ISN_A + 1 + i * _PAYLOAD, _ISN_B + 1, ACK | PSH, payload)
+                for i in range(count)]
+    results: dict[str, float] = {}
+    results["parse only"] = _measure("parse only", count,
+                                     lambda i: TCPPacket.parse(outbound[i]))
+    wire: list[bytes] = []
+
+    def send(i: int) -> None:
+        result = bed.a.handle_packet(i, outbound[i], Direction.OUTBOUND, 1.0)
+        wire.append(result.data)
+
+    results["outbound"] = _measure("outbound", count, send)
+    assert len(wire[0]) == len(outbound[0]) + 20 + 4 or len(wire[0]) == len(outbound[0]) + 20
+
+    def receive(i: int) -> None:
+        result = bed.b.handle_packet(i, wire[i], Direction.INBOUND, 1.0)
+        assert result.verdict is Verdict.ACCEPT
+
+    results["inbound"] = _measure("inbound", count, receive)
+    frame = _PAYLOAD + 20
+    acks = [_seg(_B, _A, 80, 40000, _ISN_B + 1 + init2_len,
+                 _ISN_A + 1 + init1_len + (i + 1) * frame, ACK) for i in range(count)]
+
+    def translate(i: int) -> None:
+        result = bed.a.handle_packet(i, acks[i], Direction.INBOUND, 1.0)
+        assert result.verdict is Verdict.ACCEPT
+
+    results["ack translation"] = _measure("ack translation", count, translate)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The NFQUEUE pass-through baseline: the daemon's queue rules, a consumer that accepts all.
+
+Run in each namespace (root): ``python -m bench.passthrough [--queue N]``. It binds the
+queue, installs exactly the rules ``tcpcryptd run`` installs (tcpcryptd.daemon.firewall with
+the default configuration's marks), prints ``passthrough: ready`` and then accepts every
+packet unchanged until SIGTERM/SIGINT, when it removes the rules and prints
+``passthrough: accepted N``. The difference between this and plain TCP is the cost of the
+queue itself (two kernel/user crossings per packet); the difference between this and
+tcpcryptd is the cost of the daemon's work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import selectors
+import signal
+import sys
+from types import FrameType
+
+from netfilterqueue import NetfilterQueue, Packet
+
+from tcpcryptd.daemon.config import Config
+from tcpcryptd.daemon.firewall import Firewall, RuleSpec, detect_backend
+
+
+class _Stop(Exception):
+    """Raised by the SIGTERM/SIGINT handler to leave the loop."""
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+class AcceptAll:
+    """The queue callback: every packet accepted unchanged (counted)."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+
+    def __call__(self, packet: Packet) -> None:
+        packet.accept()
+        self.accepted += 1
+
+
+def rule_spec(config: Config, queue_num: int) -> RuleSpec:
+    """The same RuleSpec the daemon derives from ``config`` (runner.rule_spec)."""
+    return RuleSpec(queue_num, config.marks.injected, config.marks.seen,
+                    config.marks.encrypted, config.firewall.skip_ports)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queue", type=int, default=Config().queue.number)
+    args = parser.parse_args(argv)
+    config = Config()
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    consumer = AcceptAll()
+    queue = NetfilterQueue()
+    queue.bind(args.queue, consumer, max_len=config.queue.max_len)
+    firewall = Firewall(detect_backend(config.firewall.backend), ipv6=config.firewall.ipv6)
+    selector = selectors.DefaultSelector()
+    selector.register(queue.get_fd(), selectors.EVENT_READ)
+    try:
+        firewall.install(rule_spec(config, args.queue))
+        print("passthrough: ready", flush=True)
+        while True:
+            # The same I/O pattern as the daemon's loop: wait, then drain without blocking.
+            selector.select()
+            queue.run(block=False)
+    except _Stop:
+        pass
+    finally:
+        firewall.remove()
+        queue.unbind()
+    print(f"passthrough: accepted {consumer.accepted}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""The pure part of ``make bench``: statistics, ratios, target verdicts, latest.json, the table.
+
+Nothing here touches the network or a clock: the runner (``bench/__main__.py``) collects raw
+samples into a :class:`Samples`, and :func:`build_results` turns them into the documented
+JSON object (``bench/results/latest.json``, schema in docs/benchmarks.md). A value that was
+not measured is ``None`` and the reason is in ``notes``; no number here is ever invented.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Throughput rows in table order: key in ``throughput_mbps`` -> label.
+THROUGHPUT_ROWS: dict[str, str] = {
+    "plain": "plain TCP",
+    "passthrough": "NFQUEUE pass-through",
+    "aes128gcm": "tcpcryptd AES-128-GCM",
+    "chacha20": "tcpcryptd ChaCha20-Poly1305",
+    "aes256gcm": "tcpcryptd AES-256-GCM",
+    "parallel4_aes128gcm": "tcpcryptd AES-128-GCM, 4 flows",
+}
+#: The tcpcryptd throughput rows (compared with pass-through and plain).
+ENCRYPTED_ROWS = ("aes128gcm", "chacha20", "aes256gcm", "parallel4_aes128gcm")
+#: Connection-rate modes: key -> label.
+CONNECTION_ROWS: dict[str, str] = {
+    "plain": "plain TCP",
+    "passthrough": "NFQUEUE pass-through",
+    "x25519": "tcpcryptd X25519",
+    "p256": "tcpcryptd P-256",
+}
+
+#: The targets (reported, never asserted).
+TARGET_AES_VS_PASSTHROUGH = 0.6
+TARGET_LOSS_VS_PASSTHROUGH = 0.5
+TARGET_LOSS_RATE = 0.01
+TARGET_X25519_VS_PLAIN = 0.33
+TARGET_BYTES_PER_FLOW = 4096
+
+
+def median(values: Sequence[float]) -> float | None:
+    """Median of the samples (mean of the middle two for an even count); None when empty."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        return None
+    middle = n // 2
+    return float(ordered[middle]) if n % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in 0..100): the smallest sample with at least q% of the
+    samples at or below it. None when empty."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is not in 0..100")
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return float(ordered[rank - 1])
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, None when either is unknown or the denominator is not > 0."""
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def difference(value: float | None, baseline: float | None) -> float | None:
+    if value is None or baseline is None:
+        return None
+    return value - baseline
+
+
+def _rounded(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+@dataclass
+class LossSamples:
+    """Every transfer at one loss rate: mbps of intact transfers and the integrity of all."""
+
+    loss: float
+    passthrough_mbps: list[float] = field(default_factory=list)
+    tcpcryptd_mbps: list[float] = field(default_factory=list)
+    #: one entry per transfer made (either mode): True when both sha256 matched
+    intact: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class ConnectionSamples:
+    """One connection-rate run: rate and connect-to-first-byte latencies (ms)."""
+
+    per_s: float
+    latencies_ms: list[float]
+
+
+@dataclass
+class Samples:
+    """Raw measurements of one bench run, filled in by the runner."""
+
+    #: throughput row -> mbps of each repetition
+    throughput: dict[str, list[float]] = field(default_factory=dict)
+    loss: list[LossSamples] = field(default_factory=list)
+    connections: dict[str, ConnectionSamples] = field(default_factory=dict)
+    #: daemon RSS in bytes with N idle encrypted flows (N -> bytes), the larger of A and B
+    rss_by_flows: dict[int, int] = field(default_factory=dict)
+    #: CPU seconds of both daemons per GB, one per bulk transfer
+    cpu_s_per_gb: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    engine_us: dict[str, float] = field(default_factory=dict)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+def _loss_entry(entry: LossSamples) -> dict[str, Any]:
+    return {
+        "loss": entry.loss,
+        "passthrough_mbps": _rounded(median(entry.passthrough_mbps), 1),
+        "tcpcryptd_mbps": _rounded(median(entry.tcpcryptd_mbps), 1),
+        "intact": all(entry.intact) if entry.intact else None,
+    }
+
+
+def _connections(samples: Samples) -> dict[str, Any]:
+    runs = samples.connections
+    result: dict[str, Any] = {f"{key}_per_s": _rounded(runs[key].per_s, 1) if key in runs
+                              else None for key in CONNECTION_ROWS}
+    plain, x25519 = runs.get("plain"), runs.get("x25519")
+    if plain is not None and x25519 is not None:
+        result["added_latency_ms_median"] = _rounded(difference(
+            median(x25519.latencies_ms), median(plain.latencies_ms)))
+        result["added_latency_ms_p99"] = _rounded(difference(
+            percentile(x25519.latencies_ms, 99), percentile(plain.latencies_ms, 99)))
+    else:
+        result["added_latency_ms_median"] = result["added_latency_ms_p99"] = None
+    return result
+
+
+#: The idle-flow count of ``memory.rss_mb_10k``.
+IDLE_FLOWS_FULL = 10_000
+
+
+def _memory(samples: Samples) -> dict[str, Any]:
+    """bytes per flow = (RSS_N - RSS_0) / N for the largest N measured (10,000 in a full
+    run); rss_mb_10k is the RSS (MiB) at 10,000 idle flows, None if not reached."""
+    rss = samples.rss_by_flows
+    measured = [n for n in rss if n > 0]
+    bytes_per_flow = None
+    if 0 in rss and measured:
+        top = max(measured)
+        bytes_per_flow = round((rss[top] - rss[0]) / top)
+    rss_top = rss.get(IDLE_FLOWS_FULL)
+    return {"bytes_per_flow": bytes_per_flow,
+            "rss_mb_10k": _rounded(rss_top / 2**20, 1) if rss_top is not None else None}
+
+
+def compute_ratios(results: dict[str, Any]) -> dict[str, float | None]:
+    """tcpcryptd against the pass-through baseline and against plain TCP (same run)."""
+    ratios: dict[str, float | None] = {}
+    tput = results["throughput_mbps"]
+    ratios["passthrough_vs_plain"] = ratio(tput["passthrough"], tput["plain"])
+    for row in ENCRYPTED_ROWS:
+        ratios[f"{row}_vs_passthrough"] = ratio(tput[row], tput["passthrough"])
+        ratios[f"{row}_vs_plain"] = ratio(tput[row], tput["plain"])
+    for entry in results["loss"]:
+        ratios[f"loss_{entry['loss']:g}_vs_passthrough"] = ratio(entry["tcpcryptd_mbps"],
+                                                                 entry["passthrough_mbps"])
+    conn = results["connections"]
+    for key in ("passthrough", "x25519", "p256"):
+        ratios[f"{key}_connections_vs_plain"] = ratio(conn[f"{key}_per_s"], conn["plain_per_s"])
+    for key in ("x25519", "p256"):
+        ratios[f"{key}_connections_vs_passthrough"] = ratio(conn[f"{key}_per_s"],
+                                                            conn["passthrough_per_s"])
+    return {key: _rounded(value) for key, value in ratios.items()}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    value: float | None
+    verdict: str            # "met", "missed" or "not measured"
+    detail: str
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("met" if ok else "missed")
+
+
+def target_verdicts(results: dict[str, Any]) -> list[Target]:
+    """The four targets of the task, each met / missed / not measured (never asserted)."""
+    ratios = results["ratios"]
+    targets = []
+    aes = ratios.get("aes128gcm_vs_passthrough")
+    targets.append(Target(
+        f"AES-128-GCM single flow >= {TARGET_AES_VS_PASSTHROUGH}x pass-through", aes,
+        _verdict(None if aes is None else aes >= TARGET_AES_VS_PASSTHROUGH),
+        f"{aes}x" if aes is not None else "tcpcryptd or pass-through throughput missing"))
+
+    at_target = [e for e in results["loss"] if math.isclose(e["loss"], TARGET_LOSS_RATE)]
+    loss_ratio = ratios.get(f"loss_{TARGET_LOSS_RATE:g}_vs_passthrough")
+    integrity = [e["intact"] for e in results["loss"] if e["intact"] is not None]
+    if not at_target or loss_ratio is None:
+        ok, detail = None, "no tcpcryptd/pass-through pair measured at 1% loss"
+    else:
+        ok = loss_ratio >= TARGET_LOSS_VS_PASSTHROUGH and all(integrity)
+        detail = f"{loss_ratio}x, " + ("every transfer intact" if all(integrity)
+                                        else "INTEGRITY FAILURE")
+    if integrity and not all(integrity):
+        ok = False
+    targets.append(Target(
+        f"1% loss >= {TARGET_LOSS_VS_PASSTHROUGH}x pass-through, every transfer intact",
+        loss_ratio, _verdict(ok), detail))
+
+    conn = ratios.get("x25519_connections_vs_plain")
+    targets.append(Target(
+        f"X25519 connections/s >= {TARGET_X25519_VS_PLAIN}x plain", conn,
+        _verdict(None if conn is None else conn >= TARGET_X25519_VS_PLAIN),
+        f"{conn}x" if conn is not None else "connection rate missing"))
+
+    per_flow = results["memory"]["bytes_per_flow"]
+    targets.append(Target(
+        f"<= {TARGET_BYTES_PER_FLOW // 1024} KB daemon memory per idle encrypted flow",
+        per_flow, _verdict(None if per_flow is None else per_flow <= TARGET_BYTES_PER_FLOW),
+        f"{per_flow} B/flow" if per_flow is not None else "memory not measured"))
+    return targets
+
+
+def build_results(samples: Samples, *, machine: dict[str, Any], date: str,
+                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The latest.json object: the task's schema plus ``ratios``, ``targets`` and ``notes``."""
+    results: dict[str, Any] = {
+        "machine": machine,
+        "date": date,
+        "throughput_mbps": {row: _rounded(median(samples.throughput.get(row, [])), 1)
+                            for row in THROUGHPUT_ROWS},
+        "loss": [_loss_entry(entry) for entry in samples.loss],
+        "connections": _connections(samples),
+        "memory": _memory(samples),
+        "cpu_s_per_gb": _rounded(median(samples.cpu_s_per_gb), 2),
+    }
+    results["ratios"] = compute_ratios(results)
+    results["targets"] = [{"target": t.name, "value": t.value, "verdict": t.verdict,
+                           "detail": t.detail} for t in target_verdicts(results)]
+    if samples.engine_us:
+        results["engine_us"] = dict(samples.engine_us)
+    if settings is not None:
+        results["settings"] = settings
+    results["notes"] = list(samples.notes)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The table (stdout and docs/benchmarks.md)
+
+
+def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Markdown tables of every result with its ratios, the targets and the notes."""
+    ratios = results["ratios"]
+    lines = ["| bulk throughput (1 iperf3 flow unless said) | Mbit/s | vs pass-through | vs plain |",
+             "|---|---:|---:|---:|"]
+    tput = results["throughput_mbps"]
+    for row, label in THROUGHPUT_ROWS.items():
+        vs_pt = ratios.get(f"{row}_vs_passthrough") if row in ENCRYPTED_ROWS else None
+        vs_plain = (ratios.get(f"{row}_vs_plain") if row in ENCRYPTED_ROWS
+                    else ratios.get("passthrough_vs_plain") if row == "passthrough" else None)
+        lines.append(f"| {label} | {_fmt(tput[row])} | "
+                     f"{_fmt_ratio(vs_pt) if row in ENCRYPTED_ROWS else ''} | "
+                     f"{_fmt_ratio(vs_plain) if row != 'plain' else ''} |")
+    lines += ["", "| loss (each direction) | pass-through Mbit/s | tcpcryptd Mbit/s | ratio | "
+                  "sha256 intact |", "|---:|---:|---:|---:|---|"]
+    for entry in results["loss"]:
+        intact = {True: "yes", False: "**NO**", None: "n/a"}[entry["intact"]]
+        loss_ratio = ratios.get(f"loss_{entry['loss']:g}_vs_passthrough")
+        lines.append(f"| {entry['loss'] * 100:g}% | {_fmt(entry['passthrough_mbps'])} | "
+                     f"{_fmt(entry['tcpcryptd_mbps'])} | {_fmt_ratio(loss_ratio)} | {intact} |")
+    conn = results["connections"]
+    lines += ["", "| connection setup (connect + 1-byte request/response + close) | per s | "
+                  "vs plain |", "|---|---:|---:|"]
+    for key, label in CONNECTION_ROWS.items():
+        vs_plain = ratios.get(f"{key}_connections_vs_plain") if key != "plain" else None
+        lines.append(f"| {label} | {_fmt(conn[f'{key}_per_s'])} | "
+                     f"{_fmt_ratio(vs_plain) if key != 'plain' else ''} |")
+    lines.append(f"| added connect-to-first-byte latency, X25519 vs plain | median "
+                 f"{_fmt(conn['added_latency_ms_median'], ' ms', 2)}, p99 "
+                 f"{_fmt(conn['added_latency_ms_p99'], ' ms', 2)} | |")
+    memory = results["memory"]
+    lines += ["", "| daemon cost | value |", "|---|---:|",
+              f"| memory per idle encrypted flow | {_fmt(memory['bytes_per_flow'], ' B', 0)} |",
+              f"| daemon RSS with 10,000 idle encrypted flows (larger of A, B) | "
+              f"{_fmt(memory['rss_mb_10k'], ' MiB')} |",
+              f"| CPU seconds per GB (both daemons, AES-128-GCM bulk) | "
+              f"{_fmt(results['cpu_s_per_gb'], ' s', 2)} |"]
+    lines += ["", "| target | value | verdict |", "|---|---|---|"]
+    for target in results["targets"]:
+        verdict = target["verdict"].upper() if target["verdict"] == "missed" else target["verdict"]
+        lines.append(f"| {target['target']} | {target['detail']} | {verdict} |")
+    if results["notes"]:
+        lines += ["", "Notes:"] + [f"- {note}" for note in results["notes"]]
+    return "\n".join(lines) + "\n"

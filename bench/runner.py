@@ -1,0 +1,264 @@
+"""The measurement plan: one fresh bed per mode, every figure into a :class:`Samples`.
+
+A row that cannot be measured (daemon does not start, flows fall back to plain TCP, a tool
+fails) gets no sample and a note saying why; the other rows still run. A tcpcryptd sample
+counts only if the daemon's own status shows the flows encrypted with the wanted AEAD.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from bench.bed import PASSTHROUGH, PLAIN, REPO_ROOT, BenchBed, Mode
+from bench.plan import Settings
+from bench.report import ConnectionSamples, LossSamples, Samples
+from bench.workloads import IPERF_PORT, connection_rate, idle_flows, iperf3, nc_transfer
+from tcpcryptd.testbed import BedError, make_payload
+
+#: Throughput row -> (mode, parallel flows).
+THROUGHPUT_PLAN: dict[str, tuple[Mode, int]] = {
+    "plain": (PLAIN, 1),
+    "passthrough": (PASSTHROUGH, 1),
+    "aes128gcm": (Mode("tcpcryptd", "X25519", "AES-128-GCM"), 1),
+    "chacha20": (Mode("tcpcryptd", "X25519", "CHACHA20-POLY1305"), 1),
+    "aes256gcm": (Mode("tcpcryptd", "X25519", "AES-256-GCM"), 1),
+    "parallel4_aes128gcm": (Mode("tcpcryptd", "X25519", "AES-128-GCM"), 4),
+}
+AES128 = THROUGHPUT_PLAN["aes128gcm"][0]
+CONNECTION_PLAN: dict[str, Mode] = {
+    "plain": PLAIN,
+    "passthrough": PASSTHROUGH,
+    "x25519": AES128,
+    "p256": Mode("tcpcryptd", "P-256", "AES-128-GCM"),
+}
+#: Failures a run may meet before its figure is discarded.
+BENCH_ERRORS = (BedError, OSError, subprocess.SubprocessError, ValueError, KeyError)
+
+
+class Progress:
+    """``[ 3/23  0:42] what is running`` lines on stderr."""
+
+    def __init__(self, total: int, stream=sys.stderr) -> None:
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self.stream = stream
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        elapsed = int(time.monotonic() - self.started)
+        print(f"[{self.done:2d}/{self.total}  {elapsed // 60}:{elapsed % 60:02d}] {what}",
+              file=self.stream, flush=True)
+
+
+def _encrypted_count(bed: BenchBed) -> tuple[int, int]:
+    """(encrypted, plain + fallback) flows counted so far by A's daemon."""
+    counters = bed.daemons["A"].counters()
+    return (int(counters.get("encrypted", 0)),
+            int(counters.get("plain", 0)) + int(counters.get("fallback", 0)))
+
+
+class Runner:
+    def __init__(self, settings: Settings, progress: Progress | None = None) -> None:
+        self.settings = settings
+        self.samples = Samples()
+        self.progress = progress or Progress(self.step_count())
+
+    def step_count(self) -> int:
+        s = self.settings
+        return (len(THROUGHPUT_PLAN) * s.repetitions + len(s.loss_sizes) * 2 * s.repetitions
+                + len(CONNECTION_PLAN) + 1 + 1)
+
+    def run(self) -> Samples:
+        self.throughput()
+        self.loss()
+        self.connections()
+        self.memory()
+        self.engine_costs()
+        return self.samples
+
+    @contextmanager
+    def _bed(self, what: str, mode: Mode, loss: float = 0.0) -> Iterator[BenchBed | None]:
+        """A bed for ``mode``, or None (with a note) when it cannot be set up."""
+        try:
+            bed = BenchBed(mode, loss).__enter__()
+        except BENCH_ERRORS as exc:
+            self.samples.note(f"{what}: not measured, {mode.label} did not start: "
+                              f"{_one_line(exc)}")
+            yield None
+            return
+        try:
+            yield bed
+        finally:
+            bed.close()
+
+    def _guarded(self, what: str, measure: Callable[[], None]) -> None:
+        try:
+            measure()
+        except BENCH_ERRORS as exc:
+            self.samples.note(f"{what}: failed: {_one_line(exc)}")
+
+    # ---- 1. bulk throughput
+
+    def throughput(self) -> None:
+        s = self.settings
+        for row, (mode, parallel) in THROUGHPUT_PLAN.items():
+            what = f"throughput {row}"
+            with self._bed(what, mode) as bed:
+                for rep in range(s.repetitions):
+                    self.progress.step(f"{what} (iperf3 -P {parallel}, {s.seconds:g} s), "
+                                       f"run {rep + 1}/{s.repetitions}")
+                    if bed is None:
+                        continue
+                    self._guarded(what, lambda: self._one_iperf(bed, row, mode, parallel))
+
+    def _one_iperf(self, bed: BenchBed, row: str, mode: Mode, parallel: int) -> None:
+        run = iperf3(bed, self.settings.seconds, parallel)
+        if mode.kind == "tcpcryptd":
+            wanted = re.sub(r"[^A-Z0-9]", "", mode.aead)
+            if run.aeads != {wanted}:
+                self.samples.note(f"throughput {row}: a run was discarded: the daemon showed "
+                                  f"AEADs {sorted(run.aeads) or 'none'} on port {IPERF_PORT} "
+                                  f"mid-run, not only {mode.aead} (fallback or no session)")
+                return
+            if row == "aes128gcm" and run.daemon_cpu_s is not None and run.bytes > 0:
+                self.samples.cpu_s_per_gb.append(run.daemon_cpu_s / (run.bytes / 1e9))
+        self.samples.throughput.setdefault(row, []).append(run.mbps)
+
+    # ---- 2. under loss
+
+    def loss(self) -> None:
+        s = self.settings
+        for loss, size in s.loss_sizes.items():
+            entry = LossSamples(loss)
+            self.samples.loss.append(entry)
+            for label, mode, mbps in (("passthrough", PASSTHROUGH, entry.passthrough_mbps),
+                                      ("tcpcryptd", AES128, entry.tcpcryptd_mbps)):
+                what = f"loss {loss:g} {label}"
+                with self._bed(what, mode, loss) as bed:
+                    for rep in range(s.repetitions):
+                        self.progress.step(f"{what} ({size // 1_000_000} MB with nc, sha256), "
+                                           f"run {rep + 1}/{s.repetitions}")
+                        if bed is None:
+                            continue
+                        self._guarded(what, lambda: self._one_transfer(bed, what, size, entry,
+                                                                       mbps))
+
+    def _one_transfer(self, bed: BenchBed, what: str, size: int, entry: LossSamples,
+                      mbps: list[float]) -> None:
+        source = bed.workdir / f"payload-{size}.bin"
+        if not source.exists():
+            source.write_bytes(make_payload(size, f"BENCH-MARKER-{bed.bed.run_id}".encode()))
+        before = _encrypted_count(bed) if bed.daemons else None
+        transfer = nc_transfer(bed, source, self.settings.loss_timeout)
+        entry.intact.append(transfer.intact)
+        if not transfer.intact:
+            self.samples.note(f"{what}: INTEGRITY/COMPLETION FAILURE: {transfer.detail}")
+            return
+        if before is not None:
+            after = _encrypted_count(bed)
+            if after[0] <= before[0] or after[1] > before[1]:
+                self.samples.note(f"{what}: a transfer was discarded: it was not encrypted "
+                                  f"(daemon counters encrypted/plain {before} -> {after})")
+                return
+        mbps.append(transfer.mbps)
+
+    # ---- 3. connection setup
+
+    def connections(self) -> None:
+        s = self.settings
+        for key, mode in CONNECTION_PLAN.items():
+            what = f"connections {key}"
+            self.progress.step(f"{what} (up to {s.connections} sequential, "
+                               f"{s.connection_seconds:g} s)")
+            with self._bed(what, mode) as bed:
+                if bed is not None:
+                    self._guarded(what, lambda: self._one_rate(bed, what, key))
+
+    def _one_rate(self, bed: BenchBed, what: str, key: str) -> None:
+        before = _encrypted_count(bed) if bed.daemons else None
+        run = connection_rate(bed, self.settings.connections, self.settings.connection_seconds)
+        if run.failures:
+            self.samples.note(f"{what}: {run.failures} connections failed "
+                              f"({run.connections} succeeded)")
+        if run.connections == 0:
+            raise BedError("no connection succeeded")
+        if before is not None:
+            after = _encrypted_count(bed)
+            if after[0] - before[0] < run.connections or after[1] > before[1]:
+                self.samples.note(f"{what}: discarded: not every connection was encrypted "
+                                  f"(daemon counters encrypted/plain {before} -> {after}, "
+                                  f"{run.connections} connections)")
+                return
+        self.samples.connections[key] = ConnectionSamples(run.per_s, run.latencies_ms)
+
+    # ---- 4. idle flows and memory
+
+    def memory(self) -> None:
+        s = self.settings
+        what = "memory"
+        self.progress.step(f"{what}: daemon RSS with 0, {', '.join(map(str, s.idle_checkpoints))} "
+                           f"idle encrypted flows")
+        with self._bed(what, AES128) as bed:
+            if bed is not None:
+                self._guarded(what, lambda: self._one_memory(bed))
+
+    def _one_memory(self, bed: BenchBed) -> None:
+        before = _encrypted_count(bed)
+        checkpoints = idle_flows(bed, list(self.settings.idle_checkpoints),
+                                 self.settings.idle_timeout)
+        encrypted = _encrypted_count(bed)[0] - before[0]
+        for point in checkpoints:
+            if point.held < point.wanted:
+                self.samples.note(f"memory: only {point.held} of {point.wanted} idle flows could "
+                                  f"be opened ({point.failed} failed)")
+            # The larger daemon of the two: the per-flow figure must hold for both ends.
+            self.samples.rss_by_flows[point.held] = max(point.rss.values())
+        held = max(p.held for p in checkpoints)
+        if held < 10_000:
+            self.samples.note(f"memory: rss_mb_10k is null: {held} idle flows were held "
+                              f"(RSS {max(checkpoints[-1].rss.values()) / 2**20:.1f} MiB)")
+        if encrypted < held:
+            self.samples.rss_by_flows.clear()
+            self.samples.note(f"memory: discarded: {held} flows held but the daemon counted "
+                              f"only {encrypted} encrypted")
+
+    # ---- per-operation costs (others' micro-benchmarks)
+
+    def engine_costs(self) -> None:
+        self.progress.step("per-operation costs (bench.packet_costs, bench.engine)")
+        for module in ("bench.packet_costs", "bench.engine"):
+            if not (REPO_ROOT / (module.replace(".", "/") + ".py")).exists():
+                continue
+            try:
+                done = subprocess.run([sys.executable, "-m", module, "--number", "2000"],
+                                      capture_output=True, text=True, timeout=300,
+                                      cwd=str(REPO_ROOT))
+            except subprocess.SubprocessError as exc:
+                self.samples.note(f"{module}: failed: {_one_line(exc)}")
+                continue
+            if done.returncode != 0:
+                self.samples.note(f"{module}: exit {done.returncode}: "
+                                  f"{_one_line(done.stderr.strip().splitlines()[-1:])}")
+                continue
+            self.samples.engine_us.update(parse_us_lines(done.stdout))
+
+
+def parse_us_lines(text: str) -> dict[str, float]:
+    """``   1.23 us  what`` lines (the micro-benchmarks' output) -> {what: 1.23}."""
+    found = {}
+    for line in text.splitlines():
+        match = re.match(r"\s*([0-9.]+)\s*(?:us|µs)\s+(.+?)\s*$", line)
+        if match:
+            found[match.group(2)] = float(match.group(1))
+    return found
+
+
+def _one_line(exc: object) -> str:
+    text = str(exc).strip().replace("\n", " | ")
+    return text[:400] + ("..." if len(text) > 400 else "")

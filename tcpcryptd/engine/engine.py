@@ -1,0 +1,452 @@
+"""The flow engine: flow table, dispatch, limits, timers (docs/ARCHITECTURE.md "Layer 3").
+
+Sans-IO: driven only by ``handle_packet(packet_id, data, direction, now)`` and
+``handle_timer(now)``; every call returns a :class:`~tcpcryptd.engine.actions.Result`.
+Plain connections cost no state: only SYNs that may become ENO flows create a
+:class:`~tcpcryptd.engine.flow.Flow`; every packet of any other connection is accepted as is,
+with ``Result.plain`` set so the daemon may stop queueing that connection.
+
+Limits (DESIGN.md §6 invariant 6): at most ``max_flows`` flows (a SYN beyond is left plain
+and counted), bounded held packets and buffered bytes per flow, a handshake timeout, an idle
+timeout (an idle encrypted flow is aborted, RST both ways) and a TIME-WAIT-like linger after
+both FINs or a RST, after which the flow is forgotten.  A SYN flood costs no cryptography:
+keys are generated only when Init1/Init2 is needed.
+
+Counters: ``encrypted``, ``plain`` and ``plain_<reason>`` (never tried), ``fallback`` and
+``fallback_<reason>`` (RFC 8547 §4.6), ``aborts`` and ``aborts_<reason>``,
+``drops_<reason>``, ``retransmits``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import Counter
+
+from tcpcryptd.core.errors import (
+    CipherMismatchError,
+    FrameAuthError,
+    FrameError,
+    InitMessageError,
+    KeyAgreementError,
+    TcpcryptError,
+)
+from tcpcryptd.core.negotiation import Fallback
+from tcpcryptd.engine.actions import Direction, Release, Result, Transmit, Verdict
+from tcpcryptd.engine.config import EngineConfig
+from tcpcryptd.engine.flow import Flow, FlowAbort, FlowStatus, State
+from tcpcryptd.engine.handshake import (
+    add_syn_option,
+    clamp_mss,
+    on_first_ack,
+    on_local_syn_ack,
+    on_syn_ack,
+    open_active,
+    open_passive,
+    syn_refusal,
+)
+from tcpcryptd.engine.inbound import deliver_pending, handle_inbound
+from tcpcryptd.engine.outbound import handle_outbound, release_held
+from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, PacketError, TCPPacket
+
+_HANDSHAKE_STATES = (State.SYN_SENT, State.SYN_RECEIVED, State.NEGOTIATED)
+
+
+def _abort_reason(error: TcpcryptError) -> str:
+    """Counter name of a core error (RFC 8548 §3.3, §3.6: each aborts)."""
+    if isinstance(error, FrameAuthError):
+        return "aead-failure"
+    if isinstance(error, FrameError):
+        return "bad-frame"
+    if isinstance(error, CipherMismatchError):
+        return "cipher-mismatch"
+    if isinstance(error, InitMessageError):
+        return "bad-init"
+    if isinstance(error, KeyAgreementError):
+        return "key-agreement"
+    return "protocol-error"
+
+
+class Engine:
+    """The transparent tcpcrypt endpoint for every connection of the local stack."""
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self._flows: dict[tuple, Flow] = {}
+        self._timers: list[tuple[float, int, Flow]] = []
+        self._tiebreak = itertools.count()
+        self.counters: Counter[str] = Counter()
+        self._now = 0.0
+
+    # -- public API -----------------------------------------------------------------------
+
+    def handle_packet(self, packet_id: int, data: bytes, direction: Direction,
+                      now: float) -> Result:
+        """Decide what to do with one queued packet (and whatever else must happen now)."""
+        self._now = now
+        try:
+            pkt = TCPPacket.parse(data)
+        except PacketError:
+            self.count("passed_unparsed")
+            return Result(Verdict.ACCEPT)
+        outbound = direction == Direction.OUTBOUND
+        key = pkt.flow_key() if outbound else pkt.reverse_flow_key()
+        flow = self._flows.get(key)
+        if flow is None:
+            if pkt.flags & (SYN | ACK | RST) == SYN:
+                return self._new_flow(pkt, outbound, now)
+            return Result(Verdict.ACCEPT, plain=True)
+        result = Result(None)
+        flow.last_activity = now
+        try:
+            if flow.state is State.ABORTED:
+                self.count("drops_aborted")
+                result.verdict = Verdict.DROP
+            elif outbound:
+                self._outbound(flow, pkt, packet_id, now, result)
+            else:
+                self._inbound(flow, pkt, now, result)
+        except FlowAbort as abort:
+            self.abort(flow, abort.reason, now, result)
+        except TcpcryptError as error:
+            self.abort(flow, _abort_reason(error), now, result)
+        except PacketError:
+            self.count("drops_bad-packet")
+            result.verdict, result.data = Verdict.DROP, None
+        if self._flows.get(key) is flow:
+            self._schedule(flow)
+        elif result.verdict is Verdict.ACCEPT and flow.state in _HANDSHAKE_STATES:
+            result.plain = True
+        if result.verdict is None:
+            result.verdict = Verdict.DROP
+        return result
+
+    def handle_timer(self, now: float) -> Result:
+        """Run every timer due at ``now``: retransmissions, redelivery, expiry."""
+        self._now = now
+        result = Result(None)
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, _, flow = heapq.heappop(timers)
+            if flow.scheduled != when or self._flows.get(flow.key) is not flow:
+                continue
+            flow.scheduled = None
+            try:
+                self._on_timer(flow, now, result)
+            except (FlowAbort, TcpcryptError) as error:
+                reason = error.reason if isinstance(error, FlowAbort) else _abort_reason(error)
+                self.abort(flow, reason, now, result)
+            if self._flows.get(flow.key) is flow:
+                self._schedule(flow)
+        result.verdict = None
+        return result
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must run next, or None."""
+        timers = self._timers
+        while timers:
+            when, _, flow = timers[0]
+            if flow.scheduled == when and self._flows.get(flow.key) is flow:
+                return when
+            heapq.heappop(timers)
+        return None
+
+    def flows(self) -> list[FlowStatus]:
+        """Status of every tracked flow, for ``tcpcryptd status``."""
+        return [flow.status(self._now) for flow in self._flows.values()]
+
+    # -- services for the handshake, outbound and inbound paths ---------------------------
+
+    def count(self, name: str) -> None:
+        self.counters[name] += 1
+
+    def wire_pieces(self, flow: Flow, wire_offset: int, data: bytes, *,
+                    fin: bool = False) -> list[Transmit]:
+        """Engine-made segments carrying wire bytes ``data`` at ``wire_offset``, PSH on the last."""
+        max_payload = max(flow.peer_mss - len(flow.wire_options(False)), 64)
+        pieces = [data[i:i + max_payload] for i in range(0, len(data), max_payload)] or [b""]
+        out = []
+        for k, piece in enumerate(pieces):
+            last = k == len(pieces) - 1
+            flags = (PSH if last and piece else 0) | (FIN if fin and last else 0)
+            out.append(Transmit(flow.wire_packet(wire_offset, flags, piece), Direction.OUTBOUND))
+            wire_offset += len(piece)
+        return out
+
+    def engine_ack(self, flow: Flow) -> Transmit:
+        """Our own ACK to the peer, with SACK blocks in wire space (DESIGN.md §3)."""
+        return Transmit(flow.wire_packet(flow.wire_snd_next(), 0, sack=True), Direction.OUTBOUND)
+
+    def _arm_injected(self, flow: Flow, now: float) -> None:
+        if flow.srtt is None:
+            if flow.syn_rtt is not None:
+                flow.rtt_sample(flow.syn_rtt, self.config.min_rto, self.config.max_rto)
+            else:
+                flow.rto = self.config.initial_rto
+        if flow.rtx_deadline is None:
+            flow.rtx_deadline = now + flow.rto
+        flow.rtt_probe = (flow.smap.wire_end, now)
+
+    def inject_empty_frame(self, flow: Flow, now: float, result: Result) -> None:
+        """An empty frame (RFC 8548 §3.8 rekey reply), with our own retransmission."""
+        assert flow.session is not None
+        record = flow.smap.append(0, flow.session.seal(flow.smap.wire_end, b""), injected=True)
+        result.transmit.extend(self.wire_pieces(flow, record.wire_start, record.wire))
+        self._arm_injected(flow, now)
+
+    def on_keys(self, flow: Flow, init2: bytes, now: float, result: Result) -> None:
+        """The session exists: B sends Init2 at once; held local data is released, encrypted."""
+        self.count("encrypted")
+        if init2:
+            flow.smap.append(0, init2, injected=True)
+            result.transmit.extend(self.wire_pieces(flow, 0, init2))
+            self._arm_injected(flow, now)
+        release_held(self, flow, now, result)
+
+    def on_peer_ack(self, flow: Flow, now: float) -> None:
+        """The peer's ACK advanced: RTT sample (Karn), timer of injected bytes (RFC 6298)."""
+        probe = flow.rtt_probe
+        if probe is not None and flow.smap.peer_wire_ack >= probe[0]:
+            flow.rtt_sample(now - probe[1], self.config.min_rto, self.config.max_rto)
+            flow.rtt_probe = None
+        if flow.rtx_deadline is not None:
+            if flow.smap.injected_pending:
+                flow.rtx_deadline = now + flow.rto
+            else:
+                flow.rtx_deadline = None
+                flow.rtx_count = 0
+
+    def close(self, flow: Flow, now: float, result: Result) -> None:
+        """A RST passed: linger, then forget."""
+        flow.state = State.CLOSED
+        flow.closed_at = now
+        self._drop_held(flow, result)
+
+    def check_closed(self, flow: Flow, now: float) -> None:
+        """Both FINs delivered and ours acknowledged: linger, then forget."""
+        smap = flow.smap
+        if (flow.closed_at is None and flow.local_fin and flow.dl_fin_sent
+                and smap.fin_wire is not None and smap.peer_wire_ack > smap.fin_wire):
+            flow.state = State.CLOSED
+            flow.closed_at = now
+
+    def abort(self, flow: Flow, reason: str, now: float, result: Result) -> None:
+        """Abort the connection: RST to the peer and to the local stack (RFC 793 ABORT)."""
+        self.count("aborts")
+        self.count(f"aborts_{reason}")
+        flow.abort_reason = reason
+        result.verdict, result.data = Verdict.DROP, None
+        if flow.state not in _HANDSHAKE_STATES:
+            result.transmit.append(Transmit(flow.wire_packet(flow.wire_snd_next(), RST),
+                                            Direction.OUTBOUND))
+            result.transmit.append(Transmit(flow.local_packet(flow.dl_sent, RST),
+                                            Direction.INBOUND))
+        self._drop_held(flow, result)
+        flow.state = State.ABORTED
+        flow.closed_at = now
+        flow.rtx_deadline = flow.dl_deadline = None
+        flow.dl_buf = bytearray()
+        flow.rx_partial = bytearray()
+        flow.rx.limit = 0
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _drop_held(self, flow: Flow, result: Result) -> None:
+        for packet_id, _ in flow.held:
+            result.releases.append(Release(packet_id, None, False))
+        flow.held = []
+
+    def _forget(self, flow: Flow) -> None:
+        if self._flows.get(flow.key) is flow:
+            del self._flows[flow.key]
+
+    def _fallback(self, flow: Flow, fallback: Fallback, result: Result) -> None:
+        self.count("fallback")
+        self.count(f"fallback_{fallback.reason}")
+        self._forget(flow)
+        result.plain = True
+
+    def _plain(self, reason: str) -> Result:
+        self.count("plain")
+        self.count(f"plain_{reason}")
+        return Result(Verdict.ACCEPT, plain=True)
+
+    def _new_flow(self, pkt: TCPPacket, outbound: bool, now: float) -> Result:
+        cfg = self.config
+        refusal = syn_refusal(cfg, pkt)
+        if refusal is not None:
+            return self._plain(refusal)
+        if len(self._flows) >= cfg.max_flows:
+            return self._plain("flow-limit")
+        if outbound:
+            flow = open_active(cfg, pkt, now)
+            if not add_syn_option(flow, pkt):
+                return self._plain("option-space")
+        else:
+            opened = open_passive(cfg, pkt, now)
+            if isinstance(opened, Fallback):
+                self.count("fallback")
+                self.count(f"fallback_{opened.reason}")
+                return Result(Verdict.ACCEPT, plain=True)
+            flow = opened
+        self._flows[flow.key] = flow
+        self._schedule(flow)
+        return Result(Verdict.ACCEPT, pkt.to_bytes_incremental())
+
+    def _outbound(self, flow: Flow, pkt: TCPPacket, packet_id: int, now: float,
+                  result: Result) -> None:
+        flags = pkt.flags
+        if flags & SYN:
+            if not flags & ACK and (flow.state is not State.SYN_SENT or pkt.seq != flow.local_isn):
+                self._forget(flow)  # a new connection on a lingering 4-tuple
+                new = self._new_flow(pkt, True, now)
+                result.verdict, result.data, result.plain = new.verdict, new.data, new.plain
+                return
+            if flow.state is State.SYN_SENT and not flags & ACK:
+                add_syn_option(flow, pkt)  # identical bytes on every retransmission
+            elif flow.state is State.SYN_RECEIVED and flags & ACK:
+                if not on_local_syn_ack(flow, pkt, now):
+                    self.count("plain")
+                    self.count("plain_option-space")
+                    self._forget(flow)
+                    result.verdict, result.plain = Verdict.ACCEPT, True
+                    return
+            result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
+            return
+        if flow.state in (State.SYN_SENT, State.SYN_RECEIVED):
+            if flags & RST:
+                self._forget(flow)
+            result.verdict = Verdict.ACCEPT
+            return
+        handle_outbound(self, flow, pkt, packet_id, now, result)
+
+    def _inbound(self, flow: Flow, pkt: TCPPacket, now: float, result: Result) -> None:
+        flags = pkt.flags
+        if flags & SYN:
+            if flow.state is State.SYN_SENT and flags & ACK:
+                fallback = on_syn_ack(flow, pkt, now)
+                if fallback is not None:
+                    self._fallback(flow, fallback, result)
+                    result.verdict = Verdict.ACCEPT
+                    return
+                flow.stack_seen_ack = 0
+                flow.stack_seen_window = flow.peer_window_field
+            elif flow.state is State.SYN_RECEIVED and not flags & ACK and pkt.seq == flow.peer_isn:
+                clamp_mss(flow, pkt)
+            elif not flags & ACK:
+                # simultaneous open, or a new connection on a lingering 4-tuple
+                self._forget(flow)
+                if flow.state is State.SYN_SENT:
+                    self._fallback(flow, Fallback("simultaneous-open"), result)  # type: ignore[arg-type]
+                    result.verdict = Verdict.ACCEPT
+                    return
+                new = self._new_flow(pkt, False, now)
+                result.verdict, result.data, result.plain = new.verdict, new.data, new.plain
+                return
+            else:
+                clamp_mss(flow, pkt)
+            result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
+            return
+        if flow.state is State.SYN_SENT:
+            if flags & RST:
+                self._forget(flow)
+            result.verdict = Verdict.ACCEPT
+            return
+        if flow.state is State.SYN_RECEIVED:
+            if flags & RST:
+                self._forget(flow)
+                result.verdict = Verdict.ACCEPT
+                return
+            fallback = on_first_ack(flow, pkt, now)
+            if fallback is not None:
+                self._fallback(flow, fallback, result)
+                result.verdict = Verdict.ACCEPT
+                return
+            if flow.state is State.SYN_RECEIVED:
+                self.count("drops_before-ack")
+                result.verdict = Verdict.DROP
+                return
+        handle_inbound(self, flow, pkt, now, result)
+
+    def _deadline(self, flow: Flow) -> float:
+        cfg = self.config
+        if flow.closed_at is not None:
+            end = flow.closed_at + cfg.linger
+        elif flow.state in _HANDSHAKE_STATES:
+            end = flow.created + cfg.handshake_timeout
+        else:
+            end = flow.last_activity + cfg.idle_timeout
+        for when in (flow.rtx_deadline, flow.dl_deadline):
+            if when is not None and when < end:
+                end = when
+        return end
+
+    def _schedule(self, flow: Flow) -> None:
+        when = self._deadline(flow)
+        if flow.scheduled is None or when < flow.scheduled:
+            flow.scheduled = when
+            heapq.heappush(self._timers, (when, next(self._tiebreak), flow))
+
+    def _on_timer(self, flow: Flow, now: float, result: Result) -> None:
+        cfg = self.config
+        if flow.closed_at is not None:
+            if now >= flow.closed_at + cfg.linger:
+                self._forget(flow)
+                return
+        elif flow.state in _HANDSHAKE_STATES:
+            if now >= flow.created + cfg.handshake_timeout:
+                self.count("expired_handshake")
+                self._forget(flow)
+                return
+        elif now >= flow.last_activity + cfg.idle_timeout:
+            self.abort(flow, "idle", now, result)
+            self._forget(flow)
+            return
+        if flow.rtx_deadline is not None and now >= flow.rtx_deadline:
+            self._retransmit_injected(flow, now, result)
+        if flow.dl_deadline is not None and now >= flow.dl_deadline:
+            self._redeliver(flow, now, result)
+
+    def _retransmit_injected(self, flow: Flow, now: float, result: Result) -> None:
+        """RFC 6298 §5 for bytes the local stack never sent: resend, back off, give up."""
+        smap = flow.smap
+        records = smap.injected_unacked()
+        if not records:
+            flow.rtx_deadline = None
+            return
+        flow.rtx_count += 1
+        if flow.rtx_count > self.config.max_retransmits:
+            self.abort(flow, "retransmit-limit", now, result)
+            return
+        self.count("retransmits")
+        for record in records:
+            lo = max(record.wire_start, smap.peer_wire_ack)
+            fin = smap.fin_wire is not None and record.wire_end == smap.fin_wire
+            result.transmit.extend(self.wire_pieces(flow, lo, record.wire[lo - record.wire_start:],
+                                                    fin=fin))
+        flow.rto = min(flow.rto * 2, self.config.max_rto)
+        flow.rtx_deadline = now + flow.rto
+        flow.rtt_probe = None
+
+    def _redeliver(self, flow: Flow, now: float, result: Result) -> None:
+        """Plaintext the stack has not acknowledged: send it again, with backoff."""
+        if flow.stack_rcv_ack >= flow.dl_sent:
+            flow.dl_deadline = None
+            flow.dl_backoff = 0
+            deliver_pending(self, flow, now, None, result)
+            return
+        data_end = min(flow.dl_sent, flow.dl_base + len(flow.dl_buf))
+        seg = max(flow.local_mss - (12 if flow.ts_ok else 0), 64)
+        off = flow.stack_rcv_ack
+        while True:
+            piece_end = min(off + seg, data_end)
+            fin = flow.dl_fin_sent and piece_end == data_end
+            data = bytes(flow.dl_buf[off - flow.dl_base:piece_end - flow.dl_base])
+            if data or fin:
+                result.transmit.append(Transmit(
+                    flow.local_packet(off, PSH | (FIN if fin else 0), data), Direction.INBOUND))
+            off = piece_end
+            if off >= data_end:
+                break
+        flow.dl_backoff = min(flow.dl_backoff + 1, 6)
+        flow.dl_deadline = now + self.config.local_rto * (1 << flow.dl_backoff)

@@ -1,0 +1,173 @@
+"""The ``tcpcryptd`` command through click's CliRunner, against a control socket served
+from a thread by the real control handler (with a stand-in engine)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+from click.testing import CliRunner
+
+from tcpcryptd import cli
+from tcpcryptd.daemon.config import Config
+from tcpcryptd.daemon.control import ControlServer
+from tcpcryptd.daemon.loop import Daemon, PacketPath
+from tcpcryptd.daemon.nfqueue import Verdicts
+
+from .fakes import ControlThread, FakeSender, ScriptedEngine, flow_status
+
+
+@pytest.fixture
+def no_default_config(monkeypatch, tmp_path):
+    monkeypatch.setattr("tcpcryptd.daemon.config.DEFAULT_CONFIG_PATH", tmp_path / "none.toml")
+
+
+@pytest.fixture
+def running(tmp_path, no_default_config):
+    """A control socket answered by a Daemon whose engine has one encrypted, one keying flow."""
+    engine = ScriptedEngine([
+        flow_status(),
+        flow_status(local="10.0.0.1:40001", remote="10.0.0.3:80", session_id="", tep="",
+                    aead="", state="keying")])
+    daemon = Daemon(Config(), engine, PacketPath(engine, FakeSender(), Verdicts(2), 1), "nft")
+    path = str(tmp_path / "c.sock")
+    with ControlThread(ControlServer(path, daemon.handle)):
+        yield path, engine
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli.main, list(args))
+
+
+def test_help_lists_the_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("run", "enable", "disable", "status", "session-id"):
+        assert command in result.output
+
+
+def test_status_text_and_json(running):
+    path, _ = running
+    text = invoke("status", "--control", path)
+    assert text.exit_code == 0, text.output
+    assert "encryption of new connections enabled" in text.output
+    assert "23" + "ab" * 32 in text.output
+    machine = invoke("status", "--json", "--control", path)
+    data = json.loads(machine.output)
+    assert set(data) == {"daemon", "counters", "sessions"}
+    assert data["sessions"][0]["session_id"] == "23" + "ab" * 32
+    assert data["sessions"][1]["session_id"] == ""
+
+
+def test_enable_disable_on_a_running_daemon(running):
+    path, engine = running
+    result = invoke("disable", "--control", path)
+    assert result.exit_code == 0
+    assert result.output == ("encryption of new connections disabled "
+                             "(existing connections unchanged)\n")
+    assert engine.config.enabled is False
+    assert invoke("enable", "--control", path).exit_code == 0
+    assert engine.config.enabled is True
+
+
+def test_session_id_by_remote_and_by_local_port(running):
+    path, _ = running
+    result = invoke("session-id", "10.0.0.2:80", "--control", path)
+    assert result.exit_code == 0 and result.output == "23" + "ab" * 32 + "\n"
+    result = invoke("session-id", "--local-port", "40000", "--control", path)
+    assert result.output == "23" + "ab" * 32 + "\n"
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["10.0.0.3:80"], 1, "has no tcpcrypt session"),
+    (["10.0.0.7:80"], 1, "no such connection"),
+    ([], 2, "give HOST:PORT"),
+    (["10.0.0.2"], 2, "is not HOST:PORT"),
+    (["10.0.0.2:99999"], 2, "is not HOST:PORT"),
+])
+def test_session_id_errors(running, args, code, message):
+    path, _ = running
+    result = invoke("session-id", *args, "--control", path)
+    assert result.exit_code == code
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_parse_hostport():
+    assert cli.parse_hostport("[fd00::1]:443") == ("fd00::1", 443)
+    assert cli.parse_hostport("example.org:80") == ("example.org", 80)
+
+
+def test_commands_without_a_daemon_say_so(tmp_path, no_default_config):
+    path = str(tmp_path / "absent.sock")
+    for command in ("status", "enable"):
+        result = invoke(command, "--control", path)
+        assert result.exit_code == 1
+        assert f"no tcpcryptd is running (no daemon on control socket {path})" in result.output
+
+
+def test_disable_without_daemon_removes_leftover_rules(tmp_path, monkeypatch, no_default_config):
+    calls = []
+    fake_runner = types.ModuleType("tcpcryptd.daemon.runner")
+    fake_runner.remove_leftover_rules = lambda config: calls.append(config) or bool(len(calls) == 1)
+    monkeypatch.setitem(sys.modules, "tcpcryptd.daemon.runner", fake_runner)
+    path = str(tmp_path / "absent.sock")
+    first = invoke("disable", "--control", path)
+    assert first.exit_code == 0
+    assert first.output == "no tcpcryptd is running: removed the firewall rules it left behind\n"
+    second = invoke("disable", "--control", path)
+    assert second.output == "no tcpcryptd is running: no firewall rules to remove\n"
+    assert calls[0].control.socket == path
+
+
+def test_config_errors_are_one_line_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[queue]\nnumber = -1\n")
+    result = invoke("status", "--config", str(bad))
+    assert result.exit_code == 1
+    assert result.output == f"Error: {bad}: queue.number: must be in 0..65535, got -1\n"
+
+
+def test_run_needs_capabilities(monkeypatch, no_default_config):
+    monkeypatch.setattr(cli, "missing_capabilities", lambda: ["CAP_NET_ADMIN"])
+    result = invoke("run", "--queue", "3")
+    assert result.exit_code == 1
+    assert "tcpcryptd run needs CAP_NET_ADMIN: run it as root" in result.output
+
+
+def test_run_passes_overrides_to_the_daemon(monkeypatch, no_default_config):
+    seen = []
+    fake_runner = types.ModuleType("tcpcryptd.daemon.runner")
+    fake_runner.run_daemon = seen.append
+    monkeypatch.setitem(sys.modules, "tcpcryptd.daemon.runner", fake_runner)
+    monkeypatch.setattr(cli, "missing_capabilities", lambda: [])
+    result = invoke("run", "--queue", "3", "--control", "/tmp/x.sock", "--log-level", "debug")
+    assert result.exit_code == 0, result.output
+    assert seen[0].queue.number == 3
+    assert seen[0].control.socket == "/tmp/x.sock"
+    assert seen[0].log.level == "debug"
+
+
+def test_run_reports_daemon_errors(monkeypatch, no_default_config):
+    from tcpcryptd.daemon.errors import QueueError
+
+    def fail(config):
+        raise QueueError("cannot bind NFQUEUE 0: taken")
+
+    fake_runner = types.ModuleType("tcpcryptd.daemon.runner")
+    fake_runner.run_daemon = fail
+    monkeypatch.setitem(sys.modules, "tcpcryptd.daemon.runner", fake_runner)
+    monkeypatch.setattr(cli, "missing_capabilities", lambda: [])
+    result = invoke("run")
+    assert result.exit_code == 1 and "cannot bind NFQUEUE 0: taken" in result.output
+
+
+def test_missing_capabilities_reads_proc(monkeypatch, tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tx\nCapEff:\t0000000000001000\n")  # bit 12 only
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+        status if path == "/proc/self/status" else path, *a, **k))
+    assert cli.missing_capabilities() == ["CAP_NET_RAW"]

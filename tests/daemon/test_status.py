@@ -1,0 +1,71 @@
+"""Session objects and the human-readable status table."""
+
+from __future__ import annotations
+
+from tcpcryptd.daemon.status import join_endpoint, matches, render, session_json, split_endpoint
+
+from .fakes import flow_status
+
+
+def test_session_json_names_and_values():
+    session = session_json(flow_status(aead="ChaCha20-Poly1305"), now=10.0)
+    assert session == {
+        "local": "10.0.0.1:40000", "remote": "10.0.0.2:80", "state": "encrypted", "role": "A",
+        "tep": "X25519", "aead": "CHACHA20-POLY1305", "session_id": "23" + "ab" * 32,
+        "bytes_out": 1000, "bytes_in": 200, "bytes_out_wire": 1106, "bytes_in_wire": 273,
+        "packets_out": 5, "packets_in": 4, "age": 2.5, "abort_reason": "",
+    }
+
+
+def test_unknown_tep_names_pass_through():
+    assert session_json(flow_status(tep="0x7f"), 0)["tep"] == "0x7f"
+
+
+def test_endpoints_are_normalized():
+    assert split_endpoint("[fd00:0201:0000:0000:0000:0000:0000:0001]:443") == ("fd00:201::1", 443)
+    assert join_endpoint("fd00:201::1", 443) == "[fd00:201::1]:443"
+    assert join_endpoint("10.1.2.3", 1) == "10.1.2.3:1"
+
+
+def test_matches():
+    session = session_json(flow_status(), 0)
+    assert matches(session, "10.0.0.2", 80, None)
+    assert matches(session, None, None, 40000)
+    assert not matches(session, "10.0.0.2", 81, None)
+    assert not matches(session, "not-an-ip", 80, None)
+    assert not matches(session, "10.0.0.2", 80, 40001)
+
+
+STATUS = {
+    "daemon": {"pid": 42, "version": "0.1.0", "enabled": True, "queue": 0, "firewall": "nft",
+               "uptime": 3725.0, "held_packets": 1},
+    "counters": {"plain": 2, "encrypted": 1},
+}
+
+
+def test_render_table():
+    text = render({**STATUS, "sessions": [
+        session_json(flow_status(), 0),
+        session_json(flow_status(remote="10.0.0.9:22", state="keying", tep="", aead="",
+                                 session_id="", age=75), 0)]})
+    lines = text.splitlines()
+    assert lines[0] == ("tcpcryptd 0.1.0 (pid 42): encryption of new connections enabled; "
+                        "queue 0, nft rules, up 1h02m, 1 held packets")
+    assert lines[1] == "counters: encrypted=1, plain=2"
+    assert lines[2].split() == ["LOCAL", "REMOTE", "STATE", "ROLE", "TEP", "AEAD", "SESSION",
+                                "ID", "OUT", "B/PKT", "IN", "B/PKT", "AGE"]
+    assert lines[3].split() == ["10.0.0.1:40000", "10.0.0.2:80", "encrypted", "A", "X25519",
+                                "AES-128-GCM", "23" + "ab" * 32, "1000B/5", "200B/4", "2s"]
+    assert lines[4].split() == ["10.0.0.1:40000", "10.0.0.9:22", "keying", "A", "-", "-", "-",
+                                "1000B/5", "200B/4", "1m15s"]
+    # columns line up
+    assert lines[3].index("10.0.0.2:80") == lines[2].index("REMOTE")
+
+
+def test_render_without_sessions_and_human_sizes():
+    text = render({**STATUS, "daemon": {**STATUS["daemon"], "enabled": False, "uptime": 5},
+                   "sessions": []})
+    assert "connections disabled" in text and text.endswith("no sessions\n")
+    big = session_json(flow_status(), 0) | {"bytes_out": 5 * 1024 * 1024, "bytes_in": 2048}
+    row = render({**STATUS, "sessions": [big]}).splitlines()[-1]
+    assert "5.0M/5" in row and "2.0K/4" in row

@@ -1,0 +1,492 @@
+"""Engine unit tests: two Engines back to back, both local stacks played by hand.
+
+Every packet is hand-built (tcpcryptd.packet.tcp.build); A's ISN sits just below 2**32 so
+sequence numbers wrap in every test.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _hand import (  # noqa: E402
+    ACK,
+    FIN,
+    ISN_A,
+    ISN_B,
+    M32,
+    PSH,
+    RST,
+    SYN,
+    Direction,
+    EngineConfig,
+    Pair,
+    TCPPacket,
+    Verdict,
+    stack_bytes,
+    syn_options,
+    tcp_options,
+    ts_options,
+)
+from tcpcryptd.core.constants import NON_SYN_OPTION  # noqa: E402
+from tcpcryptd.engine import Engine  # noqa: E402
+from tcpcryptd.packet.tcp import URG, build  # noqa: E402
+
+INIT1_LEN = 79   # X25519 with three ciphers
+INIT2_LEN = 74
+
+
+def wire_payloads(pair: Pair, src_port: int) -> dict[int, int]:
+    """Every payload byte seen on the wire from one side, by 32-bit sequence number.
+
+    Asserts that a sequence number never carried two different bytes (DESIGN.md §6.2).
+    """
+    seen: dict[int, int] = {}
+    for raw in pair.wire:
+        pkt = TCPPacket.parse(raw)
+        if pkt.sport != src_port:
+            continue
+        for k, byte in enumerate(bytes(pkt.payload)):
+            seq = (pkt.seq + k) & M32
+            assert seen.setdefault(seq, byte) == byte, "two different bytes at one offset"
+    return seen
+
+
+def established() -> Pair:
+    pair = Pair()
+    pair.handshake()
+    return pair
+
+
+def test_handshake_negotiates_x25519_and_equal_session_ids():
+    pair = established()
+    (fa,), (fb,) = pair.a.engine.flows(), pair.b.engine.flows()
+    assert (fa.role, fb.role) == ("A", "B")
+    assert fa.state == fb.state == "encrypted"
+    assert fa.tep == "ECDHE_CURVE25519" and fa.aead == "AES-128-GCM"
+    assert fa.session_id == fb.session_id and fa.session_id.startswith("23")
+    syn, syn_ack, init1, init2 = (TCPPacket.parse(p) for p in pair.wire[:4])
+    assert tcp_options.eno_options(syn.options) == [b"\x45\x05\x23\x24\x21"]
+    assert tcp_options.eno_options(syn_ack.options) == [b"\x45\x04\x01\x23"]
+    # Init1 rides on A's third ACK with 45 02 and PSH; Init2 follows at once with PSH
+    assert len(init1.payload) == INIT1_LEN and init1.flags & PSH
+    assert tcp_options.eno_options(init1.options) == [NON_SYN_OPTION]
+    assert len(init2.payload) == INIT2_LEN and init2.flags & PSH
+    assert pair.a.engine.counters["encrypted"] == pair.b.engine.counters["encrypted"] == 1
+
+
+def test_mss_is_clamped_toward_the_local_stack_only():
+    pair = established()
+    b_syn = pair.b.to_stack[0]
+    a_syn_ack = pair.a.to_stack[0]
+    assert tcp_options.mss(b_syn.options) == 1460 - 24
+    assert tcp_options.mss(a_syn_ack.options) == 1460 - 24
+    assert tcp_options.mss(TCPPacket.parse(pair.wire[0]).options) == 1460
+
+
+def test_data_both_ways_reaches_the_stacks_and_never_the_wire_in_plaintext():
+    pair = established()
+    a, b = pair.a, pair.b
+    request, response = b"GET / HTTP/1.0\r\n\r\n" * 3, b"HTTP/1.0 200 OK\r\n\r\nsecret!" * 20
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK | PSH, request))
+    assert stack_bytes(b, ISN_A) == request
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 1 + len(request), ACK | PSH, response[:700]))
+    pair.send(b, b.seg(ISN_B + 701, ISN_A + 1 + len(request), ACK | PSH, response[700:]))
+    assert stack_bytes(a, ISN_B) == response
+    for raw in pair.wire:
+        assert b"HTTP" not in raw and b"GET" not in raw and b"secret" not in raw
+    wire_payloads(pair, 40000)
+    wire_payloads(pair, 80)
+    # the stacks see their own sequence space: B's data arrives at ISN_B + 1
+    assert pair.a.to_stack[-2].seq == (ISN_B + 1) & M32
+
+
+def test_retransmission_with_new_boundaries_replays_identical_wire_bytes():
+    pair = established()
+    a, b = pair.a, pair.b
+    data = bytes(range(256)) * 12
+    # original segments: 1000, 1000, 1072 bytes -- the wire copies are lost
+    cuts = [0, 1000, 2000, len(data)]
+    before: dict[int, int] = {}
+    for lo, hi in zip(cuts, cuts[1:]):
+        _, wire = pair.send(a, a.seg(ISN_A + 1 + lo, ISN_B + 1, ACK, data[lo:hi]), deliver=False)
+        for raw in wire:
+            pkt = TCPPacket.parse(raw)
+            before.update(((pkt.seq + k) & M32, byte) for k, byte in enumerate(bytes(pkt.payload)))
+    assert len(before) == len(data) + 3 * 20
+    # the stack retransmits with other boundaries: 500, 1700, 872
+    recuts = [0, 500, 2200, len(data)]
+    for lo, hi in zip(recuts, recuts[1:]):
+        _, wire = pair.send(a, a.seg(ISN_A + 1 + lo, ISN_B + 1, ACK, data[lo:hi]), deliver=False)
+        for raw in wire:
+            pkt = TCPPacket.parse(raw)
+            pair.wire.append(raw)
+            for k, byte in enumerate(bytes(pkt.payload)):
+                assert before[(pkt.seq + k) & M32] == byte
+        for raw in wire:
+            pair.arrive(b, raw)
+    assert stack_bytes(b, ISN_A) == data
+
+
+def test_ack_translation_frame_granularity_and_absorbed_init_ack():
+    pair = established()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK, b"x" * 100), deliver=False)
+    pair.send(a, a.seg(ISN_A + 101, ISN_B + 1, ACK, b"y" * 100), deliver=False)
+    base = ISN_A + 1 + INIT1_LEN  # wire seq of the first frame
+    a_stack = len(a.to_stack)
+    # a window update passes; then a peer ACK inside the first frame is nothing new: dropped
+    r = pair.arrive(a, b.seg(ISN_B + 1 + INIT2_LEN, base, ACK, window=600))
+    assert r.verdict is Verdict.ACCEPT and TCPPacket.parse(r.data).ack == (ISN_A + 1) & M32
+    r = pair.arrive(a, b.seg(ISN_B + 1 + INIT2_LEN, base + 60, ACK, window=600))
+    assert r.verdict is Verdict.DROP
+    # ACK of the first frame -> local 100
+    r = pair.arrive(a, b.seg(ISN_B + 1 + INIT2_LEN, base + 120, ACK, window=600))
+    assert r.verdict is Verdict.ACCEPT and TCPPacket.parse(r.data).ack == (ISN_A + 101) & M32
+    # ACK inside the second frame: still 100 (same window: dropped)
+    r = pair.arrive(a, b.seg(ISN_B + 1 + INIT2_LEN, base + 200, ACK, window=600))
+    assert r.verdict is Verdict.DROP
+    r = pair.arrive(a, b.seg(ISN_B + 1 + INIT2_LEN, base + 240, ACK, window=600))
+    assert TCPPacket.parse(r.data).ack == (ISN_A + 201) & M32
+    assert len(a.to_stack) == a_stack + 3
+
+
+def test_sack_blocks_are_translated_to_whole_local_frames():
+    pair = established()
+    a, b = pair.a, pair.b
+    for k in range(3):
+        pair.send(a, a.seg(ISN_A + 1 + 100 * k, ISN_B + 1, ACK, bytes([k]) * 100), deliver=False)
+    base = ISN_A + 1 + INIT1_LEN
+    sack = tcp_options.replace_sack(ts_options(5, 6), [((base + 120) & M32, (base + 360) & M32)])
+    r = pair.arrive(a, b.seg(ISN_B + 1 + INIT2_LEN, base, ACK, window=600, options=sack))
+    pkt = TCPPacket.parse(r.data)
+    assert pkt.ack == (ISN_A + 1) & M32
+    assert tcp_options.sack_blocks(pkt.options) == [((ISN_A + 101) & M32, (ISN_A + 301) & M32)]
+
+
+def test_out_of_order_frames_get_a_sack_dup_ack_then_deliver_in_order():
+    pair = established()
+    a, b = pair.a, pair.b
+    _, first = pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK, b"1" * 300), deliver=False)
+    _, second = pair.send(a, a.seg(ISN_A + 301, ISN_B + 1, ACK, b"2" * 300), deliver=False)
+    r = b.engine.handle_packet(999, second[0], Direction.INBOUND, 0.0)
+    assert r.verdict is Verdict.DROP
+    (dupack,) = [TCPPacket.parse(t.data) for t in r.transmit]
+    wire_first = (ISN_A + 1 + INIT1_LEN) & M32
+    assert dupack.ack == wire_first
+    assert tcp_options.sack_blocks(dupack.options) == [
+        ((wire_first + 320) & M32, (wire_first + 640) & M32)]
+    pair.arrive(b, first[0])
+    assert stack_bytes(b, ISN_A) == b"1" * 300 + b"2" * 300
+
+
+def test_frame_split_across_segments_is_delivered_only_when_whole():
+    pair = established()
+    a, b = pair.a, pair.b
+    _, (raw,) = pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK, b"z" * 500), deliver=False)
+    pkt = TCPPacket.parse(raw)
+    payload = bytes(pkt.payload)
+    halves = []
+    for lo, hi in ((0, 200), (200, len(payload))):
+        halves.append(build(4, pkt.src, pkt.dst, pkt.sport, pkt.dport, (pkt.seq + lo) & M32,
+                            pkt.ack, ACK, pkt.window, pkt.options, payload[lo:hi]))
+    r = pair.arrive(b, halves[0])
+    assert r.verdict is Verdict.DROP
+    (ack,) = [TCPPacket.parse(t.data) for t in r.transmit]
+    assert ack.ack == (pkt.seq + 200) & M32  # the engine took the partial frame
+    assert stack_bytes(b, ISN_A) == b""
+    pair.arrive(b, halves[1])
+    assert stack_bytes(b, ISN_A) == b"z" * 500
+
+
+def test_duplicate_segment_is_dropped_and_answered_with_an_ack():
+    pair = established()
+    a, b = pair.a, pair.b
+    _, (raw,) = pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK, b"d" * 50))
+    count = len(b.to_stack)
+    r = pair.arrive(b, raw)
+    assert r.verdict is Verdict.DROP and len(b.to_stack) == count
+    assert len(r.transmit) == 1 and r.transmit[0].direction is Direction.OUTBOUND
+
+
+def test_data_before_keys_is_held_then_released_encrypted():
+    pair = Pair()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options()))
+    pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options()))
+    # third ACK leaves with Init1, but its delivery is postponed
+    _, (init1,) = pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK), deliver=False)
+    r, wire = pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK | PSH, b"early data"), deliver=False)
+    assert r.verdict is Verdict.HOLD and wire == []
+    pair.arrive(b, init1)          # B answers Init2, which releases A's held segment
+    assert stack_bytes(b, ISN_A) == b"early data"
+    assert all(b"early" not in raw for raw in pair.wire)
+
+
+def test_held_packets_are_bounded():
+    pair = Pair(config_a=EngineConfig(max_held_packets=2))
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options()))
+    pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options()))
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK), deliver=False)
+    verdicts = [pair.send(a, a.seg(ISN_A + 1 + 10 * k, ISN_B + 1, ACK, b"q" * 10),
+                          deliver=False)[0].verdict for k in range(3)]
+    assert verdicts == [Verdict.HOLD, Verdict.HOLD, Verdict.DROP]
+    assert a.engine.counters["drops_hold-limit"] == 1
+
+
+def test_bare_fin_becomes_an_empty_finp_frame_and_fin_reaches_the_peer_stack():
+    pair = established()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK, b"bye"))
+    _, (raw,) = pair.send(a, a.seg(ISN_A + 4, ISN_B + 1, ACK | FIN))
+    pkt = TCPPacket.parse(raw)
+    assert pkt.flags & FIN and len(pkt.payload) == 20
+    last = b.to_stack[-1]
+    assert last.flags & FIN and last.seq == (ISN_A + 4) & M32 and not len(last.payload)
+    # B's stack ACKs the FIN and closes with data + FIN
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 5, ACK | FIN | PSH, b"ok"))
+    assert stack_bytes(a, ISN_B) == b"ok"
+    assert a.to_stack[-1].flags & FIN
+    # A's stack ACKs B's FIN: passes, flows linger as closed
+    pair.send(a, a.seg(ISN_A + 5, ISN_B + 4, ACK))
+    assert b.to_stack[-1].ack == (ISN_B + 4) & M32
+    assert {f.state for f in a.engine.flows() + b.engine.flows()} == {"closed"}
+
+
+def test_retransmitted_bare_fin_replays_the_same_finp_frame():
+    pair = established()
+    a = pair.a
+    _, (first,) = pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK | FIN), deliver=False)
+    _, (again,) = pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK | FIN), deliver=False)
+    assert bytes(TCPPacket.parse(first).payload) == bytes(TCPPacket.parse(again).payload)
+
+
+def test_tcp_fin_without_finp_frame_aborts():
+    pair = established()
+    a, b = pair.a, pair.b
+    r = pair.arrive(b, a.seg(ISN_A + 1 + INIT1_LEN, ISN_B + 1 + INIT2_LEN, ACK | FIN))
+    assert r.verdict is Verdict.DROP
+    assert b.engine.counters["aborts_fin-without-finp"] == 1
+    rsts = [TCPPacket.parse(t.data) for t in r.transmit]
+    assert all(p.flags & RST for p in rsts) and len(rsts) == 2
+
+
+def test_tampered_frame_aborts_with_rst_both_ways():
+    pair = established()
+    a, b = pair.a, pair.b
+    _, (raw,) = pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK, b"attack at dawn"), deliver=False)
+    pkt = TCPPacket.parse(raw)
+    payload = bytearray(pkt.payload)
+    payload[10] ^= 1
+    pkt.payload = bytes(payload)
+    count = len(b.to_stack)
+    r = b.engine.handle_packet(77, pkt.to_bytes(), Direction.INBOUND, 1.0)
+    assert r.verdict is Verdict.DROP
+    assert b.engine.counters["aborts_aead-failure"] == 1
+    to_wire = [TCPPacket.parse(t.data) for t in r.transmit if t.direction is Direction.OUTBOUND]
+    to_stack = [TCPPacket.parse(t.data) for t in r.transmit if t.direction is Direction.INBOUND]
+    assert to_wire[0].flags & RST and to_wire[0].seq == (ISN_B + 1 + INIT2_LEN) & M32
+    assert to_stack[0].flags & RST and to_stack[0].seq == (ISN_A + 1) & M32
+    assert len(b.to_stack) == count
+    (fb,) = b.engine.flows()
+    assert fb.state == "aborted" and fb.abort_reason == "aead-failure"
+    # later packets of the aborted flow are dropped, never passed in plaintext
+    r = b.engine.handle_packet(78, b.seg(ISN_B + 1, ISN_A + 1, ACK, b"leak"), Direction.OUTBOUND, 1.0)
+    assert r.verdict is Verdict.DROP
+
+
+def test_fallback_when_the_peer_has_no_eno():
+    pair = Pair(config_b=EngineConfig(enabled=False))
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options()))
+    syn_ack = b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options())
+    r, (wire,) = pair.send(b, syn_ack)
+    assert wire == syn_ack
+    ack = a.seg(ISN_A + 1, ISN_B + 1, ACK | PSH, b"plain text")
+    r, (wire,) = pair.send(a, ack)
+    assert wire == ack and r.plain
+    assert a.engine.flows() == [] and a.engine.counters["fallback_no-eno"] == 1
+
+
+def test_fallback_when_a_middlebox_strips_eno_from_the_syn_ack():
+    pair = Pair()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options()))
+    _, (syn_ack,) = pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options()),
+                              deliver=False)
+    pkt = TCPPacket.parse(syn_ack)
+    pkt.options = tcp_options.remove(pkt.options, 69)
+    pair.arrive(a, pkt.to_bytes())
+    ack = a.seg(ISN_A + 1, ISN_B + 1, ACK)
+    _, (wire,) = pair.send(a, ack)
+    assert wire == ack  # no ENO, no Init1
+    data = b.seg(ISN_B + 1, ISN_A + 1, ACK | PSH, b"hello in the clear")
+    _, (wire,) = pair.send(b, data)
+    assert wire == data
+    assert a.engine.counters["fallback_no-eno"] == 1 and b.engine.counters["fallback_no-eno"] == 1
+    assert a.engine.flows() == b.engine.flows() == []
+
+
+@pytest.mark.parametrize("payload, options", [
+    (b"syn data", syn_options()),
+    (b"", syn_options() + b"\x22\x02\x00\x00"),
+])
+def test_syn_with_data_or_fast_open_stays_plain(payload, options):
+    engine = Engine()
+    syn = build(4, bytes(4), bytes([1, 1, 1, 1]), 1, 2, 5, 0, SYN, 100, options, payload)
+    r = engine.handle_packet(1, syn, Direction.OUTBOUND, 0.0)
+    assert r.verdict is Verdict.ACCEPT and r.data is None and r.plain
+    assert engine.flows() == []
+
+
+def test_flow_limit_leaves_new_syns_plain():
+    engine = Engine(EngineConfig(max_flows=1))
+    for port in (1, 2):
+        syn = build(4, bytes(4), bytes([1, 1, 1, 1]), port, 80, 5, 0, SYN, 100, syn_options())
+        r = engine.handle_packet(port, syn, Direction.OUTBOUND, 0.0)
+    assert r.data is None and r.plain and engine.counters["plain_flow-limit"] == 1
+    assert len(engine.flows()) == 1
+
+
+def test_retransmitted_syn_carries_identical_eno_bytes():
+    engine = Engine()
+    syn = build(4, bytes(4), bytes([1, 1, 1, 1]), 1, 80, 5, 0, SYN, 100, syn_options())
+    first = engine.handle_packet(1, syn, Direction.OUTBOUND, 0.0).data
+    again = engine.handle_packet(2, syn, Direction.OUTBOUND, 1.0).data
+    assert first == again and first != syn
+
+
+def test_garbage_is_passed_untouched_and_counted():
+    engine = Engine()
+    r = engine.handle_packet(1, b"\x45garbage", Direction.INBOUND, 0.0)
+    assert r.verdict is Verdict.ACCEPT and r.data is None
+    assert engine.counters["passed_unparsed"] == 1
+
+
+def test_lost_init1_is_retransmitted_by_the_engine_timer():
+    pair = Pair()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options()))
+    pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options()))
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK), deliver=False)   # lost
+    deadline = a.engine.next_deadline()
+    assert deadline is not None and deadline <= 1.0
+    pair.timer(a, deadline)
+    assert a.engine.counters["retransmits"] == 1
+    assert b.engine.flows()[0].state == "encrypted"
+    assert a.engine.flows()[0].state == "encrypted"
+
+
+def test_injected_bytes_give_up_after_the_retransmission_limit():
+    pair = Pair(config_a=EngineConfig(max_retransmits=2))
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options()))
+    pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options()))
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK), deliver=False)
+    results = []
+    for _ in range(3):
+        now = a.engine.next_deadline()
+        results.append(a.engine.handle_timer(now))
+    assert a.engine.counters["aborts_retransmit-limit"] == 1
+    assert any(TCPPacket.parse(t.data).flags & RST for t in results[-1].transmit)
+
+
+def test_keepalive_carries_no_plaintext_byte():
+    pair = established()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK, b"k" * 10))
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 11, ACK))
+    _, (probe,) = pair.send(a, a.seg(ISN_A + 10, ISN_B + 1, ACK, b"k"), deliver=False)
+    pkt = TCPPacket.parse(probe)
+    assert not len(pkt.payload)
+    assert pkt.seq == (ISN_A + 1 + INIT1_LEN + 30 - 1) & M32
+
+
+def test_urgent_pointer_maps_through_urgp():
+    pair = established()
+    a, b = pair.a, pair.b
+    # urgent pointer 5: the last urgent byte is local offset 4
+    _, (raw,) = pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK | URG | PSH, b"abcdefgh", urg_ptr=5))
+    wire = TCPPacket.parse(raw)
+    assert not wire.flags & URG and wire.urg_ptr == 0 and len(wire.payload) == 8 + 22
+    got = b.to_stack[-1]
+    assert got.flags & URG and got.urg_ptr == 5 and bytes(got.payload) == b"abcdefgh"
+
+
+def test_rekey_from_the_peer_obliges_an_immediate_rekey_frame():
+    pair = established()
+    a, b = pair.a, pair.b
+    b.engine._flows[next(iter(b.engine._flows))].session.initiate_rekey()
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 1, ACK | PSH, b"new keys"))
+    assert stack_bytes(a, ISN_B) == b"new keys"
+    (fa,) = a.engine._flows.values()
+    assert fa.session.local_generation == 1 and fa.session.send_generation == 1
+    (fb,) = b.engine._flows.values()
+    assert fb.session.remote_generation == 1   # B received A's empty rekey=1 frame
+
+
+def test_frame_larger_than_the_local_window_does_not_deadlock():
+    pair = established()
+    a, b = pair.a, pair.b
+    # A's stack advertises 200 bytes (wscale 7 -> field 1 = 128 bytes? use a raw 0-scale view)
+    (fa,) = a.engine._flows.values()
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK, window=2))   # 2 << 7 = 256 bytes
+    r, wire = pair.send(b, b.seg(ISN_B + 1, ISN_A + 1, ACK | PSH, b"L" * 1000))
+    assert stack_bytes(a, ISN_B) == b"L" * 256
+    # the peer is ACKed for the whole frame although the stack took only 256 bytes
+    assert fa.wire_ack_offset() == INIT2_LEN + 1020
+    # the stack reads and opens its window: the rest follows
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 257, ACK, window=20))
+    assert stack_bytes(a, ISN_B) == b"L" * 1000
+
+
+def test_unacknowledged_delivery_is_resent_to_the_stack():
+    pair = established()
+    a, b = pair.a, pair.b
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 1, ACK | PSH, b"resend me"))
+    a.to_stack.clear()
+    deadline = a.engine.next_deadline()
+    pair.timer(a, deadline)
+    assert stack_bytes(a, ISN_B) == b"resend me"
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 10, ACK))
+    assert a.engine._flows[next(iter(a.engine._flows))].dl_deadline is None
+
+
+def test_peer_rst_passes_with_translated_numbers():
+    pair = established()
+    a, b = pair.a, pair.b
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 1, ACK | PSH, b"12345"))
+    r = pair.arrive(a, build(4, b.ip, a.ip, 80, 40000, (ISN_B + 1 + INIT2_LEN + 25) & M32,
+                             (ISN_A + 1 + INIT1_LEN) & M32, RST | ACK, 0))
+    pkt = TCPPacket.parse(r.data)
+    assert pkt.flags & RST and pkt.seq == (ISN_B + 6) & M32 and pkt.ack == (ISN_A + 1) & M32
+    assert a.engine.flows()[0].state == "closed"
+
+
+def test_closed_flows_are_forgotten_after_the_linger_time():
+    pair = established()
+    a = pair.a
+    pair.arrive(a, build(4, pair.b.ip, a.ip, 80, 40000, (ISN_B + 1 + INIT2_LEN) & M32, 0, RST, 0))
+    pair.timer(a, 61.0)
+    assert a.engine.flows() == []
+
+
+def test_idle_encrypted_flow_is_aborted_and_forgotten():
+    pair = Pair(config_a=EngineConfig(idle_timeout=100.0))
+    pair.handshake()
+    a = pair.a
+    result = a.engine.handle_timer(101.0)
+    assert a.engine.counters["aborts_idle"] == 1 and a.engine.flows() == []
+    assert [TCPPacket.parse(t.data).flags & RST for t in result.transmit] == [RST, RST]
+
+
+def test_unrelated_packets_are_plain_and_untouched():
+    engine = Engine()
+    data = build(4, bytes(4), bytes([1, 1, 1, 1]), 1, 2, 5, 6, ACK | PSH, 100, b"", b"hi")
+    r = engine.handle_packet(1, data, Direction.OUTBOUND, 0.0)
+    assert r.verdict is Verdict.ACCEPT and r.data is None and r.plain
