@@ -264,7 +264,9 @@ def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
 
 
 def _fmt_ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.3f}x"
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -304,6 +306,10 @@ def format_table(results: dict[str, Any]) -> str:
               f"{_fmt(memory['rss_mb_10k'], ' MiB')} |",
               f"| CPU seconds per GB (both daemons, AES-128-GCM bulk) | "
               f"{_fmt(results['cpu_s_per_gb'], ' s', 2)} |"]
+    if results.get("engine_us"):
+        lines += ["", "| per-operation cost (bench.packet_costs, bench.engine) | µs |",
+                  "|---|---:|"]
+        lines += [f"| {name} | {value:.2f} |" for name, value in results["engine_us"].items()]
     lines += ["", "| target | value | verdict |", "|---|---|---|"]
     for target in results["targets"]:
         verdict = target["verdict"].upper() if target["verdict"] == "missed" else target["verdict"]

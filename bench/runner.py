@@ -232,11 +232,11 @@ class Runner:
 
     def engine_costs(self) -> None:
         self.progress.step("per-operation costs (bench.packet_costs, bench.engine)")
-        for module in ("bench.packet_costs", "bench.engine"):
+        for module, args in MICRO_BENCHMARKS.items():
             if not (REPO_ROOT / (module.replace(".", "/") + ".py")).exists():
                 continue
             try:
-                done = subprocess.run([sys.executable, "-m", module, "--number", "2000"],
+                done = subprocess.run([sys.executable, "-m", module, *args],
                                       capture_output=True, text=True, timeout=300,
                                       cwd=str(REPO_ROOT))
             except subprocess.SubprocessError as exc:
@@ -246,16 +246,31 @@ class Runner:
                 self.samples.note(f"{module}: exit {done.returncode}: "
                                   f"{_one_line(done.stderr.strip().splitlines()[-1:])}")
                 continue
-            self.samples.engine_us.update(parse_us_lines(done.stdout))
+            short = module.split(".")[-1]
+            self.samples.engine_us.update({f"{short}: {name}": value for name, value
+                                           in parse_us_lines(done.stdout).items()})
+
+
+#: The others' micro-benchmarks (module -> arguments for a short run).
+MICRO_BENCHMARKS = {"bench.packet_costs": ("--number", "2000"),
+                    "bench.engine": ("--count", "2000")}
+_US_FIRST = re.compile(r"\s*([0-9.]+)\s*(?:us|µs)\s+(.+?)\s*$")
+_US_AFTER = re.compile(r"\s*(.+?)\s+([0-9.]+)\s*(?:us|µs)/packet\b")
 
 
 def parse_us_lines(text: str) -> dict[str, float]:
-    """``   1.23 us  what`` lines (the micro-benchmarks' output) -> {what: 1.23}."""
+    """The micro-benchmarks' output lines -> {operation: microseconds}. Two forms:
+    ``   1.23 us  what`` (bench.packet_costs) and ``what   1.23 us/packet ...``
+    (bench.engine)."""
     found = {}
     for line in text.splitlines():
-        match = re.match(r"\s*([0-9.]+)\s*(?:us|µs)\s+(.+?)\s*$", line)
-        if match:
-            found[match.group(2)] = float(match.group(1))
+        first = _US_FIRST.match(line)
+        if first:
+            found[first.group(2)] = float(first.group(1))
+            continue
+        after = _US_AFTER.match(line)
+        if after:
+            found[after.group(1)] = float(after.group(2))
     return found
 
 

@@ -405,7 +405,7 @@ class Engine:
         if flow.rtx_deadline is not None and now >= flow.rtx_deadline:
             self._retransmit_injected(flow, now, result)
         if flow.dl_deadline is not None and now >= flow.dl_deadline:
-            self._redeliver(flow, now, result)
+            self.redeliver(flow, now, result)
 
     def _retransmit_injected(self, flow: Flow, now: float, result: Result) -> None:
         """RFC 6298 §5 for bytes the local stack never sent: resend, back off, give up."""
@@ -428,8 +428,9 @@ class Engine:
         flow.rtx_deadline = now + flow.rto
         flow.rtt_probe = None
 
-    def _redeliver(self, flow: Flow, now: float, result: Result) -> None:
-        """Plaintext the stack has not acknowledged: send it again, with backoff."""
+    def redeliver(self, flow: Flow, now: float, result: Result, *,
+                  first_only: bool = False) -> None:
+        """Plaintext the stack has not acknowledged: send it again (timer or duplicate ACKs)."""
         if flow.stack_rcv_ack >= flow.dl_sent:
             flow.dl_deadline = None
             flow.dl_backoff = 0
@@ -446,7 +447,8 @@ class Engine:
                 result.transmit.append(Transmit(
                     flow.local_packet(off, PSH | (FIN if fin else 0), data), Direction.INBOUND))
             off = piece_end
-            if off >= data_end:
+            if off >= data_end or first_only:
                 break
-        flow.dl_backoff = min(flow.dl_backoff + 1, 6)
+        if not first_only:
+            flow.dl_backoff = min(flow.dl_backoff + 1, 6)
         flow.dl_deadline = now + self.config.local_rto * (1 << flow.dl_backoff)

@@ -151,6 +151,7 @@ class Flow:
         self.stack_window = 65535           # bytes the stack can take beyond stack_rcv_ack
         self.dl_deadline: float | None = None
         self.dl_backoff = 0
+        self.stack_dupacks = 0              # duplicate ACKs from the stack below dl_sent
         # what the local stack has seen from the peer
         self.stack_seen_ack: int | None = None
         self.stack_seen_window = -1

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tcpcryptd.core.frame import HEADER_LEN, MIN_CLEN
+from tcpcryptd.core.frame import HEADER_LEN, MAX_CLEN, MIN_CLEN
 from tcpcryptd.core.errors import FrameError
 from tcpcryptd.engine.actions import Direction, Result, Transmit, Verdict
 from tcpcryptd.engine.flow import (
@@ -45,6 +45,9 @@ from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, URG, TCPPacket
 
 if TYPE_CHECKING:
     from tcpcryptd.engine.engine import Engine
+
+#: the largest frame on the wire: header and the largest clen (RFC 8548 §4.2)
+_MAX_FRAME_WIRE = HEADER_LEN + MAX_CLEN
 
 def note_peer(flow: Flow, pkt: TCPPacket) -> None:
     """Remember the peer's TSval, TTL, window (less frame overhead) for engine-made packets."""
@@ -172,8 +175,6 @@ def _consume_frames(eng: Engine, flow: Flow, chunk: bytes | memoryview, now: flo
         del partial[:pos]
     elif pos < total:
         flow.rx_partial = bytearray(data[pos:])
-    if len(flow.dl_buf) + len(flow.rx_partial) > eng.config.max_buffered_bytes + 0x10000:
-        raise FlowAbort("buffer-limit")
 
 
 def _consume(eng: Engine, flow: Flow, chunk: bytes | memoryview, now: float,
@@ -236,6 +237,9 @@ def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
     if n:
         flow.bytes_in_wire += n
         offset = unwrap(pkt.seq, flow.peer_isn, flow.rx.next)
+        # per-flow memory bound: never take more than the buffer allows, but always enough
+        # to complete the largest frame (no deadlock on a frame larger than the window)
+        flow.rx.limit = max(eng.config.max_buffered_bytes - len(flow.dl_buf), _MAX_FRAME_WIRE)
         chunk = flow.rx.take(offset, pkt.payload)
         if chunk:
             _consume(eng, flow, chunk, now, result)

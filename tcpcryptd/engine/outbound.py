@@ -44,25 +44,36 @@ from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, URG, TCPPacket, build
 if TYPE_CHECKING:
     from tcpcryptd.engine.engine import Engine
 
-def note_stack(flow: Flow, pkt: TCPPacket) -> None:
-    """Remember what engine-made packets must copy from the stack (DESIGN.md §4)."""
+def note_stack(eng: Engine, flow: Flow, pkt: TCPPacket, now: float) -> bool:
+    """Remember what engine-made packets must copy from the stack (DESIGN.md §4), and let
+    the stack's ACK release the plaintext it took.
+
+    Returns True when the stack signals a lost delivery: its second duplicate ACK below the
+    engine's delivery point (RFC 5681 §3.2 style), so the caller resends at once.
+    """
     if flow.ts_ok:
         tsval = packet_tsval(pkt)
         if tsval is not None and ts_newer(tsval, flow.stack_tsval):
             flow.stack_tsval = tsval
     flow.out_ttl, flow.out_df, flow.out_tos = pkt.ttl, pkt.df, pkt.tos
-    if pkt.flags & ACK:
-        acked = unwrap(pkt.ack, flow.peer_isn, flow.stack_rcv_ack)
-        limit = flow.dl_sent
-        if acked > flow.stack_rcv_ack and acked <= limit:
-            flow.stack_rcv_ack = acked
-            drop = min(acked, flow.dl_base + len(flow.dl_buf)) - flow.dl_base
-            if drop > 0:
-                del flow.dl_buf[:drop]
-                flow.dl_base += drop
-            flow.dl_backoff = 0
-            flow.dl_deadline = None
-        flow.stack_window = pkt.window << flow.local_wscale
+    if not pkt.flags & ACK:
+        return False
+    flow.stack_window = pkt.window << flow.local_wscale
+    acked = unwrap(pkt.ack, flow.peer_isn, flow.stack_rcv_ack)
+    if acked > flow.stack_rcv_ack and acked <= flow.dl_sent:
+        flow.stack_rcv_ack = acked
+        drop = min(acked, flow.dl_base + len(flow.dl_buf)) - flow.dl_base
+        if drop > 0:
+            del flow.dl_buf[:drop]
+            flow.dl_base += drop
+        flow.dl_backoff = 0
+        flow.stack_dupacks = 0
+        flow.dl_deadline = now + eng.config.local_rto if acked < flow.dl_sent else None
+        return False
+    if acked == flow.stack_rcv_ack < flow.dl_sent and not len(pkt.payload):
+        flow.stack_dupacks += 1
+        return flow.stack_dupacks == 2
+    return False
 
 
 def _wire_header(flow: Flow, pkt: TCPPacket, wire_offset: int, *, data: bool) -> None:
@@ -245,7 +256,8 @@ def _start_init1(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now: f
 def handle_outbound(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now: float,
                     result: Result) -> None:
     """A non-SYN segment from the local stack on an ENO flow."""
-    note_stack(flow, pkt)
+    if note_stack(eng, flow, pkt, now):
+        eng.redeliver(flow, now, result, first_only=True)
     flags = pkt.flags
     if flags & RST:
         _wire_header(flow, pkt, flow.smap.local_to_wire(
