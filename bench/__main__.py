@@ -5,6 +5,8 @@
                                              the generated section of docs/benchmarks.md
     .venv/bin/python -m bench --profile      both daemons under cProfile during iperf3;
                                              prints the three biggest costs of each
+    .venv/bin/python -m bench --render       redo the table, plots and docs section from
+                                             the existing latest.json (no measuring)
 
 Needs root (network namespaces, iptables, NFQUEUE), iperf3 and nc. Method:
 docs/benchmarks.md. Every namespace and process is removed at the end, on Ctrl-C and on
@@ -23,7 +25,6 @@ import signal
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -95,18 +96,37 @@ def print_targets(results: dict[str, Any]) -> None:
 
 def run_bench(quick: bool) -> int:
     settings = QUICK if quick else FULL
+    load_at_start = os.getloadavg()[0]
     runner = Runner(settings)
     print(f"bench: {'quick' if quick else 'full'} run, {runner.progress.total} steps "
           f"(progress on stderr)", file=sys.stderr, flush=True)
     samples = runner.run()
+    machine = machine_info()
+    # Other work on the machine competes for the same cores: say how busy it was.
+    machine["load_1min_start_end"] = [round(load_at_start, 2), round(os.getloadavg()[0], 2)]
+    if load_at_start > 0.5:
+        samples.note(f"the machine was busy when the run started (1-min load "
+                     f"{load_at_start:.2f}): absolute numbers are low, ratios less reliable")
     results = build_results(
-        samples, machine=machine_info(),
+        samples, machine=machine,
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         settings=settings.as_json())
     write_outputs(results)
     print(format_table(results))
     print_targets(results)
     print(f"\nwritten: {RESULTS_DIR / 'latest.json'}, plots in {RESULTS_DIR}, {DOC_PATH}")
+    return 0
+
+
+def render() -> int:
+    try:
+        results = json.loads((RESULTS_DIR / "latest.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"bench --render: no usable {RESULTS_DIR / 'latest.json'}: {exc}", file=sys.stderr)
+        return 2
+    write_outputs(results)
+    print(format_table(results))
+    print_targets(results)
     return 0
 
 
@@ -117,11 +137,13 @@ def run_profile(quick: bool) -> int:
     seconds = QUICK.seconds if quick else FULL.seconds
     print(f"bench --profile: both daemons under cProfile (CPU clock), iperf3 {seconds:g} s "
           f"AES-128-GCM", file=sys.stderr, flush=True)
-    mbps, costs = profile(seconds, RESULTS_DIR)
-    print(f"throughput under the profiler: {mbps:.0f} Mbit/s (the profiler slows the daemon)")
-    for label, top in costs.items():
+    result = profile(seconds, RESULTS_DIR)
+    print(f"throughput under the profiler: {result.mbps:.0f} Mbit/s (the profiler slows the "
+          f"daemon)")
+    for label, top in result.top.items():
         role = "sender side" if label == "A" else "receiver side"
-        print(f"daemon {label} ({role}), biggest own-time costs:")
+        print(f"daemon {label} ({role}): {result.cpu_s[label]:.2f} CPU s profiled during a "
+              f"{result.seconds:g} s transfer; biggest own-time costs:")
         for cost in top:
             print(f"  {cost.share * 100:5.1f}%  {cost.tottime:7.2f} s  {cost.calls:>9} calls  "
                   f"{cost.function}")
@@ -135,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="~1 minute: 1 repetition, 3 s runs, 1% loss only, 1000 idle flows")
     parser.add_argument("--profile", action="store_true",
                         help="profile both daemons (cProfile) under iperf3 instead")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite the plots and docs/benchmarks.md from latest.json")
     args = parser.parse_args(argv)
+    if args.render:
+        return render()
     problem = _preflight()
     if problem:
         print(f"bench: cannot run: {problem}", file=sys.stderr)

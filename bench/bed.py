@@ -211,6 +211,17 @@ class BenchBed:
     def daemon_rss(self) -> dict[str, int]:
         return {label: read_vmrss(pid) for label, pid in self.daemon_pids().items()}
 
+    def queue_drops(self) -> dict[str, int]:
+        """Packets each namespace's NFQUEUE dropped so far (queue full + failed to reach
+        userspace: ``queue_dropped`` + ``user_dropped`` of /proc/net/netfilter/nfnetlink_queue)."""
+        drops = {}
+        for ns in (self.bed.a, self.bed.b):
+            text = ns.run("cat", "/proc/net/netfilter/nfnetlink_queue").stdout.decode()
+            drops[ns.label] = sum(int(fields[5]) + int(fields[6]) for fields in
+                                  (line.split() for line in text.splitlines())
+                                  if len(fields) >= 7)
+        return drops
+
     def stop_daemons(self) -> None:
         for daemon in self.daemons.values():
             if daemon.running:

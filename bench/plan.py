@@ -38,7 +38,7 @@ class Settings:
 
 
 FULL = Settings(quick=False, repetitions=3, seconds=10.0,
-                loss_sizes={0.001: 32 * MB, 0.01: 16 * MB, 0.05: 4 * MB}, loss_timeout=180.0,
+                loss_sizes={0.001: 32 * MB, 0.01: 32 * MB, 0.05: 16 * MB}, loss_timeout=180.0,
                 connections=3000, connection_seconds=15.0, idle_checkpoints=(1000, 10000),
                 idle_timeout=300.0)
 QUICK = Settings(quick=True, repetitions=1, seconds=3.0, loss_sizes={0.01: 8 * MB},

@@ -32,9 +32,11 @@ def throughput_plot(results: dict[str, Any], path: Path) -> None:
     colors = [BASELINE_COLOR if row in ("plain", "passthrough") else TCPCRYPTD_COLOR
               for row in THROUGHPUT_ROWS]
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    bars = ax.bar(labels, [v or 0 for v in values], color=colors)
+    # A missing value is drawn as an empty bar of height 1 (log scale) labelled so.
+    bars = ax.bar(labels, [v or 1 for v in values], color=colors)
     _bar_labels(ax, bars, values, "{:.0f}")
-    ax.set_ylabel("Mbit/s (median)")
+    ax.set_yscale("log")
+    ax.set_ylabel("Mbit/s (median, log scale)")
     ax.set_title(f"Bulk throughput, iperf3 A -> B over veth, MTU 1500 ({results['date']})")
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
@@ -73,9 +75,10 @@ def connections_plot(results: dict[str, Any], path: Path) -> None:
     colors = [BASELINE_COLOR if key in ("plain", "passthrough") else TCPCRYPTD_COLOR
               for key in CONNECTION_ROWS]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    bars = ax.bar(list(CONNECTION_ROWS.values()), [v or 0 for v in values], color=colors)
+    bars = ax.bar(list(CONNECTION_ROWS.values()), [v or 1 for v in values], color=colors)
     _bar_labels(ax, bars, values, "{:.0f}")
-    ax.set_ylabel("connections per second")
+    ax.set_yscale("log")
+    ax.set_ylabel("connections per second (log scale)")
     ax.set_title("Sequential connect + 1-byte request/response + close")
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()

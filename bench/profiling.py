@@ -44,8 +44,16 @@ def top_costs(stats: pstats.Stats, count: int = 3) -> list[Cost]:
     return rows[:count]
 
 
-def profile(seconds: float, results_dir: Path) -> tuple[float, dict[str, list[Cost]]]:
-    """Run the profiled iperf3; returns (Mbit/s under the profiler, label -> top costs)."""
+@dataclass(frozen=True)
+class ProfileResult:
+    mbps: float                     # iperf3 throughput under the profiler
+    seconds: float                  # length of the iperf3 run
+    cpu_s: dict[str, float]         # daemon label -> profiled CPU seconds (whole life)
+    top: dict[str, list[Cost]]      # daemon label -> biggest own-time costs
+
+
+def profile(seconds: float, results_dir: Path) -> ProfileResult:
+    """Run the profiled iperf3 and read both daemons' stats."""
     from bench.bed import BenchBed
     from bench.runner import AES128
     from bench.workloads import iperf3
@@ -55,14 +63,16 @@ def profile(seconds: float, results_dir: Path) -> tuple[float, dict[str, list[Co
         with BenchBed(AES128, profile_dir=profile_dir) as bed:
             run = iperf3(bed, seconds)
             bed.stop_daemons()
-        costs = {}
+        top, cpu_s = {}, {}
         for label in ("A", "B"):
             path = str(profile_dir / f"{label}.prof")
             text = io.StringIO()
             pstats.Stats(path, stream=text).sort_stats("tottime").print_stats(40)
             (results_dir / f"profile-{label}.txt").write_text(text.getvalue())
-            costs[label] = top_costs(pstats.Stats(path))
-    return run.mbps, costs
+            stats = pstats.Stats(path)
+            top[label] = top_costs(stats)
+            cpu_s[label] = stats.total_tt
+    return ProfileResult(run.mbps, seconds, cpu_s, top)
 
 
 def run_profiled(out: str, args: list[str]) -> int:

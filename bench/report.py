@@ -272,8 +272,8 @@ def _fmt_ratio(value: float | None) -> str:
 def format_table(results: dict[str, Any]) -> str:
     """Markdown tables of every result with its ratios, the targets and the notes."""
     ratios = results["ratios"]
-    lines = ["| bulk throughput (1 iperf3 flow unless said) | Mbit/s | vs pass-through | vs plain |",
-             "|---|---:|---:|---:|"]
+    lines = ["| bulk throughput (1 iperf3 flow unless said) | Mbit/s | vs pass-through | "
+             "vs plain |", "|---|---:|---:|---:|"]
     tput = results["throughput_mbps"]
     for row, label in THROUGHPUT_ROWS.items():
         vs_pt = ratios.get(f"{row}_vs_passthrough") if row in ENCRYPTED_ROWS else None

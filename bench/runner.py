@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from bench.bed import PASSTHROUGH, PLAIN, REPO_ROOT, BenchBed, Mode
 from bench.plan import Settings
-from bench.report import ConnectionSamples, LossSamples, Samples
+from bench.report import ConnectionSamples, LossSamples, Samples, median
 from bench.workloads import IPERF_PORT, connection_rate, idle_flows, iperf3, nc_transfer
 from tcpcryptd.testbed import BedError, make_payload
 
@@ -67,6 +67,8 @@ class Runner:
     def __init__(self, settings: Settings, progress: Progress | None = None) -> None:
         self.settings = settings
         self.samples = Samples()
+        #: per-daemon busy fraction (CPU seconds / wall seconds) of the current throughput row
+        self._busy: list[float] = []
         self.progress = progress or Progress(self.step_count())
 
     def step_count(self) -> int:
@@ -109,6 +111,7 @@ class Runner:
         s = self.settings
         for row, (mode, parallel) in THROUGHPUT_PLAN.items():
             what = f"throughput {row}"
+            self._busy = []
             with self._bed(what, mode) as bed:
                 for rep in range(s.repetitions):
                     self.progress.step(f"{what} (iperf3 -P {parallel}, {s.seconds:g} s), "
@@ -116,6 +119,12 @@ class Runner:
                     if bed is None:
                         continue
                     self._guarded(what, lambda: self._one_iperf(bed, row, mode, parallel))
+                if bed is not None and mode.kind != "plain":
+                    self._guarded(what, lambda: self._queue_drops(bed, what))
+            if self._busy:
+                self.samples.note(f"{what}: each daemon was busy {median(self._busy):.0%} of "
+                                  f"the time on average (utime+stime / wall time): far below "
+                                  f"100% means the flow is not limited by the daemon's CPU")
 
     def _one_iperf(self, bed: BenchBed, row: str, mode: Mode, parallel: int) -> None:
         run = iperf3(bed, self.settings.seconds, parallel)
@@ -126,9 +135,17 @@ class Runner:
                                   f"AEADs {sorted(run.aeads) or 'none'} on port {IPERF_PORT} "
                                   f"mid-run, not only {mode.aead} (fallback or no session)")
                 return
-            if row == "aes128gcm" and run.daemon_cpu_s is not None and run.bytes > 0:
-                self.samples.cpu_s_per_gb.append(run.daemon_cpu_s / (run.bytes / 1e9))
+            if run.daemon_cpu_s is not None:
+                self._busy.append(run.daemon_cpu_s / len(bed.daemons) / self.settings.seconds)
+                if row == "aes128gcm" and run.bytes > 0:
+                    self.samples.cpu_s_per_gb.append(run.daemon_cpu_s / (run.bytes / 1e9))
         self.samples.throughput.setdefault(row, []).append(run.mbps)
+
+    def _queue_drops(self, bed: BenchBed, what: str) -> None:
+        drops = bed.queue_drops()
+        if any(drops.values()):
+            self.samples.note(f"{what}: the NFQUEUE dropped packets (queue full): "
+                              + ", ".join(f"{label} {n}" for label, n in drops.items()))
 
     # ---- 2. under loss
 

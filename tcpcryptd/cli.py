@@ -29,7 +29,7 @@ _config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
     help="Configuration file [default: /etc/tcpcryptd/tcpcryptd.toml if it exists].")
 _control_option = click.option(
-    "--control", "control_path", type=click.Path(dir_okay=False),
+    "--control", "control_path", type=str,
     help="Control socket [default: control.socket of the configuration].")
 
 

@@ -7,7 +7,7 @@ Off unless ``log.keylog`` names a file. Line format (ASCII, space-separated, hex
 ``session_id`` is the 33-byte session ID of RFC 8548 §3.4 (first byte = the TEP byte as B
 sent it, v bit included); ``role`` is this host's role, ``A`` or ``B`` (RFC 8547 §4.5);
 ``k_ab[0]``/``k_ba[0]`` are the first-generation traffic keys of RFC 8548 §3.3 (A -> B and
-B -> A). Later generations follow from them only with the session secret, which is never
+B -> A; each the AEAD key K followed by the nonce randomizer NR, §4.2). Later generations follow from them only with the session secret, which is never
 written: a capture spanning a rekey (RFC 8548 §3.8) is readable up to the first rekey.
 The file is created with mode 0600 and appended to; each line is flushed at once.
 """

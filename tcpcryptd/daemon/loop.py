@@ -151,6 +151,7 @@ class Daemon:
         self.clock = clock
         self.started = clock()
         self.stopping = False
+        self._wake: socket.socket | None = None
 
     # ---- control requests
 
@@ -216,19 +217,31 @@ class Daemon:
 
     # ---- the loop
 
-    def run(self, queue: PacketQueue, control: ControlServer) -> None:
-        """Serve until SIGTERM/SIGINT (``stopping``)."""
-        selector = selectors.DefaultSelector()
+    def catch_signals(self) -> Callable[[], None]:
+        """SIGTERM/SIGINT set :attr:`stopping` and wake the loop; returns the undo."""
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
+        self._wake = wake_r
         previous_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            signal.set_wakeup_fd(previous_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            wake_r.close()
+            wake_w.close()
+        return restore
+
+    def run(self, queue: PacketQueue, control: ControlServer) -> None:
+        """Serve until SIGTERM/SIGINT (``stopping``); :meth:`catch_signals` must be active."""
+        selector = selectors.DefaultSelector()
         assert control.listener is not None
         selector.register(queue.fileno(), selectors.EVENT_READ, "queue")
         selector.register(control.listener, selectors.EVENT_READ, "listen")
-        selector.register(wake_r, selectors.EVENT_READ, "wake")
+        selector.register(self._wake, selectors.EVENT_READ, "wake")
         try:
             while not self.stopping:
                 deadline = self.engine.next_deadline()
@@ -239,12 +252,7 @@ class Daemon:
                 if deadline is not None and deadline <= self.clock():
                     self.path.on_timer()
         finally:
-            signal.set_wakeup_fd(previous_wakeup)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             selector.close()
-            wake_r.close()
-            wake_w.close()
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         log.info("%s received, stopping", signal.Signals(signum).name)

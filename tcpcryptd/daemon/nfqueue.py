@@ -50,12 +50,18 @@ def direction(packet: QueuedPacket) -> Direction:
 
 
 def truncated(data: bytes) -> bool:
-    """True when the IP header announces more bytes than were copied to us (or is garbage)."""
-    if len(data) >= 20 and data[0] >> 4 == 4:
+    """True when the IP header announces more bytes than NetfilterQueue copied to us.
+
+    Only a packet of at least :data:`MAX_COPY` bytes can have been cut, so shorter ones cost
+    one comparison; garbage is left to the engine's parser.
+    """
+    if len(data) < MAX_COPY:
+        return False
+    if data[0] >> 4 == 4:
         return struct.unpack_from("!H", data, 2)[0] > len(data)
-    if len(data) >= 40 and data[0] >> 4 == 6:
+    if data[0] >> 4 == 6:
         return 40 + struct.unpack_from("!H", data, 4)[0] > len(data)
-    return True
+    return False
 
 
 class Verdicts:

@@ -297,13 +297,22 @@ class Engine:
                   result: Result) -> None:
         flags = pkt.flags
         if flags & SYN:
-            if not flags & ACK and (flow.state is not State.SYN_SENT or pkt.seq != flow.local_isn):
+            retransmitted_syn = (pkt.seq == flow.local_isn and flow.role == "A"
+                                 and flow.state in (State.SYN_SENT, State.NEGOTIATED))
+            if not flags & ACK and not retransmitted_syn:
                 self._forget(flow)  # a new connection on a lingering 4-tuple
                 new = self._new_flow(pkt, True, now)
                 result.verdict, result.data, result.plain = new.verdict, new.data, new.plain
                 return
-            if flow.state is State.SYN_SENT and not flags & ACK:
+            if retransmitted_syn and not flags & ACK:
                 add_syn_option(flow, pkt)  # identical bytes on every retransmission
+            elif flow.role == "B" and flags & ACK and flow.state is not State.SYN_RECEIVED:
+                # a SYN-ACK retransmitted after the peer's ACK arrived: the stack missed that
+                # ACK (local loss); same ENO bytes to the wire, and a fresh ACK to the stack
+                add_syn_option(flow, pkt)
+                flow.stack_seen_ack = None
+                result.transmit.append(Transmit(flow.local_packet(flow.dl_sent, 0),
+                                                Direction.INBOUND))
             elif flow.state is State.SYN_RECEIVED and flags & ACK:
                 if not on_local_syn_ack(flow, pkt, now):
                     self.count("plain")
@@ -316,7 +325,12 @@ class Engine:
         if flow.state in (State.SYN_SENT, State.SYN_RECEIVED):
             if flags & RST:
                 self._forget(flow)
-            result.verdict = Verdict.ACCEPT
+                result.verdict = Verdict.ACCEPT
+            elif len(pkt.payload) or flags & FIN:
+                self.count("drops_before-established")   # never plaintext on an ENO flow
+                result.verdict = Verdict.DROP
+            else:
+                result.verdict = Verdict.ACCEPT
             return
         handle_outbound(self, flow, pkt, packet_id, now, result)
 
@@ -331,9 +345,9 @@ class Engine:
                     return
                 flow.stack_seen_ack = 0
                 flow.stack_seen_window = flow.peer_window_field
-            elif flow.state is State.SYN_RECEIVED and not flags & ACK and pkt.seq == flow.peer_isn:
-                clamp_mss(flow, pkt)
-            elif not flags & ACK:
+            elif not flags & ACK and pkt.seq == flow.peer_isn and flow.role == "B":
+                clamp_mss(flow, pkt)   # a retransmitted or duplicated SYN: the stack answers
+            elif not flags & ACK and (flow.state is State.SYN_SENT or flow.closed_at is not None):
                 # simultaneous open, or a new connection on a lingering 4-tuple
                 self._forget(flow)
                 if flow.state is State.SYN_SENT:

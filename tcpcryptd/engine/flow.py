@@ -197,8 +197,11 @@ class Flow:
         later fails authentication the connection is aborted (RFC 8548 §3.6 allows ACKing,
         the price being the abort).  So the wire ACK never waits for a frame larger than the
         local window and never deadlocks; the local stack's own ACK only releases plaintext.
+        The peer's FIN alone is acknowledged only once the local stack acknowledged it: the
+        peer cannot finish closing while the stack still lacks some of its bytes.
         """
-        return self.rx.next + (1 if self.rx_fin_done else 0)
+        fin_acked = self.dl_fin_sent and self.stack_rcv_ack >= self.dl_sent
+        return self.rx.next + (1 if fin_acked else 0)
 
     def wire_snd_next(self) -> int:
         return self.smap.wire_end + (1 if self.local_fin else 0)

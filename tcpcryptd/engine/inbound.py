@@ -233,7 +233,10 @@ def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
     if wire_ack > prev_ack:
         eng.on_peer_ack(flow, now)
     n = len(pkt.payload)
-    answer = False
+    # a segment below the receive point without data is a keep-alive or a zero-window probe:
+    # it asks for an ACK with the current window (RFC 9293 §3.8.6.1), so the engine answers
+    answer = not n and not flags & FIN and (
+        unwrap(pkt.seq, flow.peer_isn, flow.rx.next) < flow.rx.next)
     if n:
         flow.bytes_in_wire += n
         offset = unwrap(pkt.seq, flow.peer_isn, flow.rx.next)
@@ -254,10 +257,11 @@ def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
     _check_fin(flow)
     delivered = deliver_pending(eng, flow, now, pkt, result)
     if result.verdict is None:
-        news = (flow.stack_seen_ack is None or local_ack > flow.stack_seen_ack
-                or flow.peer_window_field != flow.stack_seen_window
-                or (not n and not flags & FIN and wire_ack == prev_ack
-                    and smap.local_end > local_ack))
+        news = wire_ack >= prev_ack and (
+            flow.stack_seen_ack is None or local_ack > flow.stack_seen_ack
+            or flow.peer_window_field != flow.stack_seen_window
+            or (not n and not flags & FIN and wire_ack == prev_ack
+                and smap.local_end > local_ack))
         if news:
             pkt.seq = (flow.peer_isn + 1 + flow.dl_sent) & MASK32
             _to_stack_header(flow, pkt, local_ack)

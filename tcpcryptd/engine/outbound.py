@@ -179,8 +179,9 @@ def process_data(eng: Engine, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None,
     if start > smap.local_end:
         eng.count("drops_local-gap")
         return None, []
-    fin_pending = fin and (smap.fin_local is None or smap.fin_local == end)
-    if end <= smap.local_acked and not fin_pending:
+    # a retransmission: the stack may have missed an ACK, let the next one through
+    flow.stack_seen_ack = None
+    if end + fin <= smap.wire_to_local_ack(smap.peer_wire_ack):
         if not fin and n <= 1 and end >= smap.local_acked - 1:
             # keep-alive / zero-window probe: snd.una - 1 on the wire, no payload
             _wire_header(flow, pkt, smap.wire_acked - 1, data=False)
@@ -188,9 +189,12 @@ def process_data(eng: Engine, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None,
             pkt.flags &= ~PSH
             flow.packets_out += 1
             return pkt.to_bytes(), []
+        # the peer has all of it: the stack missed our ACK (lost on the local path), so the
+        # engine repeats it instead of letting the stack retransmit into the void
         eng.count("drops_stale")
-        return None, []
-    if fin and smap.fin_local is not None and end != smap.fin_local:
+        flow.stack_seen_ack = None
+        return None, [Transmit(flow.local_packet(flow.dl_sent, 0), Direction.INBOUND)]
+    if fin and (end < smap.local_end if smap.fin_local is None else end != smap.fin_local):
         eng.count("drops_bad-fin")
         return None, []
     if not header_done:
@@ -281,6 +285,8 @@ def handle_outbound(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now
         return
     # a pure ACK or window update
     start = unwrap(pkt.seq, flow.local_isn, flow.smap.local_end)
+    if start < flow.smap.local_acked:
+        flow.stack_seen_ack = None  # a keep-alive or probe: let the answer through
     _wire_header(flow, pkt, flow.smap.local_to_wire(start), data=False)
     flow.packets_out += 1
     result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()

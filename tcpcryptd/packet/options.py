@@ -13,9 +13,11 @@ Errors, both subclasses of :class:`~tcpcryptd.packet.tcp.PacketError`:
 * :class:`OptionSpaceError`: an edit does not fit in the 40 bytes a TCP header allows.
 
 A known kind with a wrong length (an MSS option of 3 bytes, a SACK option of 12) is not an
-:class:`OptionError`: the getters skip it and report the first well-formed option of that
-kind, as Linux does (it ignores such options), and the editors leave it alone, except
-:func:`replace_sack` and :func:`remove`, which drop it with the rest of its kind.
+:class:`OptionError`: the getters skip it, as Linux's ``tcp_parse_options`` does, and the
+editors leave it alone, except :func:`replace_sack` and :func:`remove`, which drop it with
+the rest of its kind. Of several well-formed options of one kind the getters report the
+last, again as Linux does (each occurrence overwrites the previous one); :func:`set_mss` and
+:func:`set_timestamps` edit all of them, so no copy escapes the edit.
 
 Edits return new bytes padded with EOL (zero) bytes to a multiple of 4 (RFC 9293 §3.1), the
 options ahead of the edit point untouched, so the alignment the sender chose stays.
@@ -91,7 +93,7 @@ class OptionSpaceError(PacketError):
 
 
 def _is_well_formed(kind: int, length: int) -> bool:
-    """Whether an option of a known kind has a length its RFC allows (unknown kinds: yes)."""
+    """Whether an option of a kind the getters read has a length its RFC allows."""
     if kind == MSS:
         return length == 4
     if kind == WS:
@@ -102,9 +104,8 @@ def _is_well_formed(kind: int, length: int) -> bool:
         return length == 10
     if kind == SACK:
         return 10 <= length <= 34 and (length - 2) % _SACK_BLOCK_LEN == 0
-    if kind == TFO:  # RFC 7413 §4.1.1: a request (no cookie) or a 4..16-byte cookie
-        return length == 2 or 6 <= length <= 18
-    return True
+    # TFO, RFC 7413 §4.1.1: a cookie request (no cookie) or a 4..16-byte cookie.
+    return length == 2 or 6 <= length <= 18
 
 
 def _scan(raw: Buffer) -> tuple[list[tuple[int, int, int, int]], int]:
@@ -145,13 +146,13 @@ def parse(raw: Buffer) -> list[tuple[int, bytes]]:
     return [(kind, bytes(raw[start + 2 : end])) for kind, _, start, end in items]
 
 
-def _first(raw: Buffer, kind: int) -> tuple[int, int] | None:
-    """(start, end) of the first well-formed option of ``kind``, or None.
+def _find(raw: Buffer, kind: int) -> list[tuple[int, int]]:
+    """(start, end) of every well-formed option of ``kind``, in order.
 
-    The whole list is still checked (OptionError if malformed); a walk of its own rather than
-    :func:`_scan`, because getters run per packet and this one builds no list.
+    The whole list is checked (OptionError if malformed). A walk of its own rather than
+    :func:`_scan`, because getters run per packet.
     """
-    found = None
+    found = []
     n = len(raw)
     i = 0
     while i < n:
@@ -166,16 +167,16 @@ def _first(raw: Buffer, kind: int) -> tuple[int, int] | None:
         length = raw[i + 1]
         if length < 2 or i + length > n:
             raise OptionError(f"option kind {k} with bad length {length}")
-        if k == kind and found is None and _is_well_formed(k, length):
-            found = (i, i + length)
+        if k == kind and _is_well_formed(k, length):
+            found.append((i, i + length))
         i += length
     return found
 
 
 def mss(raw: Buffer) -> int | None:
     """The maximum segment size (RFC 9293 §3.7.1), None if absent."""
-    found = _first(raw, MSS)
-    return None if found is None else _U16.unpack_from(raw, found[0] + 2)[0]
+    found = _find(raw, MSS)
+    return _U16.unpack_from(raw, found[-1][0] + 2)[0] if found else None
 
 
 #: The name the architecture contract (docs/ARCHITECTURE.md, layer 2) uses for :func:`mss`.
@@ -184,37 +185,37 @@ get_mss = mss
 
 def wscale(raw: Buffer) -> int | None:
     """The window scale shift count as sent (RFC 7323 §2.2; the receiver caps it at 14)."""
-    found = _first(raw, WS)
-    return None if found is None else raw[found[0] + 2]
+    found = _find(raw, WS)
+    return raw[found[-1][0] + 2] if found else None
 
 
 def sack_permitted(raw: Buffer) -> bool:
     """Whether the SACK-permitted option is present (RFC 2018 §2)."""
-    return _first(raw, SACK_PERM) is not None
+    return bool(_find(raw, SACK_PERM))
 
 
 def sack_blocks(raw: Buffer) -> list[tuple[int, int]]:
-    """The SACK blocks ``(left edge, right edge)`` of the first SACK option (RFC 2018 §3)."""
-    found = _first(raw, SACK)
-    if found is None:
+    """The SACK blocks ``(left edge, right edge)`` of the SACK option (RFC 2018 §3)."""
+    found = _find(raw, SACK)
+    if not found:
         return []
-    start, end = found
+    start, end = found[-1]
     return [_SACK_BLOCK.unpack_from(raw, i) for i in range(start + 2, end, _SACK_BLOCK_LEN)]
 
 
 def timestamps(raw: Buffer) -> tuple[int, int] | None:
     """``(TSval, TSecr)`` of the timestamps option (RFC 7323 §3.2), None if absent."""
-    found = _first(raw, TS)
-    if found is None:
+    found = _find(raw, TS)
+    if not found:
         return None
-    _, _, tsval, tsecr = _TS_OPTION.unpack_from(raw, found[0])
+    _, _, tsval, tsecr = _TS_OPTION.unpack_from(raw, found[-1][0])
     return tsval, tsecr
 
 
 def tfo(raw: Buffer) -> bytes | None:
     """The TCP Fast Open cookie (RFC 7413 §4.1.1): b"" for a cookie request, None if absent."""
-    found = _first(raw, TFO)
-    return None if found is None else bytes(raw[found[0] + 2 : found[1]])
+    found = _find(raw, TFO)
+    return bytes(raw[found[-1][0] + 2 : found[-1][1]]) if found else None
 
 
 def eno_options(raw: Buffer) -> list[bytes]:
@@ -235,11 +236,13 @@ def _pad(content: bytes) -> bytes:
 
 
 def _append(content: bytes, option: bytes) -> bytes:
-    """``option`` after ``content``, NOP-aligned when its data are 32-bit words and it fits."""
+    """``option`` after ``content``, NOP-aligned when its data are 32-bit words.
+
+    The NOPs never cost room: such options have a length of 2 mod 4, so the aligned list
+    ends on a multiple of 4, the length padding would round the unaligned one up to anyway.
+    """
     if option[0] in _WORD_ALIGNED_KINDS:
-        nops = (2 - len(content)) % 4
-        if len(content) + nops + len(option) <= MAX_OPTIONS_LEN:
-            return content + b"\x01" * nops + option
+        return content + b"\x01" * ((2 - len(content)) % 4) + option
     return content + option
 
 
@@ -271,15 +274,15 @@ def remove(raw: Buffer, kind: int) -> bytes:
 def set_mss(raw: Buffer, mss_limit: int) -> bytes:
     """``raw`` with its MSS lowered to ``mss_limit`` if it is above it; never raised.
 
-    The clamp DESIGN.md §4 needs so that segments plus frame overhead fit the path. Without
-    an MSS option the peer assumes 536 (IPv4) or 1220 (IPv6) bytes (RFC 9293 §3.7.1), which a
-    sane clamp does not undercut, so nothing is added; the length never changes.
+    The clamp DESIGN.md §4 needs so that segments plus frame overhead fit the path. Every
+    MSS option is clamped, since a stack may read any of them. Without one the peer assumes
+    536 (IPv4) or 1220 (IPv6) bytes (RFC 9293 §3.7.1), which a sane clamp does not undercut,
+    so nothing is added; the length never changes.
     """
-    found = _first(raw, MSS)
-    if found is None or _U16.unpack_from(raw, found[0] + 2)[0] <= mss_limit:
-        return bytes(raw)
     edited = bytearray(raw)
-    _U16.pack_into(edited, found[0] + 2, mss_limit)
+    for start, _ in _find(raw, MSS):
+        if _U16.unpack_from(raw, start + 2)[0] > mss_limit:
+            _U16.pack_into(edited, start + 2, mss_limit)
     return bytes(edited)
 
 
@@ -315,12 +318,13 @@ def replace_sack(raw: Buffer, blocks: Sequence[tuple[int, int]]) -> bytes:
 def set_timestamps(raw: Buffer, tsval: int, tsecr: int) -> bytes:
     """``raw`` with the timestamps option (RFC 7323 §3.2) set to ``(tsval, tsecr)``.
 
-    An existing option is rewritten in place; otherwise one is appended (NOP-aligned), which
-    may raise OptionSpaceError.
+    Existing options are rewritten in place (all of them, should there be several);
+    otherwise one is appended (NOP-aligned), which may raise OptionSpaceError.
     """
-    found = _first(raw, TS)
-    if found is None:
+    found = _find(raw, TS)
+    if not found:
         return add(raw, _TS_OPTION.pack(TS, 10, tsval, tsecr))
     edited = bytearray(raw)
-    _TS_OPTION.pack_into(edited, found[0], TS, 10, tsval, tsecr)
+    for start, _ in found:
+        _TS_OPTION.pack_into(edited, start, TS, 10, tsval, tsecr)
     return bytes(edited)

@@ -270,8 +270,24 @@ class TCPPacket:
         pkt._raw = buf
         pkt._tcp_start = tcp_start
         pkt._tcp_header_end = header_end
-        pkt._ip_fields = (src, dst, ttl, tos, pkt.df, pkt.ip_id, pkt.flow_label)
+        pkt._ip_fields = pkt._current_ip_fields()
         return pkt
+
+    def _current_ip_fields(self) -> tuple[object, ...]:
+        """Everything outside the TCP header that a rebuild takes from the attributes."""
+        return (
+            self.version,
+            self.src,
+            self.dst,
+            self.ttl,
+            self.tos,
+            self.df,
+            self.ip_id,
+            self.flow_label,
+            self.ip_options,
+            self.ext_headers,
+            self.ip6_next_header,
+        )
 
     def flow_key(self) -> FlowKey:
         """(version, src, sport, dst, dport) of this segment's direction."""
@@ -317,15 +333,7 @@ class TCPPacket:
         error in the received checksum survives instead of being laundered. Anything else
         changed (payload, addresses, TTL...) falls back to :meth:`to_bytes`.
         """
-        if self.payload is not self._parsed_payload or self._ip_fields != (
-            self.src,
-            self.dst,
-            self.ttl,
-            self.tos,
-            self.df,
-            self.ip_id,
-            self.flow_label,
-        ):
+        if self.payload is not self._parsed_payload or self._ip_fields != self._current_ip_fields():
             return self.to_bytes()
         raw = self._raw
         tcp_start = self._tcp_start
@@ -334,6 +342,8 @@ class TCPPacket:
         options_length = len(options)
         if options_length & 3 or options_length > _MAX_OPTIONS_LEN:
             raise ValueError("TCP options must be a multiple of 4 bytes, at most 40")
+        if self.flags & ~_FLAG_BITS:
+            raise ValueError("TCP flags are 12 bits")
         header_length = 20 + options_length
         length_change = header_length - (old_header_end - tcp_start)
         offset_flags = (header_length << 10) | self.flags
@@ -419,6 +429,8 @@ def _encode(
     options_length = len(options)
     if options_length & 3 or options_length > _MAX_OPTIONS_LEN:
         raise ValueError("TCP options must be a multiple of 4 bytes, at most 40")
+    if flags & ~_FLAG_BITS:
+        raise ValueError("TCP flags are 12 bits")
     header_length = 20 + options_length
     tcp_length = header_length + len(payload)
     offset_flags = (header_length << 10) | flags

@@ -100,7 +100,7 @@ def test_schema_and_values() -> None:
     assert results["memory"]["rss_mb_10k"] == round(60_000_000 / 2**20, 1)
     assert results["cpu_s_per_gb"] == 11.0
     conn = results["connections"]
-    assert conn["added_latency_ms_median"] == pytest.approx(2.25 - 0.275)
+    assert conn["added_latency_ms_median"] == pytest.approx(2.275 - 0.275)
     assert conn["added_latency_ms_p99"] == pytest.approx(3.0)
     assert results["ratios"]["aes128gcm_vs_passthrough"] == pytest.approx(0.65)
     assert results["ratios"]["loss_0.01_vs_passthrough"] == pytest.approx(0.55)
@@ -164,3 +164,20 @@ def test_doc_section_replaced_between_markers() -> None:
     assert "old table" not in new and "new table" in new
     assert new.startswith("# Title") and new.endswith("trailer\n")
     assert replace_section("# Title\n", f"{BEGIN}\nx\n{END}").endswith(f"{END}\n")
+
+
+def test_top_costs_sorted_by_own_time() -> None:
+    import cProfile
+    import pstats
+
+    from bench.profiling import top_costs
+
+    def busy() -> int:
+        return sum(i * i for i in range(20000))
+
+    profiler = cProfile.Profile()
+    profiler.runcall(busy)
+    costs = top_costs(pstats.Stats(profiler), count=3)
+    assert 1 <= len(costs) <= 3
+    assert [c.tottime for c in costs] == sorted((c.tottime for c in costs), reverse=True)
+    assert all(0 <= c.share <= 1 for c in costs)

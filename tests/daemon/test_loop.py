@@ -119,7 +119,7 @@ def test_engine_error_inbound_drops_on_encrypted_connections_only(parts):
 
 def test_truncated_packet_never_reaches_the_engine(parts):
     engine, _, path = parts
-    packet = FakePacket(1, payload=ipv4_packet(100, total_len=9000))
+    packet = FakePacket(1, payload=ipv4_packet(4100, total_len=9000))
     path.on_packet(packet)
     assert engine.calls == [] and packet.verdict == "accept"
     assert path.counters["daemon_truncated"] == 1

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -490,3 +492,79 @@ def test_unrelated_packets_are_plain_and_untouched():
     data = build(4, bytes(4), bytes([1, 1, 1, 1]), 1, 2, 5, 6, ACK | PSH, 100, b"", b"hi")
     r = engine.handle_packet(1, data, Direction.OUTBOUND, 0.0)
     assert r.verdict is Verdict.ACCEPT and r.data is None and r.plain
+
+
+def test_syn_ack_retransmitted_after_a_lost_local_ack_gets_same_eno_and_a_fresh_ack():
+    pair = Pair()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options()))
+    syn_ack = b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options())
+    _, (first,) = pair.send(b, syn_ack)
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK))
+    b.to_stack.clear()   # the ACK toward B's stack was lost on the local path
+    r, (again,) = pair.send(b, syn_ack, deliver=False)
+    assert again == first
+    (ack,) = [TCPPacket.parse(t.data) for t in r.transmit if t.direction is Direction.INBOUND]
+    assert ack.flags == ACK and ack.ack == (ISN_B + 1) & M32 and ack.seq == (ISN_A + 1) & M32
+
+
+def test_stale_retransmission_is_answered_with_an_ack_to_the_stack():
+    pair = established()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK, b"s" * 40))
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 41, ACK))        # A's stack got the ACK... or not
+    r, wire = pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK, b"s" * 40), deliver=False)
+    assert r.verdict is Verdict.DROP and wire == []
+    (ack,) = [TCPPacket.parse(t.data) for t in r.transmit]
+    assert ack.ack == (ISN_A + 41) & M32
+
+
+def test_stack_duplicate_acks_trigger_an_immediate_redelivery():
+    pair = established()
+    a, b = pair.a, pair.b
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 1, ACK | PSH, b"1" * 100))
+    pair.send(b, b.seg(ISN_B + 101, ISN_A + 1, ACK | PSH, b"2" * 100))
+    del a.to_stack[-2]    # the first delivery was lost on the local path
+    results = [pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK))[0] for _ in range(2)]
+    assert not results[0].transmit
+    (again,) = [TCPPacket.parse(t.data) for t in results[1].transmit]
+    assert again.seq == (ISN_B + 1) & M32 and bytes(again.payload) == b"1" * 100 + b"2" * 100
+
+
+@st.composite
+def _impaired_wire(draw):
+    sizes = draw(st.lists(st.integers(1, 1400), min_size=1, max_size=12))
+    return sizes, draw(st.randoms(use_true_random=False))
+
+
+@settings(max_examples=40, deadline=None)
+@given(_impaired_wire())
+def test_any_segmentation_reordering_and_duplication_reconstructs_the_stream(case):
+    """Resegmented, reordered, duplicated wire packets: B's stack gets exactly A's bytes."""
+    sizes, rng = case
+    pair = established()
+    a, b = pair.a, pair.b
+    data = bytes(rng.getrandbits(8) for _ in range(sum(sizes)))
+    pieces = []
+    offset = 0
+    for size in sizes:
+        _, wire = pair.send(a, a.seg(ISN_A + 1 + offset, ISN_B + 1, ACK, data[offset:offset + size]),
+                            deliver=False)
+        offset += size
+        for raw in wire:
+            pkt = TCPPacket.parse(raw)
+            payload = bytes(pkt.payload)
+            cut = rng.randrange(len(payload) + 1)
+            for lo, hi in ((0, cut), (cut, len(payload))):
+                if lo < hi:
+                    pieces.append(build(4, pkt.src, pkt.dst, pkt.sport, pkt.dport,
+                                        (pkt.seq + lo) & M32, pkt.ack, ACK, pkt.window,
+                                        pkt.options, payload[lo:hi]))
+    pieces += rng.sample(pieces, len(pieces) // 3)
+    rng.shuffle(pieces)
+    for raw in pieces:
+        pair.arrive(b, raw)
+        got = stack_bytes(b, ISN_A)
+        pair.send(b, b.seg(ISN_B + 1, ISN_A + 1 + len(got), ACK))   # B's stack ACKs as it reads
+    assert stack_bytes(b, ISN_A) == data
+    assert b.engine.counters["aborts"] == 0

@@ -2,17 +2,19 @@
 
 Every scenario is named by what it does and its seed (``rand-v6-loss5-s12``,
 ``drop-init2-v4-s1``...); rerun one alone with ``pytest tests/engine/test_sim.py -k NAME``.
-The ``slow`` test runs many more random seeds (``--slow`` / ``make test-slow``).
+``test_engine_scenario_many_seeds`` runs many more random seeds with ``--slow`` (``make test-slow``).
 
 The stack model and the wire are first checked on their own (no engine): a simulation that
 loses data without an engine could prove nothing about the engine.  Then the real
 ``tcpcryptd.engine.Engine`` runs at both ends, at one end only (fallback to plain TCP), behind a
-middlebox that strips ENO from SYN-ACKs, and under tampering.
+middlebox that strips ENO from SYN-ACKs, under tampering, and with packets lost between an
+engine and its own stack (``local_loss``: what the engine delivered can still be lost).
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 from sim.harness import PLAINTEXT_MARKER, Scenario, SimulationStalled, check, run
@@ -58,6 +60,7 @@ def random_scenario(seed: int, loss: float, version: int, *, engines: bool = Tru
             duplicate=rng.choice((0.0, 0.02, 0.05, 0.1)),
             jitter=rng.choice((0.0, 0.002, 0.02, 0.05)),
             resegment=rng.choice((0.0, 0.1, 0.3, 0.5)),
+            local_loss=rng.choice((0.0, 0.0, 0.0, 0.01, 0.05)) if engines else 0.0,
         ),
         c2s_bytes=rng.choice(SIZES[:-1] if loss >= 0.2 else SIZES),
         s2c_bytes=rng.choice(SIZES[:-1] if loss >= 0.2 else SIZES),
@@ -190,18 +193,18 @@ def _matrix() -> list[Scenario]:
         for seed, loss in ((1, 0.0), (2, 0.05), (3, 0.2)):
             imp = Impairments(loss=loss, duplicate=0.02, jitter=0.005, resegment=0.1)
             sizes = dict(c2s_bytes=12_000, s2c_bytes=30_000)
+            tag = f"v{v}-loss{_pct(loss)}-s{seed}"
             out += [
-                Scenario(f"plainpeer-server-v{v}-loss{_pct(loss)}-s{seed}", seed, v, server_engine=False, impairments=imp, **sizes),
-                Scenario(f"plainpeer-client-v{v}-loss{_pct(loss)}-s{seed}", seed, v, client_engine=False, impairments=imp, **sizes),
-                Scenario(f"strip-synack-eno-v{v}-loss{_pct(loss)}-s{seed}", seed, v, strip_synack_eno=True, impairments=imp, **sizes),
-                Scenario(f"server-first-v{v}-loss{_pct(loss)}-s{seed}", seed, v, server_first=True, impairments=imp,
+                Scenario(f"plainpeer-server-{tag}", seed, v, server_engine=False, impairments=imp, **sizes),
+                Scenario(f"plainpeer-client-{tag}", seed, v, client_engine=False, impairments=imp, **sizes),
+                Scenario(f"strip-synack-eno-{tag}", seed, v, strip_synack_eno=True, impairments=imp, **sizes),
+                Scenario(f"server-first-{tag}", seed, v, server_first=True, impairments=imp,
                          c2s_bytes=300, s2c_bytes=20_000),
-                Scenario(f"simultaneous-close-v{v}-loss{_pct(loss)}-s{seed}", seed, v, simultaneous_close=True,
-                         impairments=imp, **sizes),
-                Scenario(f"zero-window-v{v}-loss{_pct(loss)}-s{seed}", seed, v, slow_reader=True, impairments=imp,
+                Scenario(f"simultaneous-close-{tag}", seed, v, simultaneous_close=True, impairments=imp, **sizes),
+                Scenario(f"zero-window-{tag}", seed, v, slow_reader=True, impairments=imp,
                          c2s_bytes=40_000, s2c_bytes=25_000),
-                Scenario(f"keepalive-v{v}-loss{_pct(loss)}-s{seed}", seed, v, keepalive=True, idle_before_close=1.5,
-                         impairments=imp, client_stack=StackConfig(keepalive_byte=seed % 2 == 1), **sizes),
+                Scenario(f"keepalive-{tag}", seed, v, keepalive=True, idle_before_close=1.5, impairments=imp,
+                         client_stack=StackConfig(keepalive_byte=seed % 2 == 1), **sizes),
             ]
     for direction in (C2S, S2C):
         for nth, seed in ((1, 1), (2, 2), (4, 3), (9, 4), (17, 5), (25, 6)):
@@ -210,6 +213,11 @@ def _matrix() -> list[Scenario]:
         for seed in (1, 2, 3, 4):
             out.append(Scenario(f"tamper-{direction}-init-s{seed}", seed, 4 + 2 * (seed % 2),
                                 c2s_bytes=3000, s2c_bytes=3000, flip=ByteFlip(direction, 1, seed, in_init=True)))
+    for seed in range(36):
+        for loss in (0.0, 0.05):
+            base = random_scenario(seed, loss, 4)
+            out.append(replace(base, name=f"localloss20-v4-loss{_pct(loss)}-s{seed}",
+                               impairments=replace(base.impairments, local_loss=0.2)))
     out.append(Scenario("bulk-1MB-v4-loss0-s1", 1, 4, c2s_bytes=1 << 20, s2c_bytes=1000))
     out.append(Scenario("bulk-1MB-v6-loss1-s2", 2, 6, c2s_bytes=2000, s2c_bytes=1 << 20,
                         impairments=Impairments(loss=0.01, jitter=0.002, resegment=0.05)))
@@ -226,18 +234,16 @@ def test_engine_scenario(scenario: Scenario) -> None:
     _run_and_check(scenario)
 
 
+SLOW_SCENARIOS = [
+    random_scenario(seed, loss, v)
+    for seed in range(DEFAULT_SEEDS, DEFAULT_SEEDS + SLOW_SEEDS)
+    for loss in LOSSES
+    for v in (4, 6)
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", LOSSES, ids=lambda loss: f"loss{_pct(loss)}")
-@pytest.mark.parametrize("version", (4, 6), ids=lambda v: f"v{v}")
-def test_engine_many_seeds(version: int, loss: float) -> None:
-    """SLOW_SEEDS more random seeds per (version, loss); failures name their scenarios."""
-    failures = []
-    for seed in range(DEFAULT_SEEDS, DEFAULT_SEEDS + SLOW_SEEDS):
-        scenario = random_scenario(seed, loss, version)
-        try:
-            violations = check(run(scenario))
-        except SimulationStalled as stalled:
-            violations = [f"stalled: {str(stalled)[:300]}"]
-        if violations:
-            failures.append(f"{scenario.name}: {violations[0][:300]}")
-    assert not failures, f"{len(failures)} failing seeds (rerun one with random_scenario):\n" + "\n".join(failures)
+@pytest.mark.parametrize("scenario", SLOW_SCENARIOS, ids=lambda s: s.name)
+def test_engine_scenario_many_seeds(scenario: Scenario) -> None:
+    """SLOW_SEEDS more random seeds per (version, loss), each its own test id."""
+    _run_and_check(scenario)

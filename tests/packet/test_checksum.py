@@ -174,7 +174,9 @@ def test_update_equals_full_recompute(case: tuple[bytes, int, bytes, bytes]) -> 
 
 @SETTINGS
 @given(edits(), st.integers(1, 0xFFFE))
-def test_update_carries_an_existing_error(case: tuple[bytes, int, bytes, bytes], error: int) -> None:
+def test_update_carries_an_existing_error(
+    case: tuple[bytes, int, bytes, bytes], error: int
+) -> None:
     # RFC 1624 §1: an incremental update keeps the corruption the old checksum reveals.
     data, start, old, new = case
     edited = data[:start] + new + data[start + len(old) :]

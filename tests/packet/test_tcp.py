@@ -21,7 +21,19 @@ from scapy.packet import Packet, Raw
 from scapy.utils import checksum as scapy_checksum
 
 from tcpcryptd.packet import checksum
-from tcpcryptd.packet.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, URG, PacketError, TCPPacket, build
+from tcpcryptd.packet.tcp import (
+    ACK,
+    CWR,
+    ECE,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    URG,
+    PacketError,
+    TCPPacket,
+    build,
+)
 
 SCAPY_SETTINGS = settings(deadline=None, max_examples=80)
 FAST_SETTINGS = settings(deadline=None, max_examples=400)
@@ -240,7 +252,8 @@ def test_incremental_rewrite_keeps_a_checksum_error(
     wire = bytearray(bytes(spec.scapy()))
     tcp_start = 20 if spec.version == 4 else 40
     field = tcp_start + 16
-    wire[field : field + 2] = ((int.from_bytes(wire[field : field + 2], "big") + error) % 0x10000).to_bytes(2, "big")
+    corrupted = (int.from_bytes(wire[field : field + 2], "big") + error) % 0x10000
+    wire[field : field + 2] = corrupted.to_bytes(2, "big")
     pkt = TCPPacket.parse(bytes(wire))
     for name, value in edits.items():
         setattr(pkt, name, value)
@@ -249,9 +262,10 @@ def test_incremental_rewrite_keeps_a_checksum_error(
 
 
 @settings(deadline=None, max_examples=40)
-@given(specs(payload_sizes=st.integers(0, 100)), st.sampled_from(
-    ["payload", "src", "dst", "ttl", "tos", "df", "ip_id", "flow_label"]
-))
+@given(
+    specs(payload_sizes=st.integers(0, 100)),
+    st.sampled_from(["payload", "src", "dst", "ttl", "tos", "df", "ip_id", "flow_label"]),
+)
 def test_incremental_rewrite_falls_back_when_more_than_the_header_changed(
     spec: Spec, field: str
 ) -> None:
@@ -259,7 +273,7 @@ def test_incremental_rewrite_falls_back_when_more_than_the_header_changed(
     pkt.seq = (pkt.seq + 1) % 2**32
     new_values = {
         "payload": bytes(pkt.payload) + b"x",
-        "src": bytes(reversed(pkt.src)) + b"",
+        "src": bytes(x ^ 1 for x in pkt.src),
         "dst": bytes(x ^ 1 for x in pkt.dst),
         "ttl": pkt.ttl ^ 1,
         "tos": pkt.tos ^ 1,
@@ -318,11 +332,39 @@ def test_ipv4_options_are_kept() -> None:
     assert scapy_checksums_ok(pkt.to_bytes_incremental())
 
 
-@pytest.mark.parametrize("kind", [0x83, 0x89])  # LSRR, SSRR
-def test_ipv4_source_route_is_refused(kind: int) -> None:
-    route = IPOption(bytes([kind, 7, 4]) + bytes(4))
+def test_ipv4_options_changed_fall_back_to_a_full_rebuild() -> None:
+    pkt = TCPPacket.parse(bytes(IP(src="1.1.1.1", dst="2.2.2.2") / TCP() / Raw(b"xyz")))
+    pkt.ip_options = b"\x01\x01\x01\x00"
+    rebuilt = pkt.to_bytes_incremental()
+    assert rebuilt == pkt.to_bytes()
+    assert TCPPacket.parse(rebuilt).ip_options == b"\x01\x01\x01\x00"
+    assert scapy_checksums_ok(rebuilt)
+    pkt.ip_options = b"\x01"
+    with pytest.raises(ValueError, match="IPv4 options"):
+        pkt.to_bytes()
+
+
+@pytest.mark.parametrize(
+    "ip_options",
+    [
+        pytest.param(b"\x83\x07\x04" + bytes(5), id="lsrr"),
+        pytest.param(b"\x01\x89\x07\x04" + bytes(4), id="ssrr-after-nop"),
+        pytest.param(b"\x07\x01\x00\x00", id="length-below-2"),
+        pytest.param(b"\x01\x01\x01\x07", id="no-length-byte"),
+        pytest.param(b"\x07\x09\x04\x00", id="length-past-header"),
+    ],
+)
+def test_bad_ipv4_options_are_refused(ip_options: bytes) -> None:
+    wire = bytearray(bytes(IP(src="1.1.1.1", dst="2.2.2.2") / TCP()))
+    wire[0] = 0x40 | (20 + len(ip_options)) // 4
+    wire[2:4] = (len(wire) + len(ip_options)).to_bytes(2, "big")
     with pytest.raises(PacketError):
-        TCPPacket.parse(bytes(IP(options=[route]) / TCP()))
+        TCPPacket.parse(bytes(wire[:20]) + ip_options + bytes(wire[20:]))
+
+
+def test_ipv4_options_without_eol_are_accepted() -> None:
+    wire = bytes(IP(src="1.1.1.1", dst="2.2.2.2", options=[IPOption(b"\x01\x01\x01\x01")]) / TCP())
+    assert TCPPacket.parse(wire).ip_options == b"\x01" * 4
 
 
 def test_ipv6_extension_headers_are_walked_and_kept() -> None:
@@ -352,21 +394,24 @@ def test_ipv6_extension_headers_are_walked_and_kept() -> None:
         IPv6() / IPv6ExtHdrFragment() / TCP(),
         IPv6() / IPv6ExtHdrHopByHop() / UDP(),
         IPv6() / UDP(),
-        IP() / UDP(),
+        IP() / UDP() / Raw(bytes(20)),
         IP(flags="MF") / TCP(),
         IP(frag=100) / TCP(),
     ],
-    ids=["v6-routing-segleft", "v6-fragment", "v6-hbh-udp", "v6-udp", "v4-udp", "v4-mf", "v4-offset"],
+    ids=[
+        "v6-routing-segleft", "v6-fragment", "v6-hbh-udp", "v6-udp", "v4-udp", "v4-mf", "v4-offset"
+    ],
 )
 def test_unsupported_packets_raise_packet_error(packet: Packet) -> None:
     with pytest.raises(PacketError):
         TCPPacket.parse(bytes(packet))
 
 
-def _v4(**overrides: int) -> bytes:
+def _v4(patches: dict[int, int]) -> bytes:
+    """A valid IPv4 segment with four payload bytes, the given byte offsets overwritten."""
     wire = bytearray(bytes(IP(src="1.1.1.1", dst="2.2.2.2") / TCP() / Raw(b"abcd")))
-    for offset, value in overrides.items():
-        wire[int(offset[1:])] = value
+    for offset, value in patches.items():
+        wire[offset] = value
     return bytes(wire)
 
 
@@ -375,19 +420,19 @@ def _v4(**overrides: int) -> bytes:
     [
         pytest.param(b"", id="empty"),
         pytest.param(b"\x45" * 19, id="short"),
-        pytest.param(_v4(o0=0x55), id="version-5"),
-        pytest.param(_v4(o0=0x44), id="ihl-4"),
-        pytest.param(_v4(o0=0x4F), id="ihl-past-total-length"),
-        pytest.param(_v4(o2=0, o3=39), id="total-length-below-headers"),
-        pytest.param(_v4(o2=0, o3=45), id="total-length-past-buffer"),
-        pytest.param(_v4(o32=0x40), id="data-offset-4"),
-        pytest.param(_v4(o32=0x70), id="data-offset-past-segment"),
+        pytest.param(_v4({0: 0x55}), id="version-5"),
+        pytest.param(_v4({0: 0x44}), id="ihl-4"),
+        pytest.param(_v4({0: 0x4F}), id="ihl-past-total-length"),
+        pytest.param(_v4({2: 0, 3: 39}), id="total-length-below-headers"),
+        pytest.param(_v4({2: 0, 3: 45}), id="total-length-past-buffer"),
+        pytest.param(_v4({32: 0x40}), id="data-offset-4"),
+        pytest.param(_v4({32: 0x70}), id="data-offset-past-segment"),
         pytest.param(bytes(IP() / TCP())[:39], id="v4-tcp-cut"),
         pytest.param(bytes(IPv6() / TCP())[:39], id="v6-header-cut"),
         pytest.param(bytes(IPv6() / TCP())[:59], id="v6-tcp-cut"),
         pytest.param(bytes(IPv6(plen=0) / TCP()), id="v6-jumbogram"),
         pytest.param(bytes(IPv6(plen=12) / TCP()), id="v6-payload-below-tcp-header"),
-        pytest.param(bytes(IPv6() / IPv6ExtHdrDestOpt() / TCP())[:46], id="v6-extension-cut"),
+        pytest.param(bytes(IPv6(plen=6) / IPv6ExtHdrDestOpt() / TCP())[:46], id="v6-extension-cut"),
         pytest.param(
             bytes(IPv6(plen=8) / IPv6ExtHdrDestOpt(len=3) / TCP()), id="v6-extension-past-payload"
         ),
@@ -402,7 +447,8 @@ def _roundtrip_holds(pkt: TCPPacket) -> None:
     """Whatever parsed must rebuild, and the rebuild must parse to the same fields."""
     again = TCPPacket.parse(pkt.to_bytes())
     assert again.flow_key() == pkt.flow_key()
-    assert (again.seq, again.ack, again.flags, again.options) == (pkt.seq, pkt.ack, pkt.flags, pkt.options)
+    assert (again.seq, again.ack, again.flags) == (pkt.seq, pkt.ack, pkt.flags)
+    assert again.options == pkt.options
     assert again.payload == pkt.payload
     assert pkt.to_bytes_incremental()
 
@@ -452,6 +498,7 @@ def test_fuzz_mutated_packets_parse_or_packet_error(
         ({"src": b"\x01\x02\x03"}, "addresses"),
         ({"options": b"\x01"}, "multiple of 4"),
         ({"options": bytes(44)}, "multiple of 4"),
+        ({"flags": 0x1000}, "12 bits"),
         ({"payload": bytes(65535)}, "longer"),
     ],
 )
@@ -472,6 +519,10 @@ def test_build_rejects_oversized_ipv6_and_bad_options_in_incremental_path() -> N
     pkt.options = b"\x01\x01"
     with pytest.raises(ValueError, match="multiple of 4"):
         pkt.to_bytes_incremental()
+    pkt.options = b""
+    pkt.flags = 0x1000
+    with pytest.raises(ValueError, match="12 bits"):
+        pkt.to_bytes_incremental()
 
 
 def test_incremental_length_growth_past_65535_is_refused() -> None:
@@ -486,6 +537,6 @@ def test_incremental_length_growth_past_65535_is_refused() -> None:
 
 
 def test_tcp_checksum_of_built_packet_verifies() -> None:
-    wire = build(6, bytes(15) + b"\x01", bytes(15) + b"\x02", 1, 2, 3, 4, ACK | PSH, 5, payload=b"odd")
+    src, dst = bytes(15) + b"\x01", bytes(15) + b"\x02"
+    wire = build(6, src, dst, 1, 2, 3, 4, ACK | PSH, 5, payload=b"odd")
     assert checksum.tcp_checksum(wire[8:24], wire[24:40], wire[40:]) == 0
-    assert URG not in (FIN, SYN, RST)

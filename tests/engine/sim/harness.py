@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol
 
 from tcpcryptd.core.constants import INIT1_MAGIC, INIT2_MAGIC
 from tcpcryptd.engine import Direction, Engine, EngineConfig, Verdict
@@ -112,7 +112,9 @@ class _Host:
     held: dict[int, tuple[bytes, Direction]] = field(default_factory=dict)
     next_packet_id: int = 1
     max_held: int = 0
-    packets_to_stack: int = 0
+    local_drops: int = 0
+    #: ``flows()`` when a stack last received its FIN (later the engine may forget the flow)
+    flows_at_eof: list = field(default_factory=list)
 
 
 @dataclass
@@ -138,12 +140,16 @@ class SimResult:
             f"{len(s.received)}/{len(self.client.app.data)} sent_unacked={s.bytes_unacked}; "
             f"wire {self.wire.stats}; client stack {c.stats}; server stack {s.stats}; "
             f"held c={len(self.client.held)} s={len(self.server.held)}; "
-            f"engines: c={_counters(self.client.engine)} s={_counters(self.server.engine)}"
+            f"local drops c={self.client.local_drops} s={self.server.local_drops}; "
+            f"engines: c={_engine_state(self.client.engine)} s={_engine_state(self.server.engine)}"
         )
 
 
-def _counters(engine: EngineLike | None) -> object:
-    return None if engine is None else getattr(engine, "counters", None)
+def _engine_state(engine: EngineLike | None) -> str:
+    if not isinstance(engine, Engine):
+        return "-"
+    flows = [f"{f.state}/{f.role}/{f.abort_reason or 'ok'}" for f in engine.flows()]
+    return f"{dict(engine.counters)} flows={flows}"
 
 
 def make_payload(rng: random.Random, size: int) -> bytes:
@@ -169,7 +175,9 @@ def _chunks(rng: random.Random, size: int) -> list[int]:
 class Simulation:
     """Runs one :class:`Scenario` to completion (or to a clear failure)."""
 
-    def __init__(self, scenario: Scenario, engine_factory=None, trace: bool = False) -> None:
+    def __init__(
+        self, scenario: Scenario, engine_factory: Callable[[], EngineLike] | None = None, trace: bool = False
+    ) -> None:
         self.sc = scenario
         self.trace: list[str] | None = [] if trace else None
         self.rng = random.Random(scenario.seed)
@@ -178,9 +186,11 @@ class Simulation:
         client_addr, server_addr = _ADDRESSES[v]
         client_ep = Endpoint(v, client_addr, 40000 + self.rng.randrange(20000))
         server_ep = Endpoint(v, server_addr, 443)
-        c_cfg = _with_mtu(scenario.client_stack, scenario)
-        s_cfg = _with_mtu(scenario.server_stack, scenario)
-        client_stack = TcpStack("client", client_ep, server_ep, random.Random(self.rng.random()), c_cfg, scenario.client_iss)
+        c_cfg = _stack_config(scenario.client_stack, scenario)
+        s_cfg = _stack_config(scenario.server_stack, scenario)
+        client_stack = TcpStack(
+            "client", client_ep, server_ep, random.Random(self.rng.random()), c_cfg, scenario.client_iss
+        )
         server_stack = TcpStack("server", server_ep, client_ep, random.Random(self.rng.random()), s_cfg)
         c_data = make_payload(self.rng, scenario.c2s_bytes)
         s_data = make_payload(self.rng, scenario.s2c_bytes)
@@ -205,10 +215,12 @@ class Simulation:
             strip_synack_eno=scenario.strip_synack_eno,
         )
         self.log = invariants.WireLog()
+        self.local_rng = random.Random(self.rng.random())
         self.now = 0.0
         self.events = 0
         self.violations: list[str] = []
-        self._work: deque[tuple[_Host, str, bytes, Direction | None]] = deque()
+        #: packets moving between a stack and its engine at this instant: (host, to, bytes)
+        self._work: deque[tuple[_Host, str, bytes]] = deque()
         self._abort_seen_at: float | None = None
 
     # ------------------------------------------------------------------ run loop
@@ -250,7 +262,10 @@ class Simulation:
                     self._abort_seen_at = self.now
                 return (c.error is not None and s.error is not None) or self.now > self._abort_seen_at + 5.0
             return c.finished and s.finished
-        return c.finished and s.finished and all(h.app.closed and h.stack.readable == 0 for h in self._hosts())
+        return all(
+            h.stack.finished and (h.stack.error is not None or (h.app.closed and h.stack.readable == 0))
+            for h in self._hosts()
+        )
 
     def _next_event_time(self) -> float | None:
         times = [self.wire.next_arrival()]
@@ -294,11 +309,12 @@ class Simulation:
     def _from_wire(self, host: _Host, data: bytes) -> None:
         self._note(host, "wire->", data)
         if host.engine is None:
-            self._work.append((host, "stack", data, None))
+            self._work.append((host, "stack", data))
             return
         packet_id = host.next_packet_id
         host.next_packet_id += 1
-        self._apply(host, host.engine.handle_packet(packet_id, data, Direction.INBOUND, self.now), packet_id, data, Direction.INBOUND)
+        result = host.engine.handle_packet(packet_id, data, Direction.INBOUND, self.now)
+        self._apply(host, result, packet_id, data, Direction.INBOUND)
 
     def _from_stack(self, host: _Host, data: bytes) -> None:
         self._note(host, "stack->", data)
@@ -307,7 +323,8 @@ class Simulation:
             return
         packet_id = host.next_packet_id
         host.next_packet_id += 1
-        self._apply(host, host.engine.handle_packet(packet_id, data, Direction.OUTBOUND, self.now), packet_id, data, Direction.OUTBOUND)
+        result = host.engine.handle_packet(packet_id, data, Direction.OUTBOUND, self.now)
+        self._apply(host, result, packet_id, data, Direction.OUTBOUND)
 
     def _apply(self, host: _Host, result, packet_id: int | None, data: bytes, direction: Direction) -> None:
         """Carry out a Result: the verdict, releases of held packets, engine-made packets."""
@@ -343,24 +360,34 @@ class Simulation:
         self._note(host, "engine->" + ("wire" if direction == Direction.OUTBOUND else "stack"), data)
         if direction == Direction.OUTBOUND:
             self._to_wire(host, data)
+        elif self.local_rng.random() < self.sc.impairments.local_loss:
+            host.local_drops += 1
+            self._note(host, "LOCAL DROP", data)
         else:
-            self._work.append((host, "stack", data, None))
+            self._work.append((host, "stack", data))
 
     def _to_wire(self, host: _Host, data: bytes) -> None:
         self.log.record(host.direction, data)
         self.wire.send(host.direction, data, self.now)
 
+    def _snapshot_flows(self) -> None:
+        for host in self._hosts():
+            if isinstance(host.engine, Engine):
+                host.flows_at_eof = host.engine.flows()
+
     def _collect(self, host: _Host) -> None:
         for data in host.stack.take_output():
-            self._work.append((host, "engine", data, None))
+            self._work.append((host, "engine", data))
 
     def _drain(self) -> None:
         """Process packets moving between a stack and its engine at this instant."""
         while self._work:
-            host, where, data, _ = self._work.popleft()
+            host, where, data = self._work.popleft()
             if where == "stack":
-                host.packets_to_stack += 1
+                had_eof = host.stack.eof
                 host.stack.receive(data, self.now)
+                if host.stack.eof and not had_eof:
+                    self._snapshot_flows()
                 self._collect(host)
                 self._fast_read(host)
             else:
@@ -431,12 +458,17 @@ def _real_engine() -> EngineLike:
     return Engine(EngineConfig())
 
 
-def _with_mtu(cfg: StackConfig, sc: Scenario) -> StackConfig:
-    from dataclasses import replace
-
+def _stack_config(cfg: StackConfig, sc: Scenario) -> StackConfig:
+    """The stack's own knobs plus what the scenario sets for both: MTU, keep-alive, a small
+    receive buffer for a slow reader."""
     keepalive = 0.5 if sc.keepalive else cfg.keepalive_idle
     rcv_buffer = 8192 if sc.slow_reader else cfg.rcv_buffer
     return replace(cfg, mtu=sc.mtu, keepalive_idle=keepalive, rcv_buffer=rcv_buffer)
+
+
+#: What a stack may only see when an engine misbehaves: bad checksums, garbage, a missing
+#: timestamp on a timestamp connection (RFC 7323 §3.2), different bytes at one sequence number.
+_STACK_ANOMALIES = ("dropped_bad_checksum", "dropped_unparsable", "dropped_no_timestamp", "inconsistent_retransmissions")
 
 
 def check(result: SimResult) -> list[str]:
@@ -448,7 +480,7 @@ def check(result: SimResult) -> list[str]:
     c_rec, s_rec = result.log.records[C2S], result.log.records[S2C]
     for host in (result.client, result.server):
         st = host.stack.stats
-        for name in ("dropped_bad_checksum", "dropped_unparsable", "dropped_no_timestamp", "inconsistent_retransmissions"):
+        for name in _STACK_ANOMALIES:
             if getattr(st, name):
                 out.append(f"{host.name} stack: {name} = {getattr(st, name)}")
         if host.max_held > 64:
@@ -460,6 +492,7 @@ def check(result: SimResult) -> list[str]:
         for label, written, receiver, _, _ in pairs:
             out += invariants.check_prefix(label, written, bytes(receiver.received))
     else:
+        out += [f"{h.name} stack aborted: {h.stack.error}" for h in (result.client, result.server) if h.stack.error]
         for label, written, receiver, _, _ in pairs:
             out += invariants.check_stream_delivered(label, written, bytes(receiver.received), receiver.eof)
         for host in (result.client, result.server):
@@ -477,13 +510,11 @@ def check(result: SimResult) -> list[str]:
 
 
 def _check_engine_status(result: SimResult) -> list[str]:
-    """What ``flows()`` reports: on an ENO flow both ends agree on the session ID (RFC 8547
-    §4.8) with roles A (active opener) and B; a flow that fell back is not reported encrypted."""
+    """What ``flows()`` reports when a FIN reaches a stack: on an ENO flow both ends agree
+    on the session ID (RFC 8547 §4.8) with roles A (active opener) and B; a flow that fell
+    back is not reported encrypted."""
     sc = result.scenario
-    status = {
-        host.name: host.engine.flows() if isinstance(host.engine, Engine) else []
-        for host in (result.client, result.server)
-    }
+    status = {host.name: host.flows_at_eof for host in (result.client, result.server)}
     if sc.expect_encrypted and not sc.expect_abort:
         if len(status["client"]) != 1 or len(status["server"]) != 1:
             return [f"flows(): expected one flow per engine, got {len(status['client'])} and {len(status['server'])}"]
@@ -524,9 +555,11 @@ def _check_abort(result: SimResult) -> list[str]:
     return []
 
 
-def run(scenario: Scenario, engine_factory=None, trace: bool = False) -> SimResult:
+def run(
+    scenario: Scenario, engine_factory: Callable[[], EngineLike] | None = None, trace: bool = False
+) -> SimResult:
     """Run ``scenario``; raises SimulationStalled if it does not finish."""
     return Simulation(scenario, engine_factory, trace).run()
 
 
-__all__ = ["Scenario", "SimResult", "Simulation", "SimulationStalled", "check", "run", "make_payload", "PLAINTEXT_MARKER"]
+__all__ = ["PLAINTEXT_MARKER", "Scenario", "SimResult", "Simulation", "SimulationStalled", "check", "make_payload", "run"]

@@ -128,7 +128,8 @@ def check_stream_delivered(label: str, written: bytes, received: bytes, eof: boo
     """Invariant 1: what the application read is what its peer wrote, then EOF."""
     out = []
     if received != written:
-        common = next((i for i, (a, b) in enumerate(zip(written, received)) if a != b), min(len(written), len(received)))
+        shorter = min(len(written), len(received))
+        common = next((i for i, (a, b) in enumerate(zip(written, received)) if a != b), shorter)
         out.append(
             f"{label}: delivered {len(received)} bytes sha256 {sha(received)} != written {len(written)}"
             f" bytes sha256 {sha(written)} (first difference at {common})"

@@ -405,7 +405,10 @@ class TcpStack:
             # RFC 5961 §3.2 simplified: an RST exactly at RCV.NXT, or inside the window, aborts.
             if 0 <= seg_seq - self.rcv_nxt <= max(self._window_bytes(), 1):
                 self.stats.resets_received += 1
-                self._abort("connection reset by peer", send_rst=False)
+                if self.state in (State.CLOSING, State.LAST_ACK, State.TIME_WAIT):
+                    self._close_silently()  # RFC 9293 §3.10.7.4: no error for the user here
+                else:
+                    self._abort("connection reset by peer", send_rst=False)
             return
         if pkt.flags & SYN:
             if self.state is State.SYN_RCVD and seg_seq == self.irs:
@@ -801,6 +804,9 @@ class TcpStack:
         if send_rst and self.state not in (State.CLOSED, State.LISTEN):
             self._emit(_Segment(self.snd_nxt, RST | ACK))
         self.error = reason
+        self._close_silently()
+
+    def _close_silently(self) -> None:
         self.state = State.CLOSED
         self._rtx_deadline = self._delack_deadline = self._persist_deadline = None
         self._keepalive_deadline = None

@@ -43,6 +43,9 @@ class Impairments:
     jitter: float = 0.0
     resegment: float = 0.0
     latency: float = 0.005
+    #: drops on the host's own path after the engine, toward the local stack (a later
+    #: netfilter rule, a full socket backlog): what the engine delivered can still be lost
+    local_loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,10 @@ class TargetedDrop:
     kind: str
     nth: int = 1
     count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in DROP_KINDS or self.direction not in (C2S, S2C):
+            raise ValueError(f"unknown targeted drop {self.direction}:{self.kind}")
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,7 @@ class Wire:
         """A packet enters the wire from the side that sends in ``direction``."""
         self.stats.sent += 1
         pkt = TCPPacket.parse(data)
-        if _ip_length(data) > self.mtu:
+        if len(data) > self.mtu:
             self.stats.oversize.append(f"{direction} seq={pkt.seq} len={len(data)} > mtu {self.mtu}")
             return
         view = self._views[direction]
@@ -254,7 +261,7 @@ class Wire:
                 continue
             merged_payload = bytes(prev.payload) + bytes(pkt.payload)
             merged = _rebuild(pkt, seq=prev.seq, payload=merged_payload)
-            if _ip_length(merged) > self.mtu:
+            if len(merged) > self.mtu:
                 return False
             item.data = merged
             item.arrival = max(item.arrival, now + self.impairments.latency)
@@ -279,10 +286,6 @@ class Wire:
         delay = imp.latency + (self.rng.random() * imp.jitter if imp.jitter else 0.0)
         self._order += 1
         heapq.heappush(self._queue, _InFlight(now + delay, self._order, direction, data))
-
-
-def _ip_length(data: bytes) -> int:
-    return len(data)
 
 
 def _rebuild(

@@ -1,0 +1,113 @@
+"""Small packet helpers of the I/O adapters: truncation, direction, injection targets, key log."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from tcpcryptd.daemon.keylog import KeyLog, format_line
+from tcpcryptd.daemon.nfqueue import MAX_COPY, direction, truncated
+from tcpcryptd.daemon.rawsock import InjectError, destination
+from tcpcryptd.engine.actions import Direction
+
+from .fakes import FakePacket, ipv4_packet
+
+
+def ipv6_packet(payload_len: int, declared: int | None = None) -> bytes:
+    length = payload_len if declared is None else declared
+    return bytes([0x60, 0, 0, 0]) + length.to_bytes(2, "big") + bytes([6, 64]) + \
+        bytes(15) + b"\x01" + bytes.fromhex("fd000201" + "00" * 11 + "02") + bytes(payload_len)
+
+
+def test_truncated_only_when_the_header_announces_more_than_the_copy():
+    assert not truncated(ipv4_packet(1480))
+    assert not truncated(ipv4_packet(MAX_COPY - 20))
+    assert truncated(ipv4_packet(MAX_COPY - 20, total_len=9000))
+    assert truncated(ipv6_packet(MAX_COPY - 40, declared=8960))
+    assert not truncated(ipv6_packet(MAX_COPY - 40))
+    assert not truncated(b"\x00" * MAX_COPY)  # garbage: the engine's parser decides
+    assert not truncated(b"")
+
+
+def test_direction_from_the_hook():
+    assert direction(FakePacket(1)) is Direction.OUTBOUND
+    assert direction(FakePacket.inbound(1)) is Direction.INBOUND
+
+
+def test_destination_of_injected_packets():
+    assert destination(ipv4_packet(0)) == (4, "10.0.0.2")
+    assert destination(ipv6_packet(0)) == (6, "fd00:201::2")
+    for garbage in (b"", b"\x45" * 10, b"\x60" * 30, b"\x10" * 60):
+        with pytest.raises(InjectError):
+            destination(garbage)
+
+
+class _Session:
+    role = "B"
+    session_id = bytes([0x23]) + bytes(range(32))
+
+    def traffic_keys(self, generation):
+        assert generation == 0
+        return b"\xaa" * 28, b"\xbb" * 28
+
+
+def test_keylog_line_format_and_private_file(tmp_path):
+    line = format_line(_Session())
+    assert line == ("TCPCRYPT 23" + bytes(range(32)).hex() + " B " + "aa" * 28 + " "
+                    + "bb" * 28 + "\n")
+    path = tmp_path / "keys.log"
+    keylog = KeyLog(str(path))
+    keylog.write(_Session())
+    keylog.write(_Session())
+    keylog.close()
+    assert path.read_text() == line * 2
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_keylog_unwritable_path_is_a_config_error(tmp_path):
+    from tcpcryptd.daemon.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="log.keylog: cannot open"):
+        KeyLog(str(tmp_path / "missing-dir" / "keys.log"))
+
+
+def test_sd_notify_sends_one_datagram(monkeypatch, tmp_path):
+    import socket
+
+    from tcpcryptd.daemon.sdnotify import notify
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert notify("READY=1") is False
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        assert notify("READY=1") is True
+        assert listener.recv(64) == b"READY=1"
+        abstract = f"tcpcryptd-test-{os.getpid()}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as abstract_listener:
+            abstract_listener.bind("\0" + abstract)
+            monkeypatch.setenv("NOTIFY_SOCKET", "@" + abstract)
+            assert notify("STOPPING=1") is True
+            assert abstract_listener.recv(64) == b"STOPPING=1"
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "absent"))
+    assert notify("READY=1") is False
+
+
+def test_logging_goes_to_stderr_without_timestamps_under_journald(monkeypatch, capsys):
+    import logging
+
+    from tcpcryptd.daemon.logsetup import setup_logging
+
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+    setup_logging("warning")
+    logger = logging.getLogger("tcpcryptd.daemon.test")
+    logger.info("hidden")
+    logger.warning("shown %d", 1)
+    assert capsys.readouterr().err == "WARNING tcpcryptd.daemon.test: shown 1\n"
+    monkeypatch.delenv("JOURNAL_STREAM")
+    setup_logging("debug")
+    logger.debug("now visible")
+    assert capsys.readouterr().err.endswith("DEBUG tcpcryptd.daemon.test: now visible\n")
