@@ -226,6 +226,3 @@ class BenchBed:
         for daemon in self.daemons.values():
             if daemon.running:
                 daemon.stop(timeout=30)
-
-    def log_tails(self, lines: int = 5) -> str:
-        return " | ".join(f"{label}: {d.log_tail(lines)}" for label, d in self.daemons.items())

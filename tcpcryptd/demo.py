@@ -72,7 +72,7 @@ def run_demo(size_mb: int, family: int) -> int:
         source.write_bytes(make_payload(size_mb * 1_000_000, marker, seed=size_mb))
         bed.b.popen([sys.executable, "-m", "http.server", "--bind", "::", "--directory",
                      str(www), str(HTTP_PORT)])
-        _wait_listening(bed, HTTP_PORT)
+        bed.b.wait_listening(HTTP_PORT)
         capture = bed.capture("demo")
         url = f"http://{bed.url_host(b_addr)}:{HTTP_PORT}/demo.bin"
         _step(3, steps, f"B serves a {size_mb} MB file (plaintext marker {marker.decode()!r} "
@@ -108,14 +108,6 @@ def run_demo(size_mb: int, family: int) -> int:
     return 0 if ok else 1
 
 
-def _wait_listening(bed: TestBed, port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not bed.b.run("ss", "-H", "-ltn", f"sport = :{port}").stdout.strip():
-        if time.monotonic() > deadline:
-            raise BedError(f"http.server did not listen on port {port}")
-        time.sleep(0.05)
-
-
 def _wait_for_bytes(path, curl, timeout: float = 30.0) -> None:
     """Until the download has started (or curl ended)."""
     deadline = time.monotonic() + timeout
@@ -139,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: cannot run here: {problem}", file=sys.stderr)
         return 2
     _say(f"tcpcryptd demo -- {' '.join(tcpcryptd_command())}")
-    signal.signal(signal.SIGTERM, _interrupted)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupted)
     try:
         return run_demo(args.size, 6 if args.ipv6 else 4)
     except KeyboardInterrupt:

@@ -58,8 +58,10 @@ __all__ = [
     "tcpcryptd_command",
 ]
 
-CHAIN_COMMENT = "tcpcryptd-testbed"
+#: iptables comments tagging the bed's own rules (so their counters can be read back).
 INVALID_COMMENT = "tcpcryptd-testbed-invalid"
+LOSS_COMMENT = "tcpcryptd-testbed-loss"
+IMPAIR_COMMENT = "tcpcryptd-testbed-impair"
 IMPAIR_QUEUE = 4242
 
 
@@ -159,6 +161,14 @@ class Namespace:
         self.processes.append(proc)
         return proc
 
+    def wait_listening(self, port: int, timeout: float = 15.0) -> None:
+        """Wait until a TCP socket listens on ``port`` here (``ss -ltn``)."""
+        deadline = time.monotonic() + timeout
+        while not self.run("ss", "-H", "-ltn", f"sport = :{port}").stdout.strip():
+            if time.monotonic() > deadline:
+                raise BedError(f"[{self.label}] nothing listens on port {port}")
+            time.sleep(0.05)
+
     def sysctl(self, key: str, value: str | int) -> None:
         self.run("sysctl", "-q", "-w", f"{key}={value}")
 
@@ -219,7 +229,8 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         self._log = None
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 15.0) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, check: bool = True,
+            timeout: float = 15.0) -> subprocess.CompletedProcess:
         """Run ``tcpcryptd ARGS --control PATH`` in the namespace."""
         return self.ns.run(*tcpcryptd_command(), *args, "--control", str(self.control),
                            check=check, timeout=timeout)
@@ -341,17 +352,21 @@ def _iter_pcap(data: bytes) -> Iterator[tuple[int, memoryview]]:
 
 def _ip_payload(linktype: int, frame: memoryview) -> tuple[int, memoryview] | None:
     """(IP version, IP packet) of a captured frame, or None for non-IP frames."""
+    if linktype == _LINKTYPE_RAW:
+        version = frame[0] >> 4 if len(frame) else 0
+        return (version, frame) if version in (4, 6) else None
     if linktype == _LINKTYPE_ETHERNET:
-        offset, ethertype = 14, struct.unpack_from("!H", frame, 12)[0] if len(frame) >= 14 else 0
-        while ethertype == 0x8100 and len(frame) >= offset + 4:
-            ethertype = struct.unpack_from("!H", frame, offset + 2)[0]
-            offset += 4
+        offset = 14
     elif linktype == _LINKTYPE_LINUX_SLL:
-        offset, ethertype = 16, struct.unpack_from("!H", frame, 14)[0] if len(frame) >= 16 else 0
-    elif linktype == _LINKTYPE_RAW:
-        offset, ethertype = 0, {4: 0x0800, 6: 0x86DD}.get(frame[0] >> 4 if frame else 0, 0)
+        offset = 16
     else:
         raise BedError(f"unsupported pcap link type {linktype}")
+    if len(frame) < offset:
+        return None
+    ethertype = struct.unpack_from("!H", frame, offset - 2)[0]
+    while ethertype == 0x8100 and len(frame) >= offset + 4:    # 802.1Q tags
+        ethertype = struct.unpack_from("!H", frame, offset + 2)[0]
+        offset += 4
     if ethertype == 0x0800:
         return 4, frame[offset:]
     if ethertype == 0x86DD:
@@ -437,6 +452,7 @@ class Capture:
         self.path = path
         self.stderr_path = path.with_suffix(".tcpdump.txt")
         self.proc: subprocess.Popen | None = None
+        self._stderr = None
 
     def start(self, timeout: float = 15.0) -> Capture:
         self._stderr = open(self.stderr_path, "wb")
@@ -458,7 +474,9 @@ class Capture:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             self.proc.wait(timeout=15)
-        self._stderr.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
         found = re.search(rb"(\d+) packets? dropped by kernel", self.stderr_path.read_bytes())
         return int(found.group(1)) if found else 0
 
@@ -496,6 +514,8 @@ class TestBed:
         self.router = router
         self.run_id = secrets.token_hex(3)
         self._own_workdir = workdir is None
+        #: Keep the work directory (pcaps, daemon logs) after close, e.g. for a failed test.
+        self.keep_workdir = bool(os.environ.get("TCPCRYPTD_BED_KEEP"))
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="tcpcryptd-bed-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.a = Namespace(f"tcb-{self.run_id}-a", "A")
@@ -568,7 +588,7 @@ class TestBed:
             subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, timeout=10)
         self._created.clear()
         self.daemons.clear()
-        if self._own_workdir and not os.environ.get("TCPCRYPTD_BED_KEEP"):
+        if self._own_workdir and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _link(self, left: Namespace, left_if: str, right: Namespace, right_if: str) -> None:
@@ -609,6 +629,20 @@ class TestBed:
     def ns(self, label: str) -> Namespace:
         return {"A": self.a, "B": self.b, "R": self.r}[label]
 
+    def diagnostics(self) -> str:
+        """Daemon status, socket states and conntrack verdicts: what to look at after a stall."""
+        parts = [f"work directory: {self.workdir}", f"conntrack INVALID: {self.invalid_packets()}"]
+        for daemon in self.daemons:
+            parts.append(f"--- daemon {daemon.ns.label} ---")
+            if daemon.running:
+                status = daemon.cli("status", "--json", check=False)
+                parts.append(status.stdout.decode(errors="replace").strip())
+            parts.append(daemon.log_tail(20))
+        for ns in (self.a, self.b):
+            sockets = ns.run("ss", "-tino", check=False).stdout.decode(errors="replace")
+            parts.append(f"--- sockets {ns.label} ---\n{sockets.strip()}")
+        return "\n".join(parts)
+
     def invalid_packets(self) -> dict[str, int]:
         """Packets conntrack judged INVALID so far, per namespace (wire-view consistency)."""
         result = {}
@@ -643,7 +677,11 @@ class TestBed:
             raise BedError("loss emulation needs the router namespace")
         self.r.both_families("-I", "FORWARD", "1", "-p", "tcp", "-m", "statistic", "--mode",
                              "random", "--probability", f"{probability:.4f}", "-m", "comment",
-                             "--comment", CHAIN_COMMENT, "-j", "DROP")
+                             "--comment", LOSS_COMMENT, "-j", "DROP")
+
+    def loss_drops(self) -> int:
+        """Packets dropped so far by :meth:`forward_loss` (v4 + v6)."""
+        return self.r.rule_packets("filter", "FORWARD", LOSS_COMMENT) if self.r else 0
 
     def start_impairment(self, *options: str, timeout: float = 15.0) -> subprocess.Popen:
         """Run tools/netimpair.py in R on forwarded TCP (v4 and v6) with ``options``."""
@@ -660,7 +698,7 @@ class TestBed:
             raise BedError(f"netimpair did not start: {line!r} "
                            f"{(self.workdir / 'netimpair.log').read_text(errors='replace')}")
         self.r.both_families("-A", "FORWARD", "-p", "tcp", "-m", "comment", "--comment",
-                             CHAIN_COMMENT, "-j", "NFQUEUE", "--queue-num", str(IMPAIR_QUEUE))
+                             IMPAIR_COMMENT, "-j", "NFQUEUE", "--queue-num", str(IMPAIR_QUEUE))
         return self._impair
 
     def stop_impairment(self) -> dict[str, int]:
@@ -668,7 +706,7 @@ class TestBed:
         if self._impair is None:
             raise BedError("no impairment running")
         self.r.both_families("-D", "FORWARD", "-p", "tcp", "-m", "comment", "--comment",
-                             CHAIN_COMMENT, "-j", "NFQUEUE", "--queue-num", str(IMPAIR_QUEUE))
+                             IMPAIR_COMMENT, "-j", "NFQUEUE", "--queue-num", str(IMPAIR_QUEUE))
         self._impair.send_signal(signal.SIGTERM)
         out, _ = self._impair.communicate(timeout=15)
         self._impair = None

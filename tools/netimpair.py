@@ -83,8 +83,9 @@ class Segment:
         tcp_len = (packet[ip_len + 12] >> 4) * 4
         if tcp_len < 20 or ip_len + tcp_len > total:
             return None
-        return cls(version, bytearray(packet[:ip_len]),
-                   bytearray(packet[ip_len:ip_len + tcp_len]), bytes(packet[ip_len + tcp_len:total]))
+        tcp_end = ip_len + tcp_len
+        return cls(version, bytearray(packet[:ip_len]), bytearray(packet[ip_len:tcp_end]),
+                   bytes(packet[tcp_end:total]))
 
     @property
     def flags(self) -> int:

@@ -51,8 +51,9 @@ class Sender(Protocol):
 class PacketPath:
     """Engine results -> verdicts and injections; never raises into NetfilterQueue.
 
-    A packet the daemon cannot process (the engine raised, or it was truncated by the copy
-    size) is treated as if the queue had been bypassed: an outbound one is accepted without
+    Packets of plain connections are accepted without the seen mark (see
+    :meth:`_accept_plain`). A packet the daemon cannot process (the engine raised, or it was
+    truncated by the copy size) is treated as if the queue had been bypassed: an outbound one is accepted without
     the seen mark, so the firewall guard drops it on encrypted connections and lets it pass
     on plain ones; an inbound one is dropped on encrypted connections (the connmark restored
     into its nfmark says so) and accepted otherwise.
@@ -99,12 +100,27 @@ class PacketPath:
         self._apply(result)
 
     def _verdict(self, packet: QueuedPacket, result: Result) -> None:
-        if result.verdict is Verdict.ACCEPT:
+        if result.verdict is Verdict.ACCEPT and result.plain:
+            self._accept_plain(packet, result.data)
+        elif result.verdict is Verdict.ACCEPT:
             self.verdicts.accept(packet, result.data)
         elif result.verdict is Verdict.HOLD:
             self.verdicts.hold(packet)
         else:
             self.verdicts.drop(packet)
+
+    def _accept_plain(self, packet: QueuedPacket, data: bytes | None) -> None:
+        """A packet of a connection the engine leaves plain: passed without the seen mark.
+
+        On a connection the firewall knows as encrypted (e.g. encrypted by an earlier daemon
+        instance, unknown to this engine) the guard then drops it outbound, and it is
+        dropped here inbound: a restart must not turn an encrypted connection plain.
+        """
+        if packet.mark & self.encrypted_mark and direction(packet) is Direction.INBOUND:
+            self.counters["daemon_stale_encrypted"] += 1
+            self.verdicts.drop(packet)
+        else:
+            self.verdicts.accept_unseen(packet, data)
 
     def _unprocessable(self, packet: QueuedPacket) -> None:
         try:

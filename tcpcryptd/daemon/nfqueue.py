@@ -67,8 +67,9 @@ def truncated(data: bytes) -> bool:
 class Verdicts:
     """Gives verdicts and keeps the held packets (packet id -> packet) until released.
 
-    Every packet the daemon accepts gets ``seen_mark`` added to its nfmark: the firewall's
-    guard drops packets of encrypted connections that lack it (queue bypassed: no daemon).
+    Packets the daemon accepts for the engine's flows get ``seen_mark`` added to their
+    nfmark: the firewall's guard drops packets of encrypted connections that lack it (queue
+    bypassed: no daemon; or plain to this daemon: encrypted by an earlier instance).
     """
 
     def __init__(self, seen_mark: int) -> None:
@@ -81,8 +82,10 @@ class Verdicts:
         packet.set_mark(packet.mark | self.seen_mark)
         packet.accept()
 
-    def accept_unseen(self, packet: QueuedPacket) -> None:
-        """Accept unmodified and unmarked, exactly as if the queue had been bypassed."""
+    def accept_unseen(self, packet: QueuedPacket, data: bytes | None = None) -> None:
+        """Accept without the seen mark, as if the queue had been bypassed."""
+        if data is not None:
+            packet.set_payload(data)
         packet.accept()
 
     def drop(self, packet: QueuedPacket) -> None:

@@ -31,10 +31,14 @@ class EngineConfig:
     max_buffered_bytes: int = 1 << 20
     #: a flow nobody sent on for this long is forgotten (encrypted ones are aborted first)
     idle_timeout: float = 7200.0
-    #: a flow still in its handshake for this long is forgotten
+    #: a flow still in its handshake this long after its SYN is forgotten; one whose Init
+    #: messages did not complete by then is aborted (held packets must not wait forever)
     handshake_timeout: float = 75.0
-    #: TIME-WAIT-like linger after both FINs or a RST, then the flow is forgotten
+    #: TIME-WAIT-like linger after both FINs or a RST (numbers still translated) ...
     linger: float = 60.0
+    #: ... then a tombstone: state freed, the 4-tuple's segments dropped (never passed as
+    #: plaintext), until the flow is forgotten
+    tombstone: float = 600.0
     #: retransmission timer of injected bytes (RFC 6298): initial, lower and upper bound
     initial_rto: float = 1.0
     min_rto: float = 0.2

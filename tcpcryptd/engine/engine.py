@@ -47,6 +47,8 @@ from tcpcryptd.engine.handshake import (
 )
 from tcpcryptd.engine.inbound import deliver_pending, handle_inbound
 from tcpcryptd.engine.outbound import handle_outbound, release_held
+from tcpcryptd.engine.reassembly import Reassembly
+from tcpcryptd.engine.sendmap import SendMap
 from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, PacketError, TCPPacket
 
 _HANDSHAKE_STATES = (State.SYN_SENT, State.SYN_RECEIVED, State.NEGOTIATED)
@@ -99,8 +101,10 @@ class Engine:
         result = Result(None)
         flow.last_activity = now
         try:
-            if flow.state is State.ABORTED:
-                self.count("drops_aborted")
+            if flow.state in (State.ABORTED, State.TOMBSTONE) and not (
+                    pkt.flags & (SYN | ACK | RST) == SYN and flow.state is State.TOMBSTONE):
+                # an ended ENO connection: nothing of it may pass, least of all plaintext
+                self.count(f"drops_{flow.state}")
                 result.verdict = Verdict.DROP
             elif outbound:
                 self._outbound(flow, pkt, packet_id, now, result)
@@ -113,6 +117,9 @@ class Engine:
         except PacketError:
             self.count("drops_bad-packet")
             result.verdict, result.data = Verdict.DROP, None
+        except Exception as error:  # noqa: BLE001 -- a bug must not stop the daemon or leak
+            self.abort(flow, "internal-error", now, result)
+            flow.abort_reason = f"internal-error: {type(error).__name__}: {error}"
         if self._flows.get(key) is flow:
             self._schedule(flow)
         elif result.verdict is Verdict.ACCEPT and flow.state in _HANDSHAKE_STATES:
@@ -136,6 +143,9 @@ class Engine:
             except (FlowAbort, TcpcryptError) as error:
                 reason = error.reason if isinstance(error, FlowAbort) else _abort_reason(error)
                 self.abort(flow, reason, now, result)
+            except Exception as error:  # noqa: BLE001 -- see handle_packet
+                self.abort(flow, "internal-error", now, result)
+                flow.abort_reason = f"internal-error: {type(error).__name__}: {error}"
             if self._flows.get(flow.key) is flow:
                 self._schedule(flow)
         result.verdict = None
@@ -197,6 +207,9 @@ class Engine:
     def on_keys(self, flow: Flow, init2: bytes, now: float, result: Result) -> None:
         """The session exists: B sends Init2 at once; held local data is released, encrypted."""
         self.count("encrypted")
+        assert flow.session is not None
+        flow.aead_name = flow.session.aead.name
+        flow.session_id = flow.session.session_id.hex()
         if init2:
             flow.smap.append(0, init2, injected=True)
             result.transmit.extend(self.wire_pieces(flow, 0, init2))
@@ -255,6 +268,17 @@ class Engine:
         for packet_id, _ in flow.held:
             result.releases.append(Release(packet_id, None, False))
         flow.held = []
+
+    def _bury(self, flow: Flow) -> None:
+        """Linger over: free the flow's buffers and keys, keep only its 4-tuple (DESIGN.md §6)."""
+        flow.state = State.TOMBSTONE
+        flow.smap = SendMap()
+        flow.rx = Reassembly(limit=0)
+        flow.dl_buf = bytearray()
+        flow.rx_partial = bytearray()
+        flow.handshake = None
+        flow.session = None  # forward secrecy: keys go with the connection (RFC 8547 §5)
+        flow.rtx_deadline = flow.dl_deadline = None
 
     def _forget(self, flow: Flow) -> None:
         if self._flows.get(flow.key) is flow:
@@ -320,6 +344,9 @@ class Engine:
                     self._forget(flow)
                     result.verdict, result.plain = Verdict.ACCEPT, True
                     return
+            if len(pkt.payload):
+                pkt.payload = b""   # no SYN data on an ENO flow (RFC 8547 §4.7), never plaintext
+                self.count("drops_syn-data")
             result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
             return
         if flow.state in (State.SYN_SENT, State.SYN_RECEIVED):
@@ -384,9 +411,11 @@ class Engine:
 
     def _deadline(self, flow: Flow) -> float:
         cfg = self.config
-        if flow.closed_at is not None:
+        if flow.state is State.TOMBSTONE:
+            end = flow.closed_at + cfg.linger + cfg.tombstone  # type: ignore[operator]
+        elif flow.closed_at is not None:
             end = flow.closed_at + cfg.linger
-        elif flow.state in _HANDSHAKE_STATES:
+        elif flow.state in _HANDSHAKE_STATES or flow.state is State.KEYING:
             end = flow.created + cfg.handshake_timeout
         else:
             end = flow.last_activity + cfg.idle_timeout
@@ -396,25 +425,39 @@ class Engine:
         return end
 
     def _schedule(self, flow: Flow) -> None:
+        scheduled = flow.scheduled
+        if scheduled is not None:
+            # a deadline only moves earlier through these three; skip the rest on the hot path
+            rtx, redeliver, closed = flow.rtx_deadline, flow.dl_deadline, flow.closed_at
+            if ((rtx is None or rtx >= scheduled) and (redeliver is None or redeliver >= scheduled)
+                    and (closed is None or closed + self.config.linger >= scheduled)):
+                return
         when = self._deadline(flow)
-        if flow.scheduled is None or when < flow.scheduled:
+        if scheduled is None or when < scheduled:
             flow.scheduled = when
             heapq.heappush(self._timers, (when, next(self._tiebreak), flow))
 
     def _on_timer(self, flow: Flow, now: float, result: Result) -> None:
         cfg = self.config
         if flow.closed_at is not None:
-            if now >= flow.closed_at + cfg.linger:
+            if now >= flow.closed_at + cfg.linger + cfg.tombstone:
                 self._forget(flow)
+                return
+            if now >= flow.closed_at + cfg.linger:
+                self._bury(flow)
                 return
         elif flow.state in _HANDSHAKE_STATES:
             if now >= flow.created + cfg.handshake_timeout:
                 self.count("expired_handshake")
                 self._forget(flow)
                 return
+        elif flow.state is State.KEYING:
+            if now >= flow.created + cfg.handshake_timeout:
+                # encryption is on but no keys came: nothing may pass in plaintext, so abort
+                self.abort(flow, "init-timeout", now, result)
+                return
         elif now >= flow.last_activity + cfg.idle_timeout:
             self.abort(flow, "idle", now, result)
-            self._forget(flow)
             return
         if flow.rtx_deadline is not None and now >= flow.rtx_deadline:
             self._retransmit_injected(flow, now, result)

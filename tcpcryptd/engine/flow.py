@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from tcpcryptd.core.aead import AEADAlgorithm
 from tcpcryptd.core.constants import NON_SYN_OPTION, TEP
 from tcpcryptd.core.negotiation import ENOEndpoint, Negotiated
 from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake, Session
@@ -69,6 +68,7 @@ class State(StrEnum):
     ENCRYPTED = "encrypted"        #: session keys exist
     CLOSED = "closed"              #: both FINs or a RST seen: lingering
     ABORTED = "aborted"            #: RST sent to both sides: lingering
+    TOMBSTONE = "tombstone"        #: linger over: state freed, every segment dropped
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,8 @@ class Flow:
         self.handshake: InitiatorHandshake | ResponderHandshake | None = None
         self.session: Session | None = None
         self.abort_reason = ""
+        self.aead_name = ""     # kept for status after the keys are wiped
+        self.session_id = ""    # hex
         # ISNs: local = the local stack's (outbound stream), peer = the remote's
         self.local_isn = 0
         self.peer_isn = 0
@@ -286,8 +288,6 @@ class Flow:
 
     def status(self, now: float) -> FlowStatus:
         version, src, sport, dst, dport = self.key
-        session = self.session
-        aead: AEADAlgorithm | None = session.aead if session else None
         tep = ""
         if self.negotiated is not None:
             try:
@@ -297,8 +297,7 @@ class Flow:
         return FlowStatus(
             local=_address(version, src, sport), remote=_address(version, dst, dport),
             state=str(self.state), role=self.role, tep=tep,
-            aead=aead.name if aead else "",
-            session_id=session.session_id.hex() if session else "",
+            aead=self.aead_name, session_id=self.session_id,
             age=now - self.created,
             packets_out=self.packets_out, packets_in=self.packets_in,
             bytes_out_plain=self.bytes_out_plain, bytes_out_wire=self.bytes_out_wire,

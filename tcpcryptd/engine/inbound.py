@@ -235,8 +235,8 @@ def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
     n = len(pkt.payload)
     # a segment below the receive point without data is a keep-alive or a zero-window probe:
     # it asks for an ACK with the current window (RFC 9293 §3.8.6.1), so the engine answers
-    answer = not n and not flags & FIN and (
-        unwrap(pkt.seq, flow.peer_isn, flow.rx.next) < flow.rx.next)
+    answer = not n and not flags & FIN and pkt.seq != (flow.peer_isn + 1 + flow.rx.next) & MASK32 \
+        and unwrap(pkt.seq, flow.peer_isn, flow.rx.next) < flow.rx.next
     if n:
         flow.bytes_in_wire += n
         offset = unwrap(pkt.seq, flow.peer_isn, flow.rx.next)
@@ -254,8 +254,13 @@ def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
         elif fin_at != flow.rx_fin_wire:
             raise FlowAbort("fin-moved")
         answer = True
-    _check_fin(flow)
-    delivered = deliver_pending(eng, flow, now, pkt, result)
+    if flow.rx_fin_wire is not None:
+        _check_fin(flow)
+    if flow.dl_sent < flow.dl_base + len(flow.dl_buf) or (flow.rx_fin_done
+                                                           and not flow.dl_fin_sent):
+        delivered = deliver_pending(eng, flow, now, pkt, result)
+    else:
+        delivered = 0
     if result.verdict is None:
         news = wire_ack >= prev_ack and (
             flow.stack_seen_ack is None or local_ack > flow.stack_seen_ack
@@ -275,7 +280,7 @@ def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
             result.verdict = Verdict.ACCEPT
         else:
             result.verdict = Verdict.DROP
-    if answer and not delivered and not any(
-            t.direction is Direction.OUTBOUND for t in result.transmit) and not result.releases:
+    if answer and not delivered and not result.releases and not any(
+            t.direction is Direction.OUTBOUND for t in result.transmit):
         result.transmit.append(eng.engine_ack(flow))
     eng.check_closed(flow, now)

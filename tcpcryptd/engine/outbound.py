@@ -266,7 +266,8 @@ def handle_outbound(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now
     if flags & RST:
         _wire_header(flow, pkt, flow.smap.local_to_wire(
             unwrap(pkt.seq, flow.local_isn, flow.smap.local_end)), data=False)
-        result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
+        pkt.payload = b""   # RST data is never framed: it must not leak
+        result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes()
         eng.close(flow, now, result)
         return
     if flow.state is State.NEGOTIATED:

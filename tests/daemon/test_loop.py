@@ -223,3 +223,29 @@ def test_session_id_ambiguous_when_two_connections_go_to_one_server():
     answer = daemon.handle({"command": "session-id", "remote_addr": "10.0.0.2",
                             "remote_port": 80, "local_port": 40002})
     assert answer["session_id"] == "23" + "ef" * 32
+
+
+def test_plain_connections_pass_without_the_seen_mark(parts):
+    engine, _, path = parts
+    engine.script += [Result(Verdict.ACCEPT, plain=True),
+                      Result(Verdict.ACCEPT, data=b"clamped", plain=True),
+                      Result(Verdict.ACCEPT, plain=True)]
+    outbound, rewritten, inbound = FakePacket(1), FakePacket(2), FakePacket.inbound(3)
+    for packet in (outbound, rewritten, inbound):
+        path.on_packet(packet)
+    assert [p.verdict for p in (outbound, rewritten, inbound)] == ["accept"] * 3
+    assert [p.new_mark for p in (outbound, rewritten, inbound)] == [None] * 3
+    assert rewritten.new_payload == b"clamped"
+
+
+def test_inbound_plain_to_the_engine_but_encrypted_to_the_firewall_is_dropped(parts):
+    """A connection encrypted by an earlier daemon instance never continues in plaintext."""
+    engine, _, path = parts
+    engine.script += [Result(Verdict.ACCEPT, plain=True), Result(Verdict.ACCEPT, plain=True)]
+    inbound = FakePacket.inbound(1, mark=ENCRYPTED)
+    outbound = FakePacket(2, mark=ENCRYPTED)  # (outbound nfmark never has it: the guard acts)
+    path.on_packet(inbound)
+    path.on_packet(outbound)
+    assert inbound.verdict == "drop"
+    assert outbound.verdict == "accept" and outbound.new_mark is None
+    assert path.counters["daemon_stale_encrypted"] == 1

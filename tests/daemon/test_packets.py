@@ -96,7 +96,18 @@ def test_sd_notify_sends_one_datagram(monkeypatch, tmp_path):
     assert notify("READY=1") is False
 
 
-def test_logging_goes_to_stderr_without_timestamps_under_journald(monkeypatch, capsys):
+@pytest.fixture
+def restore_logger():
+    import logging
+
+    logger = logging.getLogger("tcpcryptd")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+def test_logging_goes_to_stderr_without_timestamps_under_journald(monkeypatch, capsys,
+                                                                  restore_logger):
     import logging
 
     from tcpcryptd.daemon.logsetup import setup_logging

@@ -50,15 +50,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"e2e: {reason}"))
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_FAILED] = report.failed
+    return report
+
+
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
 def bed(request: pytest.FixtureRequest) -> TestBed:
-    """A fresh A - R - B bed; torn down (processes, namespaces) even if the test fails."""
+    """A fresh A - R - B bed; torn down (processes, namespaces) even if the test fails.
+
+    After a failure the daemons' status, socket states and logs are printed (pytest shows
+    them with the failure) and the work directory with the pcaps is kept.
+    """
     test_bed = TestBed(router=True)
     request.addfinalizer(test_bed.close)
     test_bed.setup()
     yield test_bed
-    for daemon in test_bed.daemons:     # shown by pytest only when the test failed
-        print(f"--- daemon {daemon.ns.label} log tail ---\n{daemon.log_tail(20)}")
+    if request.node.stash.get(_CALL_FAILED, False):
+        test_bed.keep_workdir = True
+        print(test_bed.diagnostics())
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from tcpcryptd.testbed import (
     BedError,
     CaptureReport,
     Daemon,
-    Namespace,
     TestBed,
     make_payload,
     sha256_file,
@@ -29,7 +28,7 @@ MAIN_SIZE = 50 * MB
 #: Loss and impairment runs: smaller, so the whole e2e set stays within a few minutes.
 IMPAIRED_SIZE = 8 * MB
 #: Hang protection only; no test depends on how fast anything is.
-TRANSFER_TIMEOUT = 300.0
+TRANSFER_TIMEOUT = 120.0
 
 HTTP_PORT = 8080
 NC_PORT = 5001
@@ -111,7 +110,7 @@ class E2E:
         self._servers[(label, HTTP_PORT)] = ns.popen(
             [sys.executable, "-m", "http.server", "--bind", "::", "--directory", str(www),
              str(HTTP_PORT)])
-        wait_listening(ns, HTTP_PORT)
+        ns.wait_listening(HTTP_PORT)
 
     def curl(self, client: str, server: str, size: int, family: int = 4,
              timeout: float = TRANSFER_TIMEOUT, extra: tuple[str, ...] = ()) -> Transfer:
@@ -134,7 +133,7 @@ class E2E:
         sink = open(out, "wb")
         proc = ns.popen(["nc", f"-{family}", "-l", str(NC_PORT)], stdout=sink)
         sink.close()
-        wait_listening(ns, NC_PORT)
+        ns.wait_listening(NC_PORT)
         return proc
 
     def nc_send(self, client: str, server: str, size: int, family: int = 4,
@@ -179,17 +178,6 @@ class E2E:
 
 def _sha_or_empty(path: Path) -> str:
     return sha256_file(path) if path.exists() else sha256_file("/dev/null")
-
-
-def wait_listening(ns: Namespace, port: int, timeout: float = 15.0) -> None:
-    """Wait until a TCP socket listens on ``port`` in the namespace (``ss -ltn``)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = ns.run("ss", "-H", "-ltn", f"sport = :{port}").stdout
-        if out.strip():
-            return
-        time.sleep(0.05)
-    raise BedError(f"[{ns.label}] nothing listens on port {port}")
 
 
 def session_ids(daemon: Daemon, port: int) -> list[str]:

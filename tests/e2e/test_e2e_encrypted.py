@@ -18,7 +18,6 @@ from e2e_support import (
     TRANSFER_TIMEOUT,
     E2E,
     session_ids,
-    wait_listening,
 )
 
 from tcpcryptd.core.constants import TEP
@@ -54,7 +53,7 @@ def test_iperf3_throughput(e2e: E2E) -> None:
     checked by curl/nc above; the wire check covers its control and data connections."""
     e2e.daemons("A", "B")
     server = e2e.bed.b.popen(["iperf3", "--server", "--one-off", "--port", str(IPERF_PORT)])
-    wait_listening(e2e.bed.b, IPERF_PORT)
+    e2e.bed.b.wait_listening(IPERF_PORT)
     capture = e2e.bed.capture("iperf3")
     done = e2e.bed.a.run("iperf3", "--client", e2e.bed.addr("B"), "--port", str(IPERF_PORT),
                          "--bytes", str(MAIN_SIZE), "--file", str(e2e.payload(MAIN_SIZE)),

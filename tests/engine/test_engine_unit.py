@@ -470,11 +470,23 @@ def test_peer_rst_passes_with_translated_numbers():
     assert a.engine.flows()[0].state == "closed"
 
 
-def test_closed_flows_are_forgotten_after_the_linger_time():
+def test_closed_flows_become_tombstones_then_are_forgotten():
     pair = established()
     a = pair.a
     pair.arrive(a, build(4, pair.b.ip, a.ip, 80, 40000, (ISN_B + 1 + INIT2_LEN) & M32, 0, RST, 0))
     pair.timer(a, 61.0)
+    (status,) = a.engine.flows()
+    assert status.state == "tombstone" and status.session_id
+    assert a.engine._flows[next(iter(a.engine._flows))].session is None   # keys wiped
+    # a late retransmission of the dead connection is dropped, never passed in plaintext
+    r = a.engine.handle_packet(5, a.seg(ISN_A + 1, ISN_B + 1, ACK | PSH, b"late"),
+                               Direction.OUTBOUND, 62.0)
+    assert r.verdict is Verdict.DROP
+    # a new connection on the same 4-tuple starts afresh
+    r = a.engine.handle_packet(6, a.seg(ISN_A + 99, 0, SYN, options=syn_options()),
+                               Direction.OUTBOUND, 63.0)
+    assert r.data is not None and a.engine.flows()[0].state == "syn-sent"
+    pair.timer(a, 63.0 + 75.0)
     assert a.engine.flows() == []
 
 
@@ -483,7 +495,7 @@ def test_idle_encrypted_flow_is_aborted_and_forgotten():
     pair.handshake()
     a = pair.a
     result = a.engine.handle_timer(101.0)
-    assert a.engine.counters["aborts_idle"] == 1 and a.engine.flows() == []
+    assert a.engine.counters["aborts_idle"] == 1 and a.engine.flows()[0].state == "aborted"
     assert [TCPPacket.parse(t.data).flags & RST for t in result.transmit] == [RST, RST]
 
 
@@ -568,3 +580,43 @@ def test_any_segmentation_reordering_and_duplication_reconstructs_the_stream(cas
         pair.send(b, b.seg(ISN_B + 1, ISN_A + 1 + len(got), ACK))   # B's stack ACKs as it reads
     assert stack_bytes(b, ISN_A) == data
     assert b.engine.counters["aborts"] == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(
+    st.booleans(), st.integers(0, 0xFFF), st.integers(-3000, 3000), st.integers(-3000, 3000),
+    st.binary(max_size=60), st.binary(max_size=300)), min_size=1, max_size=8))
+def test_arbitrary_segments_on_an_encrypted_flow_never_raise_or_leak(segments):
+    """Any flags, numbers, options and payload, either way: a Result, never an exception,
+    and no internal error; whatever passes outbound never carries the plaintext."""
+    pair = established()
+    a, b = pair.a, pair.b
+    for outbound, flags, dseq, dack, options, payload in segments:
+        options = options[:40]
+        options += bytes(-len(options) % 4)
+        if outbound:
+            raw = a.seg(ISN_A + 1 + dseq, ISN_B + 1 + dack, flags, payload, options=options)
+            r = a.engine.handle_packet(1, raw, Direction.OUTBOUND, 1.0)
+            if r.data is not None and len(set(payload)) >= 6:
+                assert payload not in bytes(TCPPacket.parse(r.data).payload)
+        else:
+            raw = b.seg(ISN_B + 1 + INIT2_LEN + dseq, ISN_A + 1 + INIT1_LEN + dack, flags,
+                        payload, options=options)
+            r = a.engine.handle_packet(1, raw, Direction.INBOUND, 1.0)
+        assert r.verdict in (Verdict.ACCEPT, Verdict.DROP, Verdict.HOLD)
+    assert a.engine.counters["aborts_internal-error"] == 0
+
+
+def test_missing_init1_aborts_after_the_handshake_timeout_and_drops_held_data():
+    pair = Pair(config_b=EngineConfig(handshake_timeout=30.0))
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options()))
+    pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options()))
+    # A's third ACK arrives without Init1 (say A's engine died): B is keying, its data held
+    pair.arrive(b, a.seg(ISN_A + 1, ISN_B + 1, ACK, options=ts_options(1, 2) + b"\x45\x02\x00\x00"))
+    r, _ = pair.send(b, b.seg(ISN_B + 1, ISN_A + 1, ACK | PSH, b"server speaks first"),
+                     deliver=False)
+    assert r.verdict is Verdict.HOLD
+    result = b.engine.handle_timer(30.0)
+    assert b.engine.counters["aborts_init-timeout"] == 1
+    assert [rel.accept for rel in result.releases] == [False]

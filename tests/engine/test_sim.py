@@ -23,7 +23,8 @@ from sim.stack import StackConfig
 from sim.wire import C2S, S2C, ByteFlip, Impairments, TargetedDrop
 
 from tcpcryptd.core.constants import INIT1_MAGIC
-from tcpcryptd.engine import Direction, Result, Verdict
+from tcpcryptd.engine import Direction, Engine, EngineConfig, Result, Verdict
+from tcpcryptd.packet.tcp import TCPPacket
 
 SIZES = (0, 1, 100, 1000, 1448, 5000, 20_000, 100_000)
 LOSSES = (0.0, 0.01, 0.05, 0.2)
@@ -73,6 +74,7 @@ def random_scenario(seed: int, loss: float, version: int, *, engines: bool = Tru
         client_stack=stack(),
         server_stack=stack(),
         client_iss=rng.choice((None, None, (1 << 32) - 1 - rng.randrange(3000))),
+        connections=rng.choice((1, 1, 1, 1, 2, 3)),
     )
 
 
@@ -131,15 +133,6 @@ def test_stack_model_keepalive() -> None:
     assert result.server.stack.stats.keepalives_sent > 0
 
 
-def test_checks_catch_corruption_without_engine() -> None:
-    """A flipped byte on a plain flow with no engine is delivered (TCP cannot tell); with the
-    checks' eyes open the stream comparison reports it: the invariant can fail."""
-    sc = Scenario("plain-flip", 2, client_engine=False, server_engine=False, c2s_bytes=5000,
-                  s2c_bytes=0, flip=ByteFlip(C2S, 1, 7))
-    result = run(sc)
-    assert any("not a prefix" in v or "did not abort" in v for v in check(result))
-
-
 # ---------------------------------------------------------------------- the checks can fail
 class _PassThrough:
     """An 'engine' that accepts everything unchanged: it must fail every ENO check."""
@@ -152,6 +145,43 @@ class _PassThrough:
 
     def next_deadline(self) -> None:
         return None
+
+
+def test_checks_catch_corruption_without_engine() -> None:
+    """A flipped byte on a plain flow with no engine is delivered (TCP cannot tell); with the
+    checks' eyes open the stream comparison reports it: the invariant can fail."""
+    sc = Scenario("plain-flip", 2, client_engine=False, server_engine=False, c2s_bytes=5000,
+                  s2c_bytes=0, flip=ByteFlip(C2S, 1, 7))
+    result = run(sc)
+    assert any("not a prefix" in v or "did not abort" in v for v in check(result))
+
+
+class _NonceReusingEngine(Engine):
+    """The real engine, except that a retransmitted frame comes out with one byte changed:
+    what re-encrypting different plaintext at a used offset would look like on the wire."""
+
+    def __init__(self) -> None:
+        super().__init__(EngineConfig())
+        self._seen: set[int] = set()
+
+    def handle_packet(self, packet_id: int, data: bytes, direction: Direction, now: float) -> Result:
+        result = super().handle_packet(packet_id, data, direction, now)
+        if direction == Direction.OUTBOUND and result.verdict == Verdict.ACCEPT and result.data:
+            pkt = TCPPacket.parse(result.data)
+            if len(pkt.payload) > 40 and pkt.seq in self._seen:
+                pkt.payload = bytes(pkt.payload[:-1]) + bytes([pkt.payload[-1] ^ 1])
+                result.data = pkt.to_bytes()
+            self._seen.add(pkt.seq)
+        return result
+
+
+def test_checks_catch_nonce_reuse() -> None:
+    sc = Scenario("nonce-reuse", 3, c2s_bytes=100_000, s2c_bytes=0, impairments=Impairments(loss=0.05))
+    try:
+        violations = check(run(sc, engine_factory=_NonceReusingEngine))
+    except SimulationStalled as stalled:  # the peer may also abort on the bad frame: fine
+        violations = [str(stalled)]
+    assert any("wire byte" in v for v in violations)
 
 
 def test_checks_catch_a_plaintext_engine() -> None:
@@ -218,6 +248,11 @@ def _matrix() -> list[Scenario]:
             base = random_scenario(seed, loss, 4)
             out.append(replace(base, name=f"localloss20-v4-loss{_pct(loss)}-s{seed}",
                                impairments=replace(base.impairments, local_loss=0.2)))
+    for v in (4, 6):
+        for seed, loss in ((1, 0.0), (2, 0.01), (3, 0.05), (4, 0.2)):
+            out.append(Scenario(f"multi8-v{v}-loss{_pct(loss)}-s{seed}", seed, v, connections=8,
+                                c2s_bytes=3000 * seed, s2c_bytes=20_000 // seed,
+                                impairments=Impairments(loss=loss, duplicate=0.02, jitter=0.01, resegment=0.2)))
     out.append(Scenario("bulk-1MB-v4-loss0-s1", 1, 4, c2s_bytes=1 << 20, s2c_bytes=1000))
     out.append(Scenario("bulk-1MB-v6-loss1-s2", 2, 6, c2s_bytes=2000, s2c_bytes=1 << 20,
                         impairments=Impairments(loss=0.01, jitter=0.002, resegment=0.05)))

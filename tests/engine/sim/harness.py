@@ -1,15 +1,17 @@
-"""Two hosts, each a TCP stack model behind an optional flow engine, joined by an impaired wire.
+"""Two hosts, each running TCP stack models behind an optional flow engine, joined by a wire.
 
 The packet path is the daemon's (DESIGN.md §5, docs/ARCHITECTURE.md "Layer 3"):
 
     stack -> engine OUTBOUND -> wire -> peer engine INBOUND -> peer stack
 
-An engine's ``Transmit(OUTBOUND)`` goes to the wire and ``Transmit(INBOUND)`` to its own stack;
-a HELD packet stays in the host's table until a ``Release`` names it (at most once).  Time is
-simulated: the loop jumps to the earliest of the wire's next arrival, the stacks' and engines'
-timers and the applications' next actions.  Nothing sleeps and nothing reads a clock, so a
-scenario is a pure function of its seed.  Simulated time and the event count are bounded: a
-flow that stops making progress fails with :class:`SimulationStalled`, naming its state.
+An engine's ``Transmit(OUTBOUND)`` goes to the wire and ``Transmit(INBOUND)`` to its own host's
+stack (picked by port, as the kernel would); a HELD packet stays in the host's table until a
+``Release`` names it (at most once).  A scenario may run several connections at once through
+the same two engines.  Time is simulated: the loop jumps to the earliest of the wire's next
+arrival, the stacks' and engines' timers and the applications' next actions.  Nothing sleeps
+and nothing reads a clock, so a scenario is a pure function of its seed.  Simulated time and
+the event count are bounded: a flow that stops making progress fails with
+:class:`SimulationStalled`, naming its state.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 from tcpcryptd.core.constants import INIT1_MAGIC, INIT2_MAGIC
-from tcpcryptd.engine import Direction, Engine, EngineConfig, Verdict
+from tcpcryptd.engine import Direction, Engine, EngineConfig, FlowStatus, Result, Verdict
 from tcpcryptd.packet import options
 from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, TCPPacket
 
@@ -34,6 +36,9 @@ _ADDRESSES = {
     4: (bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])),
     6: (bytes.fromhex("fd000000000000000000000000000001"), bytes.fromhex("fd000000000000000000000000000002")),
 }
+_SERVER_PORT = 443
+#: Connections after the first start this much later each, so their handshakes interleave.
+_CONNECTION_STAGGER = 0.0013
 
 
 class SimulationStalled(AssertionError):
@@ -41,14 +46,16 @@ class SimulationStalled(AssertionError):
 
 
 class EngineLike(Protocol):
-    def handle_packet(self, packet_id: int, data: bytes, direction: Direction, now: float): ...
-    def handle_timer(self, now: float): ...
+    def handle_packet(self, packet_id: int, data: bytes, direction: Direction, now: float) -> Result: ...
+    def handle_timer(self, now: float) -> Result: ...
     def next_deadline(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One reproducible run; ``name`` identifies it in test ids and failure messages."""
+    """One reproducible run; ``name`` identifies it in test ids and failure messages.
+
+    Targeted drops and the byte flip apply to the first connection only."""
 
     name: str
     seed: int
@@ -58,6 +65,7 @@ class Scenario:
     impairments: Impairments = Impairments()
     c2s_bytes: int = 10_000
     s2c_bytes: int = 10_000
+    connections: int = 1
     server_first: bool = False
     simultaneous_close: bool = False
     targeted: tuple[TargetedDrop, ...] = ()
@@ -85,12 +93,12 @@ class Scenario:
 
 @dataclass
 class _App:
-    """The application on one host: writes its data in chunks, reads, closes."""
+    """The application on one end of a connection: writes its data in chunks, reads, closes."""
 
     data: bytes
     chunks: list[int]
-    gap: float
     slow_reader: bool
+    gap: float = 0.003
     read_chunk: int = 2048
     read_interval: float = 0.3
     wait_for: int = 0
@@ -103,18 +111,45 @@ class _App:
 
 
 @dataclass
-class _Host:
+class _Side:
+    """One host: its engine (or none), the packets it holds, and its connections' ends."""
+
     name: str
     direction: str
-    stack: TcpStack
     engine: EngineLike | None
-    app: _App
+    ends: dict[int, _End] = field(default_factory=dict)
     held: dict[int, tuple[bytes, Direction]] = field(default_factory=dict)
     next_packet_id: int = 1
     max_held: int = 0
     local_drops: int = 0
     #: ``flows()`` when a stack last received its FIN (later the engine may forget the flow)
-    flows_at_eof: list = field(default_factory=list)
+    flows_at_eof: list[FlowStatus] = field(default_factory=list)
+
+    def end_for(self, pkt: TCPPacket) -> _End | None:
+        """The connection end a packet toward this host's stack belongs to (by client port)."""
+        return self.ends.get(pkt.dport if self.direction == C2S else pkt.sport)
+
+
+@dataclass
+class _End:
+    """One end of one connection: a stack and its application."""
+
+    name: str
+    side: _Side
+    stack: TcpStack
+    app: _App
+
+
+@dataclass
+class _Conn:
+    key: int
+    client: _End
+    server: _End
+    log: invariants.WireLog = field(default_factory=invariants.WireLog)
+    abort_seen_at: float | None = None
+
+    def ends(self) -> tuple[_End, _End]:
+        return self.client, self.server
 
 
 @dataclass
@@ -124,25 +159,35 @@ class SimResult:
     scenario: Scenario
     now: float
     events: int
-    client: _Host
-    server: _Host
+    conns: list[_Conn]
+    sides: tuple[_Side, _Side]
     wire: Wire
-    log: invariants.WireLog
     violations: list[str]
     trace: list[str] | None = None
 
+    @property
+    def client(self) -> _End:
+        return self.conns[0].client
+
+    @property
+    def server(self) -> _End:
+        return self.conns[0].server
+
     def summary(self) -> str:
-        c, s = self.client.stack, self.server.stack
-        return (
-            f"{self.scenario.name}: t={self.now:.3f}s events={self.events} "
-            f"client {c.state.value} err={c.error} read {len(c.received)}/{len(self.server.app.data)} "
-            f"sent_unacked={c.bytes_unacked}; server {s.state.value} err={s.error} read "
-            f"{len(s.received)}/{len(self.client.app.data)} sent_unacked={s.bytes_unacked}; "
-            f"wire {self.wire.stats}; client stack {c.stats}; server stack {s.stats}; "
-            f"held c={len(self.client.held)} s={len(self.server.held)}; "
-            f"local drops c={self.client.local_drops} s={self.server.local_drops}; "
-            f"engines: c={_engine_state(self.client.engine)} s={_engine_state(self.server.engine)}"
-        )
+        ends = []
+        for conn in self.conns:
+            for end, peer in ((conn.client, conn.server), (conn.server, conn.client)):
+                st = end.stack
+                ends.append(
+                    f"{end.name} {st.state.value} err={st.error} read {len(st.received)}/{len(peer.app.data)} "
+                    f"unacked={st.bytes_unacked} {st.stats}"
+                )
+        sides = [
+            f"{s.name}: held={len(s.held)} local_drops={s.local_drops} engine={_engine_state(s.engine)}"
+            for s in self.sides
+        ]
+        return "; ".join([f"{self.scenario.name}: t={self.now:.3f}s events={self.events}", *ends,
+                          f"wire {self.wire.stats}", *sides])
 
 
 def _engine_state(engine: EngineLike | None) -> str:
@@ -182,29 +227,12 @@ class Simulation:
         self.trace: list[str] | None = [] if trace else None
         self.rng = random.Random(scenario.seed)
         make_engine = engine_factory or _real_engine
-        v = scenario.version
-        client_addr, server_addr = _ADDRESSES[v]
-        client_ep = Endpoint(v, client_addr, 40000 + self.rng.randrange(20000))
-        server_ep = Endpoint(v, server_addr, 443)
-        c_cfg = _stack_config(scenario.client_stack, scenario)
-        s_cfg = _stack_config(scenario.server_stack, scenario)
-        client_stack = TcpStack(
-            "client", client_ep, server_ep, random.Random(self.rng.random()), c_cfg, scenario.client_iss
-        )
-        server_stack = TcpStack("server", server_ep, client_ep, random.Random(self.rng.random()), s_cfg)
-        c_data = make_payload(self.rng, scenario.c2s_bytes)
-        s_data = make_payload(self.rng, scenario.s2c_bytes)
-        self.client = _Host(
-            "client", C2S, client_stack, make_engine() if scenario.client_engine else None,
-            _App(c_data, _chunks(self.rng, len(c_data)), 0.003, scenario.slow_reader,
-                 wait_for=len(s_data) if scenario.server_first else 0),
-        )
-        self.server = _Host(
-            "server", S2C, server_stack, make_engine() if scenario.server_engine else None,
-            _App(s_data, _chunks(self.rng, len(s_data)), 0.003, scenario.slow_reader),
-        )
-        for host in (self.client, self.server):
-            host.app.hold_close = scenario.simultaneous_close
+        self.client_side = _Side("client", C2S, make_engine() if scenario.client_engine else None)
+        self.server_side = _Side("server", S2C, make_engine() if scenario.server_engine else None)
+        self.conns: list[_Conn] = []
+        first_port = 40000 + self.rng.randrange(20000)
+        for index in range(scenario.connections):
+            self.conns.append(self._make_conn(index, first_port + index))
         self.wire = Wire(
             random.Random(self.rng.random()),
             scenario.impairments,
@@ -213,22 +241,48 @@ class Simulation:
             targeted=scenario.targeted,
             flip=scenario.flip,
             strip_synack_eno=scenario.strip_synack_eno,
+            target_key=self.conns[0].key,
         )
-        self.log = invariants.WireLog()
         self.local_rng = random.Random(self.rng.random())
         self.now = 0.0
         self.events = 0
         self.violations: list[str] = []
-        #: packets moving between a stack and its engine at this instant: (host, to, bytes)
-        self._work: deque[tuple[_Host, str, bytes]] = deque()
-        self._abort_seen_at: float | None = None
+        #: packets moving between a stack and its engine at this instant: (end, to, bytes)
+        self._work: deque[tuple[_End, str, bytes]] = deque()
+        self._pending_connects = list(self.conns)
+
+    def _make_conn(self, index: int, client_port: int) -> _Conn:
+        sc = self.sc
+        v = sc.version
+        client_addr, server_addr = _ADDRESSES[v]
+        client_ep = Endpoint(v, client_addr, client_port)
+        server_ep = Endpoint(v, server_addr, _SERVER_PORT)
+        suffix = "" if index == 0 else f"#{index}"
+        client_stack = TcpStack(
+            "client" + suffix, client_ep, server_ep, random.Random(self.rng.random()),
+            _stack_config(sc.client_stack, sc), sc.client_iss if index == 0 else None,
+        )
+        server_stack = TcpStack(
+            "server" + suffix, server_ep, client_ep, random.Random(self.rng.random()), _stack_config(sc.server_stack, sc)
+        )
+        c_data = make_payload(self.rng, sc.c2s_bytes)
+        s_data = make_payload(self.rng, sc.s2c_bytes)
+        client_app = _App(c_data, _chunks(self.rng, len(c_data)), sc.slow_reader,
+                          wait_for=len(s_data) if sc.server_first else 0, hold_close=sc.simultaneous_close)
+        server_app = _App(s_data, _chunks(self.rng, len(s_data)), sc.slow_reader, hold_close=sc.simultaneous_close)
+        conn = _Conn(
+            client_port,
+            _End(client_stack.name, self.client_side, client_stack, client_app),
+            _End(server_stack.name, self.server_side, server_stack, server_app),
+        )
+        self.client_side.ends[client_port] = conn.client
+        self.server_side.ends[client_port] = conn.server
+        return conn
 
     # ------------------------------------------------------------------ run loop
     def run(self) -> SimResult:
-        self.server.stack.listen()
-        self.client.stack.connect(self.now)
-        self._collect(self.client)
-        self._drain()
+        for conn in self.conns:
+            conn.server.stack.listen()
         while not self._done():
             self.events += 1
             when = self._next_event_time()
@@ -248,34 +302,41 @@ class Simulation:
 
     def _result(self) -> SimResult:
         return SimResult(
-            self.sc, self.now, self.events, self.client, self.server, self.wire, self.log, self.violations, self.trace
+            self.sc, self.now, self.events, self.conns, (self.client_side, self.server_side), self.wire,
+            self.violations, self.trace,
         )
 
-    def _hosts(self) -> tuple[_Host, _Host]:
-        return self.client, self.server
+    def _ends(self) -> list[_End]:
+        return [end for conn in self.conns for end in conn.ends()]
 
     def _done(self) -> bool:
-        c, s = self.client.stack, self.server.stack
+        return all(self._conn_done(conn) for conn in self.conns)
+
+    def _conn_done(self, conn: _Conn) -> bool:
+        c, s = conn.client.stack, conn.server.stack
         if self.sc.expect_abort:
             if c.error is not None or s.error is not None:
-                if self._abort_seen_at is None:
-                    self._abort_seen_at = self.now
-                return (c.error is not None and s.error is not None) or self.now > self._abort_seen_at + 5.0
+                if conn.abort_seen_at is None:
+                    conn.abort_seen_at = self.now
+                return (c.error is not None and s.error is not None) or self.now > conn.abort_seen_at + 5.0
             return c.finished and s.finished
         return all(
-            h.stack.finished and (h.stack.error is not None or (h.app.closed and h.stack.readable == 0))
-            for h in self._hosts()
+            e.stack.finished and (e.stack.error is not None or (e.app.closed and e.stack.readable == 0))
+            for e in conn.ends()
         )
+
+    def _connect_time(self, conn: _Conn) -> float:
+        return self.conns.index(conn) * _CONNECTION_STAGGER
 
     def _next_event_time(self) -> float | None:
         times = [self.wire.next_arrival()]
-        for host in self._hosts():
-            times.append(host.stack.next_timer())
-            if host.engine is not None:
-                times.append(host.engine.next_deadline())
-            times.append(host.app.next_write)
-            times.append(host.app.next_read)
-            times.append(host.app.close_at)
+        if self._pending_connects:
+            times.append(self._connect_time(self._pending_connects[0]))
+        for side in (self.client_side, self.server_side):
+            if side.engine is not None:
+                times.append(side.engine.next_deadline())
+        for end in self._ends():
+            times += [end.stack.next_timer(), end.app.next_write, end.app.next_read, end.app.close_at]
         present = [t for t in times if t is not None]
         return min(present) if present else None
 
@@ -285,173 +346,195 @@ class Simulation:
         arrival = self.wire.next_arrival()
         if arrival is not None and arrival <= now:
             direction, data = self.wire.pop_arrival()
-            host = self.server if direction == C2S else self.client
-            self._from_wire(host, data)
+            self._from_wire(self.server_side if direction == C2S else self.client_side, data)
             return
-        for host in self._hosts():
-            if host.engine is not None:
-                deadline = host.engine.next_deadline()
+        while self._pending_connects and self._connect_time(self._pending_connects[0]) <= now:
+            conn = self._pending_connects.pop(0)
+            conn.client.stack.connect(now)
+            self._collect(conn.client)
+        for side in (self.client_side, self.server_side):
+            if side.engine is not None:
+                deadline = side.engine.next_deadline()
                 if deadline is not None and deadline <= now:
-                    self._apply(host, host.engine.handle_timer(now), None, b"", Direction.OUTBOUND)
-            timer = host.stack.next_timer()
+                    self._apply(side, side.engine.handle_timer(now), None, b"", Direction.OUTBOUND)
+        for end in self._ends():
+            timer = end.stack.next_timer()
             if timer is not None and timer <= now:
-                host.stack.on_timer(now)
-                self._collect(host)
-            app = host.app
+                end.stack.on_timer(now)
+                self._collect(end)
+            app = end.app
             if app.next_write is not None and app.next_write <= now:
-                self._write(host)
+                self._write(end)
             if app.next_read is not None and app.next_read <= now:
-                self._slow_read(host)
+                self._slow_read(end)
             if app.close_at is not None and app.close_at <= now:
-                self._close(host)
+                self._close(end)
 
     # ------------------------------------------------------------------ packet path
-    def _from_wire(self, host: _Host, data: bytes) -> None:
-        self._note(host, "wire->", data)
-        if host.engine is None:
-            self._work.append((host, "stack", data))
+    def _from_wire(self, side: _Side, data: bytes) -> None:
+        self._note(side, "wire->", data)
+        if side.engine is None:
+            self._to_stack(side, data)
             return
-        packet_id = host.next_packet_id
-        host.next_packet_id += 1
-        result = host.engine.handle_packet(packet_id, data, Direction.INBOUND, self.now)
-        self._apply(host, result, packet_id, data, Direction.INBOUND)
+        packet_id = side.next_packet_id
+        side.next_packet_id += 1
+        result = side.engine.handle_packet(packet_id, data, Direction.INBOUND, self.now)
+        self._apply(side, result, packet_id, data, Direction.INBOUND)
 
-    def _from_stack(self, host: _Host, data: bytes) -> None:
-        self._note(host, "stack->", data)
-        if host.engine is None:
-            self._to_wire(host, data)
+    def _from_stack(self, side: _Side, data: bytes) -> None:
+        self._note(side, "stack->", data)
+        if side.engine is None:
+            self._to_wire(side, data)
             return
-        packet_id = host.next_packet_id
-        host.next_packet_id += 1
-        result = host.engine.handle_packet(packet_id, data, Direction.OUTBOUND, self.now)
-        self._apply(host, result, packet_id, data, Direction.OUTBOUND)
+        packet_id = side.next_packet_id
+        side.next_packet_id += 1
+        result = side.engine.handle_packet(packet_id, data, Direction.OUTBOUND, self.now)
+        self._apply(side, result, packet_id, data, Direction.OUTBOUND)
 
-    def _apply(self, host: _Host, result, packet_id: int | None, data: bytes, direction: Direction) -> None:
+    def _apply(self, side: _Side, result: Result, packet_id: int | None, data: bytes, direction: Direction) -> None:
         """Carry out a Result: the verdict, releases of held packets, engine-made packets."""
         verdict = result.verdict
         if packet_id is None:
             if verdict is not None:
-                self.violations.append(f"{host.name}: handle_timer returned verdict {verdict!r}")
+                self.violations.append(f"{side.name}: handle_timer returned verdict {verdict!r}")
         elif verdict is Verdict.ACCEPT:
-            self._forward(host, result.data if result.data is not None else data, direction)
+            self._forward(side, result.data if result.data is not None else data, direction)
         elif verdict is Verdict.HOLD:
-            self._note(host, f"HOLD #{packet_id}", data)
-            host.held[packet_id] = (data, direction)
-            host.max_held = max(host.max_held, len(host.held))
+            self._note(side, f"HOLD #{packet_id}", data)
+            side.held[packet_id] = (data, direction)
+            side.max_held = max(side.max_held, len(side.held))
         elif verdict is Verdict.DROP:
-            self._note(host, f"DROP #{packet_id}", data)
+            self._note(side, f"DROP #{packet_id}", data)
         else:
-            self.violations.append(f"{host.name}: packet {packet_id} got verdict {verdict!r}")
+            self.violations.append(f"{side.name}: packet {packet_id} got verdict {verdict!r}")
         for release in result.releases:
-            held = host.held.pop(release.packet_id, None)
+            held = side.held.pop(release.packet_id, None)
             if held is None:
-                self.violations.append(f"{host.name}: release of packet {release.packet_id} that is not held")
+                self.violations.append(f"{side.name}: release of packet {release.packet_id} that is not held")
                 continue
             if release.accept:
-                self._forward(host, release.data if release.data is not None else held[0], held[1])
+                self._forward(side, release.data if release.data is not None else held[0], held[1])
         for transmit in result.transmit:
-            self._forward(host, transmit.data, transmit.direction)
+            self._forward(side, transmit.data, transmit.direction)
 
-    def _note(self, host: _Host, hop: str, data: bytes) -> None:
+    def _note(self, side: _Side, hop: str, data: bytes) -> None:
         if self.trace is not None:
-            self.trace.append(f"{self.now:10.4f} {host.name:6} {hop:14} {describe(data)}")
+            self.trace.append(f"{self.now:10.4f} {side.name:6} {hop:14} {describe(data)}")
 
-    def _forward(self, host: _Host, data: bytes, direction: Direction) -> None:
-        self._note(host, "engine->" + ("wire" if direction == Direction.OUTBOUND else "stack"), data)
+    def _forward(self, side: _Side, data: bytes, direction: Direction) -> None:
+        self._note(side, "engine->" + ("wire" if direction == Direction.OUTBOUND else "stack"), data)
         if direction == Direction.OUTBOUND:
-            self._to_wire(host, data)
+            self._to_wire(side, data)
         elif self.local_rng.random() < self.sc.impairments.local_loss:
-            host.local_drops += 1
-            self._note(host, "LOCAL DROP", data)
+            side.local_drops += 1
+            self._note(side, "LOCAL DROP", data)
         else:
-            self._work.append((host, "stack", data))
+            self._to_stack(side, data)
 
-    def _to_wire(self, host: _Host, data: bytes) -> None:
-        self.log.record(host.direction, data)
-        self.wire.send(host.direction, data, self.now)
+    def _to_stack(self, side: _Side, data: bytes) -> None:
+        end = side.end_for(TCPPacket.parse(data))
+        if end is None:
+            self.violations.append(f"{side.name}: a packet for no local connection: {describe(data)}")
+            return
+        self._work.append((end, "stack", data))
+
+    def _to_wire(self, side: _Side, data: bytes) -> None:
+        pkt = TCPPacket.parse(data)
+        key = pkt.sport if side.direction == C2S else pkt.dport
+        conn = next((c for c in self.conns if c.key == key), None)
+        if conn is None:
+            self.violations.append(f"{side.name}: a packet to the wire for no connection: {describe(data)}")
+            return
+        conn.log.record(side.direction, data)
+        self.wire.send(side.direction, data, self.now, key)
 
     def _snapshot_flows(self) -> None:
-        for host in self._hosts():
-            if isinstance(host.engine, Engine):
-                host.flows_at_eof = host.engine.flows()
+        for side in (self.client_side, self.server_side):
+            if isinstance(side.engine, Engine):
+                side.flows_at_eof = side.engine.flows()
 
-    def _collect(self, host: _Host) -> None:
-        for data in host.stack.take_output():
-            self._work.append((host, "engine", data))
+    def _collect(self, end: _End) -> None:
+        for data in end.stack.take_output():
+            self._work.append((end, "engine", data))
 
     def _drain(self) -> None:
-        """Process packets moving between a stack and its engine at this instant."""
+        """Process packets moving between stacks and their engine at this instant."""
         while self._work:
-            host, where, data = self._work.popleft()
+            end, where, data = self._work.popleft()
             if where == "stack":
-                had_eof = host.stack.eof
-                host.stack.receive(data, self.now)
-                if host.stack.eof and not had_eof:
+                had_eof = end.stack.eof
+                end.stack.receive(data, self.now)
+                if end.stack.eof and not had_eof:
                     self._snapshot_flows()
-                self._collect(host)
-                self._fast_read(host)
+                self._collect(end)
+                self._fast_read(end)
             else:
-                self._from_stack(host, data)
+                self._from_stack(end.side, data)
 
     # ------------------------------------------------------------------ applications
     def _app_react(self) -> None:
-        for host in self._hosts():
-            app, stack = host.app, host.stack
-            self._fast_read(host)
-            if stack.error is not None or app.closed:
-                continue
-            if stack.state not in (State.ESTABLISHED, State.CLOSE_WAIT):
-                continue
-            if app.written < len(app.data):
-                if app.next_write is None and len(stack.received) >= app.wait_for:
-                    app.next_write = self.now
-            elif not app.hold_close:
-                if app.close_at is None:
-                    app.close_at = self.now + self.sc.idle_before_close
-            elif all(
-                h.app.written == len(h.app.data) and len(h.stack.received) == len(o.app.data)
-                for h, o in ((self.client, self.server), (self.server, self.client))
-            ):
-                for h in self._hosts():
-                    self._close(h)  # simultaneous close: both FINs leave at this instant
+        for conn in self.conns:
+            for end in conn.ends():
+                self._app_react_end(conn, end)
 
-    def _close(self, host: _Host) -> None:
-        host.app.close_at = None
-        if not host.app.closed:
-            host.app.closed = True
-            host.stack.close(self.now)
-            self._collect(host)
+    def _app_react_end(self, conn: _Conn, end: _End) -> None:
+        app, stack = end.app, end.stack
+        self._fast_read(end)
+        if stack.error is not None or app.closed or stack.state not in (State.ESTABLISHED, State.CLOSE_WAIT):
+            return
+        if app.written < len(app.data):
+            if app.next_write is None and len(stack.received) >= app.wait_for:
+                app.next_write = self.now
+        elif not app.hold_close:
+            if app.close_at is None:
+                app.close_at = self.now + self.sc.idle_before_close
+        elif all(
+            e.app.written == len(e.app.data) and len(e.stack.received) == len(o.app.data)
+            for e, o in ((conn.client, conn.server), (conn.server, conn.client))
+        ):
+            for e in conn.ends():
+                self._close(e)  # simultaneous close: both FINs leave at this instant
 
-    def _write(self, host: _Host) -> None:
-        app = host.app
+    def _close(self, end: _End) -> None:
+        end.app.close_at = None
+        if not end.app.closed:
+            end.app.closed = True
+            end.stack.close(self.now)
+            self._collect(end)
+
+    def _write(self, end: _End) -> None:
+        app = end.app
         size = app.chunks.pop(0)
-        host.stack.write(app.data[app.written : app.written + size], self.now)
+        end.stack.write(app.data[app.written : app.written + size], self.now)
         app.written += size
         app.next_write = self.now + app.gap if app.chunks else None
-        self._collect(host)
+        self._collect(end)
 
-    def _fast_read(self, host: _Host) -> None:
-        if host.app.slow_reader:
-            if host.app.next_read is None and host.stack.readable:
-                host.app.next_read = self.now + host.app.read_interval
+    def _fast_read(self, end: _End) -> None:
+        if end.app.slow_reader:
+            if end.app.next_read is None and end.stack.readable:
+                end.app.next_read = self.now + end.app.read_interval
             return
-        if host.stack.readable:
-            host.stack.read(host.stack.readable, self.now)
-            self._collect(host)
+        if end.stack.readable:
+            end.stack.read(end.stack.readable, self.now)
+            self._collect(end)
 
-    def _slow_read(self, host: _Host) -> None:
-        app = host.app
-        host.stack.read(app.read_chunk, self.now)
-        app.next_read = self.now + app.read_interval if host.stack.readable else None
-        self._collect(host)
+    def _slow_read(self, end: _End) -> None:
+        app = end.app
+        end.stack.read(app.read_chunk, self.now)
+        app.next_read = self.now + app.read_interval if end.stack.readable else None
+        self._collect(end)
 
 
 def describe(data: bytes) -> str:
-    """One line for a trace: flags, seq, ack, window, payload length, option kinds."""
+    """One line for a trace: flags, ports, seq, ack, window, payload length, option kinds."""
     pkt = TCPPacket.parse(data)
     names = "".join(n for bit, n in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, ".")) if pkt.flags & bit)
     kinds = ",".join(str(k) for k, _ in options.parse(pkt.options))
-    return f"[{names}] seq={pkt.seq} ack={pkt.ack} win={pkt.window} len={len(pkt.payload)} opts={kinds}"
+    return (
+        f"[{names}] {pkt.sport}>{pkt.dport} seq={pkt.seq} ack={pkt.ack} win={pkt.window} "
+        f"len={len(pkt.payload)} opts={kinds}"
+    )
 
 
 def _real_engine() -> EngineLike:
@@ -467,46 +550,63 @@ def _stack_config(cfg: StackConfig, sc: Scenario) -> StackConfig:
 
 
 #: What a stack may only see when an engine misbehaves: bad checksums, garbage, a missing
-#: timestamp on a timestamp connection (RFC 7323 §3.2), different bytes at one sequence number.
-_STACK_ANOMALIES = ("dropped_bad_checksum", "dropped_unparsable", "dropped_no_timestamp", "inconsistent_retransmissions")
+#: timestamp on a timestamp connection (RFC 7323 §3.2), different bytes at one sequence
+#: number, an ACK or a SACK block for bytes it never sent (a wrong wire -> local translation).
+_STACK_ANOMALIES = (
+    "dropped_bad_checksum",
+    "dropped_unparsable",
+    "dropped_no_timestamp",
+    "inconsistent_retransmissions",
+    "acks_beyond_sent",
+    "sack_beyond_sent",
+)
 
 
 def check(result: SimResult) -> list[str]:
     """Every invariant of DESIGN.md §6 that applies to this scenario; [] when all hold."""
-    sc = result.scenario
     out = list(result.violations)
     out += [f"wire: oversize packet {o}" for o in result.wire.stats.oversize[:3]]
-    out += invariants.check_no_conflicts(result.log)
-    c_rec, s_rec = result.log.records[C2S], result.log.records[S2C]
-    for host in (result.client, result.server):
-        st = host.stack.stats
-        for name in _STACK_ANOMALIES:
-            if getattr(st, name):
-                out.append(f"{host.name} stack: {name} = {getattr(st, name)}")
-        if host.max_held > 64:
-            out.append(f"{host.name}: engine held {host.max_held} packets at once")
-    pairs = ((C2S, result.client.app.data, result.server.stack, c_rec, INIT1_MAGIC),
-             (S2C, result.server.app.data, result.client.stack, s_rec, INIT2_MAGIC))
+    for side in result.sides:
+        if side.max_held > 64:
+            out.append(f"{side.name}: engine held {side.max_held} packets at once")
+        if side.held and not result.scenario.expect_abort:
+            out.append(f"{side.name}: {len(side.held)} packets still held after the flows finished")
+    for conn in result.conns:
+        out += _check_conn(result, conn)
+    out += _check_engine_status(result)
+    return out
+
+
+def _check_conn(result: SimResult, conn: _Conn) -> list[str]:
+    sc = result.scenario
+    out = invariants.check_no_conflicts(conn.log)
+    c_rec, s_rec = conn.log.records[C2S], conn.log.records[S2C]
+    for end in conn.ends():
+        st = end.stack.stats
+        out += [f"{end.name} stack: {name} = {getattr(st, name)}" for name in _STACK_ANOMALIES if getattr(st, name)]
+    pairs = ((C2S, conn.client.app.data, conn.server.stack, c_rec, INIT1_MAGIC),
+             (S2C, conn.server.app.data, conn.client.stack, s_rec, INIT2_MAGIC))
     if sc.expect_abort:
-        out += _check_abort(result)
+        if conn is result.conns[0]:
+            out += _check_abort(result)
         for label, written, receiver, _, _ in pairs:
             out += invariants.check_prefix(label, written, bytes(receiver.received))
     else:
-        out += [f"{h.name} stack aborted: {h.stack.error}" for h in (result.client, result.server) if h.stack.error]
+        out += [
+            f"{e.name} stack aborted: {e.stack.error}"
+            for e in conn.ends()
+            if e.stack.error and not e.stack.error_after_completion
+        ]
         for label, written, receiver, _, _ in pairs:
             out += invariants.check_stream_delivered(label, written, bytes(receiver.received), receiver.eof)
-        for host in (result.client, result.server):
-            if host.held:
-                out.append(f"{host.name}: {len(host.held)} packets still held after the flow finished")
     if sc.client_engine and not invariants.has_syn_eno(c_rec):
-        out.append("client engine did not put ENO on the SYN")
-    out += _check_engine_status(result)
+        out.append(f"{conn.client.name}: the client engine did not put ENO on the SYN")
     for label, written, _, rec, magic in pairs:
         if sc.expect_encrypted:
             out += invariants.check_eno_wire(label, rec, written, magic, complete=not sc.expect_abort)
         elif not sc.expect_abort:
             out += invariants.check_plain_wire(label, rec, written)
-    return out
+    return [f"[{conn.client.name}] {v}" if conn is not result.conns[0] else v for v in out]
 
 
 def _check_engine_status(result: SimResult) -> list[str]:
@@ -514,22 +614,31 @@ def _check_engine_status(result: SimResult) -> list[str]:
     on the session ID (RFC 8547 §4.8) with roles A (active opener) and B; a flow that fell
     back is not reported encrypted."""
     sc = result.scenario
-    status = {host.name: host.flows_at_eof for host in (result.client, result.server)}
+    client_side, server_side = result.sides
     if sc.expect_encrypted and not sc.expect_abort:
-        if len(status["client"]) != 1 or len(status["server"]) != 1:
-            return [f"flows(): expected one flow per engine, got {len(status['client'])} and {len(status['server'])}"]
-        a, b = status["client"][0], status["server"][0]
+        by_port = {}
+        for side in result.sides:
+            for flow in side.flows_at_eof:
+                port = int((flow.local if side is client_side else flow.remote).rsplit(":", 1)[1])
+                by_port.setdefault(port, {})[side.name] = flow
         out = []
-        if (a.role, b.role) != ("A", "B"):
-            out.append(f"flows(): roles {a.role}/{b.role}, expected A/B")
-        if not a.session_id or a.session_id != b.session_id:
-            out.append(f"flows(): session IDs differ or are empty: {a.session_id!r} vs {b.session_id!r}")
+        for conn in result.conns:
+            pair = by_port.get(conn.key, {})
+            if set(pair) != {"client", "server"}:
+                out.append(f"flows(): {conn.client.name} is missing at {sorted({'client', 'server'} - set(pair))}")
+                continue
+            a, b = pair["client"], pair["server"]
+            if (a.role, b.role) != ("A", "B"):
+                out.append(f"flows(): {conn.client.name} roles {a.role}/{b.role}, expected A/B")
+            if not a.session_id or a.session_id != b.session_id:
+                out.append(f"flows(): {conn.client.name} session IDs differ or are empty: "
+                           f"{a.session_id!r} vs {b.session_id!r}")
         return out
     if not sc.expect_encrypted:
         return [
-            f"flows(): {name} reports a {flow.state} flow on a connection that must be plain"
-            for name, flows in status.items()
-            for flow in flows
+            f"flows(): {side.name} reports a {flow.state} flow on a connection that must be plain"
+            for side in result.sides
+            for flow in side.flows_at_eof
             if flow.session_id
         ]
     return []
@@ -538,6 +647,7 @@ def _check_engine_status(result: SimResult) -> list[str]:
 def _check_abort(result: SimResult) -> list[str]:
     """A tampered frame must abort: the flip happened and the receiving side was reset."""
     sc = result.scenario
+    assert sc.flip is not None
     if not result.wire.stats.flips:
         return ["tamper scenario: the wire never flipped a byte (scenario proves nothing)"]
     receiver = result.server.stack if sc.flip.direction == C2S else result.client.stack

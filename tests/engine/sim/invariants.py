@@ -175,6 +175,7 @@ def check_eno_wire(label: str, rec: StreamRecord, written: bytes, init_magic: in
         return out
     pos = message_len
     frames = 0
+    framed = 0
     while pos + FRAME_HEADER <= len(wire):
         clen = struct.unpack_from("!H", wire, pos + 1)[0]
         if clen < MIN_CLEN:
@@ -182,6 +183,10 @@ def check_eno_wire(label: str, rec: StreamRecord, written: bytes, init_magic: in
             return out
         pos += FRAME_HEADER + clen
         frames += 1
+        framed += clen - MIN_CLEN
+    if complete and framed != len(written):
+        # No urgent data in the simulation, so every frame holds flags + data + tag.
+        out.append(f"{label}: frames carry {framed} application bytes, the application wrote {len(written)}")
     if complete and pos != len(wire):
         out.append(f"{label}: frames end at {pos}, wire stream at {len(wire)} (not whole frames)")
     if complete and len(rec.stream) != len(wire):

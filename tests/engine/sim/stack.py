@@ -117,6 +117,8 @@ class StackStats:
     dropped_paws: int = 0
     dropped_unparsable: int = 0
     inconsistent_retransmissions: int = 0
+    acks_beyond_sent: int = 0
+    sack_beyond_sent: int = 0
     resets_received: int = 0
 
 
@@ -155,6 +157,9 @@ class TcpStack:
         self.stats = StackStats()
         self.state = State.CLOSED
         self.error: str | None = None
+        #: the error came after EOF was read and all our data was ACKed: only our FIN was
+        #: pending, so the application (which has closed) cannot notice it
+        self.error_after_completion = False
         self._output: list[bytes] = []
         self._now = 0.0
         self._ts_offset = rng.getrandbits(32)
@@ -452,6 +457,7 @@ class TcpStack:
     def _process_ack(self, pkt: TCPPacket) -> None:
         ack = self.snd_una + seq_diff(pkt.ack, self.snd_una % SEQ_MOD)
         if ack > self.snd_max:
+            self.stats.acks_beyond_sent += 1
             self._send_ack()  # RFC 9293 §3.10.7.4: ACK of something not yet sent
             return
         if self.sack_ok:
@@ -511,7 +517,9 @@ class TcpStack:
         for left, right in options.sack_blocks(pkt.options):
             l_unw = self.snd_una + seq_diff(left, self.snd_una % SEQ_MOD)
             r_unw = self.snd_una + seq_diff(right, self.snd_una % SEQ_MOD)
-            if self.snd_una < r_unw <= self.snd_max and l_unw < r_unw:
+            if r_unw > self.snd_max or l_unw >= r_unw:
+                self.stats.sack_beyond_sent += 1  # a block for bytes never sent, or empty
+            elif r_unw > self.snd_una:
                 self._sacked.append((max(l_unw, self.snd_una), r_unw))
         self._sacked = _merge(self._sacked)
 
@@ -804,6 +812,7 @@ class TcpStack:
         if send_rst and self.state not in (State.CLOSED, State.LISTEN):
             self._emit(_Segment(self.snd_nxt, RST | ACK))
         self.error = reason
+        self.error_after_completion = self.eof and self._fin_seq is not None and self.bytes_unacked == 0
         self._close_silently()
 
     def _close_silently(self) -> None:

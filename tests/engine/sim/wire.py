@@ -99,6 +99,7 @@ class _DirectionView:
 
     isn: int | None = None
     init_len: int | None = None
+    third_ack_seen: bool = False
     kind_counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -123,6 +124,7 @@ class Wire:
         targeted: tuple[TargetedDrop, ...] = (),
         flip: ByteFlip | None = None,
         strip_synack_eno: bool = False,
+        target_key: int | None = None,
     ) -> None:
         self.rng = rng
         self.impairments = impairments
@@ -134,19 +136,20 @@ class Wire:
         self.stats = WireStats()
         self._queue: list[_InFlight] = []
         self._order = 0
-        self._views = {C2S: _DirectionView(), S2C: _DirectionView()}
-        self._third_ack_seen = False
+        #: targeted drops and the flip apply to the connection with this key only
+        self.target_key = target_key
+        self._views: dict[tuple[int, str], _DirectionView] = {}
 
     # ------------------------------------------------------------------ API
-    def send(self, direction: str, data: bytes, now: float) -> None:
-        """A packet enters the wire from the side that sends in ``direction``."""
+    def send(self, direction: str, data: bytes, now: float, key: int) -> None:
+        """A packet of connection ``key`` enters the wire from the side sending in ``direction``."""
         self.stats.sent += 1
         pkt = TCPPacket.parse(data)
         if len(data) > self.mtu:
             self.stats.oversize.append(f"{direction} seq={pkt.seq} len={len(data)} > mtu {self.mtu}")
             return
-        view = self._views[direction]
-        kinds = self._classify(direction, pkt)
+        view = self._views.setdefault((key, direction), _DirectionView())
+        kinds = self._classify(direction, pkt, view) if key == self.target_key else []
         for kind in kinds:
             view.kind_counts[kind] = view.kind_counts.get(kind, 0) + 1
         for kind in kinds:
@@ -160,7 +163,7 @@ class Wire:
                 data = _rebuild(pkt, options_raw=stripped)
                 pkt = TCPPacket.parse(data)
         flip = self.flip
-        if flip is not None and flip.direction == direction:
+        if flip is not None and flip.direction == direction and kinds:
             init_kind = "init1" if direction == C2S else "init2"
             if flip.in_init and init_kind in kinds and view.kind_counts[init_kind] == 1:
                 data = self._flip_byte(pkt, 0, min(len(pkt.payload), view.init_len or 0))
@@ -195,9 +198,8 @@ class Wire:
         return item.direction, item.data
 
     # ------------------------------------------------------------------ classification
-    def _classify(self, direction: str, pkt: TCPPacket) -> list[str]:
+    def _classify(self, direction: str, pkt: TCPPacket, view: _DirectionView) -> list[str]:
         """Name the kinds a packet counts as (learning ISN and Init length on the way)."""
-        view = self._views[direction]
         kinds: list[str] = []
         flags = pkt.flags
         if flags & SYN:
@@ -206,8 +208,8 @@ class Wire:
             return kinds
         if flags & RST or view.isn is None:
             return kinds
-        if direction == C2S and not self._third_ack_seen and flags & ACK:
-            self._third_ack_seen = True
+        if direction == C2S and not view.third_ack_seen and flags & ACK:
+            view.third_ack_seen = True
             kinds.append("third_ack")
         offset = (pkt.seq - view.isn - 1) % (1 << 32)
         payload = bytes(pkt.payload)
@@ -255,7 +257,7 @@ class Wire:
             if item.direction != direction:
                 continue
             prev = TCPPacket.parse(item.data)
-            if prev.flags & (SYN | RST | FIN) or not prev.payload:
+            if prev.flags & (SYN | RST | FIN) or not prev.payload or (prev.sport, prev.dport) != (pkt.sport, pkt.dport):
                 continue
             if (prev.seq + len(prev.payload)) % (1 << 32) != pkt.seq:
                 continue
