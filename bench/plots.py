@@ -24,6 +24,12 @@ def _bar_labels(ax, bars, values: list[float | None], fmt: str) -> None:
                     textcoords="offset points")
 
 
+def _log_axis(ax, values: list[float | None]) -> None:
+    """Log scale from 1 with headroom above the tallest bar for its label."""
+    ax.set_yscale("log")
+    ax.set_ylim(1, max([v for v in values if v] + [1]) * 3)
+
+
 def throughput_plot(results: dict[str, Any], path: Path) -> None:
     tput = results["throughput_mbps"]
     labels = [label.replace("tcpcryptd ", "tcpcryptd\n").replace(", ", "\n")
@@ -35,7 +41,7 @@ def throughput_plot(results: dict[str, Any], path: Path) -> None:
     # A missing value is drawn as an empty bar of height 1 (log scale) labelled so.
     bars = ax.bar(labels, [v or 1 for v in values], color=colors)
     _bar_labels(ax, bars, values, "{:.0f}")
-    ax.set_yscale("log")
+    _log_axis(ax, values)
     ax.set_ylabel("Mbit/s (median, log scale)")
     ax.set_title(f"Bulk throughput, iperf3 A -> B over veth, MTU 1500 ({results['date']})")
     ax.tick_params(axis="x", labelsize=8)
@@ -77,7 +83,7 @@ def connections_plot(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     bars = ax.bar(list(CONNECTION_ROWS.values()), [v or 1 for v in values], color=colors)
     _bar_labels(ax, bars, values, "{:.0f}")
-    ax.set_yscale("log")
+    _log_axis(ax, values)
     ax.set_ylabel("connections per second (log scale)")
     ax.set_title("Sequential connect + 1-byte request/response + close")
     ax.tick_params(axis="x", labelsize=8)

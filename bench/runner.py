@@ -58,7 +58,7 @@ class Progress:
 
 def _encrypted_count(bed: BenchBed) -> tuple[int, int]:
     """(encrypted, plain + fallback) flows counted so far by A's daemon."""
-    counters = bed.daemons["A"].counters()
+    counters = bed.status("A").get("counters", {})
     return (int(counters.get("encrypted", 0)),
             int(counters.get("plain", 0)) + int(counters.get("fallback", 0)))
 

@@ -40,7 +40,7 @@ def _normal_aead(name: str) -> str:
 
 def encrypted_sessions(bed: BenchBed, port: int) -> list[dict]:
     """A's daemon's sessions to B's ``port`` that completed the key exchange."""
-    sessions = bed.daemons["A"].sessions()
+    sessions = bed.status("A").get("sessions", [])
     return [s for s in sessions if s.get("session_id") and s.get("aead")
             and str(s.get("remote", "")).endswith(f":{port}")]
 

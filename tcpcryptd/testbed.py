@@ -320,10 +320,13 @@ class CaptureReport:
     payload_bytes: int = 0
     marker_hits: int = 0
     ports: set[int] = field(default_factory=set)
+    #: Packets tcpdump reported as dropped by the kernel (then the capture is incomplete).
+    kernel_drops: int = 0
 
     def summary(self) -> str:
-        return (f"capture: {self.packets} packets, ENO in {self.syn_with_eno}/{self.syn} SYN and "
-                f"{self.synack_with_eno}/{self.synack} SYN-ACK, marker found "
+        incomplete = f" (tcpdump lost {self.kernel_drops})" if self.kernel_drops else ""
+        return (f"capture: {self.packets} packets{incomplete}, ENO in {self.syn_with_eno}/"
+                f"{self.syn} SYN and {self.synack_with_eno}/{self.synack} SYN-ACK, marker found "
                 f"{self.marker_hits} times")
 
 
@@ -452,6 +455,7 @@ class Capture:
         self.path = path
         self.stderr_path = path.with_suffix(".tcpdump.txt")
         self.proc: subprocess.Popen | None = None
+        self.kernel_drops = 0
         self._stderr = None
 
     def start(self, timeout: float = 15.0) -> Capture:
@@ -478,10 +482,13 @@ class Capture:
             self._stderr.close()
             self._stderr = None
         found = re.search(rb"(\d+) packets? dropped by kernel", self.stderr_path.read_bytes())
-        return int(found.group(1)) if found else 0
+        self.kernel_drops = int(found.group(1)) if found else 0
+        return self.kernel_drops
 
     def analyze(self, marker: bytes, ports: Sequence[int] = ()) -> CaptureReport:
-        return analyze_pcap(self.path, marker, ports)
+        report = analyze_pcap(self.path, marker, ports)
+        report.kernel_drops = self.kernel_drops
+        return report
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,7 +497,7 @@ class Capture:
 
 @dataclass(frozen=True)
 class _Plan:
-    """Interface and address layout of one topology."""
+    """Addresses of the endpoints A and B in one topology."""
 
     a_v4: str
     b_v4: str

@@ -188,7 +188,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         now = self.clock()
-        sessions = [status_view.session_json(flow, now) for flow in self.engine.flows()]
+        sessions = [status_view.session_json(flow) for flow in self.engine.flows()]
         return {
             "daemon": {
                 "pid": os.getpid(),
@@ -215,8 +215,7 @@ class Daemon:
             raise ControlError("remote_addr must be a string")
         if local_port is None and remote_addr is None:
             raise ControlError("session-id needs remote_addr and remote_port, or local_port")
-        matches = [flow for flow in (status_view.session_json(f, self.clock())
-                                     for f in self.engine.flows())
+        matches = [flow for flow in (status_view.session_json(f) for f in self.engine.flows())
                    if status_view.matches(flow, remote_addr, remote_port, local_port)]
         if not matches:
             raise ControlError("no such connection")

@@ -17,6 +17,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from tcpcryptd.engine.flow import FlowStatus
+
 from tcpcryptd.daemon.config import TEP_NAMES
 
 _TEP_DISPLAY = {tep.name: name for name, tep in TEP_NAMES.items()}
@@ -44,7 +46,7 @@ def _normalize(endpoint: str) -> str:
         return endpoint
 
 
-def session_json(flow: Any, now: float) -> dict[str, Any]:
+def session_json(flow: FlowStatus) -> dict[str, Any]:
     """One engine ``FlowStatus`` as a status session object (schema in the module doc)."""
     return {
         "local": _normalize(flow.local),

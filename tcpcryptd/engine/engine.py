@@ -49,7 +49,7 @@ from tcpcryptd.engine.inbound import deliver_pending, handle_inbound
 from tcpcryptd.engine.outbound import handle_outbound, release_held
 from tcpcryptd.engine.reassembly import Reassembly
 from tcpcryptd.engine.sendmap import SendMap
-from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, PacketError, TCPPacket
+from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, URG, PacketError, TCPPacket
 
 _HANDSHAKE_STATES = (State.SYN_SENT, State.SYN_RECEIVED, State.NEGOTIATED)
 
@@ -106,6 +106,14 @@ class Engine:
                 # an ended ENO connection: nothing of it may pass, least of all plaintext
                 self.count(f"drops_{flow.state}")
                 result.verdict = Verdict.DROP
+                if (flow.state is State.TOMBSTONE and flow.abort_reason == ""
+                        and not pkt.flags & RST):
+                    # a retransmission of the finished connection: its sender missed the
+                    # final ACK, so repeat it, as a plain TCP end in TIME-WAIT would
+                    result.transmit.append(
+                        Transmit(flow.local_packet(flow.dl_sent, 0), Direction.INBOUND)
+                        if outbound else
+                        Transmit(flow.wire_packet(flow.final_wire_seq, 0), Direction.OUTBOUND))
             elif outbound:
                 self._outbound(flow, pkt, packet_id, now, result)
             else:
@@ -236,9 +244,10 @@ class Engine:
         self._drop_held(flow, result)
 
     def check_closed(self, flow: Flow, now: float) -> None:
-        """Both FINs delivered and ours acknowledged: linger, then forget."""
+        """Both FINs acknowledged (the peer's by the local stack): linger, then forget."""
         smap = flow.smap
         if (flow.closed_at is None and flow.local_fin and flow.dl_fin_sent
+                and flow.stack_rcv_ack >= flow.dl_sent
                 and smap.fin_wire is not None and smap.peer_wire_ack > smap.fin_wire):
             flow.state = State.CLOSED
             flow.closed_at = now
@@ -272,6 +281,9 @@ class Engine:
     def _bury(self, flow: Flow) -> None:
         """Linger over: free the flow's buffers and keys, keep only its 4-tuple (DESIGN.md §6)."""
         flow.state = State.TOMBSTONE
+        flow.final_local_ack = flow.smap.wire_to_local_ack(flow.smap.peer_wire_ack)
+        flow.final_wire_seq = flow.wire_snd_next()
+        flow.final_wire_ack = flow.rx.next + (1 if flow.rx_fin_done else 0)
         flow.smap = SendMap()
         flow.rx = Reassembly(limit=0)
         flow.dl_buf = bytearray()
@@ -501,8 +513,10 @@ class Engine:
             fin = flow.dl_fin_sent and piece_end == data_end
             data = bytes(flow.dl_buf[off - flow.dl_base:piece_end - flow.dl_base])
             if data or fin:
-                result.transmit.append(Transmit(
-                    flow.local_packet(off, PSH | (FIN if fin else 0), data), Direction.INBOUND))
+                urg_ptr = flow.urgent_pointer(off)
+                result.transmit.append(Transmit(flow.local_packet(
+                    off, PSH | (FIN if fin else 0) | (URG if urg_ptr else 0), data, urg_ptr),
+                    Direction.INBOUND))
             off = piece_end
             if off >= data_end or first_only:
                 break

@@ -177,6 +177,11 @@ class Flow:
         # packets held until keys exist: (packet_id, parsed packet)
         self.held: list[tuple[int, object]] = []
         self.closed_at: float | None = None
+        #: the peer's last ACK in local space, kept when the send map is freed (tombstone)
+        self.final_local_ack: int | None = None
+        #: our last wire ACK and sequence number, kept for the tombstone's answers
+        self.final_wire_ack: int | None = None
+        self.final_wire_seq = 0
         self.scheduled: float | None = None
         # counters for status
         self.packets_out = self.packets_in = 0
@@ -204,6 +209,17 @@ class Flow:
         """
         fin_acked = self.dl_fin_sent and self.stack_rcv_ack >= self.dl_sent
         return self.rx.next + (1 if fin_acked else 0)
+
+    def urgent_pointer(self, local_offset: int) -> int:
+        """URG pointer toward the stack for a segment at ``local_offset`` (0: no URG).
+
+        BSD/Linux semantics: it points just after the last urgent byte (RFC 8548 §3.7 URGp
+        frames give that byte; the peer's mark stays until the stack acknowledges it).
+        """
+        urgent = self.rx_urgent
+        if urgent is None or not 0 <= urgent - local_offset < 0xFFFF:
+            return 0
+        return urgent + 1 - local_offset
 
     def wire_snd_next(self) -> int:
         return self.smap.wire_end + (1 if self.local_fin else 0)
@@ -256,7 +272,10 @@ class Flow:
         """A segment toward the wire, from the local address, as the local stack would."""
         version, src, sport, dst, dport = self.key
         seq = (self.local_isn + 1 + wire_offset) & MASK32
-        ack = (self.peer_isn + 1 + self.wire_ack_offset()) & MASK32
+        ack_offset = self.final_wire_ack
+        if ack_offset is None:
+            ack_offset = self.wire_ack_offset()
+        ack = (self.peer_isn + 1 + ack_offset) & MASK32
         self.packets_out += 1
         self.bytes_out_wire += len(payload)
         return build(version, src, dst, sport, dport, seq, ack, flags | ACK, self.window_field(),
@@ -267,7 +286,10 @@ class Flow:
         """A segment toward the local stack, from the peer, as the peer would send it."""
         version, src, sport, dst, dport = self.key
         seq = (self.peer_isn + 1 + local_offset) & MASK32
-        ack = (self.local_isn + 1 + self.smap.wire_to_local_ack(self.smap.peer_wire_ack)) & MASK32
+        local_ack = self.final_local_ack
+        if local_ack is None:
+            local_ack = self.smap.wire_to_local_ack(self.smap.peer_wire_ack)
+        ack = (self.local_isn + 1 + local_ack) & MASK32
         raw = b""
         if self.ts_ok:
             raw = tcp_options.set_timestamps(raw, self.peer_tsval, self.stack_tsval)

@@ -107,9 +107,8 @@ def deliver_pending(eng: Engine, flow: Flow, now: float, pkt: TCPPacket | None,
         data = bytes(flow.dl_buf[off - flow.dl_base:piece_end - flow.dl_base])
         is_fin = fin and piece_end == end
         flags = PSH | (FIN if is_fin else 0)
-        urg_ptr = 0
-        if flow.rx_urgent is not None and flow.rx_urgent >= off:
-            urg_ptr = min(flow.rx_urgent + 1 - off, 0xFFFF)
+        urg_ptr = flow.urgent_pointer(off)
+        if urg_ptr:
             flags |= URG
         if pkt is not None:
             pkt.seq = (flow.peer_isn + 1 + off) & MASK32
@@ -131,8 +130,6 @@ def deliver_pending(eng: Engine, flow: Flow, now: float, pkt: TCPPacket | None,
             break
         if off >= send_to and not (fin and off == end):
             break
-    if flow.rx_urgent is not None and flow.rx_urgent < off:
-        flow.rx_urgent = None
     flow.dl_sent = off
     flow.bytes_in_plain += sent
     if flow.dl_deadline is None:
@@ -283,4 +280,5 @@ def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
     if answer and not delivered and not result.releases and not any(
             t.direction is Direction.OUTBOUND for t in result.transmit):
         result.transmit.append(eng.engine_ack(flow))
-    eng.check_closed(flow, now)
+    if flow.local_fin:
+        eng.check_closed(flow, now)

@@ -68,6 +68,8 @@ def note_stack(eng: Engine, flow: Flow, pkt: TCPPacket, now: float) -> bool:
             flow.dl_base += drop
         flow.dl_backoff = 0
         flow.stack_dupacks = 0
+        if flow.rx_urgent is not None and flow.rx_urgent < acked:
+            flow.rx_urgent = None   # the stack has the urgent byte
         flow.dl_deadline = now + eng.config.local_rto if acked < flow.dl_sent else None
         return False
     if acked == flow.stack_rcv_ack < flow.dl_sent and not len(pkt.payload):
@@ -77,8 +79,14 @@ def note_stack(eng: Engine, flow: Flow, pkt: TCPPacket, now: float) -> bool:
 
 
 def _wire_header(flow: Flow, pkt: TCPPacket, wire_offset: int, *, data: bool) -> None:
-    """Rewrite seq, ack, window and options of a stack segment for the wire."""
+    """Rewrite seq, ack, window and options of a stack segment for the wire.
+
+    URG never reaches the wire: urgent data travels as URGp inside the frame (RFC 8548 §3.7).
+    """
     pkt.seq = (flow.local_isn + 1 + wire_offset) & MASK32
+    if pkt.flags & URG:
+        pkt.flags &= ~URG
+        pkt.urg_ptr = 0
     if pkt.flags & ACK:
         pkt.ack = (flow.peer_isn + 1 + flow.wire_ack_offset()) & MASK32
         pkt.window = flow.window_field()
@@ -120,8 +128,8 @@ def _frame_new(flow: Flow, data: memoryview | bytes, urgent_last: int | None, fi
         pos += len(chunk)
         local_start = smap.local_end
         urgent = None
-        if urgent_last is not None and urgent_last >= local_start:
-            urgent = min(urgent_last - local_start, 0xFFFF)
+        if urgent_last is not None and 0 <= urgent_last - local_start <= 0xFFFF:
+            urgent = urgent_last - local_start
         smap.append(len(chunk), session.seal(smap.wire_end, chunk, fin=fin and pos >= n,
                                              urgent=urgent))
     flow.bytes_out_plain += n
@@ -159,6 +167,7 @@ def process_data(eng: Engine, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None,
     payload = pkt.payload
     n = len(payload)
     fin = bool(pkt.flags & FIN)
+    urg_ptr = pkt.urg_ptr if pkt.flags & URG else 0
     start = unwrap(pkt.seq, flow.local_isn, smap.local_end)
     header_done = False
     if start == smap.local_end and not pkt.flags & (FIN | URG) and smap.fin_local is None:
@@ -204,9 +213,8 @@ def process_data(eng: Engine, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None,
         if smap.fin_local is not None:
             eng.count("drops_data-after-fin")
             return None, []
-        urgent_last = None
-        if pkt.flags & URG and pkt.urg_ptr:
-            urgent_last = start + pkt.urg_ptr - 1
+        # 0xFFFF is Linux's "the urgent byte lies further than this": position unknown yet
+        urgent_last = start + urg_ptr - 1 if 0 < urg_ptr < 0xFFFF else None
         new = payload[smap.local_end - start:]
         _frame_new(flow, new, urgent_last, fin, max_payload)
         if fin:
@@ -273,7 +281,9 @@ def handle_outbound(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now
     if flow.state is State.NEGOTIATED:
         _start_init1(eng, flow, pkt, packet_id, now, result)
         return
-    deliver_pending(eng, flow, now, None, result)
+    if flow.dl_sent < flow.dl_base + len(flow.dl_buf) or (flow.rx_fin_done
+                                                           and not flow.dl_fin_sent):
+        deliver_pending(eng, flow, now, None, result)   # the stack's window may have opened
     if len(pkt.payload) or flags & FIN:
         if not flow.keyed or flow.held:
             _hold(eng, flow, packet_id, pkt, result)
@@ -282,7 +292,8 @@ def handle_outbound(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now
         result.verdict = Verdict.DROP if data is None else Verdict.ACCEPT
         result.data = data
         result.transmit.extend(extra)
-        eng.check_closed(flow, now)
+        if flow.local_fin:
+            eng.check_closed(flow, now)
         return
     # a pure ACK or window update
     start = unwrap(pkt.seq, flow.local_isn, flow.smap.local_end)
@@ -291,6 +302,8 @@ def handle_outbound(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now
     _wire_header(flow, pkt, flow.smap.local_to_wire(start), data=False)
     flow.packets_out += 1
     result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
+    if flow.local_fin:
+        eng.check_closed(flow, now)
 
 
 def release_held(eng: Engine, flow: Flow, now: float, result: Result) -> None:

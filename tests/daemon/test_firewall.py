@@ -15,7 +15,7 @@ import pytest
 
 from tcpcryptd.daemon import firewall
 from tcpcryptd.daemon.errors import FirewallError
-from tcpcryptd.daemon.firewall import (CHAIN_GUARD, CHAIN_IN, CHAIN_OUT, Backend, Firewall,
+from tcpcryptd.daemon.firewall import (CHAIN_GUARD, CHAIN_IN, CHAIN_OUT, Backend,
                                        RuleSpec, TableState, chain_rules, install_text,
                                        parse_save, remove_text)
 

@@ -8,7 +8,7 @@ from .fakes import flow_status
 
 
 def test_session_json_names_and_values():
-    session = session_json(flow_status(aead="ChaCha20-Poly1305"), now=10.0)
+    session = session_json(flow_status(aead="ChaCha20-Poly1305"))
     assert session == {
         "local": "10.0.0.1:40000", "remote": "10.0.0.2:80", "state": "encrypted", "role": "A",
         "tep": "X25519", "aead": "CHACHA20-POLY1305", "session_id": "23" + "ab" * 32,
@@ -18,7 +18,7 @@ def test_session_json_names_and_values():
 
 
 def test_unknown_tep_names_pass_through():
-    assert session_json(flow_status(tep="0x7f"), 0)["tep"] == "0x7f"
+    assert session_json(flow_status(tep="0x7f"))["tep"] == "0x7f"
 
 
 def test_endpoints_are_normalized():
@@ -28,7 +28,7 @@ def test_endpoints_are_normalized():
 
 
 def test_matches():
-    session = session_json(flow_status(), 0)
+    session = session_json(flow_status())
     assert matches(session, "10.0.0.2", 80, None)
     assert matches(session, None, None, 40000)
     assert not matches(session, "10.0.0.2", 81, None)
@@ -45,9 +45,9 @@ STATUS = {
 
 def test_render_table():
     text = render({**STATUS, "sessions": [
-        session_json(flow_status(), 0),
+        session_json(flow_status()),
         session_json(flow_status(remote="10.0.0.9:22", state="keying", tep="", aead="",
-                                 session_id="", age=75), 0)]})
+                                 session_id="", age=75))]})
     lines = text.splitlines()
     assert lines[0] == ("tcpcryptd 0.1.0 (pid 42): encryption of new connections enabled; "
                         "queue 0, nft rules, up 1h02m, 1 held packets")
@@ -66,6 +66,6 @@ def test_render_without_sessions_and_human_sizes():
     text = render({**STATUS, "daemon": {**STATUS["daemon"], "enabled": False, "uptime": 5},
                    "sessions": []})
     assert "connections disabled" in text and text.endswith("no sessions\n")
-    big = session_json(flow_status(), 0) | {"bytes_out": 5 * 1024 * 1024, "bytes_in": 2048}
+    big = session_json(flow_status()) | {"bytes_out": 5 * 1024 * 1024, "bytes_in": 2048}
     row = render({**STATUS, "sessions": [big]}).splitlines()[-1]
     assert "5.0M/5" in row and "2.0K/4" in row

@@ -482,6 +482,8 @@ def test_closed_flows_become_tombstones_then_are_forgotten():
     r = a.engine.handle_packet(5, a.seg(ISN_A + 1, ISN_B + 1, ACK | PSH, b"late"),
                                Direction.OUTBOUND, 62.0)
     assert r.verdict is Verdict.DROP
+    (answer,) = [TCPPacket.parse(t.data) for t in r.transmit]   # the final ACK, repeated
+    assert answer.flags == ACK and not len(answer.payload) and answer.ack == (ISN_A + 1) & M32
     # a new connection on the same 4-tuple starts afresh
     r = a.engine.handle_packet(6, a.seg(ISN_A + 99, 0, SYN, options=syn_options()),
                                Direction.OUTBOUND, 63.0)
@@ -620,3 +622,14 @@ def test_missing_init1_aborts_after_the_handshake_timeout_and_drops_held_data():
     result = b.engine.handle_timer(30.0)
     assert b.engine.counters["aborts_init-timeout"] == 1
     assert [rel.accept for rel in result.releases] == [False]
+
+
+def test_redelivery_keeps_the_urgent_mark():
+    pair = established()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK | URG | PSH, b"!" * 10, urg_ptr=10))
+    assert b.to_stack[-1].flags & URG
+    b.to_stack.clear()   # lost on the local path
+    pair.timer(b, b.engine.next_deadline())
+    (again,) = b.to_stack
+    assert again.flags & URG and again.urg_ptr == 10 and bytes(again.payload) == b"!" * 10

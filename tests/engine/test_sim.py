@@ -75,6 +75,7 @@ def random_scenario(seed: int, loss: float, version: int, *, engines: bool = Tru
         server_stack=stack(),
         client_iss=rng.choice((None, None, (1 << 32) - 1 - rng.randrange(3000))),
         connections=rng.choice((1, 1, 1, 1, 2, 3)),
+        urgent=rng.random() < 0.15,
     )
 
 
@@ -171,7 +172,8 @@ class _NonceReusingEngine(Engine):
             if len(pkt.payload) > 40 and pkt.seq in self._seen:
                 pkt.payload = bytes(pkt.payload[:-1]) + bytes([pkt.payload[-1] ^ 1])
                 result.data = pkt.to_bytes()
-            self._seen.add(pkt.seq)
+            if len(pkt.payload):
+                self._seen.add(pkt.seq)
         return result
 
 
@@ -248,6 +250,10 @@ def _matrix() -> list[Scenario]:
             base = random_scenario(seed, loss, 4)
             out.append(replace(base, name=f"localloss20-v4-loss{_pct(loss)}-s{seed}",
                                impairments=replace(base.impairments, local_loss=0.2)))
+    for v in (4, 6):
+        for seed, loss in ((1, 0.0), (2, 0.05), (3, 0.2)):
+            out.append(Scenario(f"urgent-v{v}-loss{_pct(loss)}-s{seed}", seed, v, urgent=True, c2s_bytes=30_000,
+                                s2c_bytes=3000, impairments=Impairments(loss=loss, jitter=0.005, resegment=0.2)))
     for v in (4, 6):
         for seed, loss in ((1, 0.0), (2, 0.01), (3, 0.05), (4, 0.2)):
             out.append(Scenario(f"multi8-v{v}-loss{_pct(loss)}-s{seed}", seed, v, connections=8,

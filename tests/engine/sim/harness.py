@@ -24,7 +24,7 @@ from typing import Callable, Protocol
 from tcpcryptd.core.constants import INIT1_MAGIC, INIT2_MAGIC
 from tcpcryptd.engine import Direction, Engine, EngineConfig, FlowStatus, Result, Verdict
 from tcpcryptd.packet import options
-from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, TCPPacket
+from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, URG, TCPPacket
 
 from . import invariants
 from .stack import Endpoint, StackConfig, State, TcpStack
@@ -39,6 +39,9 @@ _ADDRESSES = {
 _SERVER_PORT = 443
 #: Connections after the first start this much later each, so their handshakes interleave.
 _CONNECTION_STAGGER = 0.0013
+#: More events than this without the clock moving is a packet storm (or a timer that does not
+#: advance), not progress.
+_MAX_EVENTS_PER_INSTANT = 20_000
 
 
 class SimulationStalled(AssertionError):
@@ -75,11 +78,13 @@ class Scenario:
     slow_reader: bool = False
     keepalive: bool = False
     idle_before_close: float = 0.0
+    #: the client sends its second and its last chunk as urgent data (send(MSG_OOB))
+    urgent: bool = False
     client_stack: StackConfig = StackConfig()
     server_stack: StackConfig = StackConfig()
     client_iss: int | None = None
     max_time: float = 900.0
-    max_events: int = 1_000_000
+    max_events: int = 200_000
 
     @property
     def expect_encrypted(self) -> bool:
@@ -102,6 +107,10 @@ class _App:
     read_chunk: int = 2048
     read_interval: float = 0.3
     wait_for: int = 0
+    urgent_chunks: frozenset[int] = frozenset()
+    #: stream offsets one past each urgent write (what the urgent pointer marks)
+    urgent_ends: list[int] = field(default_factory=list)
+    chunks_written: int = 0
     written: int = 0
     next_write: float | None = None
     next_read: float | None = None
@@ -250,6 +259,7 @@ class Simulation:
         #: packets moving between a stack and its engine at this instant: (end, to, bytes)
         self._work: deque[tuple[_End, str, bytes]] = deque()
         self._pending_connects = list(self.conns)
+        self._events_at_now = 0
 
     def _make_conn(self, index: int, client_port: int) -> _Conn:
         sc = self.sc
@@ -263,12 +273,15 @@ class Simulation:
             _stack_config(sc.client_stack, sc), sc.client_iss if index == 0 else None,
         )
         server_stack = TcpStack(
-            "server" + suffix, server_ep, client_ep, random.Random(self.rng.random()), _stack_config(sc.server_stack, sc)
+            "server" + suffix, server_ep, client_ep, random.Random(self.rng.random()),
+            _stack_config(sc.server_stack, sc),
         )
         c_data = make_payload(self.rng, sc.c2s_bytes)
         s_data = make_payload(self.rng, sc.s2c_bytes)
-        client_app = _App(c_data, _chunks(self.rng, len(c_data)), sc.slow_reader,
-                          wait_for=len(s_data) if sc.server_first else 0, hold_close=sc.simultaneous_close)
+        c_chunks = _chunks(self.rng, len(c_data))
+        client_app = _App(c_data, c_chunks, sc.slow_reader, wait_for=len(s_data) if sc.server_first else 0,
+                          hold_close=sc.simultaneous_close,
+                          urgent_chunks=frozenset({1, len(c_chunks) - 1}) if sc.urgent else frozenset())
         server_app = _App(s_data, _chunks(self.rng, len(s_data)), sc.slow_reader, hold_close=sc.simultaneous_close)
         conn = _Conn(
             client_port,
@@ -293,7 +306,12 @@ class Simulation:
                     f"no completion within {self.sc.max_time}s / {self.sc.max_events} events: "
                     f"{self._result().summary()}"
                 )
-            self.now = max(self.now, when)
+            if when > self.now:
+                self.now, self._events_at_now = when, 0
+            self._events_at_now += 1
+            if self._events_at_now > _MAX_EVENTS_PER_INSTANT:
+                raise SimulationStalled(f"event storm: {_MAX_EVENTS_PER_INSTANT} events at t={self.now}: "
+                                        f"{self._result().summary()}")
             self._step()
             self._drain()
             self._app_react()
@@ -504,10 +522,14 @@ class Simulation:
 
     def _write(self, end: _End) -> None:
         app = end.app
-        size = app.chunks.pop(0)
-        end.stack.write(app.data[app.written : app.written + size], self.now)
+        size = app.chunks[app.chunks_written]
+        urgent = app.chunks_written in app.urgent_chunks
+        end.stack.write(app.data[app.written : app.written + size], self.now, urgent=urgent)
+        app.chunks_written += 1
         app.written += size
-        app.next_write = self.now + app.gap if app.chunks else None
+        if urgent:
+            app.urgent_ends.append(app.written)
+        app.next_write = self.now + app.gap if app.chunks_written < len(app.chunks) else None
         self._collect(end)
 
     def _fast_read(self, end: _End) -> None:
@@ -529,7 +551,9 @@ class Simulation:
 def describe(data: bytes) -> str:
     """One line for a trace: flags, ports, seq, ack, window, payload length, option kinds."""
     pkt = TCPPacket.parse(data)
-    names = "".join(n for bit, n in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, ".")) if pkt.flags & bit)
+    names = "".join(
+        n for bit, n in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (URG, "U"), (ACK, ".")) if pkt.flags & bit
+    )
     kinds = ",".join(str(k) for k, _ in options.parse(pkt.options))
     return (
         f"[{names}] {pkt.sport}>{pkt.dport} seq={pkt.seq} ack={pkt.ack} win={pkt.window} "
@@ -601,12 +625,29 @@ def _check_conn(result: SimResult, conn: _Conn) -> list[str]:
             out += invariants.check_stream_delivered(label, written, bytes(receiver.received), receiver.eof)
     if sc.client_engine and not invariants.has_syn_eno(c_rec):
         out.append(f"{conn.client.name}: the client engine did not put ENO on the SYN")
+    if sc.urgent and not sc.expect_abort:
+        out += _check_urgent(conn)
     for label, written, _, rec, magic in pairs:
         if sc.expect_encrypted:
-            out += invariants.check_eno_wire(label, rec, written, magic, complete=not sc.expect_abort)
+            out += invariants.check_eno_wire(label, rec, written, magic, complete=not sc.expect_abort,
+                                             urgent=sc.urgent)
         elif not sc.expect_abort:
             out += invariants.check_plain_wire(label, rec, written)
     return [f"[{conn.client.name}] {v}" if conn is not result.conns[0] else v for v in out]
+
+
+def _check_urgent(conn: _Conn) -> list[str]:
+    """The receiver's urgent pointer marks where the sender's urgent writes ended: never
+    elsewhere, and at least at the last one (later urgent data may supersede earlier marks
+    while both are in flight, as in plain TCP)."""
+    expected = conn.client.app.urgent_ends
+    marks = conn.server.stack.urgent_marks
+    out = []
+    if not marks <= set(expected):
+        out.append(f"urgent pointer marked offsets {sorted(marks - set(expected))}, urgent data ended at {expected}")
+    if expected and expected[-1] not in marks:
+        out.append(f"urgent data ending at {expected[-1]} was never marked (marks {sorted(marks)})")
+    return out
 
 
 def _check_engine_status(result: SimResult) -> list[str]:
@@ -672,4 +713,6 @@ def run(
     return Simulation(scenario, engine_factory, trace).run()
 
 
-__all__ = ["PLAINTEXT_MARKER", "Scenario", "SimResult", "Simulation", "SimulationStalled", "check", "make_payload", "run"]
+__all__ = [
+    "PLAINTEXT_MARKER", "Scenario", "SimResult", "Simulation", "SimulationStalled", "check", "make_payload", "run",
+]

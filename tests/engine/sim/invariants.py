@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass, field
 
 from tcpcryptd.packet import options
-from tcpcryptd.packet.tcp import SYN, TCPPacket
+from tcpcryptd.packet.tcp import SYN, URG, TCPPacket
 
 from .stack import seq_diff
 from .wire import C2S, S2C
@@ -44,6 +44,7 @@ class StreamRecord:
     high: int = 0
     conflicts: list[str] = field(default_factory=list)
     payload_packets: int = 0
+    urg_packets: int = 0
 
     def add(self, seq: int, payload: bytes) -> None:
         """Record ``payload`` at ``seq``; a differing byte at a known offset is a conflict."""
@@ -107,6 +108,8 @@ class WireLog:
             rec.isn = pkt.seq
             rec.syn_options = pkt.options
             return
+        if pkt.flags & URG:
+            rec.urg_packets += 1
         if len(pkt.payload):
             rec.add(pkt.seq, bytes(pkt.payload))
 
@@ -160,9 +163,14 @@ def check_plain_wire(label: str, rec: StreamRecord, written: bytes) -> list[str]
     return []
 
 
-def check_eno_wire(label: str, rec: StreamRecord, written: bytes, init_magic: int, complete: bool) -> list[str]:
-    """Invariant 4: Init message then frames, and no plaintext window on the wire."""
+def check_eno_wire(
+    label: str, rec: StreamRecord, written: bytes, init_magic: int, complete: bool, urgent: bool = False
+) -> list[str]:
+    """Invariant 4: Init message then frames, and no plaintext window on the wire; URG never
+    on the wire (urgent data travels inside the frames, RFC 8548 §3.7)."""
     out: list[str] = []
+    if rec.urg_packets:
+        out.append(f"{label}: {rec.urg_packets} packets with URG on an ENO wire")
     wire = rec.contiguous()
     out += _plaintext_leaks(label, wire, written)
     if len(wire) < 8:
@@ -184,8 +192,9 @@ def check_eno_wire(label: str, rec: StreamRecord, written: bytes, init_magic: in
         pos += FRAME_HEADER + clen
         frames += 1
         framed += clen - MIN_CLEN
-    if complete and framed != len(written):
-        # No urgent data in the simulation, so every frame holds flags + data + tag.
+    extra = framed - len(written)
+    # Every frame holds flags + data + tag; an URGp frame 2 bytes of urgent field more.
+    if complete and (extra < 0 or extra % 2 or (extra and not urgent)):
         out.append(f"{label}: frames carry {framed} application bytes, the application wrote {len(written)}")
     if complete and pos != len(wire):
         out.append(f"{label}: frames end at {pos}, wire stream at {len(wire)} (not whole frames)")

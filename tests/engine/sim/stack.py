@@ -19,7 +19,8 @@ reordering, duplication and resegmentation the way a real stack does. What it mo
 * zero-window probes (one new byte beyond the window, BSD style) and keep-alive probes
   (seq = SND.NXT - 1 carrying zero or one already-acknowledged byte, RFC 1122 §4.2.3.6);
 * FIN handling for normal and simultaneous close, RST (an in-window RST aborts: the error is
-  visible to the test), and checksum verification of every received packet.
+  visible to the test), urgent data (URG + urgent pointer, BSD/Linux semantics), and checksum
+  verification of every received packet.
 
 Sequence numbers are kept unwrapped (Python ints) inside the model; only the wire sees them
 modulo 2**32, so streams may cross the 32-bit wrap.
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from tcpcryptd.packet import checksum, options, tcp
-from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, TCPPacket
+from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, URG, TCPPacket
 
 SEQ_MOD = 1 << 32
 HALF = 1 << 31
@@ -172,6 +173,7 @@ class TcpStack:
         self.snd_wl1 = 0
         self.snd_wl2 = 0
         self._send_data = bytearray()
+        self._snd_up: int | None = None
         self._close_requested = False
         self._fin_seq: int | None = None
         self.peer_mss = 536
@@ -180,6 +182,7 @@ class TcpStack:
         self.ssthresh = 1 << 30
         self._dupacks = 0
         self._recovery_point: int | None = None
+        self._recovery_rexmit = 0
         self._sacked: list[tuple[int, int]] = []
         self._srtt: float | None = None
         self._timed: tuple[int, float] | None = None
@@ -200,6 +203,8 @@ class TcpStack:
         self._ooo: dict[int, bytes] = {}
         self._peer_fin_seq: int | None = None
         self.received = bytearray()
+        #: stream offsets the peer's urgent pointer marked (one past the last urgent byte)
+        self.urgent_marks: set[int] = set()
         self.eof = False
         self._ack_pending = 0
         self._delack_deadline: float | None = None
@@ -249,12 +254,16 @@ class TcpStack:
         """Passive open."""
         self.state = State.LISTEN
 
-    def write(self, data: bytes, now: float) -> None:
-        """The application writes bytes to the socket."""
+    def write(self, data: bytes, now: float, urgent: bool = False) -> None:
+        """The application writes bytes to the socket; ``urgent`` = send(MSG_OOB): the urgent
+        pointer then marks the end of these bytes (RFC 9293 §3.8.5, BSD/Linux semantics: it
+        points one past the last urgent byte)."""
         if self._close_requested:
             raise ValueError(f"{self.name}: write after close")
         self._now = now
         self._send_data += data
+        if urgent and data:
+            self._snd_up = self.iss + 1 + len(self._send_data)
         self._push(now)
 
     def read(self, limit: int, now: float) -> bytes:
@@ -450,6 +459,8 @@ class TcpStack:
         self._process_ack(pkt)
         if self.error is not None:
             return
+        if pkt.flags & URG:
+            self.urgent_marks.add(seg_seq + pkt.urg_ptr - (self.irs + 1))
         self._process_data(seg_seq, payload, bool(pkt.flags & FIN))
         self._push(self._now)
 
@@ -499,6 +510,7 @@ class TcpStack:
                 self.ssthresh = max(flight // 2, 2 * self.send_mss)
                 self.cwnd = self.ssthresh
                 self._recovery_point = self.snd_max
+                self._recovery_rexmit = self.snd_una
                 self._retransmit_hole()
             elif self._dupacks > 3 and self._recovery_point is not None and self._sacked:
                 self._retransmit_hole()
@@ -718,8 +730,9 @@ class TcpStack:
         return bytes(self._send_data[offset : offset + size])
 
     def _retransmit_hole(self) -> None:
-        """Retransmit the first range not yet SACKed above SND.UNA (fast retransmit)."""
-        start = self.snd_una
+        """Retransmit the first range above SND.UNA neither SACKed nor already retransmitted
+        in this recovery (fast retransmit; each hole once per recovery, RFC 6675 §4 NextSeg)."""
+        start = max(self.snd_una, self._recovery_rexmit)
         for left, right in self._sacked:
             if left <= start < right:
                 start = right
@@ -735,6 +748,7 @@ class TcpStack:
             return
         self.stats.retransmits_fast += 1
         self._timed = None
+        self._recovery_rexmit = start + size + (1 if fin else 0)
         self._emit(_Segment(start, ACK | (FIN if fin else 0), self._data_at(start, size)))
 
     def _on_rto(self, now: float) -> None:
@@ -842,10 +856,23 @@ class TcpStack:
             self._last_ack_sent = self.rcv_nxt
             self._delack_deadline = None
             self._ack_pending = 0
+        flags, urg_ptr = seg.flags, 0
+        if (
+            self._snd_up is not None
+            and self._snd_up > max(seg.seq, self.snd_una)
+            and self._snd_up - seg.seq <= 0xFFFF
+            and not flags & (SYN | RST)
+        ):
+            # Every segment while urgent data is outstanding and the pointer fits in 16 bits
+            # (Linux tcp_transmit_skb; its 0xFFFF "further ahead" variant is not modelled).
+            flags |= URG
+            urg_ptr = self._snd_up - seg.seq
         self.stats.segments_sent += 1
-        self._output.append(self._build(seg.seq % SEQ_MOD, ack, seg.flags, raw, seg.payload))
+        self._output.append(self._build(seg.seq % SEQ_MOD, ack, flags, raw, seg.payload, urg_ptr))
 
-    def _build(self, seq: int, ack: int, flags: int, raw_options: bytes, payload: bytes) -> bytes:
+    def _build(
+        self, seq: int, ack: int, flags: int, raw_options: bytes, payload: bytes, urg_ptr: int = 0
+    ) -> bytes:
         if flags & SYN:
             window = min(self._window_bytes() or self.config.rcv_buffer, 0xFFFF)
         elif self.state is State.CLOSED and self.error is None and not flags & ACK:
@@ -865,6 +892,7 @@ class TcpStack:
             window,
             options=raw_options,
             payload=payload,
+            urg_ptr=urg_ptr,
         )
 
     def _syn_options(self, is_synack: bool) -> bytes:

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 
 from tcpcryptd.core.constants import ENO_KIND
 from tcpcryptd.packet import options, tcp
-from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, TCPPacket
+from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, URG, TCPPacket
+
+from .stack import seq_diff
 
 #: Direction names on the wire: from the active opener (client) or from the server.
 C2S = "c2s"
@@ -262,7 +264,9 @@ class Wire:
             if (prev.seq + len(prev.payload)) % (1 << 32) != pkt.seq:
                 continue
             merged_payload = bytes(prev.payload) + bytes(pkt.payload)
-            merged = _rebuild(pkt, seq=prev.seq, payload=merged_payload)
+            # The later header wins; if only the earlier one had URG, its mark is kept.
+            base = pkt if pkt.flags & URG or not prev.flags & URG else prev
+            merged = _rebuild(base, seq=prev.seq, flags=base.flags | (pkt.flags & PSH), payload=merged_payload)
             if len(merged) > self.mtu:
                 return False
             item.data = merged
@@ -298,19 +302,31 @@ def _rebuild(
     payload: bytes | None = None,
     options_raw: bytes | None = None,
 ) -> bytes:
-    """A copy of ``pkt`` with some fields replaced; lengths and checksums recomputed."""
+    """A copy of ``pkt`` with some fields replaced; lengths and checksums recomputed.
+
+    A new ``seq`` moves the urgent pointer with it so it still marks the same stream byte; a
+    piece that starts at or after that byte loses URG (as TSO segmentation does)."""
+    new_seq = pkt.seq if seq is None else seq
+    new_flags = pkt.flags if flags is None else flags
+    urg_ptr = 0
+    if new_flags & URG:
+        urg_ptr = pkt.urg_ptr - seq_diff(new_seq, pkt.seq)
+        if not 0 < urg_ptr <= 0xFFFF:
+            new_flags &= ~URG
+            urg_ptr = 0
     return tcp.build(
         pkt.version,
         pkt.src,
         pkt.dst,
         pkt.sport,
         pkt.dport,
-        pkt.seq if seq is None else seq,
+        new_seq,
         pkt.ack,
-        pkt.flags if flags is None else flags,
+        new_flags,
         pkt.window,
         options=pkt.options if options_raw is None else options_raw,
         payload=bytes(pkt.payload) if payload is None else payload,
         ttl=pkt.ttl,
         df=pkt.df,
+        urg_ptr=urg_ptr,
     )
