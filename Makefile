@@ -51,16 +51,25 @@ bench-engine: setup
 	$(PY) -m bench.packet_costs
 	$(PY) -m bench.engine
 
-install: setup
-	$(PYTHON) -m pip install .
+# System-wide install: a dedicated virtualenv in /opt/tcpcryptd (Debian's python refuses
+# `pip install` into the system, PEP 668), the command linked into /usr/local/bin, the
+# unit and the default config.
+PREFIX_VENV ?= /opt/tcpcryptd
+install: $(STAMP)-apt
+	test -x $(PREFIX_VENV)/bin/python || $(PYTHON) -m venv $(PREFIX_VENV)
+	$(PREFIX_VENV)/bin/pip install -q --upgrade pip
+	$(PREFIX_VENV)/bin/pip install -q .
+	ln -sf $(PREFIX_VENV)/bin/tcpcryptd /usr/local/bin/tcpcryptd
 	install -D -m 0644 systemd/tcpcryptd.service /etc/systemd/system/tcpcryptd.service
-	install -D -m 0644 conf/tcpcryptd.toml /etc/tcpcryptd/tcpcryptd.toml
+	test -e /etc/tcpcryptd/tcpcryptd.toml || install -D -m 0644 conf/tcpcryptd.toml /etc/tcpcryptd/tcpcryptd.toml
 	-systemctl daemon-reload
 
 uninstall:
 	-systemctl disable --now tcpcryptd
-	rm -f /etc/systemd/system/tcpcryptd.service
-	-$(PYTHON) -m pip uninstall -y tcpcryptd
+	-/usr/local/bin/tcpcryptd disable
+	rm -f /etc/systemd/system/tcpcryptd.service /usr/local/bin/tcpcryptd
+	rm -rf $(PREFIX_VENV)
+	-systemctl daemon-reload
 
 clean:
 	rm -rf $(VENV) .pytest_cache .coverage htmlcov build *.egg-info
