@@ -690,7 +690,7 @@ class TestBed:
         """Packets dropped so far by :meth:`forward_loss` (v4 + v6)."""
         return self.r.rule_packets("filter", "FORWARD", LOSS_COMMENT) if self.r else 0
 
-    def start_impairment(self, *options: str, timeout: float = 15.0) -> subprocess.Popen:
+    def start_impairment(self, *options: str) -> subprocess.Popen:
         """Run tools/netimpair.py in R on forwarded TCP (v4 and v6) with ``options``."""
         if self.r is None:
             raise BedError("impairment needs the router namespace")
