@@ -8,7 +8,7 @@ namespace: ``raw PREROUTING`` runs before ``mangle PREROUTING`` where the daemon
 a dropped packet never reaches the queue (loss on the wire, in both directions).
 
 Additions to the test bed (kept here, not in tcpcryptd/testbed.py): daemon process figures
-from /proc (VmRSS, utime+stime) and :class:`ProfiledDaemon` (the daemon under cProfile).
+from /proc (VmRSS, utime+stime) and :func:`profiled_daemon` (the daemon under cProfile).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 import select
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,31 +81,13 @@ def read_line(proc: subprocess.Popen, timeout: float) -> str:
     return proc.stdout.readline().decode(errors="replace")
 
 
-class ProfiledDaemon(Daemon):
+def profiled_daemon(ns: Namespace, workdir: Path, extra_args: list[str],
+                    profile_path: Path) -> Daemon:
     """``tcpcryptd run`` under cProfile with a CPU-time clock (``python -m bench.profiling``),
     so time spent waiting in select() does not count. The stats file is written when the
     daemon exits on SIGTERM."""
-
-    def __init__(self, ns: Namespace, workdir: Path, extra_args: list[str],
-                 profile_path: Path) -> None:
-        super().__init__(ns, workdir, extra_args)
-        self.profile_path = profile_path
-
-    def start(self, timeout: float = 30.0) -> None:
-        self._log = open(self.log_path, "ab")
-        self.proc = self.ns.popen(
-            [sys.executable, "-m", "bench.profiling", "--out", str(self.profile_path), "run",
-             "--control", str(self.control), *self.extra_args],
-            stdout=self._log, stderr=self._log, cwd=str(REPO_ROOT))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BedError(f"[{self.ns.label}] profiled tcpcryptd exited with "
-                               f"{self.proc.returncode}:\n{self.log_tail()}")
-            if self.cli("status", check=False).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise BedError(f"[{self.ns.label}] profiled tcpcryptd did not answer:\n{self.log_tail()}")
+    return Daemon(ns, workdir, extra_args, cwd=str(REPO_ROOT),
+                  command=[sys.executable, "-m", "bench.profiling", "--out", str(profile_path)])
 
 
 class BenchBed:
@@ -173,9 +154,9 @@ class BenchBed:
         args = ["--config", str(config)]
         if self.profile_dir is None:
             return self.bed.daemon(label, args)
-        daemon = ProfiledDaemon(ns, self.bed.workdir, args, self.profile_dir / f"{label}.prof")
+        daemon = profiled_daemon(ns, self.bed.workdir, args, self.profile_dir / f"{label}.prof")
         self.bed.daemons.append(daemon)
-        daemon.start()
+        daemon.start(timeout=30.0)
         return daemon
 
     def _add_loss(self, probability: float) -> None:

@@ -221,8 +221,13 @@ class Namespace:
 class Daemon:
     """``tcpcryptd run`` in one namespace, with its own control socket and log file."""
 
-    def __init__(self, ns: Namespace, workdir: Path, extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, ns: Namespace, workdir: Path, extra_args: Sequence[str] = (),
+                 command: Sequence[str] | None = None, cwd: str | None = None) -> None:
+        """``command`` replaces ``tcpcryptd`` as the program started with ``run`` (e.g. the
+        daemon under a profiler); ``cwd`` is its working directory."""
         self.ns = ns
+        self.command = list(command) if command is not None else tcpcryptd_command()
+        self.cwd = cwd
         self.control = workdir / f"{ns.label}.sock"
         self.log_path = workdir / f"{ns.label}-daemon.log"
         self.extra_args = list(extra_args)
@@ -238,8 +243,9 @@ class Daemon:
     def start(self, timeout: float = 20.0) -> None:
         """Start the daemon and wait until ``tcpcryptd status`` answers."""
         self._log = open(self.log_path, "ab")
-        self.proc = self.ns.popen([*tcpcryptd_command(), "run", "--control", str(self.control),
-                                   *self.extra_args], stdout=self._log, stderr=self._log)
+        self.proc = self.ns.popen([*self.command, "run", "--control", str(self.control),
+                                   *self.extra_args], stdout=self._log, stderr=self._log,
+                                  cwd=self.cwd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

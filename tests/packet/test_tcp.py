@@ -6,7 +6,7 @@ import socket
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP, IPOption, in4_chksum
 from scapy.layers.inet6 import (
