@@ -131,7 +131,11 @@ def disable(config_path: Path | None, control_path: str | None) -> None:
     With no daemon running, removes rules a crashed daemon left behind.
     """
     config = _load(config_path, control_path)
-    if control.daemon_running(config.control.socket):
+    try:
+        running = control.daemon_running(config.control.socket)
+    except ControlError as exc:   # there, but busy or unreachable: its rules stay
+        _fail(str(exc))
+    if running:
         _toggle(config, False)
         return
     from tcpcryptd.daemon.runner import remove_leftover_rules

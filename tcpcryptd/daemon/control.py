@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tcpcryptd.daemon.errors import ControlError
+from tcpcryptd.daemon.errors import ControlError, DaemonTimeoutError, NoDaemonError
 
 log = logging.getLogger(__name__)
 
@@ -190,16 +190,21 @@ class ControlServer:
                 self._reply(connection, self._answer(line))
 
     def writable(self, fd: int) -> None:
+        """Send as much pending output as the socket takes now (a large answer in few turns)."""
         connection = self.connections[fd]
-        try:
-            sent = connection.sock.send(connection.outbuf)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            connection.outbuf.clear()
-            connection.closing = True
-            return
-        del connection.outbuf[:sent]
+        outbuf = connection.outbuf
+        sent_total = 0
+        with memoryview(outbuf) as pending:
+            while sent_total < len(pending):
+                try:
+                    sent_total += connection.sock.send(pending[sent_total:])
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    sent_total = len(pending)
+                    connection.closing = True
+                    break
+        del outbuf[:sent_total]
 
     def wants_write(self, fd: int) -> bool:
         return bool(self.connections[fd].outbuf)
@@ -253,8 +258,11 @@ def _answers(path: Path) -> bool:
 def request(path: str, message: Request, timeout: float = 10.0) -> Response:
     """Send one request to the daemon at ``path`` and return its answer.
 
-    Raises :class:`ControlError` with an operator-readable message when no daemon is there,
-    access is denied, or the answer is not a JSON object.
+    Raises :class:`ControlError` with an operator-readable message: its subclass
+    :class:`NoDaemonError` when no daemon is there (socket absent, connection refused),
+    :class:`DaemonTimeoutError` when one accepted the connection but did not answer within
+    ``timeout`` seconds; plain :class:`ControlError` when access is denied, the connection
+    broke or the answer is not a JSON object.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -262,8 +270,8 @@ def request(path: str, message: Request, timeout: float = 10.0) -> Response:
         try:
             sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise ControlError(f"no tcpcryptd is running (no daemon on control socket "
-                               f"{path})") from None
+            raise NoDaemonError(f"no tcpcryptd is running (no daemon on control socket "
+                                f"{path})") from None
         except PermissionError:
             raise ControlError(f"permission denied on control socket {path} "
                                f"(run as root)") from None
@@ -275,7 +283,8 @@ def request(path: str, message: Request, timeout: float = 10.0) -> Response:
                 break
             data += chunk
     except TimeoutError:
-        raise ControlError(f"tcpcryptd did not answer on {path} within {timeout:g}s") from None
+        raise DaemonTimeoutError(f"tcpcryptd is running but did not answer on {path} within "
+                                 f"{timeout:g}s (busy?); try again") from None
     except OSError as exc:
         if exc.errno in (errno.ECONNRESET, errno.EPIPE):
             raise ControlError(f"tcpcryptd closed the control connection on {path}") from None
@@ -291,9 +300,14 @@ def request(path: str, message: Request, timeout: float = 10.0) -> Response:
     return response
 
 
-def daemon_running(path: str) -> bool:
-    """True when a daemon answers ``ping`` on ``path``."""
+def daemon_running(path: str, timeout: float = 10.0) -> bool:
+    """True when a daemon answers ``ping`` on ``path``, False when none is there.
+
+    A daemon that is there but does not answer in time is not "not running": that raises
+    :class:`DaemonTimeoutError` (as do the other :class:`ControlError` cases of
+    :func:`request`), so no caller mistakes a busy daemon for a crashed one.
+    """
     try:
-        return bool(request(path, {"command": "ping"}, timeout=3.0).get("ok"))
-    except ControlError:
+        return bool(request(path, {"command": "ping"}, timeout=timeout).get("ok"))
+    except NoDaemonError:
         return False

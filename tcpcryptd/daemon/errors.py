@@ -23,3 +23,11 @@ class QueueError(DaemonError):
 
 class ControlError(DaemonError):
     """The control socket is absent, in use, or answered with an error."""
+
+
+class NoDaemonError(ControlError):
+    """No daemon is there: the control socket is absent or refuses connections."""
+
+
+class DaemonTimeoutError(ControlError):
+    """A daemon accepted the control connection but did not answer in time (busy)."""

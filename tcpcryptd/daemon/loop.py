@@ -41,7 +41,7 @@ class FlowEngine(Protocol):
                       now: float) -> Result: ...
     def handle_timer(self, now: float) -> Result: ...
     def next_deadline(self) -> float | None: ...
-    def flows(self) -> list[Any]: ...
+    def flows(self, now: float | None = None) -> list[Any]: ...
 
 
 class Sender(Protocol):
@@ -188,7 +188,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         now = self.clock()
-        sessions = [status_view.session_json(flow) for flow in self.engine.flows()]
+        sessions = [status_view.session_json(flow) for flow in self.engine.flows(now)]
         return {
             "daemon": {
                 "pid": os.getpid(),
@@ -215,7 +215,8 @@ class Daemon:
             raise ControlError("remote_addr must be a string")
         if local_port is None and remote_addr is None:
             raise ControlError("session-id needs remote_addr and remote_port, or local_port")
-        matches = [flow for flow in (status_view.session_json(f) for f in self.engine.flows())
+        sessions = (status_view.session_json(f) for f in self.engine.flows(self.clock()))
+        matches = [flow for flow in sessions
                    if status_view.matches(flow, remote_addr, remote_port, local_port)]
         if not matches:
             raise ControlError("no such connection")

@@ -14,6 +14,7 @@ crossed the network (Init messages and frame overhead included). ``tep``, ``aead
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any
 
@@ -39,11 +40,24 @@ def join_endpoint(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def _normalize(endpoint: str) -> str:
+@functools.lru_cache(maxsize=4096)
+def _canonical_host(host: str) -> str:
+    """An address in its canonical text (RFC 5952 for IPv6); unchanged if not an address."""
     try:
-        return join_endpoint(*split_endpoint(endpoint))
+        return str(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
+        return host
+
+
+def _normalize(endpoint: str) -> str:
+    """``HOST:PORT`` with HOST canonical; cheap for the engine's (already canonical) text."""
+    host, colon, port = endpoint.rpartition(":")
+    if not colon:
         return endpoint
+    canonical = _canonical_host(host)
+    if canonical == host.strip("[]") and (":" in canonical) == host.startswith("["):
+        return endpoint
+    return join_endpoint(canonical, int(port)) if port.isdigit() else endpoint
 
 
 def session_json(flow: FlowStatus) -> dict[str, Any]:

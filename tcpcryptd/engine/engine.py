@@ -14,7 +14,8 @@ keys are generated only when Init1/Init2 is needed.
 
 Counters: ``encrypted``, ``plain`` and ``plain_<reason>`` (never tried), ``fallback`` and
 ``fallback_<reason>`` (RFC 8547 §4.6), ``aborts`` and ``aborts_<reason>``,
-``drops_<reason>``, ``retransmits``.
+``drops_<reason>``, ``retransmits``, ``ended_acks`` and ``ended_resets`` (answers to segments
+of ended connections).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tcpcryptd.core.errors import (
 from tcpcryptd.core.negotiation import Fallback
 from tcpcryptd.engine.actions import Direction, Release, Result, Transmit, Verdict
 from tcpcryptd.engine.config import EngineConfig
-from tcpcryptd.engine.flow import Flow, FlowAbort, FlowStatus, State
+from tcpcryptd.engine.flow import MASK32, Flow, FlowAbort, FlowStatus, State
 from tcpcryptd.engine.handshake import (
     add_syn_option,
     clamp_mss,
@@ -106,14 +107,8 @@ class Engine:
                 # an ended ENO connection: nothing of it may pass, least of all plaintext
                 self.count(f"drops_{flow.state}")
                 result.verdict = Verdict.DROP
-                if (flow.state is State.TOMBSTONE and flow.abort_reason == ""
-                        and not pkt.flags & RST):
-                    # a retransmission of the finished connection: its sender missed the
-                    # final ACK, so repeat it, as a plain TCP end in TIME-WAIT would
-                    result.transmit.append(
-                        Transmit(flow.local_packet(flow.dl_sent, 0), Direction.INBOUND)
-                        if outbound else
-                        Transmit(flow.wire_packet(flow.final_wire_seq, 0), Direction.OUTBOUND))
+                if pkt.flags & (SYN | RST | ACK) == ACK:
+                    self._answer_ended(flow, pkt, outbound, result)
             elif outbound:
                 self._outbound(flow, pkt, packet_id, now, result)
             else:
@@ -169,9 +164,14 @@ class Engine:
             heapq.heappop(timers)
         return None
 
-    def flows(self) -> list[FlowStatus]:
-        """Status of every tracked flow, for ``tcpcryptd status``."""
-        return [flow.status(self._now) for flow in self._flows.values()]
+    def flows(self, now: float | None = None) -> list[FlowStatus]:
+        """Status of every tracked flow, for ``tcpcryptd status``.
+
+        Ages are measured at ``now`` (the daemon passes its clock, so they keep growing
+        while the engine is idle); without it, at the time of the last packet or timer.
+        """
+        at = self._now if now is None else now
+        return [flow.status(at) for flow in self._flows.values()]
 
     # -- services for the handshake, outbound and inbound paths ---------------------------
 
@@ -291,6 +291,51 @@ class Engine:
         flow.handshake = None
         flow.session = None  # forward secrecy: keys go with the connection (RFC 8547 §5)
         flow.rtx_deadline = flow.dl_deadline = None
+
+    def _answer_ended(self, flow: Flow, pkt: TCPPacket, outbound: bool,
+                      result: Result) -> None:
+        """Answer a segment of an ended connection as a plain TCP end would (RFC 9293).
+
+        Only segments with ACK and without SYN or RST come here (others are dropped without
+        an answer, RFC 9293 §3.10.7.4).  Never the segment itself: only engine-made,
+        payload-free ACK or RST segments, each sent back toward the segment's sender.
+        After an abort, and for a segment beyond the final point of a buried connection,
+        nothing more can be delivered: a RST, as a TCP without a TCB answers (RFC 9293
+        §3.10.7.1, ``<SEQ=SEG.ACK><CTL=RST>``), so the sender stops (its copy of our abort
+        RST may have been lost).  In a buried connection that closed without an abort, a
+        segment occupying sequence space at or below the final point its receiver
+        acknowledged (the local stack's last data and FIN, which the peer acknowledged; or
+        the peer's, which we acknowledged) is a retransmission whose sender missed the final
+        ACK: it is acknowledged again with the known final numbers, as in TIME-WAIT (RFC 9293
+        §3.10.7.4, "Acknowledge it").  A bare ACK at the final point gets no answer (ACKs are
+        not acknowledged; no ACK loop with a stack in TIME-WAIT).
+        """
+        length = len(pkt.payload) + (1 if pkt.flags & FIN else 0)
+        if flow.abort_reason or flow.state is not State.TOMBSTONE:
+            beyond = 1
+        elif outbound:
+            final = (flow.local_isn + 1 + (flow.final_local_ack or 0)) & MASK32
+            beyond = (pkt.seq + length - final) & MASK32
+        else:
+            final = (flow.peer_isn + 1 + (flow.final_wire_ack or 0)) & MASK32
+            beyond = (pkt.seq + length - final) & MASK32
+        if 0 < beyond < 1 << 31:
+            self.count("ended_resets")
+            if outbound:
+                result.transmit.append(Transmit(
+                    flow.local_packet((pkt.ack - flow.peer_isn - 1) & MASK32, RST),
+                    Direction.INBOUND))
+            else:
+                result.transmit.append(Transmit(
+                    flow.wire_packet((pkt.ack - flow.local_isn - 1) & MASK32, RST),
+                    Direction.OUTBOUND))
+            return
+        if length == 0 and pkt.seq == final:
+            return
+        self.count("ended_acks")
+        result.transmit.append(
+            Transmit(flow.local_packet(flow.dl_sent, 0), Direction.INBOUND) if outbound else
+            Transmit(flow.wire_packet(flow.final_wire_seq, 0), Direction.OUTBOUND))
 
     def _forget(self, flow: Flow) -> None:
         if self._flows.get(flow.key) is flow:

@@ -16,6 +16,7 @@ own shift), TTL/hop limit, DF and traffic class; toward the stack they mirror th
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -93,10 +94,10 @@ class FlowStatus:
 
 
 def _address(version: int, addr: bytes, port: int) -> str:
+    """``10.0.0.1:80`` or ``[fd00::1]:80``, the address in its canonical (RFC 5952) text."""
     if version == 4:
-        return f"{'.'.join(str(b) for b in addr)}:{port}"
-    groups = ":".join(addr[i:i + 2].hex() for i in range(0, 16, 2))
-    return f"[{groups}]:{port}"
+        return f"{socket.inet_ntop(socket.AF_INET, addr)}:{port}"
+    return f"[{socket.inet_ntop(socket.AF_INET6, addr)}]:{port}"
 
 
 class Flow:

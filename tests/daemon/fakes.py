@@ -70,6 +70,7 @@ class ScriptedEngine:
         self.deadline: float | None = None
         self.counters: dict[str, int] = {"encrypted": 1, "plain": 2}
         self._flows = flows or []
+        self.flows_now: float | None = None
         self.config = EngineConfig()
 
     def handle_packet(self, packet_id, data, direction, now):
@@ -92,7 +93,8 @@ class ScriptedEngine:
     def next_deadline(self):
         return self.deadline
 
-    def flows(self):
+    def flows(self, now=None):
+        self.flows_now = now
         return list(self._flows)
 
 

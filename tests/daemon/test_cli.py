@@ -12,7 +12,9 @@ from click.testing import CliRunner
 
 from tcpcryptd import cli
 from tcpcryptd.daemon.config import Config
+from tcpcryptd.daemon import control
 from tcpcryptd.daemon.control import ControlServer
+from tcpcryptd.daemon.errors import DaemonTimeoutError
 from tcpcryptd.daemon.loop import Daemon, PacketPath
 from tcpcryptd.daemon.nfqueue import Verdicts
 
@@ -120,6 +122,27 @@ def test_disable_without_daemon_removes_leftover_rules(tmp_path, monkeypatch, no
     second = invoke("disable", "--control", path)
     assert second.output == "no tcpcryptd is running: no firewall rules to remove\n"
     assert calls[0].control.socket == path
+
+
+def test_a_daemon_that_does_not_answer_is_not_called_absent(tmp_path, monkeypatch,
+                                                            no_default_config):
+    calls = []
+    fake_runner = types.ModuleType("tcpcryptd.daemon.runner")
+    fake_runner.remove_leftover_rules = lambda config: calls.append(config) or True
+    monkeypatch.setitem(sys.modules, "tcpcryptd.daemon.runner", fake_runner)
+    monkeypatch.setattr(control, "request", _busy)
+    path = str(tmp_path / "busy.sock")
+    for command in ("status", "disable"):
+        result = invoke(command, "--control", path)
+        assert result.exit_code == 1
+        assert "is running but did not answer" in result.output
+        assert "no tcpcryptd is running" not in result.output
+    assert calls == []   # a busy daemon's firewall rules are left alone
+
+
+def _busy(path, message, timeout=10.0):
+    raise DaemonTimeoutError(f"tcpcryptd is running but did not answer on {path} within "
+                             f"{timeout:g}s (busy?); try again")
 
 
 def test_config_errors_are_one_line_naming_the_key(tmp_path):

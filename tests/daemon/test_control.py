@@ -11,7 +11,7 @@ import pytest
 
 from tcpcryptd.daemon import control
 from tcpcryptd.daemon.control import MAX_REQUEST, ControlServer, parse_request, request
-from tcpcryptd.daemon.errors import ControlError
+from tcpcryptd.daemon.errors import ControlError, DaemonTimeoutError, NoDaemonError
 
 from .fakes import ControlThread
 
@@ -118,7 +118,7 @@ def test_stale_socket_is_replaced_but_a_live_one_is_not_stolen(sock_path):
 
 
 def test_request_errors_are_readable(sock_path, tmp_path):
-    with pytest.raises(ControlError, match="no tcpcryptd is running"):
+    with pytest.raises(NoDaemonError, match="no tcpcryptd is running"):
         request(sock_path, {"command": "ping"})
     assert control.daemon_running(sock_path) is False
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -126,7 +126,19 @@ def test_request_errors_are_readable(sock_path, tmp_path):
     silent.bind(path)
     silent.listen()
     try:
-        with pytest.raises(ControlError, match="did not answer"):
+        with pytest.raises(DaemonTimeoutError, match="is running but did not answer"):
             request(path, {"command": "ping"}, timeout=0.2)
+        # a daemon too busy to answer is not reported as absent
+        with pytest.raises(DaemonTimeoutError):
+            control.daemon_running(path, timeout=0.2)
     finally:
         silent.close()
+    # a socket file nobody listens on any more (daemon crashed): connection refused
+    with pytest.raises(NoDaemonError):
+        request(path, {"command": "ping"})
+
+
+def test_large_answer_arrives_whole(sock_path):
+    sessions = [{"local": f"10.0.{i >> 8}.{i & 255}:443", "n": i} for i in range(20_000)]
+    with ControlThread(ControlServer(sock_path, lambda _: {"ok": True, "sessions": sessions})):
+        assert request(sock_path, {"command": "status"})["sessions"] == sessions

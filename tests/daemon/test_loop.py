@@ -188,6 +188,11 @@ def test_status_schema(daemon):
     assert answer["sessions"][2]["local"] == "[fd00:201::1]:5000"
 
 
+def test_status_ages_are_taken_at_the_daemon_clock(daemon):
+    daemon.handle({"command": "status"})
+    assert daemon.engine.flows_now == 50.0
+
+
 def test_session_id_by_remote_or_local_port(daemon):
     by_remote = daemon.handle({"command": "session-id", "remote_addr": "10.0.0.2",
                                "remote_port": 80})

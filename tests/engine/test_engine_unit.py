@@ -300,6 +300,14 @@ def test_tampered_frame_aborts_with_rst_both_ways():
     # later packets of the aborted flow are dropped, never passed in plaintext
     r = b.engine.handle_packet(78, b.seg(ISN_B + 1, ISN_A + 1, ACK, b"leak"), Direction.OUTBOUND, 1.0)
     assert r.verdict is Verdict.DROP
+    # ... and answered with a RST toward the stack, whose copy of the abort may have been lost
+    (answer,) = r.transmit
+    reset = TCPPacket.parse(answer.data)
+    assert answer.direction is Direction.INBOUND and reset.flags & RST and not len(reset.payload)
+    assert reset.seq == (ISN_A + 1) & M32
+    # a RST is never answered
+    r = b.engine.handle_packet(79, b.seg(ISN_B + 1, ISN_A + 1, RST), Direction.OUTBOUND, 1.0)
+    assert r.verdict is Verdict.DROP and not r.transmit
 
 
 def test_fallback_when_the_peer_has_no_eno():
@@ -478,18 +486,72 @@ def test_closed_flows_become_tombstones_then_are_forgotten():
     (status,) = a.engine.flows()
     assert status.state == "tombstone" and status.session_id
     assert a.engine._flows[next(iter(a.engine._flows))].session is None   # keys wiped
-    # a late retransmission of the dead connection is dropped, never passed in plaintext
+    # late data of the reset connection is dropped, never passed in plaintext, and answered
+    # toward the stack with a RST (nothing beyond the final point can be delivered)
     r = a.engine.handle_packet(5, a.seg(ISN_A + 1, ISN_B + 1, ACK | PSH, b"late"),
                                Direction.OUTBOUND, 62.0)
     assert r.verdict is Verdict.DROP
-    (answer,) = [TCPPacket.parse(t.data) for t in r.transmit]   # the final ACK, repeated
-    assert answer.flags == ACK and not len(answer.payload) and answer.ack == (ISN_A + 1) & M32
+    (answer,) = [t for t in r.transmit if t.direction is Direction.INBOUND]
+    reset = TCPPacket.parse(answer.data)
+    assert reset.flags & RST and not len(reset.payload) and reset.seq == (ISN_B + 1) & M32
     # a new connection on the same 4-tuple starts afresh
     r = a.engine.handle_packet(6, a.seg(ISN_A + 99, 0, SYN, options=syn_options()),
                                Direction.OUTBOUND, 63.0)
     assert r.data is not None and a.engine.flows()[0].state == "syn-sent"
     pair.timer(a, 63.0 + 75.0)
     assert a.engine.flows() == []
+
+
+def test_tombstone_answers_like_plain_tcp_after_a_clean_close():
+    """F6: the stack whose final ACK was lost keeps retransmitting its FIN into the tombstone.
+
+    RFC 9293 §3.10.7.4 (TIME-WAIT): a retransmission at or below the final point is
+    acknowledged with the final numbers; §3.10.7.1: a segment beyond it gets a RST; a bare
+    ACK at the final point gets nothing.  Only engine-made, payload-free segments leave.
+    """
+    pair = established()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK | FIN | PSH, b"bye"))
+    _, b_wire = pair.send(b, b.seg(ISN_B + 1, ISN_A + 5, ACK | FIN | PSH, b"ok"))
+    pair.send(a, a.seg(ISN_A + 5, ISN_B + 4, ACK))
+    pair.timer(a, 61.0)
+    assert [f.state for f in a.engine.flows()] == ["tombstone"]
+    # A's stack missed the final ACK: it retransmits data + FIN; the tombstone ACKs it
+    r = a.engine.handle_packet(50, a.seg(ISN_A + 1, ISN_B + 4, ACK | FIN | PSH, b"bye"),
+                               Direction.OUTBOUND, 62.0)
+    assert r.verdict is Verdict.DROP and r.data is None
+    (answer,) = r.transmit
+    ack = TCPPacket.parse(answer.data)
+    assert answer.direction is Direction.INBOUND and ack.flags == ACK and not len(ack.payload)
+    assert ack.ack == (ISN_A + 5) & M32 and ack.seq == (ISN_B + 4) & M32
+    # its bare ACK of that answer gets none (no ACK loop with a stack in TIME-WAIT)
+    r = a.engine.handle_packet(51, a.seg(ISN_A + 5, ISN_B + 4, ACK), Direction.OUTBOUND, 62.5)
+    assert r.verdict is Verdict.DROP and not r.transmit
+    # data beyond the final point cannot be delivered: RST toward the stack, <SEQ=SEG.ACK>
+    r = a.engine.handle_packet(52, a.seg(ISN_A + 5, ISN_B + 4, ACK | PSH, b"more"),
+                               Direction.OUTBOUND, 63.0)
+    (answer,) = r.transmit
+    reset = TCPPacket.parse(answer.data)
+    assert answer.direction is Direction.INBOUND and reset.flags & RST
+    assert reset.seq == (ISN_B + 4) & M32 and not len(reset.payload)
+    # the peer retransmits its FIN frame: the tombstone ACKs it on the wire, payload-free
+    fin = TCPPacket.parse(b_wire[-1])
+    assert fin.flags & FIN
+    r = a.engine.handle_packet(53, b_wire[-1], Direction.INBOUND, 64.0)
+    assert r.verdict is Verdict.DROP and r.data is None
+    (answer,) = r.transmit
+    wire_ack = TCPPacket.parse(answer.data)
+    assert answer.direction is Direction.OUTBOUND and wire_ack.flags == ACK
+    assert not len(wire_ack.payload) and wire_ack.ack == (fin.seq + len(fin.payload) + 1) & M32
+    assert a.engine.counters["ended_acks"] == 2 and a.engine.counters["ended_resets"] == 1
+
+
+def test_flows_reports_ages_at_the_given_time():
+    pair = established()
+    a = pair.a
+    (idle,) = a.engine.flows()
+    (later,) = a.engine.flows(100.0)
+    assert later.age == pytest.approx(idle.age + 100.0)
 
 
 def test_idle_encrypted_flow_is_aborted_and_forgotten():
