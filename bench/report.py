@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.diagnostics import summarize
+
 #: Throughput rows in table order: key in ``throughput_mbps`` -> label.
 THROUGHPUT_ROWS: dict[str, str] = {
     "plain": "plain TCP",
@@ -112,6 +114,8 @@ class Samples:
     cpu_s_per_gb: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     engine_us: dict[str, float] = field(default_factory=dict)
+    #: throughput row -> one :meth:`bench.diagnostics.RunDiagnostics.stop` dict per run
+    diagnostics: dict[str, list[dict]] = field(default_factory=dict)
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -249,6 +253,9 @@ def build_results(samples: Samples, *, machine: dict[str, Any], date: str,
                            "detail": t.detail} for t in target_verdicts(results)]
     if samples.engine_us:
         results["engine_us"] = dict(samples.engine_us)
+    if samples.diagnostics:
+        results["diagnostics"] = {row: summarize(runs)
+                                  for row, runs in samples.diagnostics.items()}
     if settings is not None:
         results["settings"] = settings
     results["notes"] = list(samples.notes)
@@ -306,6 +313,8 @@ def format_table(results: dict[str, Any]) -> str:
               f"{_fmt(memory['rss_mb_10k'], ' MiB')} |",
               f"| CPU seconds per GB (both daemons, AES-128-GCM bulk) | "
               f"{_fmt(results['cpu_s_per_gb'], ' s', 2)} |"]
+    if results.get("diagnostics"):
+        lines += ["", *format_diagnostics(results["diagnostics"])]
     if results.get("engine_us"):
         lines += ["", "| per-operation cost (bench.packet_costs, bench.engine) | µs |",
                   "|---|---:|"]
@@ -317,3 +326,26 @@ def format_table(results: dict[str, Any]) -> str:
     if results["notes"]:
         lines += ["", "Notes:"] + [f"- {note}" for note in results["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def format_diagnostics(diagnostics: dict[str, Any]) -> list[str]:
+    """One row per bulk throughput row: is the machine / are the daemons out of CPU?"""
+    lines = ["| bulk run diagnostics (median over runs) | machine idle | load 1 min | "
+             "daemon A CPU / run-queue wait | daemon B CPU / run-queue wait | "
+             "NFQUEUE backlog A / B (mean packets) |", "|---|---:|---:|---:|---:|---:|"]
+
+    def daemon(row: dict[str, Any], label: str) -> str:
+        figures = row["daemons"].get(label)
+        if figures is None:
+            return ""
+        return (f"{_fmt(figures['cpu_pct'], '%', 0)} / "
+                f"{_fmt(figures['runqueue_wait_pct'], '%', 0)}")
+
+    for key, row in diagnostics.items():
+        backlog = row["nfqueue_backlog_mean"]
+        queues = " / ".join(_fmt(backlog.get(label), "", 0) for label in ("A", "B")
+                            ) if backlog else ""
+        lines.append(f"| {THROUGHPUT_ROWS.get(key, key)} | "
+                     f"{_fmt(row['machine_idle_pct'], '%', 0)} | {_fmt(row['loadavg_1m'], '', 2)} | "
+                     f"{daemon(row, 'A')} | {daemon(row, 'B')} | {queues} |")
+    return lines

@@ -123,8 +123,9 @@ class Runner:
                     self._guarded(what, lambda: self._queue_drops(bed, what))
             if self._busy:
                 self.samples.note(f"{what}: each daemon was busy {median(self._busy):.0%} of "
-                                  f"the time on average (utime+stime / wall time): far below "
-                                  f"100% means the flow is not limited by the daemon's CPU")
+                                  f"the time on average (utime+stime / wall time); judge "
+                                  f"CPU saturation from machine idle % and the NFQUEUE "
+                                  f"backlog in the diagnostics, not from this figure")
 
     def _one_iperf(self, bed: BenchBed, row: str, mode: Mode, parallel: int) -> None:
         run = iperf3(bed, self.settings.seconds, parallel)
@@ -140,6 +141,8 @@ class Runner:
                 if row == "aes128gcm" and run.bytes > 0:
                     self.samples.cpu_s_per_gb.append(run.daemon_cpu_s / (run.bytes / 1e9))
         self.samples.throughput.setdefault(row, []).append(run.mbps)
+        if run.diagnostics:
+            self.samples.diagnostics.setdefault(row, []).append(run.diagnostics)
 
     def _queue_drops(self, bed: BenchBed, what: str) -> None:
         drops = bed.queue_drops()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.bed import REPO_ROOT, BenchBed, read_line
+from bench.diagnostics import RunDiagnostics
 from tcpcryptd.testbed import BedError, Namespace, sha256_file
 
 IPERF_PORT = 5201
@@ -57,6 +58,19 @@ class IperfRun:
     daemon_cpu_s: float | None
     #: AEAD names of the encrypted sessions seen while it ran (tcpcryptd only)
     aeads: set[str] = field(default_factory=set)
+    #: machine idle %, daemon CPU and run-queue wait %, NFQUEUE backlog, load average
+    #: (:meth:`bench.diagnostics.RunDiagnostics.stop`)
+    diagnostics: dict = field(default_factory=dict)
+
+
+def _run_diagnostics(bed: BenchBed) -> RunDiagnostics:
+    """Diagnostics of both daemons and, unless the mode is plain, both NFQUEUEs."""
+    readers = {}
+    if bed.mode.kind != "plain":
+        for ns in (bed.a, bed.b):
+            readers[ns.label] = (lambda ns=ns: ns.run(
+                "cat", "/proc/net/netfilter/nfnetlink_queue").stdout.decode())
+    return RunDiagnostics(bed.daemon_pids(), readers)
 
 
 def iperf3(bed: BenchBed, seconds: float, parallel: int = 1) -> IperfRun:
@@ -64,6 +78,8 @@ def iperf3(bed: BenchBed, seconds: float, parallel: int = 1) -> IperfRun:
     server = bed.b.popen(["iperf3", "-s", "-1", "-p", str(IPERF_PORT)])
     wait_listening(bed.b, IPERF_PORT)
     cpu_before = bed.daemon_cpu_seconds() if bed.daemons else None
+    diagnostics = _run_diagnostics(bed)
+    diagnostics.start()
     client = bed.a.popen(["iperf3", "-c", bed.server_address, "-p", str(IPERF_PORT), "-t",
                           str(seconds), "-P", str(parallel), "-J"], stdout=subprocess.PIPE)
     aeads: set[str] = set()
@@ -74,7 +90,9 @@ def iperf3(bed: BenchBed, seconds: float, parallel: int = 1) -> IperfRun:
         out, _ = client.communicate(timeout=seconds + 60)
     except subprocess.TimeoutExpired as exc:
         client.kill()
+        diagnostics.stop()
         raise BedError(f"iperf3 did not finish within {seconds + 60:.0f}s") from exc
+    figures = diagnostics.stop()
     cpu_s = bed.daemon_cpu_seconds() - cpu_before if cpu_before is not None else None
     server.wait(timeout=30)
     try:
@@ -84,7 +102,8 @@ def iperf3(bed: BenchBed, seconds: float, parallel: int = 1) -> IperfRun:
     if "error" in report:
         raise BedError(f"iperf3: {report['error']}")
     received = report["end"]["sum_received"]
-    return IperfRun(received["bits_per_second"] / 1e6, int(received["bytes"]), cpu_s, aeads)
+    return IperfRun(received["bits_per_second"] / 1e6, int(received["bytes"]), cpu_s, aeads,
+                   figures)
 
 
 # ---------------------------------------------------------------------------------------------
