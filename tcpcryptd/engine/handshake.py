@@ -216,7 +216,9 @@ def consume_init(flow: Flow, cfg: EngineConfig, chunk: bytes | memoryview) -> tu
         assert flow.negotiated is not None
         responder = ResponderHandshake(flow.negotiated.tep_byte, flow.negotiated.transcript,
                                        cfg.aead_preference)
-        flow.handshake = responder
         init2, flow.session = responder.receive_init1(message, max_len=cfg.max_init_len)
+    # The ephemeral private key, ES and PRK are not needed once the session exists: drop
+    # them now rather than at the end of the connection (RFC 8548 §3.3, forward secrecy).
+    flow.handshake = None
     flow.state = State.ENCRYPTED
     return init2, leftover

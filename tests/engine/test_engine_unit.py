@@ -64,6 +64,14 @@ def established() -> Pair:
     return pair
 
 
+def test_ephemeral_key_material_is_dropped_once_keys_exist():
+    """The private key, ES and PRK go as soon as the session exists (RFC 8548 §3.3)."""
+    pair = established()
+    for host in (pair.a, pair.b):
+        (flow,) = host.engine._flows.values()
+        assert flow.session is not None and flow.handshake is None
+
+
 def test_handshake_negotiates_x25519_and_equal_session_ids():
     pair = established()
     (fa,), (fb,) = pair.a.engine.flows(), pair.b.engine.flows()
