@@ -93,7 +93,8 @@ def deliver_pending(eng: Engine, flow: Flow, now: float, pkt: TCPPacket | None,
 
     The first piece is written into ``pkt`` (the packet being handled) when given.
     """
-    end = flow.dl_base + len(flow.dl_buf)
+    dl_base, dl_buf = flow.dl_base, flow.dl_buf
+    end = dl_base + len(dl_buf)
     send_to = min(end, flow.stack_rcv_ack + flow.stack_window)
     fin = flow.rx_fin_done and not flow.dl_fin_sent
     off = flow.dl_sent
@@ -104,10 +105,10 @@ def deliver_pending(eng: Engine, flow: Flow, now: float, pkt: TCPPacket | None,
     sent = 0
     while True:
         piece_end = min(off + seg, send_to) if off < send_to else off
-        data = bytes(flow.dl_buf[off - flow.dl_base:piece_end - flow.dl_base])
+        data = bytes(dl_buf[off - dl_base:piece_end - dl_base])
         is_fin = fin and piece_end == end
         flags = PSH | (FIN if is_fin else 0)
-        urg_ptr = flow.urgent_pointer(off)
+        urg_ptr = 0 if flow.rx_urgent is None else flow.urgent_pointer(off)
         if urg_ptr:
             flags |= URG
         if pkt is not None:

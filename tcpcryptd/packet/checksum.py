@@ -28,6 +28,7 @@ Buffer: TypeAlias = bytes | bytearray | memoryview
 
 __all__ = [
     "Buffer",
+    "residue_of",
     "ones_sum",
     "internet_checksum",
     "ipv4_header_checksum",
@@ -42,7 +43,7 @@ _PROTO_TCP = 6
 _FOLD_MIN_LEN = 256
 
 
-def _residue(data: Buffer) -> int:
+def residue_of(data: Buffer) -> int:
     """``data``'s ones'-complement sum modulo ``0xFFFF`` (odd length zero-padded), in 0..0xFFFE.
 
     Zero both for all-zero data and for data whose sum is ``0xFFFF`` (negative zero): the
@@ -65,7 +66,7 @@ def ones_sum(data: Buffer) -> int:
 
     Returns 0 only for all-zero (or empty) data, otherwise a value in 1..0xFFFF.
     """
-    r = _residue(data)
+    r = residue_of(data)
     if r:
         return r
     return 0xFFFF if int.from_bytes(data, "big") else 0
@@ -94,7 +95,7 @@ def ipv4_header_checksum(header: Buffer) -> int:
     if len(header) < 20:
         raise ValueError("an IPv4 header has at least 20 bytes")
     field = (header[10] << 8) | header[11]
-    return _complement_of_nonzero_sum((_residue(header) - field) % 0xFFFF)
+    return _complement_of_nonzero_sum((residue_of(header) - field) % 0xFFFF)
 
 
 def _pseudo_header_residue(src: bytes, dst: bytes, tcp_length: int) -> int:
@@ -121,7 +122,7 @@ def tcp_checksum(src: bytes, dst: bytes, *segment_parts: Buffer) -> int:
         n = len(part)
         if length & 1:
             raise ValueError("only the last segment part may have odd length")
-        total += _residue(part)
+        total += residue_of(part)
         length += n
     return _complement_of_nonzero_sum((total + _pseudo_header_residue(src, dst, length)) % 0xFFFF)
 
@@ -137,7 +138,7 @@ def update(checksum: int, old: Buffer, new: Buffer) -> int:
     carried over, not hidden (RFC 1624 §1).
     """
     return _complement_of_nonzero_sum(
-        ((0xFFFF - checksum) - _residue(old) + _residue(new)) % 0xFFFF
+        ((0xFFFF - checksum) - residue_of(old) + residue_of(new)) % 0xFFFF
     )
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import struct
 
-from tcpcryptd.packet.checksum import Buffer, ipv4_header_checksum, tcp_checksum
+from tcpcryptd.packet.checksum import Buffer, ipv4_header_checksum, residue_of
 
 __all__ = [
     "FIN",
@@ -63,6 +63,8 @@ FlowKey = tuple[int, bytes, int, bytes, int]
 _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _IPV6_HEADER = struct.Struct("!IHBB16s16s")
 _TCP_HEADER = struct.Struct("!HHIIHHHH")
+#: IPv4 header without options and the fixed TCP header, packed in one call on the hot path.
+_IPV4_TCP_HEADERS = struct.Struct("!BBHHHBBH4s4sHHIIHHHH")
 _IPV4_DF = 0x4000
 _IPV4_MF_AND_OFFSET = 0x3FFF
 _IPV4_OPT_EOL = 0
@@ -270,7 +272,20 @@ class TCPPacket:
         pkt._raw = buf
         pkt._tcp_start = tcp_start
         pkt._tcp_header_end = header_end
-        pkt._ip_fields = pkt._current_ip_fields()
+        # the same tuple as _current_ip_fields(), built from the locals without a method call
+        pkt._ip_fields = (
+            version,
+            src,
+            dst,
+            ttl,
+            tos,
+            pkt.df,
+            pkt.ip_id,
+            pkt.flow_label,
+            ip_options,
+            pkt.ext_headers,
+            pkt.ip6_next_header,
+        )
         return pkt
 
     def _current_ip_fields(self) -> tuple[object, ...]:
@@ -420,9 +435,19 @@ def _encode(
     ext_headers: bytes,
     ip6_next_header: int,
 ) -> bytes:
-    """Serialise IP + TCP with correct lengths and full checksums (RFC 791, 8200, 9293)."""
-    address_length = 4 if version == 4 else 16 if version == 6 else 0
-    if not address_length:
+    """Serialise IP + TCP with correct lengths and full checksums (RFC 791, 8200, 9293).
+
+    One big-integer pass over the payload only: every header word's contribution to the
+    ones'-complement sum is taken from the field values (a 16/32-bit field is congruent to
+    the sum of its words modulo 0xFFFF, see :mod:`tcpcryptd.packet.checksum`), and the
+    options are short. Both true sums are non-zero (the pseudo-header holds protocol 6, the
+    IPv4 header version 4), so residue 0 means checksum 0.
+    """
+    if version == 4:
+        address_length = 4
+    elif version == 6:
+        address_length = 16
+    else:
         raise ValueError(f"IP version {version}")
     if len(src) != address_length or len(dst) != address_length:
         raise ValueError(f"IPv{version} addresses are {address_length} bytes")
@@ -434,35 +459,57 @@ def _encode(
     header_length = 20 + options_length
     tcp_length = header_length + len(payload)
     offset_flags = (header_length << 10) | flags
-    checksum = tcp_checksum(
-        src,
-        dst,
-        _TCP_HEADER.pack(sport, dport, seq, ack, offset_flags, window, 0, urg_ptr),
-        options,
-        payload,
-    )
-    tcp_header = _TCP_HEADER.pack(sport, dport, seq, ack, offset_flags, window, checksum, urg_ptr)
+    addresses = int.from_bytes(src, "big") + int.from_bytes(dst, "big")
+    residue = (
+        addresses
+        + _PROTO_TCP
+        + tcp_length
+        + sport
+        + dport
+        + seq
+        + ack
+        + offset_flags
+        + window
+        + urg_ptr
+        + int.from_bytes(options, "big")
+        + residue_of(payload)
+    ) % 0xFFFF
+    checksum = 0xFFFF - residue if residue else 0
     if version == 4:
-        if len(ip_options) & 3 or len(ip_options) > 40:
+        ip_options_length = len(ip_options)
+        if ip_options_length & 3 or ip_options_length > 40:
             raise ValueError("IPv4 options must be a multiple of 4 bytes, at most 40")
-        ip_header_length = 20 + len(ip_options)
+        ip_header_length = 20 + ip_options_length
         total = ip_header_length + tcp_length
         if total > _MAX_IP_LENGTH:
             raise ValueError("IPv4 packet longer than 65535 bytes")
-        fields = [
-            0x40 | (ip_header_length >> 2),
-            tos,
-            total,
-            ip_id,
-            _IPV4_DF if df else 0,
-            ttl,
-            _PROTO_TCP,
-            0,
-            src,
-            dst,
-        ]
-        fields[7] = ipv4_header_checksum(_IPV4_HEADER.pack(*fields) + ip_options)
-        ip_header = _IPV4_HEADER.pack(*fields) + ip_options
+        vihl = 0x40 | (ip_header_length >> 2)
+        frag = _IPV4_DF if df else 0
+        ip_residue = (
+            ((vihl << 8) | tos)
+            + total
+            + ip_id
+            + frag
+            + ((ttl << 8) | _PROTO_TCP)
+            + addresses
+            + int.from_bytes(ip_options, "big")
+        ) % 0xFFFF
+        ip_checksum = 0xFFFF - ip_residue if ip_residue else 0
+        if not ip_options_length:
+            return b"".join((
+                _IPV4_TCP_HEADERS.pack(
+                    vihl, tos, total, ip_id, frag, ttl, _PROTO_TCP, ip_checksum, src, dst,
+                    sport, dport, seq, ack, offset_flags, window, checksum, urg_ptr,
+                ),
+                options,
+                payload,
+            ))
+        ip_header = (
+            _IPV4_HEADER.pack(
+                vihl, tos, total, ip_id, frag, ttl, _PROTO_TCP, ip_checksum, src, dst
+            )
+            + ip_options
+        )
     else:
         payload_length = len(ext_headers) + tcp_length
         if payload_length > _MAX_IP_LENGTH:
@@ -478,6 +525,7 @@ def _encode(
             )
             + ext_headers
         )
+    tcp_header = _TCP_HEADER.pack(sport, dport, seq, ack, offset_flags, window, checksum, urg_ptr)
     return b"".join((ip_header, tcp_header, options, payload))
 
 

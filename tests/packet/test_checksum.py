@@ -57,6 +57,16 @@ def test_ones_sum_matches_reference(data: bytes) -> None:
 
 
 @SETTINGS
+@given(payloads)
+def test_residue_of_is_the_sum_modulo_0xffff(data: bytes) -> None:
+    """residue_of agrees with RFC 1071's word sum modulo 0xFFFF for every buffer type."""
+    expected = reference_ones_sum(data) % 0xFFFF
+    assert checksum.residue_of(data) == expected
+    assert checksum.residue_of(bytearray(data)) == expected
+    assert checksum.residue_of(memoryview(data)) == expected
+
+
+@SETTINGS
 @given(payloads.map(even))
 def test_ones_sum_negative_zero_corner(data: bytes) -> None:
     # Append the word that makes the sum 0xFFFF: the residue mod 0xFFFF is then 0, but
