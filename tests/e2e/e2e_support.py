@@ -157,6 +157,22 @@ class E2E:
                         _sha_or_empty(out), source, out, time.monotonic() - started,
                         done.stderr.decode(errors="replace"))
 
+    def impaired_round_trip(self, capture_name: str, family: int,
+                            impairment: tuple[str, ...] = ()) -> tuple[CaptureReport, dict]:
+        """A curl download and an nc upload (A <-> B, ``IMPAIRED_SIZE`` each) through the
+        router, optionally with ``tools/netimpair.py impairment`` running there; both must
+        arrive intact. Returns the capture's report and netimpair's stats (empty without)."""
+        capture = self.bed.capture(capture_name)
+        if impairment:
+            self.bed.start_impairment(*impairment)
+        download = self.curl("A", "B", IMPAIRED_SIZE, family)
+        upload = self.nc_send("A", "B", IMPAIRED_SIZE, family)
+        stats = self.bed.stop_impairment() if impairment else {}
+        capture.stop()
+        assert download.intact, download.describe()
+        assert upload.intact, upload.describe()
+        return capture.analyze(self.marker), stats
+
     # ---- wire checks
 
     def assert_encrypted(self, report: CaptureReport, connections: int = 1) -> None:

@@ -8,7 +8,7 @@ intact whatever the wire does; invariant 4: no plaintext on the wire meanwhile.
 from __future__ import annotations
 
 import pytest
-from e2e_support import IMPAIRED_SIZE, E2E
+from e2e_support import E2E
 
 pytestmark = pytest.mark.e2e
 
@@ -20,27 +20,15 @@ IMPAIRMENT_MIX = ("--seed", "11", "--drop", "0.01", "--dup", "0.02", "--reorder"
 def test_random_loss(e2e: E2E, loss: float, family: int) -> None:
     e2e.daemons("A", "B")
     e2e.bed.forward_loss(loss)
-    capture = e2e.bed.capture("loss")
-    download = e2e.curl("A", "B", IMPAIRED_SIZE, family)
-    upload = e2e.nc_send("A", "B", IMPAIRED_SIZE, family)
-    capture.stop()
-    assert download.intact, download.describe()
-    assert upload.intact, upload.describe()
-    e2e.assert_encrypted(capture.analyze(e2e.marker), connections=2)
+    report, _ = e2e.impaired_round_trip("loss", family)
+    e2e.assert_encrypted(report, connections=2)
     assert e2e.bed.loss_drops() > 0
 
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_reorder_duplicate_resegment(e2e: E2E, family: int) -> None:
     e2e.daemons("A", "B")
-    capture = e2e.bed.capture("impaired")
-    e2e.bed.start_impairment(*IMPAIRMENT_MIX)
-    download = e2e.curl("A", "B", IMPAIRED_SIZE, family)
-    upload = e2e.nc_send("A", "B", IMPAIRED_SIZE, family)
-    stats = e2e.bed.stop_impairment()
-    capture.stop()
-    assert download.intact, download.describe()
-    assert upload.intact, upload.describe()
+    report, stats = e2e.impaired_round_trip("impaired", family, IMPAIRMENT_MIX)
     for kind in ("dropped", "duplicated", "reordered", "resegmented"):
         assert stats[kind] > 0, stats
-    e2e.assert_encrypted(capture.analyze(e2e.marker), connections=2)
+    e2e.assert_encrypted(report, connections=2)

@@ -18,17 +18,10 @@ IMPAIRMENT_MIX = ("--seed", "7", "--drop", "0.01", "--dup", "0.02", "--reorder",
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_plain_tcp_survives_impairment(e2e: E2E, family: int) -> None:
-    capture = e2e.bed.capture("impaired-plain")
-    e2e.bed.start_impairment(*IMPAIRMENT_MIX)
-    download = e2e.curl("A", "B", IMPAIRED_SIZE, family)
-    upload = e2e.nc_send("A", "B", IMPAIRED_SIZE, family)
-    stats = e2e.bed.stop_impairment()
-    capture.stop()
-    assert download.intact, download.describe()
-    assert upload.intact, upload.describe()
+    report, stats = e2e.impaired_round_trip("impaired-plain", family, IMPAIRMENT_MIX)
     for kind in ("dropped", "duplicated", "reordered", "resegmented"):
         assert stats[kind] > 0, stats
-    e2e.assert_plaintext(capture.analyze(e2e.marker))
+    e2e.assert_plaintext(report)
     e2e.assert_no_invalid()
 
 
