@@ -31,95 +31,30 @@ import random
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 from dataclasses import dataclass, field
 
 from netfilterqueue import NetfilterQueue, Packet
 
-IPPROTO_TCP = 6
-TCP_SYN = 0x02
-TCP_FIN = 0x01
-TCP_PSH = 0x08
+from tcpcryptd.packet.tcp import FIN, PSH, SYN, PacketError, TCPPacket
 
 
-def ones_sum(data: bytes) -> int:
-    """16-bit ones'-complement sum (RFC 1071) in one C call: the value mod 0xFFFF."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = int.from_bytes(data, "big") % 0xFFFF
-    return total if total or not any(data) else 0xFFFF
+
+def parse_segment(packet: bytes) -> TCPPacket | None:
+    """The TCP segment in ``packet``; None for anything else (fragments, IPv6 extension
+    headers, garbage), which passes unimpaired."""
+    try:
+        segment = TCPPacket.parse(packet)
+    except PacketError:
+        return None
+    return None if segment.ext_headers else segment
 
 
-@dataclass
-class Segment:
-    """An IPv4/IPv6 TCP packet split into the parts the impairments edit."""
-
-    version: int
-    ip_header: bytearray        # IPv4 header with options / fixed IPv6 header
-    tcp_header: bytearray       # TCP header with options
-    payload: bytes
-
-    @classmethod
-    def parse(cls, packet: bytes) -> Segment | None:
-        """None for anything but plain TCP (IPv6 extension headers, fragments, garbage)."""
-        if not packet:
-            return None
-        version = packet[0] >> 4
-        if version == 4 and len(packet) >= 20 and packet[9] == IPPROTO_TCP:
-            ip_len = (packet[0] & 0x0F) * 4
-            total = struct.unpack_from("!H", packet, 2)[0]
-            frag = struct.unpack_from("!H", packet, 6)[0]
-            if frag & 0x3FFF or total > len(packet):
-                return None
-        elif version == 6 and len(packet) >= 40 and packet[6] == IPPROTO_TCP:
-            ip_len = 40
-            total = 40 + struct.unpack_from("!H", packet, 4)[0]
-        else:
-            return None
-        if total < ip_len + 20:
-            return None
-        tcp_len = (packet[ip_len + 12] >> 4) * 4
-        if tcp_len < 20 or ip_len + tcp_len > total:
-            return None
-        tcp_end = ip_len + tcp_len
-        return cls(version, bytearray(packet[:ip_len]), bytearray(packet[ip_len:tcp_end]),
-                   bytes(packet[tcp_end:total]))
-
-    @property
-    def flags(self) -> int:
-        return self.tcp_header[13]
-
-    @property
-    def seq(self) -> int:
-        return struct.unpack_from("!I", self.tcp_header, 4)[0]
-
-    @property
-    def destination(self) -> str:
-        if self.version == 4:
-            return socket.inet_ntop(socket.AF_INET, bytes(self.ip_header[16:20]))
-        return socket.inet_ntop(socket.AF_INET6, bytes(self.ip_header[24:40]))
-
-    def with_payload(self, payload: bytes, seq: int, flags: int) -> bytes:
-        """A copy of this segment carrying ``payload`` at ``seq``, lengths and checksums fixed."""
-        ip = bytearray(self.ip_header)
-        tcp = bytearray(self.tcp_header)
-        struct.pack_into("!I", tcp, 4, seq & 0xFFFFFFFF)
-        tcp[13] = flags
-        struct.pack_into("!H", tcp, 16, 0)
-        segment_len = len(tcp) + len(payload)
-        if self.version == 4:
-            struct.pack_into("!H", ip, 2, len(ip) + segment_len)
-            struct.pack_into("!H", ip, 10, 0)
-            struct.pack_into("!H", ip, 10, 0xFFFF - ones_sum(bytes(ip)))
-            pseudo = bytes(ip[12:20]) + struct.pack("!BBH", 0, IPPROTO_TCP, segment_len)
-        else:
-            struct.pack_into("!H", ip, 4, segment_len)
-            pseudo = bytes(ip[8:40]) + struct.pack("!I3xB", segment_len, IPPROTO_TCP)
-        checksum = 0xFFFF - ones_sum(pseudo + bytes(tcp) + payload)
-        struct.pack_into("!H", tcp, 16, checksum or 0xFFFF)
-        return bytes(ip) + bytes(tcp) + payload
+def with_payload(segment: TCPPacket, payload: bytes, seq: int, flags: int) -> bytes:
+    """``segment`` carrying ``payload`` at ``seq``, lengths and checksums fixed."""
+    segment.payload, segment.seq, segment.flags = payload, seq & 0xFFFFFFFF, flags
+    return segment.to_bytes()
 
 
 @dataclass
@@ -147,19 +82,20 @@ class Middlebox:
     _data_segments: int = 0
     _tie: itertools.count = field(default_factory=itertools.count)
 
-    def send_raw(self, segment: Segment, packet: bytes) -> None:
-        sock = self.raw4 if segment.version == 4 else self.raw6
-        sock.sendto(packet, (segment.destination, 0))
+    def send_raw(self, segment: TCPPacket, packet: bytes) -> None:
+        family, sock = ((socket.AF_INET, self.raw4) if segment.version == 4
+                        else (socket.AF_INET6, self.raw6))
+        sock.sendto(packet, (socket.inet_ntop(family, segment.dst), 0))
 
     def on_packet(self, pkt: Packet) -> None:
         self.counters["packets"] += 1
         raw = pkt.get_payload()
-        segment = Segment.parse(raw)
+        segment = parse_segment(raw)
         if segment is None:
             self.counters["not_tcp"] += 1
             pkt.accept()
             return
-        if segment.payload and not segment.flags & TCP_SYN:
+        if segment.payload and not segment.flags & SYN:
             self._data_segments += 1
             if self._data_segments == self.impair.tamper:
                 self._tamper(pkt, segment)
@@ -184,21 +120,21 @@ class Middlebox:
             self.counters["duplicated"] += 1
             self.send_raw(segment, raw)
 
-    def _resegment(self, pkt: Packet, segment: Segment) -> None:
-        split = self.rng.randrange(1, len(segment.payload))
-        first_flags = segment.flags & ~(TCP_FIN | TCP_PSH)
-        first = segment.with_payload(segment.payload[:split], segment.seq, first_flags)
-        second = segment.with_payload(segment.payload[split:], segment.seq + split, segment.flags)
+    def _resegment(self, pkt: Packet, segment: TCPPacket) -> None:
+        payload, seq, flags = bytes(segment.payload), segment.seq, segment.flags
+        split = self.rng.randrange(1, len(payload))
+        first = with_payload(segment, payload[:split], seq, flags & ~(FIN | PSH))
+        second = with_payload(segment, payload[split:], seq + split, flags)
         pkt.drop()
         halves = [first, second] if self.rng.random() < 0.5 else [second, first]
         for half in halves:
             self.send_raw(segment, half)
         self.counters["resegmented"] += 1
 
-    def _tamper(self, pkt: Packet, segment: Segment) -> None:
+    def _tamper(self, pkt: Packet, segment: TCPPacket) -> None:
         payload = bytearray(segment.payload)
         payload[-1] ^= 0x01
-        pkt.set_payload(segment.with_payload(bytes(payload), segment.seq, segment.flags))
+        pkt.set_payload(with_payload(segment, bytes(payload), segment.seq, segment.flags))
         pkt.accept()
         self.counters["tampered"] += 1
 
