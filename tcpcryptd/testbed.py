@@ -42,7 +42,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tcpcryptd.core.constants import ENO_KIND
+from tcpcryptd.packet import options as tcp_options
+from tcpcryptd.packet.tcp import ACK, SYN, PacketError, TCPPacket
 
 __all__ = [
     "BedError",
@@ -341,8 +342,6 @@ _PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">",
 _LINKTYPE_ETHERNET = 1
 _LINKTYPE_LINUX_SLL = 113
 _LINKTYPE_RAW = 101
-_TCP_SYN = 0x02
-_TCP_ACK = 0x10
 
 
 def _iter_pcap(data: bytes) -> Iterator[tuple[int, memoryview]]:
@@ -383,35 +382,12 @@ def _ip_payload(linktype: int, frame: memoryview) -> tuple[int, memoryview] | No
     return None
 
 
-def _tcp_segment(version: int, ip: memoryview) -> memoryview | None:
-    """The TCP header+payload inside an IPv4/IPv6 packet (no IPv6 extension headers)."""
-    if version == 4:
-        if len(ip) < 20 or ip[9] != 6:
-            return None
-        header_len = (ip[0] & 0x0F) * 4
-        total = struct.unpack_from("!H", ip, 2)[0]
-        return ip[header_len:min(total, len(ip))]
-    if len(ip) < 40 or ip[6] != 6:
-        return None
-    return ip[40:40 + struct.unpack_from("!H", ip, 4)[0]]
-
-
-def _has_option(options: memoryview, kind: int) -> bool:
-    """True if the TCP option list contains ``kind`` (RFC 9293 §3.2 option walk)."""
-    i = 0
-    while i < len(options):
-        k = options[i]
-        if k == 0:
-            return False
-        if k == 1:
-            i += 1
-            continue
-        if k == kind:
-            return True
-        if i + 1 >= len(options) or options[i + 1] < 2:
-            return False
-        i += options[i + 1]
-    return False
+def _has_eno(segment: TCPPacket) -> bool:
+    """True if the segment carries an ENO option (a malformed option list carries none)."""
+    try:
+        return bool(tcp_options.eno_options(segment.options))
+    except PacketError:
+        return False
 
 
 def analyze_pcap(path: str | Path, marker: bytes, ports: Sequence[int] = ()) -> CaptureReport:
@@ -427,25 +403,24 @@ def analyze_pcap(path: str | Path, marker: bytes, ports: Sequence[int] = ()) -> 
         ip = _ip_payload(linktype, frame)
         if ip is None:
             continue
-        tcp = _tcp_segment(*ip)
-        if tcp is None or len(tcp) < 20:
+        try:
+            segment = TCPPacket.parse(ip[1])
+        except PacketError:
             continue
-        sport, dport = struct.unpack_from("!HH", tcp, 0)
+        sport, dport = segment.sport, segment.dport
         if wanted and sport not in wanted and dport not in wanted:
             continue
         report.tcp_packets += 1
         report.ports.update((sport, dport))
-        header_len = (tcp[12] >> 4) * 4
-        flags = tcp[13]
-        if flags & _TCP_SYN:
-            has_eno = _has_option(tcp[20:header_len], ENO_KIND)
-            if flags & _TCP_ACK:
+        if segment.flags & SYN:
+            has_eno = _has_eno(segment)
+            if segment.flags & ACK:
                 report.synack += 1
                 report.synack_with_eno += has_eno
             else:
                 report.syn += 1
                 report.syn_with_eno += has_eno
-        payload = bytes(tcp[header_len:])
+        payload = bytes(segment.payload)
         report.payload_bytes += len(payload)
         if payload:
             report.marker_hits += payload.count(marker)
