@@ -390,24 +390,22 @@ class Simulation:
 
     # ------------------------------------------------------------------ packet path
     def _from_wire(self, side: _Side, data: bytes) -> None:
-        self._note(side, "wire->", data)
-        if side.engine is None:
-            self._to_stack(side, data)
-            return
-        packet_id = side.next_packet_id
-        side.next_packet_id += 1
-        result = side.engine.handle_packet(packet_id, data, Direction.INBOUND, self.now)
-        self._apply(side, result, packet_id, data, Direction.INBOUND)
+        self._through_engine(side, data, Direction.INBOUND)
 
     def _from_stack(self, side: _Side, data: bytes) -> None:
-        self._note(side, "stack->", data)
+        self._through_engine(side, data, Direction.OUTBOUND)
+
+    def _through_engine(self, side: _Side, data: bytes, direction: Direction) -> None:
+        """Hand a packet to the side's engine (straight on where the side has none)."""
+        inbound = direction is Direction.INBOUND
+        self._note(side, "wire->" if inbound else "stack->", data)
         if side.engine is None:
-            self._to_wire(side, data)
+            (self._to_stack if inbound else self._to_wire)(side, data)
             return
         packet_id = side.next_packet_id
         side.next_packet_id += 1
-        result = side.engine.handle_packet(packet_id, data, Direction.OUTBOUND, self.now)
-        self._apply(side, result, packet_id, data, Direction.OUTBOUND)
+        result = side.engine.handle_packet(packet_id, data, direction, self.now)
+        self._apply(side, result, packet_id, data, direction)
 
     def _apply(self, side: _Side, result: Result, packet_id: int | None, data: bytes, direction: Direction) -> None:
         """Carry out a Result: the verdict, releases of held packets, engine-made packets."""
