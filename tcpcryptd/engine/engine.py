@@ -46,11 +46,21 @@ from tcpcryptd.engine.handshake import (
     open_passive,
     syn_refusal,
 )
-from tcpcryptd.engine.inbound import deliver_pending, handle_inbound
-from tcpcryptd.engine.outbound import handle_outbound, release_held
+from tcpcryptd.engine.inbound import deliver_pending, fast_inbound, handle_inbound
+from tcpcryptd.engine.outbound import fast_outbound, handle_outbound, release_held
 from tcpcryptd.engine.reassembly import Reassembly
 from tcpcryptd.engine.sendmap import SendMap
-from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, URG, PacketError, TCPPacket
+from tcpcryptd.packet.tcp import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    TCP_HEADER as _TCP_FIXED,
+    URG,
+    PacketError,
+    TCPPacket,
+)
 
 _HANDSHAKE_STATES = (State.SYN_SENT, State.SYN_RECEIVED, State.NEGOTIATED)
 
@@ -73,8 +83,11 @@ def _abort_reason(error: TcpcryptError) -> str:
 class Engine:
     """The transparent tcpcrypt endpoint for every connection of the local stack."""
 
-    def __init__(self, config: EngineConfig | None = None) -> None:
+    def __init__(self, config: EngineConfig | None = None, *, fast_path: bool = True) -> None:
         self.config = config or EngineConfig()
+        #: take the fast paths for common segments (off: every packet is fully parsed; the
+        #: tests compare both ways, which must give the same bytes)
+        self.fast_path = fast_path
         self._flows: dict[tuple, Flow] = {}
         self._timers: list[tuple[float, int, Flow]] = []
         self._tiebreak = itertools.count()
@@ -87,12 +100,16 @@ class Engine:
                       now: float) -> Result:
         """Decide what to do with one queued packet (and whatever else must happen now)."""
         self._now = now
+        outbound = direction == Direction.OUTBOUND
+        if self.fast_path:
+            fast = self._fast(data, outbound, now)
+            if fast is not None:
+                return fast
         try:
             pkt = TCPPacket.parse(data)
         except PacketError:
             self.count("passed_unparsed")
             return Result(Verdict.ACCEPT)
-        outbound = direction == Direction.OUTBOUND
         key = pkt.flow_key() if outbound else pkt.reverse_flow_key()
         flow = self._flows.get(key)
         if flow is None:
@@ -113,16 +130,8 @@ class Engine:
                 self._outbound(flow, pkt, packet_id, now, result)
             else:
                 self._inbound(flow, pkt, now, result)
-        except FlowAbort as abort:
-            self.abort(flow, abort.reason, now, result)
-        except TcpcryptError as error:
-            self.abort(flow, _abort_reason(error), now, result)
-        except PacketError:
-            self.count("drops_bad-packet")
-            result.verdict, result.data = Verdict.DROP, None
         except Exception as error:  # noqa: BLE001 -- a bug must not stop the daemon or leak
-            self.abort(flow, "internal-error", now, result)
-            flow.abort_reason = f"internal-error: {type(error).__name__}: {error}"
+            self._failed(flow, error, now, result)
         if self._flows.get(key) is flow:
             self._schedule(flow)
         elif result.verdict is Verdict.ACCEPT and flow.state in _HANDSHAKE_STATES:
@@ -130,6 +139,56 @@ class Engine:
         if result.verdict is None:
             result.verdict = Verdict.DROP
         return result
+
+    def _fast(self, data: bytes, outbound: bool, now: float) -> Result | None:
+        """The fast paths of an encrypted flow's common segments (outbound.fast_outbound,
+        inbound.fast_inbound), or None: the packet takes the full path.
+
+        Only IPv4 without header options (not a fragment) and IPv6 without extension
+        headers; the flow is found from the raw header without a full parse.
+        """
+        if len(data) < 40:
+            return None
+        version = data[0] >> 4
+        if data[0] == 0x45 and data[9] == 6 and not (data[6] & 0x3F or data[7]):
+            tcp_start, src, dst = 20, data[12:16], data[16:20]
+        elif version == 6 and data[6] == 6 and len(data) >= 60:
+            tcp_start, src, dst = 40, data[8:24], data[24:40]
+        else:
+            return None
+        fields = _TCP_FIXED.unpack_from(data, tcp_start)
+        key = ((version, src, fields[0], dst, fields[1]) if outbound
+               else (version, dst, fields[1], src, fields[0]))
+        flow = self._flows.get(key)
+        if flow is None or flow.state is not State.ENCRYPTED:
+            return None
+        try:
+            result = (fast_outbound if outbound else fast_inbound)(self, flow, data, tcp_start,
+                                                                   fields, now)
+            if result is None:
+                return None
+        except Exception as error:  # noqa: BLE001 -- as in handle_packet
+            result = Result(None)
+            self._failed(flow, error, now, result)
+        flow.last_activity = now
+        if self._flows.get(key) is flow:
+            self._schedule(flow)
+        if result.verdict is None:
+            result.verdict = Verdict.DROP
+        return result
+
+    def _failed(self, flow: Flow, error: Exception, now: float, result: Result) -> None:
+        """An error while handling a packet of ``flow``: abort it (or drop a bad packet)."""
+        if isinstance(error, FlowAbort):
+            self.abort(flow, error.reason, now, result)
+        elif isinstance(error, TcpcryptError):
+            self.abort(flow, _abort_reason(error), now, result)
+        elif isinstance(error, PacketError):
+            self.count("drops_bad-packet")
+            result.verdict, result.data = Verdict.DROP, None
+        else:   # a bug: the connection is aborted, never passed on in plaintext
+            self.abort(flow, "internal-error", now, result)
+            flow.abort_reason = f"internal-error: {type(error).__name__}: {error}"
 
     def handle_timer(self, now: float) -> Result:
         """Run every timer due at ``now``: retransmissions, redelivery, expiry."""
@@ -143,12 +202,8 @@ class Engine:
             flow.scheduled = None
             try:
                 self._on_timer(flow, now, result)
-            except (FlowAbort, TcpcryptError) as error:
-                reason = error.reason if isinstance(error, FlowAbort) else _abort_reason(error)
-                self.abort(flow, reason, now, result)
             except Exception as error:  # noqa: BLE001 -- see handle_packet
-                self.abort(flow, "internal-error", now, result)
-                flow.abort_reason = f"internal-error: {type(error).__name__}: {error}"
+                self._failed(flow, error, now, result)
             if self._flows.get(flow.key) is flow:
                 self._schedule(flow)
         result.verdict = None

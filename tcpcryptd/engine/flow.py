@@ -26,9 +26,11 @@ from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake, Sessi
 from tcpcryptd.engine.reassembly import Reassembly
 from tcpcryptd.engine.sendmap import SendMap
 from tcpcryptd.packet import options as tcp_options
-from tcpcryptd.packet.tcp import ACK, FlowKey, TCPPacket, build
+from tcpcryptd.packet.tcp import ACK, FIN, RST, SYN, URG, FlowKey, TCPPacket, build
 
 MASK32 = 0xFFFFFFFF
+#: Flags that leave the engine's fast paths (both directions) to the full ones.
+NOT_FAST = SYN | FIN | RST | URG
 _HALF32 = 1 << 31
 
 #: MSS assumed when a SYN carries none (RFC 9293 §3.7.1)
@@ -328,14 +330,22 @@ class Flow:
             abort_reason=self.abort_reason)
 
 
-_TS_KIND = 8
-_TS_AT_4 = b"\x01\x01\x08\x0a"  # the layout Linux uses: NOP NOP TS
+#: The timestamp option as Linux lays it out, alone or first: NOP NOP TS (RFC 7323 App. A)
+TS_LAYOUT = b"\x01\x01\x08\x0a"
+
+
+def ip_fields(data: bytes, tcp_start: int) -> tuple[int, bool, int]:
+    """TTL (hop limit), DF and TOS (traffic class) of a raw IPv4 (``tcp_start`` 20) or IPv6
+    packet, as :meth:`TCPPacket.parse` reads them: the fast paths' template fields."""
+    if tcp_start == 20:
+        return data[8], bool(data[6] & 0x40), data[1]
+    return data[7], True, ((data[0] & 0x0F) << 4) | (data[1] >> 4)
 
 
 def packet_tsval(pkt: TCPPacket) -> int | None:
     """TSval of a segment (RFC 7323 §3), None without the option."""
     raw = pkt.options
-    if raw[:4] == _TS_AT_4:
+    if raw[:4] == TS_LAYOUT:
         return int.from_bytes(raw[4:8], "big")
     ts = tcp_options.timestamps(raw)
     return None if ts is None else ts[0]
@@ -348,7 +358,7 @@ def refresh_tsval(pkt: TCPPacket, tsval: int, tsecr: int | None) -> None:
     their receiver already saw and be dropped by PAWS (RFC 7323 §5).
     """
     raw = pkt.options
-    if raw[:4] == _TS_AT_4:
+    if raw[:4] == TS_LAYOUT:
         old = int.from_bytes(raw[4:8], "big")
         if old == tsval or ts_newer(old, tsval):
             tsval = old

@@ -19,6 +19,11 @@ For every non-SYN segment the local stack sends on an ENO flow:
 * keep-alives and zero-window probes (``snd.una - 1``, 0 or 1 byte) pass with a translated
   sequence number and no payload: they are not framed and leak no byte;
 * until keys exist, data segments are HELD (bounded) and released in order, encrypted.
+
+:func:`fast_outbound` is the same path for the segments of a bulk transfer -- new in-order
+data that fits one frame, and pure ACKs -- read with one ``struct`` call instead of a full
+parse; it produces the same bytes and state as :func:`handle_outbound` (tested by running
+the simulation both ways) and declines everything else before changing anything.
 """
 
 from __future__ import annotations
@@ -29,8 +34,11 @@ from tcpcryptd.core.frame import FRAME_OVERHEAD, FRAME_OVERHEAD_URGENT, MAX_FRAM
 from tcpcryptd.engine.actions import Direction, Release, Result, Transmit, Verdict
 from tcpcryptd.engine.flow import (
     MASK32,
+    NOT_FAST,
+    TS_LAYOUT,
     Flow,
     State,
+    ip_fields,
     packet_tsval,
     refresh_tsval,
     ts_newer,
@@ -39,27 +47,37 @@ from tcpcryptd.engine.flow import (
 from tcpcryptd.engine.handshake import start_init1
 from tcpcryptd.engine.inbound import deliver_pending
 from tcpcryptd.packet import options as tcp_options
-from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, URG, TCPPacket, build
+from tcpcryptd.packet.tcp import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    URG,
+    TCPPacket,
+    build,
+    rewrite_header,
+    rewrite_segment,
+)
 
 if TYPE_CHECKING:
     from tcpcryptd.engine.engine import Engine
 
-def note_stack(eng: Engine, flow: Flow, pkt: TCPPacket, now: float) -> bool:
+def note_stack(eng: Engine, flow: Flow, tsval: int | None, ttl: int, df: bool, tos: int,
+               flags: int, window: int, ack: int, has_payload: bool, now: float) -> bool:
     """Remember what engine-made packets must copy from the stack (DESIGN.md §4), and let
     the stack's ACK release the plaintext it took.
 
-    Returns True when the stack signals a lost delivery: its second duplicate ACK below the
-    engine's delivery point (RFC 5681 §3.2 style), so the caller resends at once.
+    Takes the fields of the stack's segment (``tsval`` None without timestamps). Returns True
+    when the stack signals a lost delivery: its second duplicate ACK below the engine's
+    delivery point (RFC 5681 §3.2 style), so the caller resends at once.
     """
-    if flow.ts_ok:
-        tsval = packet_tsval(pkt)
-        if tsval is not None and ts_newer(tsval, flow.stack_tsval):
-            flow.stack_tsval = tsval
-    flow.out_ttl, flow.out_df, flow.out_tos = pkt.ttl, pkt.df, pkt.tos
-    if not pkt.flags & ACK:
+    if tsval is not None and ts_newer(tsval, flow.stack_tsval):
+        flow.stack_tsval = tsval
+    flow.out_ttl, flow.out_df, flow.out_tos = ttl, df, tos
+    if not flags & ACK:
         return False
-    flow.stack_window = pkt.window << flow.local_wscale
-    acked = unwrap(pkt.ack, flow.peer_isn, flow.stack_rcv_ack)
+    flow.stack_window = window << flow.local_wscale
+    acked = unwrap(ack, flow.peer_isn, flow.stack_rcv_ack)
     if acked > flow.stack_rcv_ack and acked <= flow.dl_sent:
         flow.stack_rcv_ack = acked
         drop = min(acked, flow.dl_base + len(flow.dl_buf)) - flow.dl_base
@@ -72,7 +90,7 @@ def note_stack(eng: Engine, flow: Flow, pkt: TCPPacket, now: float) -> bool:
             flow.rx_urgent = None   # the stack has the urgent byte
         flow.dl_deadline = now + eng.config.local_rto if acked < flow.dl_sent else None
         return False
-    if acked == flow.stack_rcv_ack < flow.dl_sent and not len(pkt.payload):
+    if acked == flow.stack_rcv_ack < flow.dl_sent and not has_payload:
         flow.stack_dupacks += 1
         return flow.stack_dupacks == 2
     return False
@@ -268,9 +286,10 @@ def _start_init1(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now: f
 def handle_outbound(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now: float,
                     result: Result) -> None:
     """A non-SYN segment from the local stack on an ENO flow."""
-    if note_stack(eng, flow, pkt, now):
-        eng.redeliver(flow, now, result, first_only=True)
     flags = pkt.flags
+    if note_stack(eng, flow, packet_tsval(pkt) if flow.ts_ok else None, pkt.ttl, pkt.df,
+                  pkt.tos, flags, pkt.window, pkt.ack, bool(len(pkt.payload)), now):
+        eng.redeliver(flow, now, result, first_only=True)
     if flags & RST:
         _wire_header(flow, pkt, flow.smap.local_to_wire(
             unwrap(pkt.seq, flow.local_isn, flow.smap.local_end)), data=False)
@@ -304,6 +323,71 @@ def handle_outbound(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now
     result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
     if flow.local_fin:
         eng.check_closed(flow, now)
+
+
+def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
+                  fields: tuple[int, ...], now: float) -> Result | None:
+    """:func:`handle_outbound` for an encrypted flow's common segments, or None (untouched).
+
+    ``tcp_start`` is 20 (IPv4 without options) or 40 (IPv6 without extension headers),
+    ``fields`` the fixed TCP header as ``struct`` unpacked it. Taken: ACK or PSH|ACK
+    segments with no other option than the timestamps a timestamp flow carries, at the
+    stack's send point, carrying either nothing (a pure ACK, nothing out of order to SACK)
+    or new data for one frame; nothing held, ``45 02`` no longer sent, no FIN yet.
+    """
+    sport, dport, seq, ack, offset_flags, window, _checksum, urg_ptr = fields
+    flags = offset_flags & 0xFFF
+    if flags & NOT_FAST or not flags & ACK:
+        return None
+    header_end = tcp_start + ((offset_flags >> 12) << 2)
+    if flow.ts_ok:
+        if header_end != tcp_start + 32 or data[tcp_start + 20:tcp_start + 24] != TS_LAYOUT:
+            return None
+        tsval: int | None = int.from_bytes(data[tcp_start + 24:tcp_start + 28], "big")
+    elif header_end != tcp_start + 20:
+        return None
+    else:
+        tsval = None
+    end = ((data[2] << 8) | data[3]) if tcp_start == 20 else 40 + ((data[4] << 8) | data[5])
+    if not header_end <= end <= len(data):
+        return None
+    n = end - header_end
+    smap = flow.smap
+    if (flow.held or flow.send_eno or flow.local_fin
+            or seq != (flow.local_isn + 1 + smap.local_end) & MASK32):
+        return None
+    if n:
+        if n + FRAME_OVERHEAD > flow.peer_mss - (header_end - tcp_start - 20):
+            return None
+    elif flow.rx.buffered:
+        return None   # SACK blocks to add
+    result = Result(Verdict.ACCEPT)
+    ttl, df, tos = ip_fields(data, tcp_start)
+    if note_stack(eng, flow, tsval, ttl, df, tos, flags, window, ack, n > 0, now):
+        eng.redeliver(flow, now, result, first_only=True)
+    if flow.dl_sent < flow.dl_base + len(flow.dl_buf) or (flow.rx_fin_done
+                                                           and not flow.dl_fin_sent):
+        deliver_pending(eng, flow, now, None, result)   # the stack's window may have opened
+    # what refresh_tsval makes of it: the stack's latest TSval, the peer's latest echoed
+    options = (TS_LAYOUT + flow.stack_tsval.to_bytes(4, "big") + flow.peer_tsval.to_bytes(4, "big")
+               if tsval is not None else b"")
+    wire_ack = (flow.peer_isn + 1 + flow.wire_ack_offset()) & MASK32
+    window = flow.window_field()
+    flow.packets_out += 1
+    if not n:
+        result.data = rewrite_header(data, tcp_start, header_end, sport, dport,
+                                     (flow.local_isn + 1 + smap.wire_end) & MASK32, wire_ack,
+                                     flags, window, urg_ptr, options, b"")
+        return result
+    wire_start = smap.wire_end
+    wire = flow.session.seal(wire_start, memoryview(data)[header_end:end])  # type: ignore[union-attr]
+    smap.append(n, wire)
+    flow.bytes_out_plain += n
+    flow.bytes_out_wire += len(wire)
+    result.data = rewrite_segment(data, tcp_start, sport, dport,
+                                  (flow.local_isn + 1 + wire_start) & MASK32, wire_ack, flags,
+                                  window, urg_ptr, options, wire)
+    return result
 
 
 def release_held(eng: Engine, flow: Flow, now: float, result: Result) -> None:

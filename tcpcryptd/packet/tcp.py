@@ -43,6 +43,9 @@ __all__ = [
     "PacketError",
     "TCPPacket",
     "build",
+    "TCP_HEADER",
+    "rewrite_header",
+    "rewrite_segment",
 ]
 
 # TCP control bits (RFC 9293 §3.1; ECE/CWR RFC 3168 §6.1). ``TCPPacket.flags`` holds the 12
@@ -63,6 +66,9 @@ FlowKey = tuple[int, bytes, int, bytes, int]
 _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _IPV6_HEADER = struct.Struct("!IHBB16s16s")
 _TCP_HEADER = struct.Struct("!HHIIHHHH")
+#: The fixed TCP header (RFC 9293 §3.1), for callers that read it from raw bytes.
+TCP_HEADER = _TCP_HEADER
+_U16 = struct.Struct("!H")
 #: IPv4 header without options and the fixed TCP header, packed in one call on the hot path.
 _IPV4_TCP_HEADERS = struct.Struct("!BBHHHBBH4s4sHHIIHHHH")
 _IPV4_DF = 0x4000
@@ -350,50 +356,104 @@ class TCPPacket:
         """
         if self.payload is not self._parsed_payload or self._ip_fields != self._current_ip_fields():
             return self.to_bytes()
-        raw = self._raw
-        tcp_start = self._tcp_start
-        old_header_end = self._tcp_header_end
-        options = self.options
-        options_length = len(options)
-        if options_length & 3 or options_length > _MAX_OPTIONS_LEN:
-            raise ValueError("TCP options must be a multiple of 4 bytes, at most 40")
-        if self.flags & ~_FLAG_BITS:
-            raise ValueError("TCP flags are 12 bits")
-        header_length = 20 + options_length
-        length_change = header_length - (old_header_end - tcp_start)
-        offset_flags = (header_length << 10) | self.flags
-        # The received segment with its checksum HC and the pseudo-header sums to negative
-        # zero, so everything but the old header has residue -res(old header): the new sum is
-        # res(new header, checksum 0) - res(old header) + the pseudo-header length change.
-        # Each 16/32-bit field is congruent to the sum of its words, so the fixed header's
-        # residue comes straight from the field values.
-        residue = (
-            self.sport
-            + self.dport
-            + self.seq
-            + self.ack
-            + offset_flags
-            + self.window
-            + self.urg_ptr
-            + int.from_bytes(options, "big")
-            - int.from_bytes(raw[tcp_start:old_header_end], "big")
-            + length_change
-        ) % 0xFFFF
-        tcp_header = _TCP_HEADER.pack(
-            self.sport,
-            self.dport,
-            self.seq,
-            self.ack,
-            offset_flags,
-            self.window,
-            0xFFFF - residue if residue else 0,
-            self.urg_ptr,
-        )
-        if length_change == 0:
-            ip_header = raw[:tcp_start]
-        else:
-            ip_header = _ip_header_with_length(raw[:tcp_start], self.version, length_change)
-        return b"".join((ip_header, tcp_header, options, self.payload))
+        return rewrite_header(self._raw, self._tcp_start, self._tcp_header_end, self.sport,
+                              self.dport, self.seq, self.ack, self.flags, self.window,
+                              self.urg_ptr, self.options, self.payload)
+
+
+def rewrite_header(raw: Buffer, tcp_start: int, old_header_end: int, sport: int, dport: int,
+                   seq: int, ack: int, flags: int, window: int, urg_ptr: int, options: bytes,
+                   payload: Buffer) -> bytes:
+    """``raw`` with a new TCP header and options, the payload and IP fields kept (RFC 1624).
+
+    The engine of :meth:`TCPPacket.to_bytes_incremental`, also called directly by the flow
+    engine's fast paths, which read the header with one ``struct`` call instead of a full
+    parse. ``raw[tcp_start:old_header_end]`` is the received TCP header, ``payload`` the
+    received payload.
+    """
+    options_length = len(options)
+    if options_length & 3 or options_length > _MAX_OPTIONS_LEN:
+        raise ValueError("TCP options must be a multiple of 4 bytes, at most 40")
+    if flags & ~_FLAG_BITS:
+        raise ValueError("TCP flags are 12 bits")
+    header_length = 20 + options_length
+    length_change = header_length - (old_header_end - tcp_start)
+    offset_flags = (header_length << 10) | flags
+    # The received segment with its checksum HC and the pseudo-header sums to negative
+    # zero, so everything but the old header has residue -res(old header): the new sum is
+    # res(new header, checksum 0) - res(old header) + the pseudo-header length change.
+    # Each 16/32-bit field is congruent to the sum of its words, so the fixed header's
+    # residue comes straight from the field values.
+    residue = (
+        sport
+        + dport
+        + seq
+        + ack
+        + offset_flags
+        + window
+        + urg_ptr
+        + int.from_bytes(options, "big")
+        - int.from_bytes(raw[tcp_start:old_header_end], "big")
+        + length_change
+    ) % 0xFFFF
+    tcp_header = _TCP_HEADER.pack(
+        sport, dport, seq, ack, offset_flags, window, 0xFFFF - residue if residue else 0, urg_ptr
+    )
+    if length_change == 0:
+        ip_header = raw[:tcp_start]
+    else:
+        ip_header = _ip_header_with_length(raw[:tcp_start], raw[0] >> 4, length_change)
+    return b"".join((ip_header, tcp_header, options, payload))
+
+
+def rewrite_segment(raw: Buffer, tcp_start: int, sport: int, dport: int, seq: int, ack: int,
+                    flags: int, window: int, urg_ptr: int, options: bytes,
+                    payload: Buffer) -> bytes:
+    """``raw``'s IP header with a new TCP header, options and payload; full TCP checksum.
+
+    The flow engine's fast paths use it for segments whose payload they replace (a frame for
+    the wire, plaintext for the stack). Only for IPv4 without header options
+    (``tcp_start`` 20) and IPv6 without extension headers (``tcp_start`` 40): the IP header
+    keeps every field the sender set (TTL/hop limit, ID, DF, traffic class, flow label) but
+    its length and, for IPv4, its checksum, updated incrementally (RFC 1624). Produces the
+    same bytes as :meth:`TCPPacket.to_bytes` of the edited packet for a valid input.
+    """
+    options_length = len(options)
+    header_length = 20 + options_length
+    tcp_length = header_length + len(payload)
+    offset_flags = (header_length << 10) | flags
+    if tcp_start == 20:
+        addresses = int.from_bytes(raw[12:20], "big")
+        total = 20 + tcp_length
+        if total > _MAX_IP_LENGTH:
+            raise ValueError("IPv4 packet longer than 65535 bytes")
+        ip_residue = (0xFFFF - ((raw[10] << 8) | raw[11])
+                      + total - ((raw[2] << 8) | raw[3])) % 0xFFFF
+        ip_header = b"".join((raw[:2], _U16.pack(total), raw[4:10],
+                              _U16.pack(0xFFFF - ip_residue if ip_residue else 0), raw[12:20]))
+    else:
+        addresses = int.from_bytes(raw[8:40], "big")
+        if tcp_length > _MAX_IP_LENGTH:
+            raise ValueError("IPv6 payload longer than 65535 bytes")
+        ip_header = b"".join((raw[:4], _U16.pack(tcp_length), raw[6:40]))
+    residue = (
+        addresses
+        + _PROTO_TCP
+        + tcp_length
+        + sport
+        + dport
+        + seq
+        + ack
+        + offset_flags
+        + window
+        + urg_ptr
+        + int.from_bytes(options, "big")
+        + residue_of(payload)
+    ) % 0xFFFF
+    tcp_header = _TCP_HEADER.pack(
+        sport, dport, seq, ack, offset_flags, window, 0xFFFF - residue if residue else 0, urg_ptr
+    )
+    return b"".join((ip_header, tcp_header, options, payload))
 
 
 def _ip_header_with_length(ip_header: Buffer, version: int, change: int) -> bytes:
