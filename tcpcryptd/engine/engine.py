@@ -101,10 +101,25 @@ class Engine:
         """Decide what to do with one queued packet (and whatever else must happen now)."""
         self._now = now
         outbound = direction == Direction.OUTBOUND
-        if self.fast_path:
-            fast = self._fast(data, outbound, now)
-            if fast is not None:
-                return fast
+        # the fast paths (outbound.fast_outbound, inbound.fast_inbound) for an encrypted
+        # flow's common segments: IPv4 without options (not a fragment) or IPv6 without
+        # extension headers, the flow found from the raw header without a full parse
+        if self.fast_path and len(data) >= 40:
+            version = data[0] >> 4
+            if data[0] == 0x45 and data[9] == 6 and not (data[6] & 0x3F or data[7]):
+                tcp_start, src, dst = 20, data[12:16], data[16:20]
+            elif version == 6 and data[6] == 6 and len(data) >= 60:
+                tcp_start, src, dst = 40, data[8:24], data[24:40]
+            else:
+                tcp_start = 0
+            if tcp_start:
+                fields = _TCP_FIXED.unpack_from(data, tcp_start)
+                flow = self._flows.get((version, src, fields[0], dst, fields[1]) if outbound
+                                       else (version, dst, fields[1], src, fields[0]))
+                if flow is not None and flow.state is State.ENCRYPTED:
+                    fast = self._fast(flow, data, outbound, tcp_start, fields, now)
+                    if fast is not None:
+                        return fast
         try:
             pkt = TCPPacket.parse(data)
         except PacketError:
@@ -140,28 +155,9 @@ class Engine:
             result.verdict = Verdict.DROP
         return result
 
-    def _fast(self, data: bytes, outbound: bool, now: float) -> Result | None:
-        """The fast paths of an encrypted flow's common segments (outbound.fast_outbound,
-        inbound.fast_inbound), or None: the packet takes the full path.
-
-        Only IPv4 without header options (not a fragment) and IPv6 without extension
-        headers; the flow is found from the raw header without a full parse.
-        """
-        if len(data) < 40:
-            return None
-        version = data[0] >> 4
-        if data[0] == 0x45 and data[9] == 6 and not (data[6] & 0x3F or data[7]):
-            tcp_start, src, dst = 20, data[12:16], data[16:20]
-        elif version == 6 and data[6] == 6 and len(data) >= 60:
-            tcp_start, src, dst = 40, data[8:24], data[24:40]
-        else:
-            return None
-        fields = _TCP_FIXED.unpack_from(data, tcp_start)
-        key = ((version, src, fields[0], dst, fields[1]) if outbound
-               else (version, dst, fields[1], src, fields[0]))
-        flow = self._flows.get(key)
-        if flow is None or flow.state is not State.ENCRYPTED:
-            return None
+    def _fast(self, flow: Flow, data: bytes, outbound: bool, tcp_start: int,
+              fields: tuple[int, ...], now: float) -> Result | None:
+        """Run a fast path; None when it declines (nothing changed: the full path runs)."""
         try:
             result = (fast_outbound if outbound else fast_inbound)(self, flow, data, tcp_start,
                                                                    fields, now)
@@ -171,7 +167,7 @@ class Engine:
             result = Result(None)
             self._failed(flow, error, now, result)
         flow.last_activity = now
-        if self._flows.get(key) is flow:
+        if self._flows.get(flow.key) is flow:
             self._schedule(flow)
         if result.verdict is None:
             result.verdict = Verdict.DROP

@@ -340,8 +340,9 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
         return None
     smap = flow.smap
     prev_ack = smap.peer_wire_ack
-    wire_ack = unwrap(ack, flow.local_isn, prev_ack)
-    if wire_ack < prev_ack or wire_ack > flow.wire_snd_next():
+    advance = (ack - flow.local_isn - 1 - prev_ack) & MASK32   # unwrap(), inline
+    wire_ack = prev_ack + advance
+    if advance >= 1 << 31 or wire_ack > smap.wire_end + flow.local_fin:   # wire_snd_next()
         return None
     if n and (rx.buffered or flow.rx_partial or not flow.rx_init_done or flow.rx_finp
               or n < HEADER_LEN + MIN_CLEN or data[header_end] & CONTROL_REKEY
@@ -354,7 +355,7 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     flow.send_eno = False
     flow.packets_in += 1
     local_ack = smap.ack(wire_ack)
-    if wire_ack > prev_ack:
+    if advance:
         eng.on_peer_ack(flow, now)
     result = Result(None)
     # what refresh_tsval makes of it: the peer's latest TSval, the echo kept

@@ -356,6 +356,10 @@ class TCPPacket:
         """
         if self.payload is not self._parsed_payload or self._ip_fields != self._current_ip_fields():
             return self.to_bytes()
+        if len(self.options) & 3 or len(self.options) > _MAX_OPTIONS_LEN:
+            raise ValueError("TCP options must be a multiple of 4 bytes, at most 40")
+        if self.flags & ~_FLAG_BITS:
+            raise ValueError("TCP flags are 12 bits")
         return rewrite_header(self._raw, self._tcp_start, self._tcp_header_end, self.sport,
                               self.dport, self.seq, self.ack, self.flags, self.window,
                               self.urg_ptr, self.options, self.payload)
@@ -369,14 +373,10 @@ def rewrite_header(raw: Buffer, tcp_start: int, old_header_end: int, sport: int,
     The engine of :meth:`TCPPacket.to_bytes_incremental`, also called directly by the flow
     engine's fast paths, which read the header with one ``struct`` call instead of a full
     parse. ``raw[tcp_start:old_header_end]`` is the received TCP header, ``payload`` the
-    received payload.
+    received payload. The caller vouches for ``options`` (a multiple of 4 bytes, at most 40)
+    and ``flags`` (12 bits).
     """
-    options_length = len(options)
-    if options_length & 3 or options_length > _MAX_OPTIONS_LEN:
-        raise ValueError("TCP options must be a multiple of 4 bytes, at most 40")
-    if flags & ~_FLAG_BITS:
-        raise ValueError("TCP flags are 12 bits")
-    header_length = 20 + options_length
+    header_length = 20 + len(options)
     length_change = header_length - (old_header_end - tcp_start)
     offset_flags = (header_length << 10) | flags
     # The received segment with its checksum HC and the pseudo-header sums to negative
@@ -416,10 +416,10 @@ def rewrite_segment(raw: Buffer, tcp_start: int, sport: int, dport: int, seq: in
     (``tcp_start`` 20) and IPv6 without extension headers (``tcp_start`` 40): the IP header
     keeps every field the sender set (TTL/hop limit, ID, DF, traffic class, flow label) but
     its length and, for IPv4, its checksum, updated incrementally (RFC 1624). Produces the
-    same bytes as :meth:`TCPPacket.to_bytes` of the edited packet for a valid input.
+    same bytes as :meth:`TCPPacket.to_bytes` of the edited packet for a valid input. The
+    caller vouches for ``options`` and ``flags`` as for :func:`rewrite_header`.
     """
-    options_length = len(options)
-    header_length = 20 + options_length
+    header_length = 20 + len(options)
     tcp_length = header_length + len(payload)
     offset_flags = (header_length << 10) | flags
     if tcp_start == 20:
