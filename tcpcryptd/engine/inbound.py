@@ -313,9 +313,9 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     ``tcp_start`` and ``fields`` as for :func:`~tcpcryptd.engine.outbound.fast_outbound`.
     Taken: ACK or PSH|ACK segments with no other option than a timestamp flow's timestamps,
     at the receive point, ACKing nothing older than the last ACK nor anything unsent, while
-    nothing waits for delivery and no FIN was seen; carrying either nothing or exactly one
-    whole frame (rekey bit clear) whose plaintext the stack has room for in one segment,
-    with nothing out of order or partial buffered.
+    nothing waits for delivery; carrying either nothing (also after the peer's FIN, once
+    delivered) or, before any FIN, exactly one whole frame (rekey bit clear) whose plaintext
+    the stack has room for in one segment, with nothing out of order or partial buffered.
     """
     sport, dport, seq, ack, offset_flags, window, _checksum, _urg_ptr = fields
     flags = offset_flags & 0xFFF
@@ -335,7 +335,10 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
         return None
     n = end - header_end
     rx = flow.rx
-    if (seq != (flow.peer_isn + 1 + rx.next) & MASK32 or flow.rx_fin_wire is not None
+    # after the peer's FIN (verified, delivered) only pure ACKs, one number further
+    fin_done = flow.rx_fin_done
+    if (seq != (flow.peer_isn + 1 + rx.next + fin_done) & MASK32
+            or (flow.rx_fin_wire is not None and not (fin_done and flow.dl_fin_sent and not n))
             or flow.dl_sent < flow.dl_base + len(flow.dl_buf)):
         return None
     smap = flow.smap

@@ -332,8 +332,9 @@ def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     ``tcp_start`` is 20 (IPv4 without options) or 40 (IPv6 without extension headers),
     ``fields`` the fixed TCP header as ``struct`` unpacked it. Taken: ACK or PSH|ACK
     segments with no other option than the timestamps a timestamp flow carries, at the
-    stack's send point, carrying either nothing (a pure ACK, nothing out of order to SACK)
-    or new data for one frame; nothing held, ``45 02`` no longer sent, no FIN yet.
+    stack's send point, carrying either nothing (a pure ACK, nothing out of order to SACK;
+    also after the stack's FIN) or new data for one frame before any FIN; nothing held,
+    ``45 02`` no longer sent.
     """
     sport, dport, seq, ack, offset_flags, window, _checksum, urg_ptr = fields
     flags = offset_flags & 0xFFF
@@ -353,11 +354,12 @@ def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
         return None
     n = end - header_end
     smap = flow.smap
-    if (flow.held or flow.send_eno or flow.local_fin
-            or seq != (flow.local_isn + 1 + smap.local_end) & MASK32):
+    local_fin = flow.local_fin   # after the stack's FIN its segments sit one number further
+    if (flow.held or flow.send_eno
+            or seq != (flow.local_isn + 1 + smap.local_end + local_fin) & MASK32):
         return None
     if n:
-        if n + FRAME_OVERHEAD > flow.peer_mss - (header_end - tcp_start - 20):
+        if local_fin or n + FRAME_OVERHEAD > flow.peer_mss - (header_end - tcp_start - 20):
             return None
     elif flow.rx.buffered:
         return None   # SACK blocks to add
@@ -376,8 +378,10 @@ def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     flow.packets_out += 1
     if not n:
         result.data = rewrite_header(data, tcp_start, header_end, sport, dport,
-                                     (flow.local_isn + 1 + smap.wire_end) & MASK32, wire_ack,
-                                     flags, window, urg_ptr, options, b"")
+                                     (flow.local_isn + 1 + smap.wire_end + local_fin) & MASK32,
+                                     wire_ack, flags, window, urg_ptr, options, b"")
+        if local_fin:
+            eng.check_closed(flow, now)
         return result
     wire_start = smap.wire_end
     wire = flow.session.seal(wire_start, memoryview(data)[header_end:end])  # type: ignore[union-attr]
