@@ -23,7 +23,14 @@ from tcpcryptd.daemon import status as status_view
 from tcpcryptd.daemon.config import Config
 from tcpcryptd.daemon.control import ControlServer, Request, Response
 from tcpcryptd.daemon.errors import ControlError
-from tcpcryptd.daemon.nfqueue import PacketQueue, QueuedPacket, Verdicts, direction, truncated
+from tcpcryptd.daemon.nfqueue import (
+    MAX_COPY,
+    PacketQueue,
+    QueuedPacket,
+    Verdicts,
+    direction,
+    truncated,
+)
 from tcpcryptd.daemon.rawsock import InjectError
 from tcpcryptd.engine.actions import Direction, Result, Verdict
 from tcpcryptd.engine.config import EngineConfig
@@ -72,7 +79,7 @@ class PacketPath:
         """NetfilterQueue callback: one verdict (now or deferred) for every packet."""
         try:
             data = packet.get_payload()
-            if truncated(data):
+            if len(data) >= MAX_COPY and truncated(data):
                 self.counters["daemon_truncated"] += 1
                 self._unprocessable(packet)
                 return
@@ -84,8 +91,12 @@ class PacketPath:
             self._unprocessable(packet)
             return
         try:
-            self._verdict(packet, result)
-            self._apply(result)
+            if result.verdict is Verdict.ACCEPT and not result.plain:
+                self.verdicts.accept(packet, result.data)   # the per-packet common case
+            else:
+                self._verdict(packet, result)
+            if result.releases or result.transmit:
+                self._apply(result)
         except Exception:
             self.counters["daemon_verdict_errors"] += 1
             log.debug("verdict for packet %d failed", packet.id, exc_info=True)
