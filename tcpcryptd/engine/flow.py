@@ -144,6 +144,9 @@ class Flow:
         self.rx_partial = bytearray()       # start of a frame not yet whole
         self.rx_frame_offset = 0            # wire offset of the next frame
         self.rx_finp = False                # FINp frame verified
+        #: the peer's latest data segment carried PSH: the plaintext it completed is passed
+        #: on with PSH, and only then (a PSH on every segment makes Linux ACK each one)
+        self.rx_push = False
         self.rx_fin_wire: int | None = None  # wire offset of the peer's TCP FIN
         self.rx_fin_done = False            # FIN consumed (one wire and one local number)
         self.rx_urgent: int | None = None   # local index of the last urgent byte

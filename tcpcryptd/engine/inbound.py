@@ -113,7 +113,7 @@ def deliver_pending(eng: Engine, flow: Flow, now: float, pkt: TCPPacket | None,
         piece_end = min(off + seg, send_to) if off < send_to else off
         data = bytes(dl_buf[off - dl_base:piece_end - dl_base])
         is_fin = fin and piece_end == end
-        flags = PSH | (FIN if is_fin else 0)
+        flags = (PSH if flow.rx_push and piece_end == end else 0) | (FIN if is_fin else 0)
         urg_ptr = 0 if flow.rx_urgent is None else flow.urgent_pointer(off)
         if urg_ptr:
             flags |= URG
@@ -250,6 +250,7 @@ def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
         flow.rx.limit = max(eng.config.max_buffered_bytes - len(flow.dl_buf), _MAX_FRAME_WIRE)
         chunk = flow.rx.take(offset, pkt.payload)
         if chunk:
+            flow.rx_push = bool(flags & PSH)
             _consume(eng, flow, chunk, now, result)
         answer = True
     _after_payload(eng, flow, pkt, now, result, prev_ack, wire_ack, local_ack, answer)
@@ -381,6 +382,7 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     flow.bytes_in_wire += n
     flow.rx.limit = max(eng.config.max_buffered_bytes - len(flow.dl_buf), _MAX_FRAME_WIRE)
     rx.next += n
+    flow.rx_push = bool(flags & PSH)
     frame = flow.session.open(flow.rx_frame_offset, memoryview(data)[header_end:end])  # type: ignore[union-attr]
     flow.rx_frame_offset += n
     off = flow.dl_sent
@@ -405,7 +407,7 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     result.data = rewrite_segment(
         data, tcp_start, sport, dport, (flow.peer_isn + 1 + off) & MASK32,
         (flow.local_isn + 1 + local_ack) & MASK32,
-        (flags & ~(FIN | PSH | URG | RST)) | ACK | PSH | (URG if urg_ptr else 0),
+        (flags & ~(FIN | URG | RST)) | ACK | (URG if urg_ptr else 0),   # PSH as the peer set it
         flow.peer_window_field, urg_ptr, options, plain)
     if flow.local_fin:
         eng.check_closed(flow, now)
