@@ -703,3 +703,18 @@ def test_redelivery_keeps_the_urgent_mark():
     pair.timer(b, b.engine.next_deadline())
     (again,) = b.to_stack
     assert again.flags & URG and again.urg_ptr == 10 and bytes(again.payload) == b"!" * 10
+
+
+def test_delivered_segments_keep_the_senders_push_flag():
+    """PSH reaches the stack only where the peer's stack pushed: Linux ACKs after every read
+    of a pushed segment (ICSK_ACK_PUSHED), so PSH on every delivery meant an ACK per
+    segment in bulk receive (each ACK costs both engines a call)."""
+    pair = established()
+    a, b = pair.a, pair.b
+    first, second = b"x" * 1000, b"y" * 1000
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK, first))
+    pair.send(a, a.seg(ISN_A + 1 + len(first), ISN_B + 1, ACK | PSH, second))
+    delivered = [pkt for pkt in b.to_stack if len(pkt.payload)]
+    assert [bytes(pkt.payload) for pkt in delivered] == [first, second]
+    assert [bool(pkt.flags & PSH) for pkt in delivered] == [False, True]
+    assert stack_bytes(b, ISN_A) == first + second
