@@ -188,10 +188,13 @@ class SendMap:
     def sack_to_local(self, wire_left: int, wire_right: int) -> tuple[int, int] | None:
         """Translate a SACK block to the local frames it wholly covers, or None."""
         frames = self._frames
-        i = bisect_left(self._wire_starts, wire_left, lo=self._head)
-        j = i
-        while j < len(frames) and frames[j].wire_end <= wire_right:
-            j += 1
+        starts = self._wire_starts
+        i = bisect_left(starts, wire_left, lo=self._head)
+        # frames are contiguous: every frame before the last one starting at or below
+        # wire_right ends at the next one's start, within the block; that last one may too
+        j = bisect_right(starts, wire_right, lo=i)
+        if j > i and frames[j - 1].wire_end > wire_right:
+            j -= 1
         if j == i:
             return None
         left, right = frames[i].local_start, frames[j - 1].local_end

@@ -116,3 +116,21 @@ def test_keepalive_offset_maps_below_the_acknowledged_point():
     smap.ack(35)
     assert smap.local_to_wire(4) == 34
     assert smap.local_to_wire(5) == 35
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(st.integers(21, 300), min_size=1, max_size=40), st.integers(0, 12000),
+       st.integers(0, 12000), st.integers(0, 12000))
+def test_sack_to_local_is_the_frames_wholly_inside_the_block(sizes, ack, left, width):
+    """sack_to_local (bisection) against the definition: the unacknowledged frames lying
+    wholly inside [left, right), as one local range, or None."""
+    smap = SendMap()
+    for size in sizes:
+        smap.append(size - 20, bytes(size))
+    smap.ack(min(ack, smap.wire_end))
+    right = left + width
+    inside = [f for f in smap.unacked if left <= f.wire_start and f.wire_end <= right]
+    expected = (inside[0].local_start, inside[-1].local_end) if inside else None
+    if expected is not None and expected[0] >= expected[1]:
+        expected = None
+    assert smap.sack_to_local(left, right) == expected
