@@ -17,6 +17,7 @@ own shift), TTL/hop limit, DF and traffic class; toward the stack they mirror th
 from __future__ import annotations
 
 import socket
+import struct
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -260,6 +261,21 @@ class Flow:
     # -- packets the engine builds --------------------------------------------------------
 
     def wire_options(self, sack: bool) -> bytes:
+        """Options of an engine-made segment toward the wire: timestamps, ``45 02`` while it
+        is still sent, SACK blocks of the out-of-order wire bytes (when ``sack``)."""
+        if not self.send_eno:
+            # what the general editing below gives, built directly (Linux's layout):
+            # NOP NOP TS, then NOP NOP SACK with at most 3 blocks (the 40-byte budget)
+            raw = TS_LAYOUT + _TS_VALUES.pack(self.stack_tsval, self.peer_tsval) \
+                if self.ts_ok else b""
+            if sack and self.sack_ok:
+                blocks = self.rx.sack_blocks()
+                if blocks:
+                    isn1 = self.peer_isn + 1
+                    raw += bytes((1, 1, 5, 2 + 8 * len(blocks))) + b"".join(
+                        _SACK_BLOCK.pack((l + isn1) & MASK32, (r + isn1) & MASK32)
+                        for l, r in blocks)
+            return raw
         raw = b""
         if self.ts_ok:
             raw = tcp_options.set_timestamps(raw, self.stack_tsval, self.peer_tsval)
@@ -296,9 +312,7 @@ class Flow:
         if local_ack is None:
             local_ack = self.smap.wire_to_local_ack(self.smap.peer_wire_ack)
         ack = (self.local_isn + 1 + local_ack) & MASK32
-        raw = b""
-        if self.ts_ok:
-            raw = tcp_options.set_timestamps(raw, self.peer_tsval, self.stack_tsval)
+        raw = TS_LAYOUT + _TS_VALUES.pack(self.peer_tsval, self.stack_tsval) if self.ts_ok else b""
         return build(version, dst, src, dport, sport, seq, ack, flags | ACK,
                      self.peer_window_field, raw, payload, self.in_ttl, self.in_df,
                      self.in_tos, urg_ptr=urg_ptr)
@@ -335,6 +349,8 @@ class Flow:
 
 #: The timestamp option as Linux lays it out, alone or first: NOP NOP TS (RFC 7323 App. A)
 TS_LAYOUT = b"\x01\x01\x08\x0a"
+_TS_VALUES = struct.Struct("!II")
+_SACK_BLOCK = struct.Struct("!II")
 
 
 def ip_fields(data: bytes, tcp_start: int) -> tuple[int, bool, int]:

@@ -718,3 +718,26 @@ def test_delivered_segments_keep_the_senders_push_flag():
     assert [bytes(pkt.payload) for pkt in delivered] == [first, second]
     assert [bool(pkt.flags & PSH) for pkt in delivered] == [False, True]
     assert stack_bytes(b, ISN_A) == first + second
+
+
+@pytest.mark.parametrize("ts_ok, sack_ok", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("holes", [0, 1, 3, 5])
+def test_engine_made_options_match_the_general_editing(ts_ok, sack_ok, holes):
+    """Engine-made segments build their options directly once ``45 02`` is no longer sent;
+    the bytes are those the general option editing gives (NOP NOP TS, NOP NOP SACK, at
+    most 3 blocks, most recent first)."""
+    from tcpcryptd.packet import options as tcp_options
+    pair = established()
+    (flow,) = pair.b.engine._flows.values()
+    flow.ts_ok, flow.sack_ok, flow.send_eno = ts_ok, sack_ok, False
+    flow.stack_tsval, flow.peer_tsval = 0xDEADBEEF, 7
+    for k in range(holes):
+        flow.rx.insert(flow.rx.next + 100 + 200 * k, b"z" * 50)
+    isn1 = flow.peer_isn + 1
+    expected = tcp_options.set_timestamps(b"", flow.stack_tsval, flow.peer_tsval) if ts_ok else b""
+    blocks = flow.rx.sack_blocks()
+    if sack_ok and blocks:
+        expected = tcp_options.replace_sack(
+            expected, [((l + isn1) & M32, (r + isn1) & M32) for l, r in blocks])
+    assert flow.wire_options(True) == expected
+    assert flow.wire_options(False) == (expected[:12] if ts_ok else b"")
