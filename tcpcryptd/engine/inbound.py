@@ -312,8 +312,8 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     """:func:`handle_inbound` for an encrypted flow's common segments, or None (untouched).
 
     ``tcp_start`` and ``fields`` as for :func:`~tcpcryptd.engine.outbound.fast_outbound`.
-    Taken: ACK or PSH|ACK segments with no other option than a timestamp flow's timestamps,
-    at the receive point, ACKing nothing older than the last ACK nor anything unsent, while
+    Taken: ACK or PSH|ACK segments with no other option than a timestamp flow's timestamps
+    (pure ACKs: timestamps first, then anything, e.g. SACK blocks), at the receive point, ACKing nothing older than the last ACK nor anything unsent, while
     nothing waits for delivery; carrying either nothing (also after the peer's FIN, once
     delivered) or, before any FIN, exactly one whole frame (rekey bit clear) whose plaintext
     the stack has room for in one segment, with nothing out of order or partial buffered.
@@ -324,7 +324,7 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
         return None
     header_end = tcp_start + ((offset_flags >> 12) << 2)
     if flow.ts_ok:
-        if header_end != tcp_start + 32 or data[tcp_start + 20:tcp_start + 24] != TS_LAYOUT:
+        if header_end < tcp_start + 32 or data[tcp_start + 20:tcp_start + 24] != TS_LAYOUT:
             return None
         tsval: int | None = int.from_bytes(data[tcp_start + 24:tcp_start + 28], "big")
     elif header_end != tcp_start + 20:
@@ -335,6 +335,9 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     if not header_end <= end <= len(data):
         return None
     n = end - header_end
+    more_options = header_end > tcp_start + 32   # after the timestamps: SACK, pure ACKs only
+    if n and more_options:
+        return None
     rx = flow.rx
     # after the peer's FIN (verified, delivered) only pure ACKs, one number further
     fin_done = flow.rx_fin_done
@@ -368,6 +371,8 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     if not n:
         result.verdict = Verdict.DROP
         if _news(flow, prev_ack, wire_ack, local_ack, True):
+            if more_options:
+                options = _local_sack(flow, options)
             flow.stack_seen_ack = local_ack
             flow.stack_seen_window = flow.peer_window_field
             result.verdict = Verdict.ACCEPT
