@@ -57,6 +57,18 @@ class Reassembly:
             self.buffered += len(data)
             self._last = offset
             return len(data)
+        if j == i + 1 and starts[i] <= offset:
+            # the common case behind a gap: the segment extends one interval at its end
+            # (appending to the bytearray is amortised O(1); rebuilding it would copy the
+            # whole interval for every segment)
+            chunk = chunks[i]
+            old_end = starts[i] + len(chunk)
+            added = max(0, end - old_end)
+            if added:
+                chunk += data[old_end - offset:]
+            self.buffered += added
+            self._last = starts[i]
+            return added
         # merge intervals i..j-1 with the new bytes, old bytes win where they overlap
         new_start = min(offset, starts[i])
         last_end = starts[j - 1] + len(chunks[j - 1])
