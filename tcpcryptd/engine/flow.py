@@ -353,6 +353,31 @@ _TS_VALUES = struct.Struct("!II")
 _SACK_BLOCK = struct.Struct("!II")
 
 
+def segment_shape(flow: Flow, data: bytes, tcp_start: int,
+                  offset_flags: int) -> tuple[int, int, int | None, int] | None:
+    """``(flags, header_end, tsval, payload length)`` of a raw segment the fast paths may
+    take, or None: ACK set and none of SYN/FIN/RST/URG; on a timestamp flow the options
+    start with the timestamps as Linux lays them out (``tsval`` their TSval), otherwise
+    there are none; the IP length is consistent with the packet.
+    """
+    flags = offset_flags & 0xFFF
+    if flags & NOT_FAST or not flags & ACK:
+        return None
+    header_end = tcp_start + ((offset_flags >> 12) << 2)
+    if flow.ts_ok:
+        if header_end < tcp_start + 32 or data[tcp_start + 20:tcp_start + 24] != TS_LAYOUT:
+            return None
+        tsval: int | None = int.from_bytes(data[tcp_start + 24:tcp_start + 28], "big")
+    elif header_end != tcp_start + 20:
+        return None
+    else:
+        tsval = None
+    end = ((data[2] << 8) | data[3]) if tcp_start == 20 else 40 + ((data[4] << 8) | data[5])
+    if not header_end <= end <= len(data):
+        return None
+    return flags, header_end, tsval, end - header_end
+
+
 def ip_fields(data: bytes, tcp_start: int) -> tuple[int, bool, int]:
     """TTL (hop limit), DF and TOS (traffic class) of a raw IPv4 (``tcp_start`` 20) or IPv6
     packet, as :meth:`TCPPacket.parse` reads them: the fast paths' template fields."""

@@ -36,13 +36,13 @@ from tcpcryptd.core.errors import FrameError
 from tcpcryptd.engine.actions import Direction, Result, Transmit, Verdict
 from tcpcryptd.engine.flow import (
     MASK32,
-    NOT_FAST,
     TS_LAYOUT,
     Flow,
     FlowAbort,
     ip_fields,
     packet_tsval,
     refresh_tsval,
+    segment_shape,
     ts_newer,
     unwrap,
 )
@@ -319,22 +319,11 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     the stack has room for in one segment, with nothing out of order or partial buffered.
     """
     sport, dport, seq, ack, offset_flags, window, _checksum, _urg_ptr = fields
-    flags = offset_flags & 0xFFF
-    if flags & NOT_FAST or not flags & ACK:
+    shape = segment_shape(flow, data, tcp_start, offset_flags)
+    if shape is None:
         return None
-    header_end = tcp_start + ((offset_flags >> 12) << 2)
-    if flow.ts_ok:
-        if header_end < tcp_start + 32 or data[tcp_start + 20:tcp_start + 24] != TS_LAYOUT:
-            return None
-        tsval: int | None = int.from_bytes(data[tcp_start + 24:tcp_start + 28], "big")
-    elif header_end != tcp_start + 20:
-        return None
-    else:
-        tsval = None
-    end = ((data[2] << 8) | data[3]) if tcp_start == 20 else 40 + ((data[4] << 8) | data[5])
-    if not header_end <= end <= len(data):
-        return None
-    n = end - header_end
+    flags, header_end, tsval, n = shape
+    end = header_end + n
     more_options = header_end > tcp_start + 32   # after the timestamps: SACK, pure ACKs only
     if n and more_options:
         return None

@@ -34,13 +34,13 @@ from tcpcryptd.core.frame import FRAME_OVERHEAD, FRAME_OVERHEAD_URGENT, MAX_FRAM
 from tcpcryptd.engine.actions import Direction, Release, Result, Transmit, Verdict
 from tcpcryptd.engine.flow import (
     MASK32,
-    NOT_FAST,
     TS_LAYOUT,
     Flow,
     State,
     ip_fields,
     packet_tsval,
     refresh_tsval,
+    segment_shape,
     ts_newer,
     unwrap,
 )
@@ -337,22 +337,13 @@ def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     ``45 02`` no longer sent.
     """
     sport, dport, seq, ack, offset_flags, window, _checksum, urg_ptr = fields
-    flags = offset_flags & 0xFFF
-    if flags & NOT_FAST or not flags & ACK:
+    shape = segment_shape(flow, data, tcp_start, offset_flags)
+    if shape is None:
         return None
-    header_end = tcp_start + ((offset_flags >> 12) << 2)
-    if flow.ts_ok:
-        if header_end != tcp_start + 32 or data[tcp_start + 20:tcp_start + 24] != TS_LAYOUT:
-            return None
-        tsval: int | None = int.from_bytes(data[tcp_start + 24:tcp_start + 28], "big")
-    elif header_end != tcp_start + 20:
-        return None
-    else:
-        tsval = None
-    end = ((data[2] << 8) | data[3]) if tcp_start == 20 else 40 + ((data[4] << 8) | data[5])
-    if not header_end <= end <= len(data):
-        return None
-    n = end - header_end
+    flags, header_end, tsval, n = shape
+    end = header_end + n
+    if header_end - tcp_start != (20 if tsval is None else 32):
+        return None   # options beyond the timestamps: the full path edits them
     smap = flow.smap
     local_fin = flow.local_fin   # after the stack's FIN its segments sit one number further
     if (flow.held or flow.send_eno

@@ -436,6 +436,27 @@ def rewrite_segment(raw: Buffer, tcp_start: int, sport: int, dport: int, seq: in
         if tcp_length > _MAX_IP_LENGTH:
             raise ValueError("IPv6 payload longer than 65535 bytes")
         ip_header = b"".join((raw[:4], _U16.pack(tcp_length), raw[6:40]))
+    tcp_header = _TCP_HEADER.pack(
+        sport, dport, seq, ack, offset_flags, window,
+        _tcp_checksum(addresses, tcp_length, sport, dport, seq, ack, offset_flags, window,
+                      urg_ptr, options, payload),
+        urg_ptr,
+    )
+    return b"".join((ip_header, tcp_header, options, payload))
+
+
+def _tcp_checksum(addresses: int, tcp_length: int, sport: int, dport: int, seq: int, ack: int,
+                  offset_flags: int, window: int, urg_ptr: int, options: bytes,
+                  payload: Buffer) -> int:
+    """The TCP checksum field (RFC 9293 §3.1) from the header's field values.
+
+    One big-integer pass over the payload only: every header word's contribution to the
+    ones'-complement sum is taken from the field values (a 16/32-bit field is congruent to
+    the sum of its words modulo 0xFFFF, see :mod:`tcpcryptd.packet.checksum`); ``addresses``
+    is any integer congruent to the pseudo-header's addresses (their sum, or both read as
+    one integer). The true sum is non-zero (the pseudo-header holds protocol 6), so residue
+    0 means checksum 0.
+    """
     residue = (
         addresses
         + _PROTO_TCP
@@ -450,10 +471,7 @@ def rewrite_segment(raw: Buffer, tcp_start: int, sport: int, dport: int, seq: in
         + int.from_bytes(options, "big")
         + residue_of(payload)
     ) % 0xFFFF
-    tcp_header = _TCP_HEADER.pack(
-        sport, dport, seq, ack, offset_flags, window, 0xFFFF - residue if residue else 0, urg_ptr
-    )
-    return b"".join((ip_header, tcp_header, options, payload))
+    return 0xFFFF - residue if residue else 0
 
 
 def _ip_header_with_length(ip_header: Buffer, version: int, change: int) -> bytes:
@@ -497,11 +515,8 @@ def _encode(
 ) -> bytes:
     """Serialise IP + TCP with correct lengths and full checksums (RFC 791, 8200, 9293).
 
-    One big-integer pass over the payload only: every header word's contribution to the
-    ones'-complement sum is taken from the field values (a 16/32-bit field is congruent to
-    the sum of its words modulo 0xFFFF, see :mod:`tcpcryptd.packet.checksum`), and the
-    options are short. Both true sums are non-zero (the pseudo-header holds protocol 6, the
-    IPv4 header version 4), so residue 0 means checksum 0.
+    The TCP checksum as :func:`_tcp_checksum` computes it; the IPv4 header checksum likewise
+    from the field values (its true sum is non-zero: version 4).
     """
     if version == 4:
         address_length = 4
@@ -520,21 +535,8 @@ def _encode(
     tcp_length = header_length + len(payload)
     offset_flags = (header_length << 10) | flags
     addresses = int.from_bytes(src, "big") + int.from_bytes(dst, "big")
-    residue = (
-        addresses
-        + _PROTO_TCP
-        + tcp_length
-        + sport
-        + dport
-        + seq
-        + ack
-        + offset_flags
-        + window
-        + urg_ptr
-        + int.from_bytes(options, "big")
-        + residue_of(payload)
-    ) % 0xFFFF
-    checksum = 0xFFFF - residue if residue else 0
+    checksum = _tcp_checksum(addresses, tcp_length, sport, dport, seq, ack, offset_flags, window,
+                             urg_ptr, options, payload)
     if version == 4:
         ip_options_length = len(ip_options)
         if ip_options_length & 3 or ip_options_length > 40:
