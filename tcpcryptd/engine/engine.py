@@ -217,7 +217,7 @@ class Engine:
         self.count("encrypted")
         assert flow.session is not None
         flow.aead_name = flow.session.aead.name
-        flow.session_id = flow.session.session_id.hex()
+        flow.session_id = flow.session.session_id   # shared with the session, hex in status
         if init2:
             flow.smap.append(0, init2, injected=True)
             result.transmit.extend(self.wire_pieces(flow, 0, init2))
@@ -288,7 +288,7 @@ class Engine:
         flow.rx = Reassembly(limit=0)
         flow.dl_buf = bytearray()
         flow.rx_partial = bytearray()
-        flow.handshake = None
+        flow.handshake = flow.eno = flow.negotiated = None
         flow.session = None  # forward secrecy: keys go with the connection (RFC 8547 §5)
         flow.rtx_deadline = flow.dl_deadline = None
 
