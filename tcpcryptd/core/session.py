@@ -87,6 +87,11 @@ class Session:
     ``send_generation`` is the generation of the latest sealed frame.  Keys of old
     generations stay until :meth:`discard_generations_below`; the caller bounds them.
 
+    Each traffic key in use has a :class:`TrafficKey` with its AEAD object (an OpenSSL
+    context, ~2.4 KB: most of an idle connection's memory).  :meth:`release_aead` drops them
+    all, keeping the raw keys in the key schedule; ``seal``/``open`` rebuild the one they
+    need (~1 us), of whatever generation, so rekeying is unaffected.
+
     ``seal`` refuses an offset below the end of the previous sealed frame: a frame ID is never
     used twice under one key (RFC 8548 §3.6).  Retransmissions replay stored wire bytes.
     """
@@ -114,7 +119,8 @@ class Session:
         self._next_seal_offset = 0
         self._send_keys: dict[int, TrafficKey] = {}
         self._recv_keys: dict[int, TrafficKey] = {}
-        # The keys of the current generations always exist: seal/open index them directly.
+        # The keys of generation 0 are made now (not on the first frame); release_aead drops
+        # them and seal/open make them again from the schedule when needed.
         self._key(0, True)
         self._key(0, False)
 
@@ -176,12 +182,10 @@ class Session:
             raise ValueError(f"offset {offset} below the end of the previous frame "
                              f"({self._next_seal_offset}): frame ID reuse")
         rekey = self.send_generation < self.local_generation
-        if rekey:
-            generation = self.send_generation + 1
-            key = self._key(generation, True)
-        else:
-            generation = self.send_generation
-            key = self._send_keys[generation]
+        generation = self.send_generation + 1 if rekey else self.send_generation
+        key = self._send_keys.get(generation)
+        if key is None:
+            key = self._key(generation, True)   # a new generation, or released while idle
         frame = encode_frame(key, offset, data, rekey=rekey, fin=fin, urgent=urgent)
         self.send_generation = generation
         self._next_seal_offset = offset + len(frame)
@@ -200,7 +204,10 @@ class Session:
             raise FrameError(f"{len(frame)} bytes are shorter than a frame header")
         if not frame[0] & CONTROL_REKEY:
             generation = self.remote_generation
-            return decode_frame(self._recv_keys[generation], offset, frame, generation=generation)
+            key = self._recv_keys.get(generation)
+            if key is None:
+                key = self._key(generation, False)   # released while idle
+            return decode_frame(key, offset, frame, generation=generation)
         generation = self.remote_generation + 1
         result = decode_frame(self._key(generation, False), offset, frame, generation=generation)
         self.remote_generation = generation
@@ -219,6 +226,20 @@ class Session:
             for old in [g for g in cache if g < floor]:
                 del cache[old]
         self.schedule.discard_below(floor)
+
+    @property
+    def aead_built(self) -> bool:
+        """True while some traffic key of this session holds its AEAD object."""
+        return bool(self._send_keys or self._recv_keys)
+
+    def release_aead(self) -> None:
+        """Drop every :class:`TrafficKey` (and its AEAD object); the raw keys stay.
+
+        For idle connections: the next ``seal`` or ``open`` rebuilds the key it uses from the
+        key schedule, whatever its generation (discarded generations stay discarded).
+        """
+        self._send_keys.clear()
+        self._recv_keys.clear()
 
     def resumption_secret(self) -> tuple[bytes, bytes]:
         """``(ss[i+1], resume[i+1])`` to cache for a later resumption (RFC 8548 §3.5)."""
