@@ -102,9 +102,10 @@ class KeySchedule:
         self.traffic_key_len = traffic_key_len
         self._mk = first_master_key(ss, sn)
         self._mk_generation = 0
-        #: keys of generations ``_lowest`` .. ``_mk_generation``, in order (a list: an idle
-        #: connection's schedule holds one entry; memory per connection matters)
-        self._keys: list[tuple[bytes, bytes]] = [traffic_keys(self._mk, traffic_key_len)]
+        #: ``k_ab[j] | k_ba[j]`` of generations ``_lowest`` .. ``_mk_generation``, in order: one
+        #: bytes object each, in a list (an idle connection's schedule holds one entry, and
+        #: memory per connection matters)
+        self._keys: list[bytes] = [b"".join(traffic_keys(self._mk, traffic_key_len))]
         self._lowest = 0
 
     @property
@@ -127,8 +128,10 @@ class KeySchedule:
         while self._mk_generation < generation:
             self._mk = next_master_key(self._mk)
             self._mk_generation += 1
-            self._keys.append(traffic_keys(self._mk, self.traffic_key_len))
-        return self._keys[generation - self._lowest]
+            self._keys.append(b"".join(traffic_keys(self._mk, self.traffic_key_len)))
+        both = self._keys[generation - self._lowest]
+        n = self.traffic_key_len
+        return both[:n], both[n:]
 
     def discard_below(self, generation: int) -> None:
         """Forget the traffic keys of every generation lower than ``generation``.

@@ -15,7 +15,8 @@ for the test-vector generator; they never appear in ``repr`` and are never logge
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from tcpcryptd.core.aead import AEAD_ALGORITHMS, AEADAlgorithm, TrafficKey, aead_algorithm
 from tcpcryptd.core.constants import (
     DEFAULT_MAX_INIT_LEN,
@@ -51,6 +52,11 @@ DEFAULT_CIPHERS: tuple[int, ...] = (AEADId.AES_128_GCM, AEADId.AES_256_GCM,
 #: Host B's default preference, in increasing priority (last = most preferred).
 DEFAULT_PREFERENCE: tuple[int, ...] = (AEADId.CHACHA20_POLY1305, AEADId.AES_256_GCM,
                                        AEADId.AES_128_GCM)
+
+
+#: The key cache of a session holding no TrafficKey: one immutable empty mapping shared by
+#: every released session (an idle connection owns no empty dicts).
+_NO_KEYS: Mapping[int, TrafficKey] = MappingProxyType({})
 
 
 def _check_ciphers(ciphers: Sequence[int], what: str) -> tuple[int, ...]:
@@ -117,8 +123,9 @@ class Session:
         self.send_generation = 0
         self.fin_sent = False
         self._next_seal_offset = 0
-        self._send_keys: dict[int, TrafficKey] = {}
-        self._recv_keys: dict[int, TrafficKey] = {}
+        # generation -> TrafficKey; the shared empty _NO_KEYS while none (released)
+        self._send_keys: Mapping[int, TrafficKey] = _NO_KEYS
+        self._recv_keys: Mapping[int, TrafficKey] = _NO_KEYS
         # The keys of generation 0 are made now (not on the first frame); release_aead drops
         # them and seal/open make them again from the schedule when needed.
         self._key(0, True)
@@ -149,7 +156,13 @@ class Session:
         if key is None:
             k_ab, k_ba = self.schedule.keys(generation)
             key = TrafficKey(self.aead, k_ab if sending == self.sends_with_k_ab else k_ba)
-            cache[generation] = key
+            if cache is _NO_KEYS:
+                cache = {}
+                if sending:
+                    self._send_keys = cache
+                else:
+                    self._recv_keys = cache
+            cache[generation] = key  # type: ignore[index]
         return key
 
     @property
@@ -224,7 +237,7 @@ class Session:
         floor = min(generation, self.send_generation, self.remote_generation)
         for cache in (self._send_keys, self._recv_keys):
             for old in [g for g in cache if g < floor]:
-                del cache[old]
+                del cache[old]  # type: ignore[attr-defined]
         self.schedule.discard_below(floor)
 
     @property
@@ -238,8 +251,7 @@ class Session:
         For idle connections: the next ``seal`` or ``open`` rebuilds the key it uses from the
         key schedule, whatever its generation (discarded generations stay discarded).
         """
-        self._send_keys.clear()
-        self._recv_keys.clear()
+        self._send_keys = self._recv_keys = _NO_KEYS
 
     def resumption_secret(self) -> tuple[bytes, bytes]:
         """``(ss[i+1], resume[i+1])`` to cache for a later resumption (RFC 8548 §3.5)."""

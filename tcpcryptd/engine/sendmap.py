@@ -184,9 +184,14 @@ class SendMap:
             self.wire_acked = last.wire_end
             self._head = head
             if head == len(frames):
-                # everything acknowledged (an idle flow): keep no record nor its wire bytes
+                # everything acknowledged (an idle flow): keep no record nor its wire bytes,
+                # and let the equal offsets share one int object each
                 self._frames = self._wire_starts = self._local_ends = ()
                 self._head = 0
+                self.local_acked = self.local_end
+                self.wire_acked = self.wire_end
+                if wire_ack == self.wire_end:
+                    self.peer_wire_ack = self.wire_end
             elif head > 64 and head * 2 > len(frames):
                 del frames[:head]  # type: ignore[union-attr]
                 del self._wire_starts[:head]
