@@ -56,7 +56,8 @@ class FlowPairs:
     """Engines A and B with ``count`` established flows, idle after a few exchanges.
 
     Each local stack is played by hand: it acknowledges what it received and sends its next
-    request/response; ``check`` asserts both stacks received exactly what the other wrote.
+    request/response; each connection checks that both stacks received exactly what the
+    other wrote, and ``check`` that every flow is established.
     """
 
     def __init__(self, config: EngineConfig | None = None) -> None:
@@ -64,8 +65,9 @@ class FlowPairs:
         self.a, self.b = Engine(config), Engine(config)
         self.now = 0.0
         self.tsval = 1
-        #: (port) -> bytes each stack received, assembled in order
+        #: ("a" | "b", port) -> bytes that stack received, assembled in order
         self.received: dict[tuple[str, int], bytearray] = {}
+        self.opened = 0
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -136,13 +138,26 @@ class FlowPairs:
         # A's stack acknowledges the last response
         self.send(True, port, self._seg(True, port, _ISN_A + 1 + sent_a, _ISN_B + 1 + sent_b,
                                         ACK))
-        self._sent = (sent_a, sent_b)
+        # both stacks got exactly what the other wrote (checked now, not kept: the buffers
+        # would count as memory of the flows)
+        want_b = b"".join(bytes([k]) * size for k in range(rounds))
+        want_a = b"".join(bytes([k + 128]) * (2 * size) for k in range(rounds))
+        assert self.received.pop(("b", port), None) == want_b, port
+        assert self.received.pop(("a", port), None) == want_a, port
+        self.opened += 1
 
     def open_many(self, count: int, rounds: int = 3, size: int = 100,
-                  first_port: int = _FIRST_PORT_A) -> list[int]:
+                  first_port: int = _FIRST_PORT_A, rate: float = 0.0) -> list[int]:
+        """``count`` connections; with ``rate``, that many per second of engine time, the
+        engines' timers running in between (as in the daemon: earlier flows go idle while
+        later ones open)."""
         ports = list(range(first_port, first_port + count))
         for port in ports:
             self.open(port, rounds, size)
+            if rate:
+                self.now += 1.0 / rate
+                for engine in (self.a, self.b):
+                    assert not engine.handle_timer(self.now).transmit
         return ports
 
     def idle(self, seconds: float) -> None:
@@ -155,13 +170,11 @@ class FlowPairs:
                 # timers of idle, fully acknowledged flows send nothing
                 assert not result.transmit, result.transmit
 
-    def check(self, ports: Iterable[int], rounds: int = 3, size: int = 100) -> None:
-        want_b = b"".join(bytes([k]) * size for k in range(rounds))
-        want_a = b"".join(bytes([k + 128]) * (2 * size) for k in range(rounds))
-        for port in ports:
-            assert self.received.get(("b", port)) == want_b, port
-            assert self.received.get(("a", port)) == want_a, port
+    def check(self, ports: Iterable[int]) -> None:
+        """Every flow of both engines is established, and nothing was delivered after."""
+        assert not self.received, list(self.received)[:3]
         for engine in (self.a, self.b):
+            assert len(engine._flows) == self.opened
             states = {f.state for f in engine.flows()}
             assert states == {"encrypted"}, states
 
@@ -175,6 +188,15 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _malloc_trim() -> None:
+    """Give free heap pages back to the kernel (glibc), so RSS counts memory in use."""
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _warm_up(config: EngineConfig) -> None:
     """Load every code path and fill type caches before the baseline."""
     pairs = FlowPairs(config)
@@ -184,20 +206,18 @@ def _warm_up(config: EngineConfig) -> None:
     gc.collect()
 
 
-def measure_trace(count: int, idle: float, config: EngineConfig | None = None) -> dict:
+def measure_trace(count: int, idle: float, rate: float,
+                  config: EngineConfig | None = None) -> dict:
     """tracemalloc bytes per flow: A and B together, and engine A's share."""
     import tracemalloc
     config = config or EngineConfig()
     tracemalloc.start()
     _warm_up(config)
     pairs = FlowPairs(config)
-    pairs.received = {}
     gc.collect()
     base = tracemalloc.get_traced_memory()[0]
-    ports = pairs.open_many(count)
+    ports = pairs.open_many(count, rate=rate)
     pairs.check(ports)
-    pairs.received.clear()
-    pairs.received = {}
     pairs.idle(idle)
     gc.collect()
     both = tracemalloc.get_traced_memory()[0] - base
@@ -209,18 +229,37 @@ def measure_trace(count: int, idle: float, config: EngineConfig | None = None) -
             "trace_a_per_flow": only_a / count, "trace_b_per_flow": (both - only_a) / count}
 
 
-def measure_rss(count: int, idle: float, config: EngineConfig | None = None) -> dict:
+def measure_rss(count: int, idle: float, rate: float,
+                config: EngineConfig | None = None) -> dict:
+    """RSS growth per flow over ``count`` flows, as it is and after ``malloc_trim``.
+
+    Also the marginal figure: the growth from ``count / 2`` to ``count`` idle flows, divided
+    by the flows added.  Costs that do not grow with the number of idle flows (the AEAD
+    objects of the flows opened in the last ``aead_idle_release`` seconds, freed holes
+    that the next flows reuse) cancel out of it.
+    """
     config = config or EngineConfig()
     _warm_up(config)
     pairs = FlowPairs(config)
     gc.collect()
+    _malloc_trim()
     base = _rss()
-    ports = pairs.open_many(count)
-    pairs.check(ports)
-    pairs.received = {}
+    half = count // 2
+    ports = pairs.open_many(half, rate=rate)
     pairs.idle(idle)
     gc.collect()
-    return {"flows": count, "rss_per_flow": (_rss() - base) / (2 * count)}
+    middle = _rss()
+    ports += pairs.open_many(count - half, rate=rate, first_port=_FIRST_PORT_A + half)
+    pairs.check(ports)
+    pairs.idle(idle)
+    gc.collect()
+    grown = _rss() - base
+    marginal = _rss() - middle
+    _malloc_trim()
+    trimmed = _rss() - base
+    return {"flows": count, "rss_per_flow": grown / (2 * count),
+            "rss_trimmed_per_flow": trimmed / (2 * count),
+            "rss_marginal_per_flow": marginal / (2 * (count - half))}
 
 
 _ATOMIC = (type, type(os), type(len), type(_rss))
@@ -254,11 +293,10 @@ def _components(flow) -> dict[str, list[object]]:
     return parts
 
 
-def breakdown(count: int, idle: float) -> dict[str, float]:
+def breakdown(count: int, idle: float, config: EngineConfig | None = None) -> dict[str, float]:
     """Python bytes per flow of engine A, by part of the flow, objects no other flow shares."""
-    pairs = FlowPairs()
+    pairs = FlowPairs(config)
     pairs.check(pairs.open_many(count))
-    pairs.received = {}
     pairs.idle(idle)
     gc.collect()
     flows = list(pairs.a._flows.values())
@@ -328,9 +366,12 @@ def measure_aead(name: str, count: int = 20000) -> dict[str, float]:
     return out
 
 
-def _child(mode: str, count: int, idle: float) -> dict:
+def _child(mode: str, count: int, idle: float, rate: float = 0.0,
+           release: float | None = None) -> dict:
     argv = [sys.executable, "-m", "bench.flow_memory", "--child", mode, "-n", str(count),
-            "--idle", str(idle)]
+            "--idle", str(idle), "--rate", str(rate)]
+    if release is not None:
+        argv += ["--release", str(release)]
     done = subprocess.run(argv, check=True, capture_output=True, text=True)
     return json.loads(done.stdout)
 
@@ -340,6 +381,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("-n", "--count", type=int, default=2000, help="connections (flow pairs)")
     parser.add_argument("--idle", type=float, default=30.0,
                         help="seconds the flows stay idle before the measurement")
+    parser.add_argument("--rate", type=float, default=155.0,
+                        help="connections opened per second of engine time (0: all at once); "
+                             "155/s is the daemon bench's X25519 connection rate")
+    parser.add_argument("--release", type=float, default=None,
+                        help="EngineConfig.aead_idle_release (default: the engine's; 0: never)")
     parser.add_argument("--breakdown", action="store_true", help="Python bytes by part of a flow")
     parser.add_argument("--aead", action="store_true", help="RSS and build time of AEAD objects")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -348,22 +394,29 @@ def main(argv: list[str] | None = None) -> dict:
         if args.child in _AEADS:
             print(json.dumps(measure_aead(args.child)))
             return {}
-        fn = {"trace": lambda: measure_trace(args.count, args.idle),
-              "rss": lambda: measure_rss(args.count, args.idle),
-              "breakdown": lambda: breakdown(min(args.count, 500), args.idle)}[args.child]
+        config = (EngineConfig() if args.release is None
+                  else EngineConfig(aead_idle_release=args.release))
+        fn = {"trace": lambda: measure_trace(args.count, args.idle, args.rate, config),
+              "rss": lambda: measure_rss(args.count, args.idle, args.rate, config),
+              "breakdown": lambda: breakdown(min(args.count, 500), args.idle, config),
+              }[args.child]
         print(json.dumps(fn()))
         return {}
     results: dict = {}
-    results.update(_child("trace", args.count, args.idle))
-    results.update(_child("rss", args.count, args.idle))
+    results.update(_child("trace", args.count, args.idle, args.rate, args.release))
+    results.update(_child("rss", args.count, args.idle, args.rate, args.release))
     print(f"{args.count} idle encrypted flows per engine (X25519, AES-128-GCM), "
-          f"idle {args.idle:g} s")
+          f"{args.rate:g} connections/s, then idle {args.idle:g} s; aead_idle_release "
+          f"{getattr(EngineConfig(), 'aead_idle_release', 0) if args.release is None else args.release:g} s")
     print(f"  tracemalloc  engine A {results['trace_a_per_flow']:8.0f} B/flow   "
           f"engine B {results['trace_b_per_flow']:8.0f} B/flow   "
           f"mean {results['trace_both_per_flow']:8.0f} B/flow")
-    print(f"  RSS          mean of A and B {results['rss_per_flow']:8.0f} B/flow")
+    print(f"  RSS          mean of A and B {results['rss_per_flow']:8.0f} B/flow   "
+          f"after malloc_trim {results['rss_trimmed_per_flow']:8.0f} B/flow   "
+          f"marginal (flows {args.count // 2}..{args.count}) "
+          f"{results['rss_marginal_per_flow']:8.0f} B/flow")
     if args.breakdown:
-        parts = _child("breakdown", args.count, args.idle)
+        parts = _child("breakdown", args.count, args.idle, args.rate, args.release)
         results["breakdown"] = parts
         print("  Python objects of engine A's flows, owned by one flow (sys.getsizeof):")
         for name, value in parts.items():

@@ -113,7 +113,7 @@ class Flow:
 
     __slots__ = (
         "key", "version", "role", "eno", "syn_option", "tep", "state", "created",
-        "last_activity", "negotiated", "handshake", "session", "abort_reason",
+        "last_activity", "negotiated", "handshake", "session", "aead_idle_at", "abort_reason",
         "aead_name", "session_id", "local_isn", "peer_isn", "peer_mss", "local_mss",
         "local_wscale", "peer_wscale", "local_wscale_sent", "peer_wscale_sent", "local_sack",
         "peer_sack", "local_ts", "peer_ts", "sack_ok", "ts_ok", "send_eno", "smap", "local_fin",
@@ -144,6 +144,9 @@ class Flow:
         self.negotiated: Negotiated | None = None
         self.handshake: InitiatorHandshake | ResponderHandshake | None = None
         self.session: Session | None = None
+        #: when the session's AEAD objects are released if the flow stays idle
+        #: (``EngineConfig.aead_idle_release``); None: nothing to release or not armed
+        self.aead_idle_at: float | None = None
         self.abort_reason = ""
         self.aead_name = ""     # kept for status after the keys are wiped
         self.session_id = b""   # kept for status after the keys are wiped
