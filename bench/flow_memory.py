@@ -3,21 +3,26 @@
 Two engines are connected back to back with hand-built packets (as in ``bench.engine``, no
 simulation, no I/O).  ``N`` connections A -> B (one source port each) do the ENO handshake,
 the X25519 key exchange and a few data exchanges in both directions, every byte acknowledged
-by both local stacks; then the clock advances by ``--idle`` seconds and both engines run
-their timers, so the flows are idle as in the daemon bench (``bench.workloads.idle_flows``).
+by both local stacks.  They open at ``--rate`` per second of engine time with both engines'
+timers running in between (155/s: the daemon bench's X25519 rate, so earlier flows go idle
+while later ones open, as in ``bench.workloads.idle_flows``); then the clock advances by
+``--idle`` seconds.
 
-Two figures per flow, each measured in a fresh child process:
+Figures per flow, each set measured in a fresh child process:
 
 * **tracemalloc**: Python allocations that stay after the flows are built (engine A's share
   is found by freeing engine B afterwards);
 * **RSS**: the process's resident set growth, divided by ``2 N`` flows (A and B together:
-  OpenSSL cipher contexts live outside the Python heap and only RSS sees them).  tracemalloc
-  is off in this child: its own bookkeeping would inflate RSS.
+  OpenSSL cipher contexts live outside the Python heap and only RSS sees them), as it is
+  (the daemon bench's figure), after ``malloc_trim`` (free pages returned), and marginal
+  (growth from ``N/2`` to ``N`` flows per flow added: what does not grow with the number of
+  idle flows cancels out).  tracemalloc is off in this child: its bookkeeping inflates RSS.
 
 ``--breakdown`` adds, for engine A's flows, the Python objects each part of a flow owns alone
 (objects shared by several flows -- small ints, enum members, algorithm rows -- are not
 counted), from ``sys.getsizeof``.  ``--aead`` measures what one AEAD object of the
-``cryptography`` package costs in RSS and how long building one takes.
+``cryptography`` package costs in RSS and how long building one takes.  ``--release``
+overrides ``EngineConfig.aead_idle_release`` (0: AEAD objects are never released).
 """
 
 from __future__ import annotations
