@@ -102,7 +102,10 @@ class KeySchedule:
         self.traffic_key_len = traffic_key_len
         self._mk = first_master_key(ss, sn)
         self._mk_generation = 0
-        self._keys: dict[int, tuple[bytes, bytes]] = {0: traffic_keys(self._mk, traffic_key_len)}
+        #: ``k_ab[j] | k_ba[j]`` of generations ``_lowest`` .. ``_mk_generation``, in order: one
+        #: bytes object each, in a list (an idle connection's schedule holds one entry, and
+        #: memory per connection matters)
+        self._keys: list[bytes] = [b"".join(traffic_keys(self._mk, traffic_key_len))]
         self._lowest = 0
 
     @property
@@ -125,17 +128,20 @@ class KeySchedule:
         while self._mk_generation < generation:
             self._mk = next_master_key(self._mk)
             self._mk_generation += 1
-            self._keys[self._mk_generation] = traffic_keys(self._mk, self.traffic_key_len)
-        return self._keys[generation]
+            self._keys.append(b"".join(traffic_keys(self._mk, self.traffic_key_len)))
+        both = self._keys[generation - self._lowest]
+        n = self.traffic_key_len
+        return both[:n], both[n:]
 
     def discard_below(self, generation: int) -> None:
         """Forget the traffic keys of every generation lower than ``generation``.
 
         The newest derived generation is always kept: later ones are derived from it.
         """
-        for old in range(self._lowest, min(generation, self._mk_generation)):
-            del self._keys[old]
-        self._lowest = max(self._lowest, min(generation, self._mk_generation))
+        drop = min(generation, self._mk_generation) - self._lowest
+        if drop > 0:
+            del self._keys[:drop]
+            self._lowest += drop
 
     def __repr__(self) -> str:
         return f"KeySchedule(generations {self._lowest}..{self._mk_generation})"

@@ -15,7 +15,8 @@ for the test-vector generator; they never appear in ``repr`` and are never logge
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from tcpcryptd.core.aead import AEAD_ALGORITHMS, AEADAlgorithm, TrafficKey, aead_algorithm
 from tcpcryptd.core.constants import (
     DEFAULT_MAX_INIT_LEN,
@@ -53,6 +54,11 @@ DEFAULT_PREFERENCE: tuple[int, ...] = (AEADId.CHACHA20_POLY1305, AEADId.AES_256_
                                        AEADId.AES_128_GCM)
 
 
+#: The key cache of a session holding no TrafficKey: one immutable empty mapping shared by
+#: every released session (an idle connection owns no empty dicts).
+_NO_KEYS: Mapping[int, TrafficKey] = MappingProxyType({})
+
+
 def _check_ciphers(ciphers: Sequence[int], what: str) -> tuple[int, ...]:
     if not ciphers:
         raise ValueError(f"{what} must not be empty")
@@ -87,6 +93,11 @@ class Session:
     ``send_generation`` is the generation of the latest sealed frame.  Keys of old
     generations stay until :meth:`discard_generations_below`; the caller bounds them.
 
+    Each traffic key in use has a :class:`TrafficKey` with its AEAD object (an OpenSSL
+    context, ~2.4 KB: most of an idle connection's memory).  :meth:`release_aead` drops them
+    all, keeping the raw keys in the key schedule; ``seal``/``open`` rebuild the one they
+    need (~1 us), of whatever generation, so rekeying is unaffected.
+
     ``seal`` refuses an offset below the end of the previous sealed frame: a frame ID is never
     used twice under one key (RFC 8548 §3.6).  Retransmissions replay stored wire bytes.
     """
@@ -112,9 +123,11 @@ class Session:
         self.send_generation = 0
         self.fin_sent = False
         self._next_seal_offset = 0
-        self._send_keys: dict[int, TrafficKey] = {}
-        self._recv_keys: dict[int, TrafficKey] = {}
-        # The keys of the current generations always exist: seal/open index them directly.
+        # generation -> TrafficKey; the shared empty _NO_KEYS while none (released)
+        self._send_keys: Mapping[int, TrafficKey] = _NO_KEYS
+        self._recv_keys: Mapping[int, TrafficKey] = _NO_KEYS
+        # The keys of generation 0 are made now (not on the first frame); release_aead drops
+        # them and seal/open make them again from the schedule when needed.
         self._key(0, True)
         self._key(0, False)
 
@@ -143,7 +156,13 @@ class Session:
         if key is None:
             k_ab, k_ba = self.schedule.keys(generation)
             key = TrafficKey(self.aead, k_ab if sending == self.sends_with_k_ab else k_ba)
-            cache[generation] = key
+            if cache is _NO_KEYS:
+                cache = {}
+                if sending:
+                    self._send_keys = cache
+                else:
+                    self._recv_keys = cache
+            cache[generation] = key  # type: ignore[index]
         return key
 
     @property
@@ -176,12 +195,10 @@ class Session:
             raise ValueError(f"offset {offset} below the end of the previous frame "
                              f"({self._next_seal_offset}): frame ID reuse")
         rekey = self.send_generation < self.local_generation
-        if rekey:
-            generation = self.send_generation + 1
-            key = self._key(generation, True)
-        else:
-            generation = self.send_generation
-            key = self._send_keys[generation]
+        generation = self.send_generation + 1 if rekey else self.send_generation
+        key = self._send_keys.get(generation)
+        if key is None:
+            key = self._key(generation, True)   # a new generation, or released while idle
         frame = encode_frame(key, offset, data, rekey=rekey, fin=fin, urgent=urgent)
         self.send_generation = generation
         self._next_seal_offset = offset + len(frame)
@@ -200,7 +217,10 @@ class Session:
             raise FrameError(f"{len(frame)} bytes are shorter than a frame header")
         if not frame[0] & CONTROL_REKEY:
             generation = self.remote_generation
-            return decode_frame(self._recv_keys[generation], offset, frame, generation=generation)
+            key = self._recv_keys.get(generation)
+            if key is None:
+                key = self._key(generation, False)   # released while idle
+            return decode_frame(key, offset, frame, generation=generation)
         generation = self.remote_generation + 1
         result = decode_frame(self._key(generation, False), offset, frame, generation=generation)
         self.remote_generation = generation
@@ -217,8 +237,21 @@ class Session:
         floor = min(generation, self.send_generation, self.remote_generation)
         for cache in (self._send_keys, self._recv_keys):
             for old in [g for g in cache if g < floor]:
-                del cache[old]
+                del cache[old]  # type: ignore[attr-defined]
         self.schedule.discard_below(floor)
+
+    @property
+    def aead_built(self) -> bool:
+        """True while some traffic key of this session holds its AEAD object."""
+        return bool(self._send_keys or self._recv_keys)
+
+    def release_aead(self) -> None:
+        """Drop every :class:`TrafficKey` (and its AEAD object); the raw keys stay.
+
+        For idle connections: the next ``seal`` or ``open`` rebuilds the key it uses from the
+        key schedule, whatever its generation (discarded generations stay discarded).
+        """
+        self._send_keys = self._recv_keys = _NO_KEYS
 
     def resumption_secret(self) -> tuple[bytes, bytes]:
         """``(ss[i+1], resume[i+1])`` to cache for a later resumption (RFC 8548 §3.5)."""

@@ -47,3 +47,10 @@ class EngineConfig:
     max_retransmits: int = 8
     #: retransmission timer toward the local stack for plaintext it has not acknowledged
     local_rto: float = 0.2
+    #: an encrypted flow that saw no packet for this long releases its AEAD objects (OpenSSL
+    #: contexts, ~2.4 KB each, two per flow: most of an idle flow's memory) and keeps only
+    #: the raw traffic keys; the next frame rebuilds the one it needs (~1 us).  5 s: well
+    #: above the gaps inside a transfer or a request/response exchange, so busy flows never
+    #: pay the rebuild, and short enough that idle flows shed the memory soon.  The check
+    #: costs one timer event per flow every 5 s at most.  0 keeps the objects for good.
+    aead_idle_release: float = 5.0

@@ -268,7 +268,7 @@ class Engine:
         self.count("encrypted")
         assert flow.session is not None
         flow.aead_name = flow.session.aead.name
-        flow.session_id = flow.session.session_id.hex()
+        flow.session_id = flow.session.session_id   # shared with the session, hex in status
         if init2:
             flow.smap.append(0, init2, injected=True)
             result.transmit.extend(self.wire_pieces(flow, 0, init2))
@@ -339,8 +339,9 @@ class Engine:
         flow.rx = Reassembly(limit=0)
         flow.dl_buf = bytearray()
         flow.rx_partial = bytearray()
-        flow.handshake = None
+        flow.handshake = flow.eno = flow.negotiated = None
         flow.session = None  # forward secrecy: keys go with the connection (RFC 8547 §5)
+        flow.aead_idle_at = None
         flow.rtx_deadline = flow.dl_deadline = None
 
     def _answer_ended(self, flow: Flow, pkt: TCPPacket, outbound: bool,
@@ -527,18 +528,24 @@ class Engine:
             end = flow.created + cfg.handshake_timeout
         else:
             end = flow.last_activity + cfg.idle_timeout
-        for when in (flow.rtx_deadline, flow.dl_deadline):
+        for when in (flow.rtx_deadline, flow.dl_deadline, flow.aead_idle_at):
             if when is not None and when < end:
                 end = when
         return end
 
     def _schedule(self, flow: Flow) -> None:
+        release = flow.aead_idle_at
+        if (release is None and flow.session is not None and self.config.aead_idle_release > 0
+                and flow.session.aead_built):
+            # keys made or rebuilt since the last release: release them when the flow idles
+            release = flow.aead_idle_at = self._now + self.config.aead_idle_release
         scheduled = flow.scheduled
         if scheduled is not None:
-            # a deadline only moves earlier through these three; skip the rest on the hot path
+            # a deadline only moves earlier through these four; skip the rest on the hot path
             rtx, redeliver, closed = flow.rtx_deadline, flow.dl_deadline, flow.closed_at
             if ((rtx is None or rtx >= scheduled) and (redeliver is None or redeliver >= scheduled)
-                    and (closed is None or closed + self.config.linger >= scheduled)):
+                    and (closed is None or closed + self.config.linger >= scheduled)
+                    and (release is None or release >= scheduled)):
                 return
         when = self._deadline(flow)
         if scheduled is None or when < scheduled:
@@ -571,6 +578,24 @@ class Engine:
             self._retransmit_injected(flow, now, result)
         if flow.dl_deadline is not None and now >= flow.dl_deadline:
             self.redeliver(flow, now, result)
+        if flow.aead_idle_at is not None and now >= flow.aead_idle_at:
+            self._release_aead(flow, now)
+
+    def _release_aead(self, flow: Flow, now: float) -> None:
+        """An idle flow keeps its raw traffic keys only (``EngineConfig.aead_idle_release``).
+
+        The timer is armed when keys are made or rebuilt and not moved by each packet; when
+        it fires for a flow that saw packets since, it is armed again from the last one.
+        """
+        session = flow.session
+        due = flow.last_activity + self.config.aead_idle_release
+        if session is None:
+            flow.aead_idle_at = None
+        elif now >= due:
+            session.release_aead()
+            flow.aead_idle_at = None
+        else:
+            flow.aead_idle_at = due
 
     def _retransmit_injected(self, flow: Flow, now: float, result: Result) -> None:
         """RFC 6298 §5 for bytes the local stack never sent: resend, back off, give up."""

@@ -104,22 +104,55 @@ def _address(version: int, addr: bytes, port: int) -> str:
 
 
 class Flow:
-    """State of one ENO connection (plain connections have no Flow)."""
+    """State of one ENO connection (plain connections have no Flow).
+
+    Memory (DESIGN.md §6 invariant 6; ``python -m bench.flow_memory``): ``__slots__``, no
+    per-instance dict, so no attribute can be added outside ``__init__``.  Handshake-only
+    state is dropped once the session exists (:func:`~tcpcryptd.engine.handshake.
+    consume_init`): the ENO endpoint and the negotiation outcome go, only the TEP (for
+    status) and our SYN-form option bytes (B's SYN-ACK retransmissions repeat them, RFC 8547
+    §4.6) stay.
+    """
+
+    __slots__ = (
+        "key", "version", "role", "eno", "syn_option", "tep", "state", "created",
+        "last_activity", "negotiated", "handshake", "session", "aead_idle_at", "abort_reason",
+        "aead_name", "session_id", "local_isn", "peer_isn", "peer_mss", "local_mss",
+        "local_wscale", "peer_wscale", "local_wscale_sent", "peer_wscale_sent", "local_sack",
+        "peer_sack", "local_ts", "peer_ts", "sack_ok", "ts_ok", "send_eno", "smap", "local_fin",
+        "rx", "rx_init", "rx_init_done", "rx_partial", "rx_frame_offset", "rx_finp",
+        "rx_fin_wire", "rx_fin_done", "rx_urgent", "dl_buf", "dl_base", "dl_sent",
+        "dl_fin_sent", "stack_rcv_ack", "stack_window", "dl_deadline", "dl_backoff",
+        "stack_dupacks", "stack_seen_ack", "stack_seen_window", "stack_tsval", "peer_tsval",
+        "out_ttl", "out_df", "out_tos", "in_ttl", "in_df", "in_tos", "peer_window_field",
+        "srtt", "rttvar", "rto", "rtx_deadline", "rtx_count", "rtt_probe", "syn_time",
+        "syn_rtt", "held", "closed_at", "final_local_ack", "final_wire_ack", "final_wire_seq",
+        "scheduled", "packets_out", "packets_in", "bytes_out_plain", "bytes_out_wire",
+        "bytes_in_wire", "bytes_in_plain",
+    )
 
     def __init__(self, key: FlowKey, role: str, eno: ENOEndpoint, now: float) -> None:
         self.key = key
         self.version = key[0]
         self.role = role
-        self.eno = eno
+        #: ENO handshake state; None once the session exists (see the class docstring)
+        self.eno: ENOEndpoint | None = eno
+        #: our SYN-form ENO option bytes, kept when ``eno`` is dropped
+        self.syn_option = b""
+        #: the negotiated TEP (v bit stripped), 0 until negotiated
+        self.tep = 0
         self.state = State.SYN_SENT if role == "A" else State.SYN_RECEIVED
         self.created = now
         self.last_activity = now
         self.negotiated: Negotiated | None = None
         self.handshake: InitiatorHandshake | ResponderHandshake | None = None
         self.session: Session | None = None
+        #: when the session's AEAD objects are released if the flow stays idle
+        #: (``EngineConfig.aead_idle_release``); None: nothing to release or not armed
+        self.aead_idle_at: float | None = None
         self.abort_reason = ""
         self.aead_name = ""     # kept for status after the keys are wiped
-        self.session_id = ""    # hex
+        self.session_id = b""   # kept for status after the keys are wiped
         # ISNs: local = the local stack's (outbound stream), peer = the remote's
         self.local_isn = 0
         self.peer_isn = 0
@@ -140,9 +173,9 @@ class Flow:
         self.local_fin = False
         # inbound: wire -> local stack
         self.rx = Reassembly()
-        self.rx_init = bytearray()          # Init message bytes collected so far
+        self.rx_init = b""                  # Init message bytes collected so far
         self.rx_init_done = False
-        self.rx_partial = bytearray()       # start of a frame not yet whole
+        self.rx_partial: bytes | bytearray = b""   # start of a frame not yet whole
         self.rx_frame_offset = 0            # wire offset of the next frame
         self.rx_finp = False                # FINp frame verified
         #: the peer's latest data segment carried PSH: the plaintext it completed is passed
@@ -164,13 +197,11 @@ class Flow:
         # what the local stack has seen from the peer
         self.stack_seen_ack: int | None = None
         self.stack_seen_window = -1
-        self.peer_last_ack = -1
         # templates for packets the engine builds (DESIGN.md §4)
         self.stack_tsval = 0
         self.peer_tsval = 0
         self.out_ttl, self.out_df, self.out_tos = 64, True, 0
         self.in_ttl, self.in_df, self.in_tos = 64, True, 0
-        self.stack_window_field = 65535
         self.peer_window_field = 65535
         # retransmission of injected bytes (RFC 6298)
         self.srtt: float | None = None
@@ -331,15 +362,15 @@ class Flow:
     def status(self, now: float) -> FlowStatus:
         version, src, sport, dst, dport = self.key
         tep = ""
-        if self.negotiated is not None:
+        if self.tep:
             try:
-                tep = TEP(self.negotiated.tep).name
+                tep = TEP(self.tep).name
             except ValueError:
-                tep = f"0x{self.negotiated.tep:02x}"
+                tep = f"0x{self.tep:02x}"
         return FlowStatus(
             local=_address(version, src, sport), remote=_address(version, dst, dport),
             state=str(self.state), role=self.role, tep=tep,
-            aead=self.aead_name, session_id=self.session_id,
+            aead=self.aead_name, session_id=self.session_id.hex(),
             age=now - self.created,
             packets_out=self.packets_out, packets_in=self.packets_in,
             bytes_out_plain=self.bytes_out_plain, bytes_out_wire=self.bytes_out_wire,

@@ -18,10 +18,11 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from tcpcryptd.core.constants import INIT1_MAGIC, INIT2_MAGIC
-from tcpcryptd.core.eno import Suboption, build_syn_option
+from tcpcryptd.core.eno import Suboption, SynOption, build_syn_option
 from tcpcryptd.core.messages import message_length
 from tcpcryptd.core.negotiation import ENOEndpoint, Fallback, FallbackReason
 from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake
@@ -96,10 +97,15 @@ def clamp_mss(flow: Flow, pkt: TCPPacket) -> None:
     pkt.options = tcp_options.set_mss(pkt.options, limit)
 
 
+@lru_cache(maxsize=16)
+def _active_syn_option(teps: tuple[int, ...]) -> SynOption:
+    """Host A's SYN-form option for a TEP list: immutable, one object shared by its flows."""
+    return build_syn_option(None, [Suboption(tep) for tep in teps])
+
+
 def open_active(cfg: EngineConfig, pkt: TCPPacket, now: float) -> Flow:
     """A new flow for an outbound SYN; we are host A (caller checked :func:`syn_refusal`)."""
-    local = build_syn_option(None, [Suboption(tep) for tep in cfg.teps])
-    flow = Flow(pkt.flow_key(), "A", ENOEndpoint.active(local), now)
+    flow = Flow(pkt.flow_key(), "A", ENOEndpoint.active(_active_syn_option(tuple(cfg.teps))), now)
     flow.local_isn = pkt.seq
     _record_syn(flow, pkt, local=True)
     flow.local_wscale_sent = tcp_options.wscale(pkt.options) is not None
@@ -107,8 +113,14 @@ def open_active(cfg: EngineConfig, pkt: TCPPacket, now: float) -> Flow:
 
 
 def add_syn_option(flow: Flow, pkt: TCPPacket) -> bool:
-    """Append our SYN-form ENO option to an outbound SYN or SYN-ACK; False if it cannot."""
-    option = flow.eno.option_for_segment(syn=True, ack=bool(pkt.flags & ACK))
+    """Append our SYN-form ENO option to an outbound SYN or SYN-ACK; False if it cannot.
+
+    Once the session exists the ENO endpoint is gone; a SYN-ACK retransmitted then carries
+    the same option bytes, kept in ``flow.syn_option``.
+    """
+    eno = flow.eno
+    option = (flow.syn_option if eno is None
+              else eno.option_for_segment(syn=True, ack=bool(pkt.flags & ACK)))
     if not option:
         return False
     try:
@@ -128,6 +140,7 @@ def on_syn_ack(flow: Flow, pkt: TCPPacket, now: float) -> Fallback | None:
         return flow.eno.outcome if isinstance(flow.eno.outcome, Fallback) else Fallback(
             FallbackReason.NO_ENO)
     flow.negotiated = flow.eno.negotiated
+    flow.tep = flow.negotiated.tep
     flow.peer_isn = pkt.seq
     _record_syn(flow, pkt, local=False)
     flow.peer_wscale_sent = tcp_options.wscale(pkt.options) is not None
@@ -151,6 +164,7 @@ def open_passive(cfg: EngineConfig, pkt: TCPPacket, now: float) -> Flow | Fallba
             FallbackReason.NO_ENO)
     flow = Flow(pkt.reverse_flow_key(), "B", eno, now)
     flow.negotiated = eno.negotiated
+    flow.tep = eno.negotiated.tep
     flow.peer_isn = pkt.seq
     _record_syn(flow, pkt, local=False)
     flow.peer_wscale_sent = tcp_options.wscale(pkt.options) is not None
@@ -198,14 +212,14 @@ def consume_init(flow: Flow, cfg: EngineConfig, chunk: bytes | memoryview) -> tu
     empty.  Raises :class:`~tcpcryptd.core.errors.InitMessageError` /
     :class:`~tcpcryptd.core.errors.KeyAgreementError`, which abort the connection.
     """
-    flow.rx_init += chunk
+    flow.rx_init += chunk   # bytes: an Init message arrives in a segment or a few
     magic = INIT2_MAGIC if flow.role == "A" else INIT1_MAGIC
     length = message_length(flow.rx_init, magic, cfg.max_init_len)
     if length is None or len(flow.rx_init) < length:
         return b"", b""
     message = bytes(flow.rx_init[:length])
     leftover = bytes(flow.rx_init[length:])
-    flow.rx_init = bytearray()
+    flow.rx_init = b""
     flow.rx_init_done = True
     flow.rx_frame_offset = length
     init2 = b""
@@ -220,5 +234,21 @@ def consume_init(flow: Flow, cfg: EngineConfig, chunk: bytes | memoryview) -> tu
     # The ephemeral private key, ES and PRK are not needed once the session exists: drop
     # them now rather than at the end of the connection (RFC 8548 §3.3, forward secrecy).
     flow.handshake = None
+    forget_negotiation(flow)
     flow.state = State.ENCRYPTED
     return init2, leftover
+
+
+def forget_negotiation(flow: Flow) -> None:
+    """Drop the ENO handshake state once the session exists (memory of idle flows).
+
+    Nothing reads the ENO endpoint or the negotiation outcome after the key exchange except
+    a SYN-ACK the local stack retransmits (its ACK from the peer was lost on the local path),
+    which must carry the same SYN-form option: its bytes stay in ``flow.syn_option``.  The
+    TEP stays in ``flow.tep`` for status.
+    """
+    eno = flow.eno
+    if eno is not None and eno.local_option is not None:
+        flow.syn_option = eno.local_option.raw
+    flow.eno = None
+    flow.negotiated = None

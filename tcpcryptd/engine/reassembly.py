@@ -24,8 +24,10 @@ class Reassembly:
         #: first wire offset not yet handed out by :meth:`pop`
         self.next = start
         self.limit = limit
-        self._starts: list[int] = []
-        self._chunks: list[bytearray] = []
+        # Empty, both are the shared empty tuple (memory of idle flows): insert makes lists,
+        # popping the last interval goes back to the tuple.
+        self._starts: list[int] | tuple[()] = ()
+        self._chunks: list[bytearray] | tuple[()] = ()
         #: bytes held out of order
         self.buffered = 0
         #: interval containing the most recently received bytes (first SACK block, RFC 2018)
@@ -44,6 +46,8 @@ class Reassembly:
         if offset >= end:
             return 0
         starts, chunks = self._starts, self._chunks
+        if not starts:
+            starts, chunks = self._starts, self._chunks = [], []
         # first interval that ends at or after offset (adjacent intervals merge)
         i = bisect_left(starts, offset)
         if i > 0 and starts[i - 1] + len(chunks[i - 1]) >= offset:
@@ -93,8 +97,10 @@ class Reassembly:
         """Remove and return the bytes contiguous from ``next`` (empty if there is a gap)."""
         if not self._starts or self._starts[0] != self.next:
             return b""
-        chunk = self._chunks.pop(0)
-        del self._starts[0]
+        chunk = self._chunks.pop(0)  # type: ignore[union-attr]
+        del self._starts[0]  # type: ignore[union-attr]
+        if not self._starts:
+            self._starts = self._chunks = ()
         if self._last == self.next:
             self._last = None
         self.buffered -= len(chunk)

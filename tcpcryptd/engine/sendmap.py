@@ -52,9 +52,11 @@ class SendMap:
                  "injected_end")
 
     def __init__(self) -> None:
-        self._frames: list[FrameRecord] = []
-        self._wire_starts: list[int] = []
-        self._local_ends: list[int] = []
+        # Empty, the three lists are the shared empty tuple (an idle flow's send map holds no
+        # record): append makes lists, an ACK of everything goes back to the tuple.
+        self._frames: list[FrameRecord] | tuple[()] = ()
+        self._wire_starts: list[int] | tuple[()] = ()
+        self._local_ends: list[int] | tuple[()] = ()
         self._head = 0
         self.local_end = 0
         self.wire_end = 0
@@ -75,11 +77,13 @@ class SendMap:
         if self.fin_local is not None:
             raise ValueError("send map closed by FIN")
         record = FrameRecord(self.local_end, local_len, self.wire_end, wire, injected)
-        self._frames.append(record)
-        self._wire_starts.append(record.wire_start)
+        if not self._frames:
+            self._frames, self._wire_starts, self._local_ends = [], [], []
+        self._frames.append(record)  # type: ignore[union-attr]
+        self._wire_starts.append(record.wire_start)  # type: ignore[union-attr]
         self.local_end += local_len
         self.wire_end += len(wire)
-        self._local_ends.append(self.local_end)
+        self._local_ends.append(self.local_end)  # type: ignore[union-attr]
         if injected:
             self.injected_end = self.wire_end
         return record
@@ -95,7 +99,8 @@ class SendMap:
     @property
     def unacked(self) -> list[FrameRecord]:
         """Records the peer has not fully acknowledged, oldest first."""
-        return self._frames[self._head:]
+        frames = self._frames
+        return frames[self._head:] if frames else []  # type: ignore[return-value]
 
     def wire_bytes(self) -> int:
         """Wire bytes held for retransmission."""
@@ -178,8 +183,17 @@ class SendMap:
             self.local_acked = last.local_end
             self.wire_acked = last.wire_end
             self._head = head
-            if head > 64 and head * 2 > len(frames):
-                del frames[:head]
+            if head == len(frames):
+                # everything acknowledged (an idle flow): keep no record nor its wire bytes,
+                # and let the equal offsets share one int object each
+                self._frames = self._wire_starts = self._local_ends = ()
+                self._head = 0
+                self.local_acked = self.local_end
+                self.wire_acked = self.wire_end
+                if wire_ack == self.wire_end:
+                    self.peer_wire_ack = self.wire_end
+            elif head > 64 and head * 2 > len(frames):
+                del frames[:head]  # type: ignore[union-attr]
                 del self._wire_starts[:head]
                 del self._local_ends[:head]
                 self._head = 0

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from tcpcryptd.core.aead import aead_algorithm
+from tcpcryptd.core.aead import TrafficKey, aead_algorithm
 from tcpcryptd.core.constants import TEP, AEADId
 from tcpcryptd.core.errors import (
     CipherMismatchError,
@@ -15,7 +15,7 @@ from tcpcryptd.core.errors import (
     InitMessageError,
     KeyAgreementError,
 )
-from tcpcryptd.core.frame import Frame, FrameDecoder
+from tcpcryptd.core.frame import Frame, FrameDecoder, encode_frame
 from tcpcryptd.core.keys import compute_prk, cprf, next_session_secret
 from tcpcryptd.core.messages import encode_init2
 from tcpcryptd.core.session import (
@@ -325,6 +325,48 @@ def test_discard_old_generations() -> None:
     pipe.b.discard_generations_below(5)  # clamps to the generations in use
     pipe.send("b", b"ok")
     pipe.send("a", b"ok")
+
+
+def test_released_aead_objects_are_rebuilt_in_every_generation() -> None:
+    """release_aead keeps the raw keys only; seal/open rebuild, rekeying included."""
+    pipe = Pipe()
+    pipe.send("a", b"generation 0")
+    pipe.send("b", b"generation 0")
+    for session in (pipe.a, pipe.b):
+        assert session.aead_built
+        session.release_aead()
+        assert not session.aead_built
+    _, frame = pipe.send("a", b"after release")
+    assert frame.data == b"after release" and frame.generation == 0
+    assert pipe.a.aead_built and pipe.b.aead_built
+    # a rekey started while released: generation 1 made, generation 0 not rebuilt
+    pipe.a.release_aead()
+    pipe.b.release_aead()
+    pipe.a.initiate_rekey()
+    _, frame = pipe.send("a", b"gen1")
+    assert frame.generation == 1 and frame.needs_rekey_reply
+    assert set(pipe.a._send_keys) == {1} and set(pipe.b._recv_keys) == {1}
+    pipe.b.release_aead()   # between the peer's rekey and the obligatory answer
+    _, frame = pipe.send("b", b"gen1 reply")
+    assert frame.generation == 1 and not frame.needs_rekey_reply
+    # a rebuilt key seals exactly what a key never released does (same key, same nonce)
+    pipe.a.release_aead()
+    offset = pipe.offset["a"]
+    wire, frame = pipe.send("a", b"same bytes")
+    k_ab, _ = pipe.a.traffic_keys(1)
+    assert wire == encode_frame(TrafficKey(pipe.a.aead, k_ab), offset, b"same bytes")
+    # a rebuilt receive key still rejects a forged frame
+    pipe.b.release_aead()
+    offset = pipe.offset["a"]
+    forged = bytearray(pipe.a.seal(offset, b"tamper me"))
+    forged[-1] ^= 1
+    with pytest.raises(FrameAuthError):
+        pipe.b.open(offset, bytes(forged))
+    # discarded generations stay discarded after a release
+    pipe.a.discard_generations_below(1)
+    pipe.a.release_aead()
+    with pytest.raises(KeyError):
+        pipe.a.traffic_keys(0)
 
 
 # --- resumption keys (RFC 8548 §3.5) ----------------------------------------------------
