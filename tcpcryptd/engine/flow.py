@@ -121,7 +121,7 @@ class Flow:
         "local_wscale", "peer_wscale", "local_wscale_sent", "peer_wscale_sent", "local_sack",
         "peer_sack", "local_ts", "peer_ts", "sack_ok", "ts_ok", "send_eno", "smap", "local_fin",
         "rx", "rx_init", "rx_init_done", "rx_partial", "rx_frame_offset", "rx_finp",
-        "rx_fin_wire", "rx_fin_done", "rx_urgent", "dl_buf", "dl_base", "dl_sent",
+        "rx_fin_wire", "rx_fin_done", "rx_urgent", "rx_push", "dl_buf", "dl_base", "dl_sent",
         "dl_fin_sent", "stack_rcv_ack", "stack_window", "dl_deadline", "dl_backoff",
         "stack_dupacks", "stack_seen_ack", "stack_seen_window", "stack_tsval", "peer_tsval",
         "out_ttl", "out_df", "out_tos", "in_ttl", "in_df", "in_tos", "peer_window_field",
