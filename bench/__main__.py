@@ -3,8 +3,9 @@
     .venv/bin/python -m bench [--quick]      measure, print the table, write
                                              bench/results/latest.json, the PNG plots and
                                              the generated section of docs/benchmarks.md
-    .venv/bin/python -m bench --profile      both daemons under cProfile during iperf3;
-                                             prints the three biggest costs of each
+    .venv/bin/python -m bench --profile      both daemons under cProfile during iperf3,
+                                             then sampled by py-spy at full speed; prints
+                                             the three biggest costs of each
     .venv/bin/python -m bench --render       redo the table, plots and docs section from
                                              the existing latest.json (no measuring)
 
@@ -152,6 +153,22 @@ def run_profile(quick: bool) -> int:
             print(f"  {cost.share * 100:5.1f}%  {cost.tottime:7.2f} s  {cost.calls:>9} calls  "
                   f"{cost.function}")
     print(f"full listings: {RESULTS_DIR}/profile-A.txt, profile-B.txt")
+    from bench.sampling import py_spy, sample
+    if py_spy() is None:
+        print("py-spy is not installed: no sampling profile (make bench installs it)")
+        return 0
+    print(f"bench --profile: both daemons sampled by py-spy at full speed, iperf3 "
+          f"{seconds:g} s AES-128-GCM", file=sys.stderr, flush=True)
+    sampled = sample(seconds, RESULTS_DIR)
+    print(f"throughput while sampled: {sampled.mbps:.0f} Mbit/s (py-spy reads the stacks "
+          f"from outside: the daemons run at full speed)")
+    for label, top in sampled.top.items():
+        role = "sender side" if label == "A" else "receiver side"
+        print(f"daemon {label} ({role}): {sampled.samples[label]} samples; functions most "
+              f"often on top of the stack (system calls included):")
+        for cost in top:
+            print(f"  {cost.share * 100:5.1f}%  {cost.function}")
+    print(f"full listings: {RESULTS_DIR}/pyspy-A.txt, pyspy-B.txt")
     return 0
 
 
@@ -160,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="~1 minute: 1 repetition, 3 s runs, 1%% loss only, 1000 idle flows")
     parser.add_argument("--profile", action="store_true",
-                        help="profile both daemons (cProfile) under iperf3 instead")
+                        help="profile both daemons (cProfile, then py-spy) under iperf3 instead")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite the plots and docs/benchmarks.md from latest.json")
     args = parser.parse_args(argv)

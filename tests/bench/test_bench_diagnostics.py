@@ -114,3 +114,17 @@ def test_run_diagnostics_reads_this_machine() -> None:
     assert figures["nfqueue_backlog_samples"]["A"] >= 1
     assert 0.0 <= figures["daemons"]["A"]["cpu_pct"] <= 100.0 * os.cpu_count() + 1
     assert figures["machine_idle_pct"] is None or 0.0 <= figures["machine_idle_pct"] <= 100.0
+
+
+def test_py_spy_raw_samples_are_aggregated_by_the_function_on_top():
+    from bench.sampling import own_time
+    raw = ("<module> (tcpcryptd:6);run (tcpcryptd/daemon/loop.py:277);accept "
+           "(tcpcryptd/daemon/nfqueue.py:83) 50\n"
+           "<module> (tcpcryptd:6);run (tcpcryptd/daemon/loop.py:277);accept "
+           "(tcpcryptd/daemon/nfqueue.py:82) 10\n"
+           "<module> (tcpcryptd:6);fast_inbound (tcpcryptd/engine/inbound.py:401) 30\n"
+           "idle 10\n\ngarbage line\n")
+    total, top = own_time(raw, count=2)
+    assert total == 100
+    assert [(c.function, c.share) for c in top] == [("nfqueue.py:accept", 0.6),
+                                                    ("inbound.py:fast_inbound", 0.3)]
