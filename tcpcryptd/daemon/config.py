@@ -82,6 +82,7 @@ class LimitsConfig:
     max_init_len: int = _ENGINE_DEFAULTS.max_init_len
     idle_timeout: float = _ENGINE_DEFAULTS.idle_timeout
     handshake_timeout: float = _ENGINE_DEFAULTS.handshake_timeout
+    aead_idle_release: float = _ENGINE_DEFAULTS.aead_idle_release
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
         "max_init_len": _integer(64, 65535),
         "idle_timeout": _seconds(1.0, 30 * 86400.0),
         "handshake_timeout": _seconds(1.0, 3600.0),
+        "aead_idle_release": _seconds(0.0, 86400.0),
     }),
     "log": (LogConfig, {"level": _choice(LOG_LEVELS), "keylog": _string}),
 }
@@ -298,4 +300,5 @@ def engine_config(config: Config) -> EngineConfig:
         max_buffered_bytes=limits.max_buffered_bytes,
         idle_timeout=limits.idle_timeout,
         handshake_timeout=limits.handshake_timeout,
+        aead_idle_release=limits.aead_idle_release,
     )

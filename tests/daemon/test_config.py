@@ -108,7 +108,7 @@ def test_engine_config_follows_the_preferences():
     config = parse_config(tomllib.loads(
         "[encryption]\nenabled = false\nteps = ['P-521']\n"
         "aeads = ['AES-256-GCM', 'AES-128-GCM']\n[limits]\nmax_flows = 10\n"
-        "idle_timeout = 30\n"))
+        "idle_timeout = 30\naead_idle_release = 0\n"))
     engine = engine_config(config)
     assert engine.enabled is False
     assert engine.teps == (TEP.ECDHE_P521,)
@@ -117,3 +117,4 @@ def test_engine_config_follows_the_preferences():
     assert engine.aead_preference == (AEADId.AES_128_GCM, AEADId.AES_256_GCM)
     assert engine.max_flows == 10
     assert engine.idle_timeout == 30.0
+    assert engine.aead_idle_release == 0.0
