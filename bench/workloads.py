@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench.bed import REPO_ROOT, BenchBed, read_line
 from bench.diagnostics import RunDiagnostics
+from tcpcryptd.engine.config import EngineConfig
 from tcpcryptd.testbed import BedError, Namespace, sha256_file
 
 IPERF_PORT = 5201
@@ -216,8 +217,14 @@ class HoldCheckpoint:
     rss: dict[str, int]
 
 
+#: Seconds between a checkpoint and the RSS reading: the flows just opened become idle (the
+#: engine frees an idle flow's cipher contexts after ``aead_idle_release``, and the daemon
+#: then returns the freed heap, tcpcryptd/daemon/heap.py), plus 2 s.
+IDLE_SETTLE = EngineConfig().aead_idle_release + 2.0
+
+
 def idle_flows(bed: BenchBed, checkpoints: list[int], timeout: float,
-               settle: float = 2.0) -> list[HoldCheckpoint]:
+               settle: float = IDLE_SETTLE) -> list[HoldCheckpoint]:
     """Hold idle connections A -> B and read both daemons' RSS at 0 and at each checkpoint.
 
     The 0 figure is taken after one warm-up connection, so code paths loaded on first use

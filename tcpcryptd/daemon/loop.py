@@ -23,6 +23,7 @@ from tcpcryptd.daemon import status as status_view
 from tcpcryptd.daemon.config import Config
 from tcpcryptd.daemon.control import ControlServer, Request, Response
 from tcpcryptd.daemon.errors import ControlError
+from tcpcryptd.daemon.heap import HeapTrimmer
 from tcpcryptd.daemon.nfqueue import (
     MAX_COPY,
     PacketQueue,
@@ -67,12 +68,14 @@ class PacketPath:
     """
 
     def __init__(self, engine: FlowEngine, sender: Sender, verdicts: Verdicts,
-                 encrypted_mark: int, clock: Callable[[], float] = time.monotonic) -> None:
+                 encrypted_mark: int, clock: Callable[[], float] = time.monotonic,
+                 heap: HeapTrimmer | None = None) -> None:
         self.engine = engine
         self.sender = sender
         self.verdicts = verdicts
         self.encrypted_mark = encrypted_mark
         self.clock = clock
+        self.heap = heap if heap is not None else HeapTrimmer(None)
         self.counters: Counter[str] = Counter()
 
     def on_packet(self, packet: QueuedPacket) -> None:
@@ -102,13 +105,16 @@ class PacketPath:
             log.debug("verdict for packet %d failed", packet.id, exc_info=True)
 
     def on_timer(self) -> None:
+        now = self.clock()
         try:
-            result = self.engine.handle_timer(self.clock())
+            result = self.engine.handle_timer(now)
         except Exception:
             self.counters["daemon_timer_errors"] += 1
             log.debug("engine timer failed", exc_info=True)
             return
         self._apply(result)
+        # idle connections freed their cipher contexts: give the heap back (daemon/heap.py)
+        self.heap.after_timers(self.engine.counters.get("aead_released", 0), now)
 
     def _verdict(self, packet: QueuedPacket, result: Result) -> None:
         if result.verdict is Verdict.ACCEPT and result.plain:

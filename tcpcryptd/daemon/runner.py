@@ -10,6 +10,7 @@ from tcpcryptd.daemon.config import Config, engine_config
 from tcpcryptd.daemon.control import ControlServer
 from tcpcryptd.daemon.errors import DaemonError
 from tcpcryptd.daemon.firewall import Firewall, RuleSpec, detect_backend
+from tcpcryptd.daemon.heap import HeapTrimmer, glibc_malloc_trim
 from tcpcryptd.daemon.keylog import KeyLog, KeyLoggingEngine
 from tcpcryptd.daemon.logsetup import setup_logging
 from tcpcryptd.daemon.loop import Daemon, PacketPath
@@ -49,7 +50,8 @@ def run_daemon(config: Config) -> None:
         else:
             engine = Engine(engine_config(config))
         verdicts = Verdicts(config.marks.seen)
-        path = PacketPath(engine, sender, verdicts, config.marks.encrypted)
+        path = PacketPath(engine, sender, verdicts, config.marks.encrypted,
+                          heap=HeapTrimmer(glibc_malloc_trim()))
         daemon = Daemon(config, engine, path, backend.name)
         stack.callback(daemon.catch_signals())
         control = ControlServer(config.control.socket, daemon.handle)

@@ -593,6 +593,7 @@ class Engine:
             flow.aead_idle_at = None
         elif now >= due:
             session.release_aead()
+            self.count("aead_released")
             flow.aead_idle_at = None
         else:
             flow.aead_idle_at = due

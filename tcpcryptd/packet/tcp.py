@@ -385,14 +385,7 @@ def rewrite_header(raw: Buffer, tcp_start: int, old_header_end: int, sport: int,
     # Each 16/32-bit field is congruent to the sum of its words, so the fixed header's
     # residue comes straight from the field values.
     residue = (
-        sport
-        + dport
-        + seq
-        + ack
-        + offset_flags
-        + window
-        + urg_ptr
-        + int.from_bytes(options, "big")
+        _header_residue(sport, dport, seq, ack, offset_flags, window, urg_ptr, options)
         - int.from_bytes(raw[tcp_start:old_header_end], "big")
         + length_change
     ) % 0xFFFF
@@ -461,17 +454,18 @@ def _tcp_checksum(addresses: int, tcp_length: int, sport: int, dport: int, seq: 
         addresses
         + _PROTO_TCP
         + tcp_length
-        + sport
-        + dport
-        + seq
-        + ack
-        + offset_flags
-        + window
-        + urg_ptr
-        + int.from_bytes(options, "big")
+        + _header_residue(sport, dport, seq, ack, offset_flags, window, urg_ptr, options)
         + residue_of(payload)
     ) % 0xFFFF
     return 0xFFFF - residue if residue else 0
+
+
+def _header_residue(sport: int, dport: int, seq: int, ack: int, offset_flags: int,
+                    window: int, urg_ptr: int, options: bytes) -> int:
+    """A number congruent (mod 0xFFFF) to the sum of the TCP header's words, checksum 0:
+    each 16/32-bit field is congruent to the sum of its words, the options are short."""
+    return (sport + dport + seq + ack + offset_flags + window + urg_ptr
+            + int.from_bytes(options, "big"))
 
 
 def _ip_header_with_length(ip_header: Buffer, version: int, change: int) -> bytes:

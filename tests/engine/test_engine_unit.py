@@ -579,15 +579,19 @@ def test_unrelated_packets_are_plain_and_untouched():
 
 
 def test_syn_ack_retransmitted_after_a_lost_local_ack_gets_same_eno_and_a_fresh_ack():
+    """Also once keyed, when the ENO endpoint is gone (only its option bytes are kept)."""
     pair = Pair()
     a, b = pair.a, pair.b
     pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options()))
     syn_ack = b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options())
     _, (first,) = pair.send(b, syn_ack)
     pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK))
+    (flow_b,) = b.engine._flows.values()
+    assert flow_b.session is not None and flow_b.eno is None and flow_b.negotiated is None
     b.to_stack.clear()   # the ACK toward B's stack was lost on the local path
     r, (again,) = pair.send(b, syn_ack, deliver=False)
     assert again == first
+    assert tcp_options.eno_options(TCPPacket.parse(again).options) == [b"\x45\x04\x01\x23"]
     (ack,) = [TCPPacket.parse(t.data) for t in r.transmit if t.direction is Direction.INBOUND]
     assert ack.flags == ACK and ack.ack == (ISN_B + 1) & M32 and ack.seq == (ISN_A + 1) & M32
 

@@ -23,14 +23,9 @@ from _hand import (  # noqa: E402
     ISN_A,
     ISN_B,
     PSH,
-    SYN,
-    Direction,
     EngineConfig,
     Pair,
-    TCPPacket,
     stack_bytes,
-    syn_options,
-    tcp_options,
 )
 
 from bench.flow_memory import FlowPairs  # noqa: E402
@@ -177,19 +172,3 @@ def test_release_disabled_keeps_the_aead_objects():
     _exchange(pair, {"a": 0, "b": 0}, b"x", b"y")
     _idle(pair, 600.0)
     assert _flow(pair.a).session.aead_built and _flow(pair.b).session.aead_built
-
-
-def test_syn_ack_retransmitted_once_keyed_repeats_the_eno_option_without_the_endpoint():
-    """The ENO endpoint is gone once keys exist; a retransmitted SYN-ACK keeps its bytes."""
-    pair = Pair()
-    a, b = pair.a, pair.b
-    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options()))
-    syn_ack = b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options())
-    _, (first,) = pair.send(b, syn_ack)
-    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK))
-    fb = _flow(b)
-    assert fb.session is not None and fb.eno is None and fb.negotiated is None
-    r, (again,) = pair.send(b, syn_ack, deliver=False)
-    assert again == first
-    assert tcp_options.eno_options(TCPPacket.parse(again).options) == [b"\x45\x04\x01\x23"]
-    assert any(t.direction is Direction.INBOUND for t in r.transmit)
