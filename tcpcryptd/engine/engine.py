@@ -550,7 +550,18 @@ class Engine:
         when = self._deadline(flow)
         if scheduled is None or when < scheduled:
             flow.scheduled = when
-            heapq.heappush(self._timers, (when, next(self._tiebreak), flow))
+            timers = self._timers
+            heapq.heappush(timers, (when, next(self._tiebreak), flow))
+            if len(timers) > 3 * len(self._flows) // 2 + 256:
+                self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        """Drop the heap entries superseded by an earlier deadline (each ~120 B; DESIGN.md §6
+        invariant 6): every flow keeps one; at most 1.5 per flow, amortised O(1) per push."""
+        flows = self._flows
+        self._timers = [entry for entry in self._timers
+                        if entry[2].scheduled == entry[0] and flows.get(entry[2].key) is entry[2]]
+        heapq.heapify(self._timers)
 
     def _on_timer(self, flow: Flow, now: float, result: Result) -> None:
         cfg = self.config

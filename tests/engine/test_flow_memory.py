@@ -172,3 +172,16 @@ def test_release_disabled_keeps_the_aead_objects():
     _exchange(pair, {"a": 0, "b": 0}, b"x", b"y")
     _idle(pair, 600.0)
     assert _flow(pair.a).session.aead_built and _flow(pair.b).session.aead_built
+
+
+def test_the_timer_heap_keeps_about_one_entry_per_flow():
+    """Deadlines that move earlier push new heap entries; superseded ones are compacted away
+    instead of staying until they come due (75 s for a handshake's)."""
+    pairs = FlowPairs(EngineConfig())
+    pairs.open_many(1500, rate=1000.0)
+    pairs.idle(10.0)
+    for engine in (pairs.a, pairs.b):
+        assert len(engine._flows) == 1500
+        assert len(engine._timers) <= 3 * len(engine._flows) // 2 + 256
+        live = [e for e in engine._timers if e[2].scheduled == e[0]]
+        assert len(live) == len(engine._flows)
