@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 
 #: the largest frame on the wire: header and the largest clen (RFC 8548 §4.2)
 _MAX_FRAME_WIRE = HEADER_LEN + MAX_CLEN
+#: most plaintext bytes in one segment toward the local stack: well inside a 65535-byte IP
+#: packet with any IP and TCP header (the stack takes segments above its MSS, as from GRO)
+MAX_DELIVERY = 32768
 
 def note_peer(flow: Flow, tsval: int | None, ttl: int, df: bool, tos: int,
               window: int) -> None:
@@ -106,7 +109,9 @@ def deliver_pending(eng: Engine, flow: Flow, now: float, pkt: TCPPacket | None,
     off = flow.dl_sent
     if off >= send_to and not (fin and off == end):
         return 0
-    seg = max(flow.local_mss - (12 if flow.ts_ok else 0), 64)
+    # toward the local stack a segment may be larger than an MSS (as GRO makes them): what a
+    # filled gap releases goes up in few segments, not one verdict or injection per frame
+    seg = MAX_DELIVERY
     local_ack = flow.smap.wire_to_local_ack(flow.smap.peer_wire_ack)
     sent = 0
     while True:
@@ -344,7 +349,7 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
               or n < HEADER_LEN + MIN_CLEN or data[header_end] & CONTROL_REKEY
               or HEADER_LEN + ((data[header_end + 1] << 8) | data[header_end + 2]) != n
               or n - FRAME_OVERHEAD > min(flow.stack_rcv_ack + flow.stack_window - flow.dl_sent,
-                                          flow.local_mss - (12 if tsval is not None else 0))):
+                                          MAX_DELIVERY)):
         return None
     ttl, df, tos = ip_fields(data, tcp_start)
     note_peer(flow, tsval, ttl, df, tos, window)
