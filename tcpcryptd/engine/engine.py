@@ -439,6 +439,7 @@ class Engine:
                 return
             if retransmitted_syn and not flags & ACK:
                 add_syn_option(flow, pkt)  # identical bytes on every retransmission
+                flow.syn_sends += 1
             elif flow.role == "B" and flags & ACK and flow.state is not State.SYN_RECEIVED:
                 # a SYN-ACK retransmitted after the peer's ACK arrived: the stack missed that
                 # ACK (local loss); same ENO bytes to the wire, and a fresh ACK to the stack

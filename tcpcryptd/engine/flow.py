@@ -125,7 +125,7 @@ class Flow:
         "dl_fin_sent", "stack_rcv_ack", "stack_window", "dl_deadline", "dl_backoff",
         "stack_dupacks", "stack_seen_ack", "stack_seen_window", "stack_tsval", "peer_tsval",
         "out_ttl", "out_df", "out_tos", "in_ttl", "in_df", "in_tos", "peer_window_field",
-        "srtt", "rttvar", "rto", "rtx_deadline", "rtx_count", "rtt_probe", "syn_time",
+        "srtt", "rttvar", "rto", "rtx_deadline", "rtx_count", "rtt_probe", "syn_time", "syn_sends",
         "syn_rtt", "held", "closed_at", "final_local_ack", "final_wire_ack", "final_wire_seq",
         "scheduled", "packets_out", "packets_in", "bytes_out_plain", "bytes_out_wire",
         "bytes_in_wire", "bytes_in_plain",
@@ -210,7 +210,10 @@ class Flow:
         self.rtx_deadline: float | None = None
         self.rtx_count = 0
         self.rtt_probe: tuple[int, float] | None = None  # (wire end, time sent)
+        #: our SYN (A) or SYN-ACK (B): when first sent, and how often; the SYN's RTT is a
+        #: sample only if it was sent once (Karn's algorithm, RFC 6298 §3)
         self.syn_time = now
+        self.syn_sends = 1 if role == "A" else 0
         self.syn_rtt: float | None = None
         # packets held until keys exist: (packet_id, parsed packet)
         self.held: list[tuple[int, object]] = []

@@ -146,7 +146,7 @@ def on_syn_ack(flow: Flow, pkt: TCPPacket, now: float) -> Fallback | None:
     flow.peer_wscale_sent = tcp_options.wscale(pkt.options) is not None
     _finish_syn_exchange(flow)
     flow.state = State.NEGOTIATED
-    flow.syn_rtt = now - flow.syn_time
+    flow.syn_rtt = _syn_rtt(flow, now)
     clamp_mss(flow, pkt)
     return None
 
@@ -178,7 +178,9 @@ def on_local_syn_ack(flow: Flow, pkt: TCPPacket, now: float) -> bool:
     _record_syn(flow, pkt, local=True)
     flow.local_wscale_sent = tcp_options.wscale(pkt.options) is not None
     _finish_syn_exchange(flow)
-    flow.syn_time = now
+    flow.syn_sends += 1
+    if flow.syn_sends == 1:
+        flow.syn_time = now
     return add_syn_option(flow, pkt)
 
 
@@ -190,8 +192,17 @@ def on_first_ack(flow: Flow, pkt: TCPPacket, now: float) -> Fallback | None:
         return flow.eno.outcome
     if flow.eno.encrypting:
         flow.state = State.KEYING
-        flow.syn_rtt = now - flow.syn_time
+        flow.syn_rtt = _syn_rtt(flow, now)
     return None
+
+
+def _syn_rtt(flow: Flow, now: float) -> float | None:
+    """The handshake's RTT sample for the Init retransmission timer, or None when our SYN or
+    SYN-ACK was retransmitted: the answer may be to any copy (Karn, RFC 6298 §3), and a
+    sample from the first copy of a SYN sent 5 times is 15 s, an RTO of 45 s: Init1 lost
+    once more and the handshake timed out. Without a sample the RTO starts at
+    ``initial_rto``."""
+    return now - flow.syn_time if flow.syn_sends == 1 else None
 
 
 def start_init1(flow: Flow, cfg: EngineConfig) -> bytes:

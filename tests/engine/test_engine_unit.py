@@ -769,3 +769,34 @@ def test_a_filled_gap_is_delivered_in_few_large_segments():
     assert stack_bytes(b, ISN_A) == b"".join(pieces)
     total = sum(len(p.payload) for p in delivered)
     assert len(delivered) == -(-total // MAX_DELIVERY) < len(pieces)
+
+
+def test_a_retransmitted_syn_gives_no_rtt_sample_for_the_init_timer():
+    """Karn's algorithm (RFC 6298 §3): after SYN retransmissions the SYN-ACK may answer any
+    copy, so Init1's retransmission timer starts at initial_rto, not from first SYN ->
+    SYN-ACK (7 s here: an RTO of ~21 s, and a handshake that could not finish in time)."""
+    pair = Pair()
+    a, b = pair.a, pair.b
+    syn = a.seg(ISN_A, 0, SYN, options=syn_options())
+    pair.send(a, syn, deliver=False)
+    pair.now = 1.0
+    pair.send(a, syn, deliver=False)
+    pair.now = 3.0
+    pair.send(a, syn, deliver=False)
+    pair.now = 7.0
+    pair.send(a, syn)
+    pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options()))
+    (flow_a,) = a.engine._flows.values()
+    assert flow_a.syn_rtt is None
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK), deliver=False)   # Init1 rides on it: lost
+    assert flow_a.rtx_deadline == pytest.approx(7.0 + a.engine.config.initial_rto)
+
+
+def test_a_syn_sent_once_gives_the_init_timer_its_rtt():
+    pair = Pair()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options()))
+    pair.now = 0.5
+    pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options()))
+    (flow_a,) = a.engine._flows.values()
+    assert flow_a.syn_rtt == pytest.approx(0.5)
