@@ -318,10 +318,11 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
 
     ``tcp_start`` and ``fields`` as for :func:`~tcpcryptd.engine.outbound.fast_outbound`.
     Taken: ACK or PSH|ACK segments with no other option than a timestamp flow's timestamps
-    (pure ACKs: timestamps first, then anything, e.g. SACK blocks), at the receive point, ACKing nothing older than the last ACK nor anything unsent, while
-    nothing waits for delivery; carrying either nothing (also after the peer's FIN, once
-    delivered) or, before any FIN, exactly one whole frame (rekey bit clear) whose plaintext
-    the stack has room for in one segment, with nothing out of order or partial buffered.
+    (pure ACKs: timestamps first, then anything, e.g. SACK blocks), at the receive point,
+    ACKing nothing older than the last ACK nor anything unsent, while nothing waits for
+    delivery; carrying either nothing (also after the peer's FIN, once delivered) or, before
+    any FIN, exactly one whole frame (rekey bit clear) whose plaintext the stack has room for
+    in one segment, with nothing out of order or partial buffered.
     """
     sport, dport, seq, ack, offset_flags, window, _checksum, _urg_ptr = fields
     shape = segment_shape(flow, data, tcp_start, offset_flags)
@@ -382,7 +383,9 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     flow.rx.limit = max(eng.config.max_buffered_bytes - len(flow.dl_buf), _MAX_FRAME_WIRE)
     rx.next += n
     flow.rx_push = bool(flags & PSH)
-    frame = flow.session.open(flow.rx_frame_offset, memoryview(data)[header_end:end])  # type: ignore[union-attr]
+    session = flow.session
+    assert session is not None   # encrypted
+    frame = session.open(flow.rx_frame_offset, memoryview(data)[header_end:end])
     flow.rx_frame_offset += n
     off = flow.dl_sent
     if frame.urgent is not None:

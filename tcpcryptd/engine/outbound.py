@@ -375,7 +375,9 @@ def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
             eng.check_closed(flow, now)
         return result
     wire_start = smap.wire_end
-    wire = flow.session.seal(wire_start, memoryview(data)[header_end:end])  # type: ignore[union-attr]
+    session = flow.session
+    assert session is not None   # encrypted
+    wire = session.seal(wire_start, memoryview(data)[header_end:end])
     smap.append(n, wire)
     flow.bytes_out_plain += n
     flow.bytes_out_wire += len(wire)
