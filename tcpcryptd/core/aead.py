@@ -102,7 +102,8 @@ class TrafficKey:
         nonce = (offset ^ self._nr).to_bytes(self.algorithm.nonce_len, "big")
         return self._aead.encrypt(nonce, plaintext, associated_data)
 
-    def open(self, offset: int, ciphertext: bytes | memoryview, associated_data: bytes) -> bytes:
+    def open(self, offset: int, ciphertext: bytes | memoryview,
+             associated_data: bytes | bytearray | memoryview) -> bytes:
         """Decrypt and verify; raise :class:`FrameAuthError` on FAIL (RFC 8548 §3.6)."""
         if not 0 <= offset <= MAX_FRAME_OFFSET:
             raise ValueError(f"frame offset {offset} outside the 64-bit frame ID range")

@@ -125,7 +125,7 @@ def decode_frame(key: TrafficKey, offset: int, frame: bytes | bytearray | memory
         raise FrameError(f"{length} bytes are not exactly one frame")
     if length < HEADER_LEN + MIN_CLEN:
         raise FrameError(f"clen {length - HEADER_LEN} shorter than tag and flags ({MIN_CLEN})")
-    plaintext = key.open(offset, frame[HEADER_LEN:], bytes(frame[:HEADER_LEN]))
+    plaintext = key.open(offset, frame[HEADER_LEN:], frame[:HEADER_LEN])
     flags = plaintext[0]
     if flags & FLAG_URGP:
         if len(plaintext) < FLAGS_LEN + URGENT_LEN:

@@ -273,24 +273,24 @@ class Flow:
         """Verified plaintext the stack has not acknowledged yet."""
         return self.dl_base + len(self.dl_buf) - self.stack_rcv_ack
 
-    def wire_window(self) -> int:
-        """The receive window we advertise to the peer, in bytes beyond our wire ACK.
+    def window_field(self) -> int:
+        """The window field toward the peer: the receive window we advertise, in bytes
+        beyond our wire ACK, scaled by the stack's shift.
 
         Room the stack still has beyond the plaintext we already hold, plus frame overhead;
         never less than what completes a partly received frame (no deadlock on a frame
         larger than the local window); never more than the per-flow buffer allows.
         """
-        verified_end = self.dl_base + len(self.dl_buf)
-        room = self.stack_rcv_ack + self.stack_window - verified_end - len(self.rx_partial)
-        window = room + 64 if room > 0 else 0
         partial = self.rx_partial
+        room = (self.stack_rcv_ack + self.stack_window - self.dl_base - len(self.dl_buf)
+                - len(partial))
+        window = room + 64 if room > 0 else 0
         if partial:
             need = ((partial[1] << 8 | partial[2]) + 3 - len(partial)) if len(partial) >= 3 else 3
             window = max(window, need)
-        return max(0, min(window, self.rx.limit - self.rx.buffered))
-
-    def window_field(self) -> int:
-        return min(self.wire_window() >> self.local_wscale, 0xFFFF)
+        rx = self.rx
+        window = min(window, rx.limit - rx.buffered)
+        return min(window >> self.local_wscale, 0xFFFF) if window > 0 else 0
 
     # -- packets the engine builds --------------------------------------------------------
 
@@ -387,12 +387,14 @@ _TS_VALUES = struct.Struct("!II")
 _SACK_BLOCK = struct.Struct("!II")
 
 
-def segment_shape(flow: Flow, data: bytes, tcp_start: int,
-                  offset_flags: int) -> tuple[int, int, int | None, int] | None:
-    """``(flags, header_end, tsval, payload length)`` of a raw segment the fast paths may
-    take, or None: ACK set and none of SYN/FIN/RST/URG; on a timestamp flow the options
-    start with the timestamps as Linux lays them out (``tsval`` their TSval), otherwise
-    there are none; the IP length is consistent with the packet.
+def segment_shape(flow: Flow, data: bytes, tcp_start: int, offset_flags: int
+                  ) -> tuple[int, int, int | None, int, int, bool, int] | None:
+    """``(flags, header_end, tsval, payload length, ttl, df, tos)`` of a raw segment the
+    fast paths may take, or None: ACK set and none of SYN/FIN/RST/URG; on a timestamp flow
+    the options start with the timestamps as Linux lays them out (``tsval`` their TSval),
+    otherwise there are none; the IP length is consistent with the packet. TTL (hop limit),
+    DF and TOS (traffic class) are read as :meth:`TCPPacket.parse` reads them: the
+    template fields of engine-made packets.
     """
     flags = offset_flags & 0xFFF
     if flags & NOT_FAST or not flags & ACK:
@@ -406,18 +408,16 @@ def segment_shape(flow: Flow, data: bytes, tcp_start: int,
         return None
     else:
         tsval = None
-    end = ((data[2] << 8) | data[3]) if tcp_start == 20 else 40 + ((data[4] << 8) | data[5])
+    if tcp_start == 20:
+        end = (data[2] << 8) | data[3]
+        if not header_end <= end <= len(data):
+            return None
+        return flags, header_end, tsval, end - header_end, data[8], bool(data[6] & 0x40), data[1]
+    end = 40 + ((data[4] << 8) | data[5])
     if not header_end <= end <= len(data):
         return None
-    return flags, header_end, tsval, end - header_end
-
-
-def ip_fields(data: bytes, tcp_start: int) -> tuple[int, bool, int]:
-    """TTL (hop limit), DF and TOS (traffic class) of a raw IPv4 (``tcp_start`` 20) or IPv6
-    packet, as :meth:`TCPPacket.parse` reads them: the fast paths' template fields."""
-    if tcp_start == 20:
-        return data[8], bool(data[6] & 0x40), data[1]
-    return data[7], True, ((data[0] & 0x0F) << 4) | (data[1] >> 4)
+    return (flags, header_end, tsval, end - header_end, data[7], True,
+            ((data[0] & 0x0F) << 4) | (data[1] >> 4))
 
 
 def packet_tsval(pkt: TCPPacket) -> int | None:

@@ -39,7 +39,6 @@ from tcpcryptd.engine.flow import (
     TS_LAYOUT,
     Flow,
     FlowAbort,
-    ip_fields,
     packet_tsval,
     refresh_tsval,
     segment_shape,
@@ -328,7 +327,7 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     shape = segment_shape(flow, data, tcp_start, offset_flags)
     if shape is None:
         return None
-    flags, header_end, tsval, n = shape
+    flags, header_end, tsval, n, ttl, df, tos = shape
     end = header_end + n
     more_options = header_end > tcp_start + 32   # after the timestamps: SACK, pure ACKs only
     if n and more_options:
@@ -352,7 +351,6 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
               or n - FRAME_OVERHEAD > min(flow.stack_rcv_ack + flow.stack_window - flow.dl_sent,
                                           MAX_DELIVERY)):
         return None
-    ttl, df, tos = ip_fields(data, tcp_start)
     note_peer(flow, tsval, ttl, df, tos, window)
     flow.send_eno = False
     flow.packets_in += 1

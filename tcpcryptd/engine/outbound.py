@@ -37,7 +37,6 @@ from tcpcryptd.engine.flow import (
     TS_LAYOUT,
     Flow,
     State,
-    ip_fields,
     packet_tsval,
     refresh_tsval,
     segment_shape,
@@ -340,7 +339,7 @@ def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     shape = segment_shape(flow, data, tcp_start, offset_flags)
     if shape is None:
         return None
-    flags, header_end, tsval, n = shape
+    flags, header_end, tsval, n, ttl, df, tos = shape
     end = header_end + n
     if header_end - tcp_start != (20 if tsval is None else 32):
         return None   # options beyond the timestamps: the full path edits them
@@ -355,7 +354,6 @@ def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     elif flow.rx.buffered:
         return None   # SACK blocks to add
     result = Result(Verdict.ACCEPT)
-    ttl, df, tos = ip_fields(data, tcp_start)
     if note_stack(eng, flow, tsval, ttl, df, tos, flags, window, ack, n > 0, now):
         eng.redeliver(flow, now, result, first_only=True)
     if flow.dl_sent < flow.dl_base + len(flow.dl_buf) or (flow.rx_fin_done
