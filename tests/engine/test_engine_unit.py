@@ -800,3 +800,30 @@ def test_a_syn_sent_once_gives_the_init_timer_its_rtt():
     pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options()))
     (flow_a,) = a.engine._flows.values()
     assert flow_a.syn_rtt == pytest.approx(0.5)
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.booleans(), st.integers(0, 2), st.lists(st.tuples(st.integers(0, 120),
+                                                           st.integers(0, 255)), max_size=6),
+       st.integers(0, 60))
+def test_corrupted_headers_on_an_encrypted_flow_never_raise(outbound, kind, edits, cut):
+    """The fast paths read raw headers: an established flow's data, pure-ACK or SACK
+    segment with any bytes of its IP/TCP header overwritten, or cut short, gives a Result
+    and never an internal error."""
+    pair = established()
+    a, b = pair.a, pair.b
+    payload = b"" if kind == 1 else b"d" * 100
+    options = ts_options(5, 6) + (b"\x01\x01\x05\x0a" + bytes(8) if kind == 2 else b"")
+    if outbound:
+        raw = bytearray(a.seg(ISN_A + 1, ISN_B + 1, ACK | PSH, payload, options=options))
+    else:
+        raw = bytearray(b.seg(ISN_B + 1 + INIT2_LEN, ISN_A + 1 + INIT1_LEN, ACK, payload,
+                              options=options))
+    for position, value in edits:
+        if position < len(raw):
+            raw[position] = value
+    data = bytes(raw[:len(raw) - cut])
+    r = a.engine.handle_packet(1, data, Direction.OUTBOUND if outbound else Direction.INBOUND,
+                               1.0)
+    assert r.verdict in (Verdict.ACCEPT, Verdict.DROP, Verdict.HOLD)
+    assert a.engine.counters["aborts_internal-error"] == 0
