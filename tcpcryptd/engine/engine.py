@@ -319,7 +319,7 @@ class Engine:
         flow.closed_at = now
         flow.rtx_deadline = flow.dl_deadline = None
         flow.dl_buf = bytearray()
-        flow.rx_partial = bytearray()
+        flow.rx_partial = b""
         flow.rx.limit = 0
 
     # -- internals ------------------------------------------------------------------------
@@ -338,7 +338,7 @@ class Engine:
         flow.smap = SendMap()
         flow.rx = Reassembly(limit=0)
         flow.dl_buf = bytearray()
-        flow.rx_partial = bytearray()
+        flow.rx_partial = b""
         flow.handshake = flow.eno = flow.negotiated = None
         flow.session = None  # forward secrecy: keys go with the connection (RFC 8547 §5)
         flow.aead_idle_at = None

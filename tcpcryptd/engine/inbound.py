@@ -108,13 +108,12 @@ def deliver_pending(eng: Engine, flow: Flow, now: float, pkt: TCPPacket | None,
     off = flow.dl_sent
     if off >= send_to and not (fin and off == end):
         return 0
-    # toward the local stack a segment may be larger than an MSS (as GRO makes them): what a
-    # filled gap releases goes up in few segments, not one verdict or injection per frame
-    seg = MAX_DELIVERY
     local_ack = flow.smap.wire_to_local_ack(flow.smap.peer_wire_ack)
     sent = 0
     while True:
-        piece_end = min(off + seg, send_to) if off < send_to else off
+        # toward the local stack a segment may be larger than an MSS (as GRO makes them):
+        # what a filled gap releases goes up in few segments, not one per frame
+        piece_end = min(off + MAX_DELIVERY, send_to) if off < send_to else off
         data = bytes(dl_buf[off - dl_base:piece_end - dl_base])
         is_fin = fin and piece_end == end
         flags = (PSH if flow.rx_push and piece_end == end else 0) | (FIN if is_fin else 0)
@@ -341,9 +340,8 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
         return None
     smap = flow.smap
     prev_ack = smap.peer_wire_ack
-    advance = (ack - flow.local_isn - 1 - prev_ack) & MASK32   # unwrap(), inline
-    wire_ack = prev_ack + advance
-    if advance >= 1 << 31 or wire_ack > smap.wire_end + flow.local_fin:   # wire_snd_next()
+    wire_ack = unwrap(ack, flow.local_isn, prev_ack)
+    if wire_ack < prev_ack or wire_ack > flow.wire_snd_next():
         return None
     if n and (rx.buffered or flow.rx_partial or not flow.rx_init_done or flow.rx_finp
               or n < HEADER_LEN + MIN_CLEN or data[header_end] & CONTROL_REKEY
@@ -355,7 +353,7 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     flow.send_eno = False
     flow.packets_in += 1
     local_ack = smap.ack(wire_ack)
-    if advance:
+    if wire_ack > prev_ack:
         eng.on_peer_ack(flow, now)
     result = Result(None)
     # what refresh_tsval makes of it: the peer's latest TSval, the echo kept

@@ -34,7 +34,6 @@ from tcpcryptd.core.frame import FRAME_OVERHEAD, FRAME_OVERHEAD_URGENT, MAX_FRAM
 from tcpcryptd.engine.actions import Direction, Release, Result, Transmit, Verdict
 from tcpcryptd.engine.flow import (
     MASK32,
-    TS_LAYOUT,
     Flow,
     State,
     packet_tsval,
@@ -359,9 +358,9 @@ def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     if flow.dl_sent < flow.dl_base + len(flow.dl_buf) or (flow.rx_fin_done
                                                            and not flow.dl_fin_sent):
         deliver_pending(eng, flow, now, None, result)   # the stack's window may have opened
-    # what refresh_tsval makes of it: the stack's latest TSval, the peer's latest echoed
-    options = (TS_LAYOUT + flow.stack_tsval.to_bytes(4, "big") + flow.peer_tsval.to_bytes(4, "big")
-               if tsval is not None else b"")
+    # what refresh_tsval makes of it (the stack's latest TSval, the peer's latest echoed),
+    # the same bytes as an engine-made segment's (no SACK: nothing buffered, no 45 02)
+    options = flow.wire_options(False)
     wire_ack = (flow.peer_isn + 1 + flow.wire_ack_offset()) & MASK32
     window = flow.window_field()
     flow.packets_out += 1
