@@ -269,6 +269,11 @@ class Flow:
         """The local offset the stack expects next from the peer (what we delivered)."""
         return self.dl_sent
 
+    def undelivered(self) -> bool:
+        """Verified plaintext, or the peer's FIN, not yet sent to the stack."""
+        return self.dl_sent < self.dl_base + len(self.dl_buf) or (self.rx_fin_done
+                                                                 and not self.dl_fin_sent)
+
     def pending_plain(self) -> int:
         """Verified plaintext the stack has not acknowledged yet."""
         return self.dl_base + len(self.dl_buf) - self.stack_rcv_ack

@@ -284,8 +284,7 @@ def _after_payload(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
         answer = True
     if flow.rx_fin_wire is not None:
         _check_fin(flow)
-    if flow.dl_sent < flow.dl_base + len(flow.dl_buf) or (flow.rx_fin_done
-                                                           and not flow.dl_fin_sent):
+    if flow.undelivered():
         delivered = deliver_pending(eng, flow, now, pkt, result)
     else:
         delivered = 0

@@ -298,8 +298,7 @@ def handle_outbound(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now
     if flow.state is State.NEGOTIATED:
         _start_init1(eng, flow, pkt, packet_id, now, result)
         return
-    if flow.dl_sent < flow.dl_base + len(flow.dl_buf) or (flow.rx_fin_done
-                                                           and not flow.dl_fin_sent):
+    if flow.undelivered():
         deliver_pending(eng, flow, now, None, result)   # the stack's window may have opened
     if len(pkt.payload) or flags & FIN:
         if not flow.keyed or flow.held:
@@ -355,8 +354,7 @@ def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     result = Result(Verdict.ACCEPT)
     if note_stack(eng, flow, tsval, ttl, df, tos, flags, window, ack, n > 0, now):
         eng.redeliver(flow, now, result, first_only=True)
-    if flow.dl_sent < flow.dl_base + len(flow.dl_buf) or (flow.rx_fin_done
-                                                           and not flow.dl_fin_sent):
+    if flow.undelivered():
         deliver_pending(eng, flow, now, None, result)   # the stack's window may have opened
     # what refresh_tsval makes of it (the stack's latest TSval, the peer's latest echoed),
     # the same bytes as an engine-made segment's (no SACK: nothing buffered, no 45 02)
