@@ -265,18 +265,10 @@ class Flow:
     def wire_snd_next(self) -> int:
         return self.smap.wire_end + (1 if self.local_fin else 0)
 
-    def local_rcv_next(self) -> int:
-        """The local offset the stack expects next from the peer (what we delivered)."""
-        return self.dl_sent
-
     def undelivered(self) -> bool:
         """Verified plaintext, or the peer's FIN, not yet sent to the stack."""
         return self.dl_sent < self.dl_base + len(self.dl_buf) or (self.rx_fin_done
                                                                  and not self.dl_fin_sent)
-
-    def pending_plain(self) -> int:
-        """Verified plaintext the stack has not acknowledged yet."""
-        return self.dl_base + len(self.dl_buf) - self.stack_rcv_ack
 
     def window_field(self) -> int:
         """The window field toward the peer: the receive window we advertise, in bytes
