@@ -49,8 +49,11 @@ class Result:
     """Everything one call to the engine asks the caller to do.
 
     ``plain`` is True when the packet belongs to a connection the engine leaves alone for good
-    (no ENO, fallback, over the flow limit): the daemon may mark the connection so the
-    firewall stops queueing it.
+    (no ENO, fallback, over the flow limit, or one it does not track): the daemon marks the
+    packet so the firewall stops queueing the connection (docs/daemon.md, "Firewall").
+    ``encrypted`` is True on the packet with which a connection enters its key exchange
+    (RFC 8547 §4.6: both hosts have sent and received an ENO ACK, encryption is mandatory
+    from here): the daemon marks it so the firewall records the connection as encrypted.
     """
 
     verdict: Verdict | None
@@ -58,3 +61,4 @@ class Result:
     releases: list[Release] = field(default_factory=list)
     transmit: list[Transmit] = field(default_factory=list)
     plain: bool = False
+    encrypted: bool = False

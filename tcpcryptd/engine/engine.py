@@ -133,6 +133,7 @@ class Engine:
             return Result(Verdict.ACCEPT, plain=True)
         result = Result(None)
         flow.last_activity = now
+        handshaking = flow.state in _HANDSHAKE_STATES
         try:
             if flow.state in (State.ABORTED, State.TOMBSTONE) and not (
                     pkt.flags & (SYN | ACK | RST) == SYN and flow.state is State.TOMBSTONE):
@@ -149,6 +150,7 @@ class Engine:
             self._failed(flow, error, now, result)
         if self._flows.get(key) is flow:
             self._schedule(flow)
+            result.encrypted = handshaking and flow.state in (State.KEYING, State.ENCRYPTED)
         elif result.verdict is Verdict.ACCEPT and flow.state in _HANDSHAKE_STATES:
             result.plain = True
         if result.verdict is None:

@@ -318,6 +318,29 @@ def test_tampered_frame_aborts_with_rst_both_ways():
     assert r.verdict is Verdict.DROP and not r.transmit
 
 
+def test_exactly_the_packet_that_starts_the_key_exchange_is_flagged_encrypted():
+    """The daemon records a connection as encrypted from the packet with which the engine
+    enters the key exchange (RFC 8547 §4.6), never earlier, never from a forged option."""
+    pair = Pair()
+    a, b = pair.a, pair.b
+    flagged: list[tuple[str, Direction]] = []
+    for host in (a, b):
+        handle = host.engine.handle_packet
+
+        def spy(packet_id, data, direction, now, _handle=handle, _name=host.name):
+            result = _handle(packet_id, data, direction, now)
+            if result.encrypted:
+                flagged.append((_name, direction))
+            return result
+        host.engine.handle_packet = spy   # type: ignore[method-assign]
+    pair.handshake()
+    # A: its third ACK (carrying Init1) outbound; B: that ACK arriving
+    assert flagged == [("A", Direction.OUTBOUND), ("B", Direction.INBOUND)]
+    flagged.clear()
+    pair.send(a, a.seg(ISN_A + 1 + 0, ISN_B + 1, ACK | PSH, b"data"))
+    assert flagged == []
+
+
 def test_fallback_when_the_peer_has_no_eno():
     pair = Pair(config_b=EngineConfig(enabled=False))
     a, b = pair.a, pair.b
