@@ -7,7 +7,8 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.stamp
 
 APT_PACKAGES := gcc python3-dev python3-venv iptables iproute2 libnetfilter-queue-dev \
-	libnetfilter-queue1 iperf3 tcpdump tshark ethtool curl netcat-openbsd procps kmod
+	libnetfilter-queue1 nftables conntrack iperf3 tcpdump tshark ethtool curl netcat-openbsd \
+	procps kmod
 
 .PHONY: setup apt venv test test-slow demo bench bench-engine install uninstall clean vectors lint
 

@@ -12,6 +12,7 @@ tcpcryptd is the cost of the daemon's work.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import selectors
 import signal
 import sys
@@ -20,7 +21,8 @@ from types import FrameType
 from netfilterqueue import NetfilterQueue, Packet
 
 from tcpcryptd.daemon.config import Config
-from tcpcryptd.daemon.firewall import Firewall, RuleSpec, detect_backend
+from tcpcryptd.daemon.firewall import Firewall, detect_backend
+from tcpcryptd.daemon.runner import rule_spec
 
 
 class _Stop(Exception):
@@ -42,12 +44,6 @@ class AcceptAll:
         self.accepted += 1
 
 
-def rule_spec(config: Config, queue_num: int) -> RuleSpec:
-    """The same RuleSpec the daemon derives from ``config`` (runner.rule_spec)."""
-    return RuleSpec(queue_num, config.marks.injected, config.marks.seen,
-                    config.marks.encrypted, config.firewall.skip_ports)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queue", type=int, default=Config().queue.number)
@@ -62,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     selector = selectors.DefaultSelector()
     selector.register(queue.get_fd(), selectors.EVENT_READ)
     try:
-        firewall.install(rule_spec(config, args.queue))
+        # the daemon's rules for this queue; nothing is ever marked plain, so all is queued
+        firewall.install(dataclasses.replace(rule_spec(config), queue_num=args.queue))
         print("passthrough: ready", flush=True)
         while True:
             # The same I/O pattern as the daemon's loop: wait, then drain without blocking.
@@ -71,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except _Stop:
         pass
     finally:
-        firewall.remove()
+        firewall.remove(config.marks.encrypted)
         queue.unbind()
     print(f"passthrough: accepted {consumer.accepted}", flush=True)
     return 0

@@ -141,10 +141,12 @@ def disable(config_path: Path | None, control_path: str | None) -> None:
     from tcpcryptd.daemon.runner import remove_leftover_rules
 
     try:
-        removed = remove_leftover_rules(config)
+        removal = remove_leftover_rules(config)
     except DaemonError as exc:
         _fail(f"no tcpcryptd is running, and removing its rules failed: {exc}")
-    if removed:
+    if removal.guarded:
+        click.echo(f"no tcpcryptd is running: {removal.describe()}")
+    elif removal.removed:
         click.echo("no tcpcryptd is running: removed the firewall rules it left behind")
     else:
         click.echo("no tcpcryptd is running: no firewall rules to remove")

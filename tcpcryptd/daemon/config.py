@@ -57,6 +57,7 @@ class MarksConfig:
     injected: int = 0x40000000
     seen: int = 0x20000000
     encrypted: int = 0x10000000
+    plain: int = 0x08000000
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class FirewallConfig:
     backend: str = "auto"
     ipv6: bool = True
     skip_ports: tuple[int, ...] = ()
+    offload_max: int = 65536
 
 
 @dataclass(frozen=True)
@@ -206,11 +208,13 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
         "number": _integer(0, 65535),
         "max_len": _integer(1, 65535),
     }),
-    "marks": (MarksConfig, {"injected": _MARK, "seen": _MARK, "encrypted": _MARK}),
+    "marks": (MarksConfig, {"injected": _MARK, "seen": _MARK, "encrypted": _MARK,
+                            "plain": _MARK}),
     "firewall": (FirewallConfig, {
         "backend": _choice(FIREWALL_BACKENDS),
         "ipv6": _boolean,
         "skip_ports": _port_list,
+        "offload_max": _integer(1, 16_777_216),
     }),
     "control": (ControlConfig, {"socket": _path}),
     "limits": (LimitsConfig, {
@@ -248,9 +252,9 @@ def parse_config(data: dict[str, Any]) -> Config:
 
 
 def _check_marks(marks: MarksConfig) -> None:
-    """The three marks are tested with ``--mark X/X``: they must not share a bit."""
+    """The marks are tested bit by bit (``--mark X/X``): they must not share a bit."""
     named = (("marks.injected", marks.injected), ("marks.seen", marks.seen),
-             ("marks.encrypted", marks.encrypted))
+             ("marks.encrypted", marks.encrypted), ("marks.plain", marks.plain))
     for index, (name, value) in enumerate(named):
         for other_name, other in named[index + 1:]:
             if value & other:

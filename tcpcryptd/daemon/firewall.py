@@ -1,25 +1,27 @@
-"""The daemon's iptables/ip6tables rules: own chains, installed and removed atomically.
+"""The daemon's firewall: iptables/ip6tables queue chains plus one nftables table.
 
-Placement (DESIGN.md §5, measured): conntrack must see the wire view of a flow, so outbound
+Placement (measured on this kernel): conntrack must see the wire view of a flow, so outbound
 packets are queued in ``raw OUTPUT`` (before conntrack) and inbound ones in ``mangle
-PREROUTING`` (after it). Three chains, the same for IPv4 and IPv6::
+PREROUTING`` (after it). The queue is an iptables target; two chains, the same for IPv4 and
+IPv6::
 
     raw    OUTPUT     -> TCPCRYPT_OUT    queue local -> wire (with --queue-bypass);
                                          NOTRACK for packets injected toward the local stack
-    mangle OUTPUT     -> TCPCRYPT_GUARD  encrypted flow, packet not seen by the daemon: DROP
-    mangle PREROUTING -> TCPCRYPT_IN     queue wire -> local; encrypted flows WITHOUT bypass
+    mangle PREROUTING -> TCPCRYPT_IN     queue wire -> local; encrypted connections WITHOUT
+                                         bypass
 
-Loopback, configured ports, non-local destinations and packets the daemon injected itself
-(``marks.injected``, set with SO_MARK) are skipped. A connection is recorded as encrypted in
-its connmark (``marks.encrypted``) when a non-SYN segment with an ENO option crosses either
-hook: RFC 8547 §4.6 has the active opener put a non-SYN ENO option on its third segment, and
-"once a host has both sent and received an ACK segment containing an ENO option, encryption
-MUST be enabled". The daemon sets ``marks.seen`` on every packet it gives a verdict, so with
-the daemon gone (crash, SIGKILL) ``--queue-bypass`` lets plain flows through while
-encrypted flows are dropped in both directions instead of leaking plaintext.
+Loopback, configured ports, non-local destinations, packets the daemon injected itself
+(``marks.injected``, set with SO_MARK) and packets of offloaded plain connections
+(``marks.plain``, set by the nftables table just before these chains) are skipped. Inbound,
+the connmark ``marks.encrypted`` is copied into the nfmark so the daemon knows a packet's
+connection is encrypted even when it has no flow for it.
 
-Install and remove are each one ``iptables-restore --noflush`` per family (atomic), idempotent,
-and work with iptables-nft and iptables-legacy.
+Which connections are offloaded, which are encrypted, and the guard that drops what must
+never pass without the daemon are the nftables table's (:mod:`tcpcryptd.daemon.nftables`).
+
+Install: the table, then one ``iptables-restore --noflush`` per family (each atomic),
+idempotent, with iptables-nft or iptables-legacy. Remove: the iptables chains, then the table
+unless conntrack still holds an encrypted connection (the guard outlives the daemon).
 """
 
 from __future__ import annotations
@@ -29,17 +31,17 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tcpcryptd.core.constants import ENO_KIND
+from tcpcryptd.daemon import nftables
+from tcpcryptd.daemon.conntrack import encrypted_connections
 from tcpcryptd.daemon.errors import FirewallError
+from tcpcryptd.daemon.nftables import OffloadSpec
 
 CHAIN_OUT = "TCPCRYPT_OUT"
-CHAIN_GUARD = "TCPCRYPT_GUARD"
 CHAIN_IN = "TCPCRYPT_IN"
 
 #: (table, built-in chain, own chain): where each own chain is jumped to from.
 JUMPS: tuple[tuple[str, str, str], ...] = (
     ("raw", "OUTPUT", CHAIN_OUT),
-    ("mangle", "OUTPUT", CHAIN_GUARD),
     ("mangle", "PREROUTING", CHAIN_IN),
 )
 TABLES = ("raw", "mangle")
@@ -53,9 +55,7 @@ class RuleSpec:
     """What the rules depend on (from the config and the ``--queue`` option)."""
 
     queue_num: int
-    mark_injected: int
-    mark_seen: int
-    mark_encrypted: int
+    offload: OffloadSpec
     skip_ports: tuple[int, ...] = ()
 
 
@@ -74,43 +74,33 @@ def _skip_rules(chain: str, spec: RuleSpec, device_flag: str) -> list[str]:
     return rules
 
 
-def _record_encrypted(chain: str, spec: RuleSpec) -> str:
-    """connmark |= encrypted for a non-SYN segment bearing ENO (RFC 8547 §4.6)."""
-    return (f"-A {chain} -p tcp --tcp-flags SYN NONE --tcp-option {ENO_KIND} "
-            f"-j CONNMARK --or-mark {spec.mark_encrypted:#x}")
-
-
 def chain_rules(spec: RuleSpec) -> dict[str, list[str]]:
     """table -> the ``-A`` lines filling the own chains (the same for IPv4 and IPv6)."""
+    marks = spec.offload
     queue = f"-j NFQUEUE --queue-num {spec.queue_num}"
-    injected = f"{spec.mark_injected:#x}/{spec.mark_injected:#x}"
-    encrypted = f"{spec.mark_encrypted:#x}/{spec.mark_encrypted:#x}"
-    verdicted = spec.mark_seen | spec.mark_injected
+    injected = f"{marks.mark_injected:#x}/{marks.mark_injected:#x}"
+    plain = f"-m mark --mark {marks.mark_plain:#x}/{marks.mark_plain:#x} -j RETURN"
+    encrypted = f"{marks.mark_encrypted:#x}/{marks.mark_encrypted:#x}"
     out = [
         # Injected toward the local stack: plaintext sequence space, keep it out of conntrack's
         # wire view (it would judge such a packet INVALID once the two spaces drift apart).
         f"-A {CHAIN_OUT} -o lo -m mark --mark {injected} -j CT --notrack",
         *_skip_rules(CHAIN_OUT, spec, "-o"),
         f"-A {CHAIN_OUT} -m mark --mark {injected} -j RETURN",
+        f"-A {CHAIN_OUT} {plain}",
         f"-A {CHAIN_OUT} -p tcp {queue} --queue-bypass",
-    ]
-    guard = [
-        *_skip_rules(CHAIN_GUARD, spec, "-o"),
-        _record_encrypted(CHAIN_GUARD, spec),
-        f"-A {CHAIN_GUARD} -m connmark --mark {encrypted} -m mark --mark 0x0/{verdicted:#x} "
-        f"-j DROP",
     ]
     inbound = [
         *_skip_rules(CHAIN_IN, spec, "-i"),
-        _record_encrypted(CHAIN_IN, spec),
         # Tell the daemon in the nfmark that the connection is encrypted (fail closed on a
         # packet it cannot process).
-        f"-A {CHAIN_IN} -j CONNMARK --restore-mark --nfmask {spec.mark_encrypted:#x} "
-        f"--ctmask {spec.mark_encrypted:#x}",
+        f"-A {CHAIN_IN} -j CONNMARK --restore-mark --nfmask {marks.mark_encrypted:#x} "
+        f"--ctmask {marks.mark_encrypted:#x}",
         f"-A {CHAIN_IN} -m connmark --mark {encrypted} {queue}",
+        f"-A {CHAIN_IN} {plain}",
         f"-A {CHAIN_IN} -p tcp {queue} --queue-bypass",
     ]
-    return {"raw": out, "mangle": guard + inbound}
+    return {"raw": out, "mangle": inbound}
 
 
 @dataclass(frozen=True)
@@ -230,6 +220,7 @@ class Firewall:
 
     def __init__(self, backend: Backend, ipv6: bool = True) -> None:
         self.backend = backend
+        self.ipv6 = ipv6
         self.families: tuple[int, ...] = (4, 6) if ipv6 else (4,)
 
     def state(self, family: int) -> dict[str, TableState]:
@@ -240,12 +231,13 @@ class Firewall:
         _run([self.backend.tool(family, "restore"), "--wait", "--noflush"], stdin=text)
 
     def install(self, spec: RuleSpec) -> None:
-        """Add (or refresh) our chains and jumps; atomic per family, idempotent."""
+        """The nftables table (replaced atomically), then our chains and jumps per family."""
+        nftables.install_table(spec.offload)
         for family in self.families:
             self._restore(family, install_text(spec, self.state(family)))
 
-    def remove(self) -> bool:
-        """Delete our jumps and chains in every family; True when something was installed."""
+    def remove_queue(self) -> bool:
+        """Delete our iptables jumps and chains in every family; True when any was there."""
         removed = False
         for family in self.families:
             text = remove_text(self.state(family))
@@ -254,7 +246,45 @@ class Firewall:
                 removed = True
         return removed
 
-    def installed(self) -> bool:
-        return any(state.chains or state.jumps for family in self.families
-                   for state in self.state(family).values())
+    def remove(self, encrypted_mark: int) -> Removal:
+        """Stop queueing; remove the nftables table unless the guard is still needed.
 
+        The guard stays while conntrack records any connection as encrypted
+        (``encrypted_mark``): such a connection's local socket may still send, and without
+        the guard that would be plaintext.
+        """
+        queue = self.remove_queue()
+        if not nftables.table_exists():
+            return Removal(queue, table=False, guarded=0)
+        guarded = encrypted_connections(encrypted_mark, self.ipv6)
+        if guarded:
+            return Removal(queue, table=False, guarded=guarded)
+        return Removal(queue, table=nftables.remove_table(), guarded=0)
+
+    def installed(self) -> bool:
+        return nftables.table_exists() or any(
+            state.chains or state.jumps for family in self.families
+            for state in self.state(family).values())
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What :meth:`Firewall.remove` did: queue chains removed, table removed, connections
+    still guarded (the table kept for them)."""
+
+    queue: bool
+    table: bool
+    guarded: int
+
+    @property
+    def removed(self) -> bool:
+        return self.queue or self.table
+
+    def describe(self) -> str:
+        """One line for the operator."""
+        if self.guarded:
+            return (f"kept the guard table 'inet {nftables.TABLE}' for {self.guarded} "
+                    f"connection(s) still recorded as encrypted: their packets are reset or "
+                    f"dropped, never sent in plaintext; run `tcpcryptd disable` again once "
+                    f"they have ended")
+        return "removed the firewall rules" if self.removed else "no firewall rules to remove"

@@ -48,6 +48,7 @@ class FlowEngine(Protocol):
     def handle_packet(self, packet_id: int, data: bytes, direction: Direction,
                       now: float) -> Result: ...
     def handle_timer(self, now: float) -> Result: ...
+    def shutdown(self, now: float) -> Result: ...
     def next_deadline(self) -> float | None: ...
     def flows(self, now: float | None = None) -> list[Any]: ...
 
@@ -59,21 +60,21 @@ class Sender(Protocol):
 class PacketPath:
     """Engine results -> verdicts and injections; never raises into NetfilterQueue.
 
-    Packets of plain connections are accepted without the seen mark (see
-    :meth:`_accept_plain`). A packet the daemon cannot process (the engine raised, or it was
-    truncated by the copy size) is treated as if the queue had been bypassed: an outbound one is accepted without
-    the seen mark, so the firewall guard drops it on encrypted connections and lets it pass
-    on plain ones; an inbound one is dropped on encrypted connections (the connmark restored
-    into its nfmark says so) and accepted otherwise.
+    Packets of plain connections are accepted with the plain mark and without the seen mark
+    (see :meth:`_accept_plain`). A packet the daemon cannot process (the engine raised, or it
+    was truncated by the copy size) is treated as if the queue had been bypassed: an
+    outbound one is accepted unmarked, so the firewall guard resets it on encrypted
+    connections and lets it pass on plain ones; an inbound one is dropped on encrypted
+    connections (the connmark restored into its nfmark says so) and accepted otherwise.
     """
 
     def __init__(self, engine: FlowEngine, sender: Sender, verdicts: Verdicts,
-                 encrypted_mark: int, clock: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = time.monotonic,
                  heap: HeapTrimmer | None = None) -> None:
         self.engine = engine
         self.sender = sender
         self.verdicts = verdicts
-        self.encrypted_mark = encrypted_mark
+        self.encrypted_mark = verdicts.encrypted_mark
         self.clock = clock
         self.heap = heap if heap is not None else HeapTrimmer(None)
         self.counters: Counter[str] = Counter()
@@ -95,7 +96,8 @@ class PacketPath:
             return
         try:
             if result.verdict is Verdict.ACCEPT and not result.plain:
-                self.verdicts.accept(packet, result.data)   # the per-packet common case
+                # the per-packet common case
+                self.verdicts.accept(packet, result.data, result.encrypted)
             else:
                 self._verdict(packet, result)
             if result.releases or result.transmit:
@@ -116,28 +118,40 @@ class PacketPath:
         # idle connections freed their cipher contexts: give the heap back (daemon/heap.py)
         self.heap.after_timers(self.engine.counters.get("aead_released", 0), now)
 
+    def shutdown(self) -> None:
+        """Abort the engine's encrypted connections (RSTs both ways) before the rules go."""
+        try:
+            result = self.engine.shutdown(self.clock())
+        except Exception:
+            self.counters["daemon_timer_errors"] += 1
+            log.debug("engine shutdown failed", exc_info=True)
+            return
+        self._apply(result)
+
     def _verdict(self, packet: QueuedPacket, result: Result) -> None:
         if result.verdict is Verdict.ACCEPT and result.plain:
             self._accept_plain(packet, result.data)
         elif result.verdict is Verdict.ACCEPT:
-            self.verdicts.accept(packet, result.data)
+            self.verdicts.accept(packet, result.data, result.encrypted)
         elif result.verdict is Verdict.HOLD:
             self.verdicts.hold(packet)
         else:
             self.verdicts.drop(packet)
 
     def _accept_plain(self, packet: QueuedPacket, data: bytes | None) -> None:
-        """A packet of a connection the engine leaves plain: passed without the seen mark.
+        """A packet of a connection the engine leaves plain: offloaded, not seen.
 
-        On a connection the firewall knows as encrypted (e.g. encrypted by an earlier daemon
-        instance, unknown to this engine) the guard then drops it outbound, and it is
-        dropped here inbound: a restart must not turn an encrypted connection plain.
+        The plain mark hands the connection to the kernel (none of its later packets is
+        queued). On a connection the firewall knows as encrypted (e.g. encrypted by an
+        earlier daemon instance, unknown to this engine) the kernel refuses the offload and
+        the guard resets the packet outbound; inbound it is dropped here: a restart must not
+        turn an encrypted connection plain.
         """
         if packet.mark & self.encrypted_mark and direction(packet) is Direction.INBOUND:
             self.counters["daemon_stale_encrypted"] += 1
             self.verdicts.drop(packet)
         else:
-            self.verdicts.accept_unseen(packet, data)
+            self.verdicts.accept_plain(packet, data)
 
     def _unprocessable(self, packet: QueuedPacket) -> None:
         try:

@@ -67,25 +67,36 @@ def truncated(data: bytes) -> bool:
 class Verdicts:
     """Gives verdicts and keeps the held packets (packet id -> packet) until released.
 
-    Packets the daemon accepts for the engine's flows get ``seen_mark`` added to their
-    nfmark: the firewall's guard drops packets of encrypted connections that lack it (queue
-    bypassed: no daemon; or plain to this daemon: encrypted by an earlier instance).
+    The marks a verdict adds to a packet's nfmark tell the nftables table
+    (:mod:`tcpcryptd.daemon.nftables`) what the daemon decided: ``seen_mark`` on every
+    packet accepted for the engine's flows (the guard resets or drops packets of encrypted
+    connections that lack it); ``encrypted_mark`` on the packet with which a connection
+    started its key exchange (recorded in its connmark); ``plain_mark`` on packets of
+    connections the daemon leaves plain (the kernel stops queueing them).
     """
 
-    def __init__(self, seen_mark: int) -> None:
+    def __init__(self, seen_mark: int, encrypted_mark: int, plain_mark: int) -> None:
         self.seen_mark = seen_mark
+        self.encrypted_mark = encrypted_mark
+        self.plain_mark = plain_mark
         self.held: dict[int, QueuedPacket] = {}
 
-    def accept(self, packet: QueuedPacket, data: bytes | None = None) -> None:
+    def accept(self, packet: QueuedPacket, data: bytes | None = None,
+               encrypted: bool = False) -> None:
         if data is not None:
             packet.set_payload(data)
-        packet.set_mark(packet.mark | self.seen_mark)
+        packet.set_mark(packet.mark | self.seen_mark | (self.encrypted_mark if encrypted else 0))
         packet.accept()
 
-    def accept_unseen(self, packet: QueuedPacket, data: bytes | None = None) -> None:
-        """Accept without the seen mark, as if the queue had been bypassed."""
+    def accept_plain(self, packet: QueuedPacket, data: bytes | None = None) -> None:
+        """Accept a packet of a plain connection: not seen, and the connection offloaded."""
         if data is not None:
             packet.set_payload(data)
+        packet.set_mark(packet.mark | self.plain_mark)
+        packet.accept()
+
+    def accept_unseen(self, packet: QueuedPacket) -> None:
+        """Accept unchanged and unmarked, as if the queue had been bypassed."""
         packet.accept()
 
     def drop(self, packet: QueuedPacket) -> None:

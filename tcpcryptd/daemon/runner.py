@@ -9,7 +9,8 @@ from tcpcryptd import __version__
 from tcpcryptd.daemon.config import Config, engine_config
 from tcpcryptd.daemon.control import ControlServer
 from tcpcryptd.daemon.errors import DaemonError
-from tcpcryptd.daemon.firewall import Firewall, RuleSpec, detect_backend
+from tcpcryptd.daemon.firewall import Firewall, Removal, RuleSpec, detect_backend
+from tcpcryptd.daemon.nftables import OffloadSpec
 from tcpcryptd.daemon.heap import HeapTrimmer, glibc_malloc_trim
 from tcpcryptd.daemon.keylog import KeyLog, KeyLoggingEngine
 from tcpcryptd.daemon.logsetup import setup_logging
@@ -23,8 +24,11 @@ log = logging.getLogger("tcpcryptd.daemon")
 
 
 def rule_spec(config: Config) -> RuleSpec:
-    return RuleSpec(config.queue.number, config.marks.injected, config.marks.seen,
-                    config.marks.encrypted, config.firewall.skip_ports)
+    marks = config.marks
+    offload = OffloadSpec(marks.injected, marks.seen, marks.encrypted, marks.plain,
+                          timeout=max(1, round(config.limits.idle_timeout)),
+                          max_elements=config.firewall.offload_max)
+    return RuleSpec(config.queue.number, offload, config.firewall.skip_ports)
 
 
 def run_daemon(config: Config) -> None:
@@ -32,15 +36,19 @@ def run_daemon(config: Config) -> None:
 
     Order: signal handlers, raw sockets (capabilities), instance lock and control socket (a
     second instance fails before touching anything), the queue (bound before a rule can
-    send packets to it), the rules. Teardown in reverse, rules first, so no packet is
-    queued to a daemon that is going away; held packets are dropped, never let out
-    unencrypted.
+    send packets to it), the rules. Teardown in reverse: encrypted connections are aborted
+    (RST both ways), then the queue rules go, so no packet is queued to a daemon that is
+    going away; the guard table stays while conntrack still records an encrypted
+    connection; held packets are dropped, never let out unencrypted.
     """
     setup_logging(config.log.level)
     backend = detect_backend(config.firewall.backend)
     firewall = Firewall(backend, ipv6=config.firewall.ipv6)
     with contextlib.ExitStack() as stack:
-        sender = RawSender(config.marks.injected, ipv6=config.firewall.ipv6)
+        # every engine-made packet belongs to a connection with a session or key exchange:
+        # the encrypted mark makes the kernel record it as encrypted (daemon/nftables.py)
+        sender = RawSender(config.marks.injected | config.marks.encrypted,
+                           ipv6=config.firewall.ipv6)
         stack.callback(sender.close)
         if config.log.keylog:
             keylog = KeyLog(config.log.keylog)
@@ -49,9 +57,8 @@ def run_daemon(config: Config) -> None:
             log.warning("key log on: session keys are written to %s", keylog.path)
         else:
             engine = Engine(engine_config(config))
-        verdicts = Verdicts(config.marks.seen)
-        path = PacketPath(engine, sender, verdicts, config.marks.encrypted,
-                          heap=HeapTrimmer(glibc_malloc_trim()))
+        verdicts = Verdicts(config.marks.seen, config.marks.encrypted, config.marks.plain)
+        path = PacketPath(engine, sender, verdicts, heap=HeapTrimmer(glibc_malloc_trim()))
         daemon = Daemon(config, engine, path, backend.name)
         stack.callback(daemon.catch_signals())
         control = ControlServer(config.control.socket, daemon.handle)
@@ -60,8 +67,9 @@ def run_daemon(config: Config) -> None:
         queue = PacketQueue(config.queue.number, config.queue.max_len, path.on_packet)
         stack.callback(queue.close)
         stack.callback(_drop_held, verdicts)
-        stack.callback(_remove_rules, firewall)  # also after a partial install
+        stack.callback(_remove_rules, firewall, config)  # also after a partial install
         firewall.install(rule_spec(config))
+        stack.callback(path.shutdown)
         log.info("tcpcryptd %s running: queue %d, iptables-%s rules, control %s, "
                  "encryption of new connections %s", __version__, config.queue.number,
                  backend.name, config.control.socket,
@@ -72,11 +80,13 @@ def run_daemon(config: Config) -> None:
         daemon.run(queue, control)
 
 
-def _remove_rules(firewall: Firewall) -> None:
+def _remove_rules(firewall: Firewall, config: Config) -> None:
     try:
-        firewall.remove()
+        removal = firewall.remove(config.marks.encrypted)
     except DaemonError as exc:
         log.error("removing the firewall rules failed: %s (run `tcpcryptd disable`)", exc)
+        return
+    (log.warning if removal.guarded else log.info)("%s", removal.describe())
 
 
 def _drop_held(verdicts: Verdicts) -> None:
@@ -85,7 +95,7 @@ def _drop_held(verdicts: Verdicts) -> None:
         log.info("dropped %d held packets", dropped)
 
 
-def remove_leftover_rules(config: Config) -> bool:
-    """Remove rules a crashed (SIGKILLed) daemon left; True when there were any."""
+def remove_leftover_rules(config: Config) -> Removal:
+    """Remove rules a crashed (SIGKILLed) or stopped daemon left, but a guard still needed."""
     firewall = Firewall(detect_backend(config.firewall.backend), ipv6=config.firewall.ipv6)
-    return firewall.remove()
+    return firewall.remove(config.marks.encrypted)

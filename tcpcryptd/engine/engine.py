@@ -226,6 +226,21 @@ class Engine:
         at = self._now if now is None else now
         return [flow.status(at) for flow in self._flows.values()]
 
+    def shutdown(self, now: float) -> Result:
+        """The daemon is stopping: abort every connection that has or is making a session.
+
+        RST to the peer and to the local stack (RFC 793 ABORT), so both applications learn
+        at once instead of stalling; counted as ``aborts_shutdown``. Whatever a local stack
+        sends afterwards on such a connection is reset by the firewall's guard, never sent
+        in plaintext.
+        """
+        self._now = now
+        result = Result(None)
+        for flow in list(self._flows.values()):
+            if flow.state in (State.KEYING, State.ENCRYPTED):
+                self.abort(flow, "shutdown", now, result)
+        return result
+
     # -- services for the handshake, outbound and inbound paths ---------------------------
 
     def count(self, name: str) -> None:

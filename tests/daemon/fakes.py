@@ -67,6 +67,7 @@ class ScriptedEngine:
         self.script: list[Result | Exception] = []
         self.calls: list[tuple[int, bytes, Direction, float]] = []
         self.timer_calls: list[float] = []
+        self.shutdown_calls: list[float] = []
         self.deadline: float | None = None
         self.counters: dict[str, int] = {"encrypted": 1, "plain": 2}
         self._flows = flows or []
@@ -80,6 +81,10 @@ class ScriptedEngine:
     def handle_timer(self, now):
         self.timer_calls.append(now)
         self.deadline = None
+        return self._next(Result(None))
+
+    def shutdown(self, now):
+        self.shutdown_calls.append(now)
         return self._next(Result(None))
 
     def _next(self, default: Result) -> Result:

@@ -15,6 +15,7 @@ from tcpcryptd.daemon.config import Config
 from tcpcryptd.daemon import control
 from tcpcryptd.daemon.control import ControlServer
 from tcpcryptd.daemon.errors import DaemonTimeoutError
+from tcpcryptd.daemon.firewall import Removal
 from tcpcryptd.daemon.loop import Daemon, PacketPath
 from tcpcryptd.daemon.nfqueue import Verdicts
 
@@ -33,7 +34,7 @@ def running(tmp_path, no_default_config):
         flow_status(),
         flow_status(local="10.0.0.1:40001", remote="10.0.0.3:80", session_id="", tep="",
                     aead="", state="keying")])
-    daemon = Daemon(Config(), engine, PacketPath(engine, FakeSender(), Verdicts(2), 1), "nft")
+    daemon = Daemon(Config(), engine, PacketPath(engine, FakeSender(), Verdicts(2, 1, 8)), "nft")
     path = str(tmp_path / "c.sock")
     with ControlThread(ControlServer(path, daemon.handle)):
         yield path, engine
@@ -113,7 +114,8 @@ def test_commands_without_a_daemon_say_so(tmp_path, no_default_config):
 def test_disable_without_daemon_removes_leftover_rules(tmp_path, monkeypatch, no_default_config):
     calls = []
     fake_runner = types.ModuleType("tcpcryptd.daemon.runner")
-    fake_runner.remove_leftover_rules = lambda config: calls.append(config) or bool(len(calls) == 1)
+    fake_runner.remove_leftover_rules = lambda config: calls.append(config) or Removal(
+        queue=len(calls) == 1, table=len(calls) == 1, guarded=0)
     monkeypatch.setitem(sys.modules, "tcpcryptd.daemon.runner", fake_runner)
     path = str(tmp_path / "absent.sock")
     first = invoke("disable", "--control", path)
@@ -124,11 +126,24 @@ def test_disable_without_daemon_removes_leftover_rules(tmp_path, monkeypatch, no
     assert calls[0].control.socket == path
 
 
+def test_disable_without_daemon_keeps_the_guard_of_encrypted_connections(
+        tmp_path, monkeypatch, no_default_config):
+    fake_runner = types.ModuleType("tcpcryptd.daemon.runner")
+    fake_runner.remove_leftover_rules = lambda config: Removal(queue=True, table=False,
+                                                               guarded=3)
+    monkeypatch.setitem(sys.modules, "tcpcryptd.daemon.runner", fake_runner)
+    result = invoke("disable", "--control", str(tmp_path / "absent.sock"))
+    assert result.exit_code == 0
+    assert result.output.startswith("no tcpcryptd is running: kept the guard table "
+                                    "'inet tcpcryptd' for 3 connection(s)")
+
+
 def test_a_daemon_that_does_not_answer_is_not_called_absent(tmp_path, monkeypatch,
                                                             no_default_config):
     calls = []
     fake_runner = types.ModuleType("tcpcryptd.daemon.runner")
-    fake_runner.remove_leftover_rules = lambda config: calls.append(config) or True
+    fake_runner.remove_leftover_rules = lambda config: calls.append(config) or Removal(
+        True, True, 0)
     monkeypatch.setitem(sys.modules, "tcpcryptd.daemon.runner", fake_runner)
     monkeypatch.setattr(control, "request", _busy)
     path = str(tmp_path / "busy.sock")

@@ -1,7 +1,7 @@
 """Firewall rule text: chains, skips, marks, idempotent install, complete removal.
 
-The namespace test at the end runs the real iptables-restore (nft and legacy) in a private
-network namespace; it is skipped without root or ``ip netns``.
+The namespace tests at the end run the real iptables-restore (nft and legacy) and nft in a
+private network namespace; they are skipped without root or ``ip netns``.
 """
 
 from __future__ import annotations
@@ -15,49 +15,47 @@ import pytest
 
 from tcpcryptd.daemon import firewall
 from tcpcryptd.daemon.errors import FirewallError
-from tcpcryptd.daemon.firewall import (CHAIN_GUARD, CHAIN_IN, CHAIN_OUT, Backend,
-                                       RuleSpec, TableState, chain_rules, install_text,
-                                       parse_save, remove_text)
+from tcpcryptd.daemon.firewall import (CHAIN_IN, CHAIN_OUT, Backend, RuleSpec, TableState,
+                                       chain_rules, install_text, parse_save, remove_text)
+from tcpcryptd.daemon.nftables import OffloadSpec
 
-SPEC = RuleSpec(queue_num=5, mark_injected=0x4, mark_seen=0x2, mark_encrypted=0x1)
+MARKS = OffloadSpec(mark_injected=0x4, mark_seen=0x2, mark_encrypted=0x1, mark_plain=0x8,
+                    timeout=7200, max_elements=1024)
+SPEC = RuleSpec(queue_num=5, offload=MARKS)
 
 
-def test_outbound_chain_queues_with_bypass_and_skips_loopback_and_injected():
+def test_outbound_chain_queues_with_bypass_and_skips_loopback_injected_and_offloaded():
     raw = chain_rules(SPEC)["raw"]
     assert raw == [
         f"-A {CHAIN_OUT} -o lo -m mark --mark 0x4/0x4 -j CT --notrack",
         f"-A {CHAIN_OUT} -o lo -j RETURN",
         f"-A {CHAIN_OUT} -m mark --mark 0x4/0x4 -j RETURN",
+        f"-A {CHAIN_OUT} -m mark --mark 0x8/0x8 -j RETURN",
         f"-A {CHAIN_OUT} -p tcp -j NFQUEUE --queue-num 5 --queue-bypass",
     ]
 
 
-def test_guard_records_eno_connections_and_drops_unseen_packets_of_them():
-    guard = [rule for rule in chain_rules(SPEC)["mangle"] if rule.startswith(f"-A {CHAIN_GUARD}")]
-    assert guard == [
-        f"-A {CHAIN_GUARD} -o lo -j RETURN",
-        f"-A {CHAIN_GUARD} -p tcp --tcp-flags SYN NONE --tcp-option 69 "
-        f"-j CONNMARK --or-mark 0x1",
-        f"-A {CHAIN_GUARD} -m connmark --mark 0x1/0x1 -m mark --mark 0x0/0x6 -j DROP",
-    ]
-
-
-def test_inbound_chain_queues_encrypted_connections_without_bypass():
-    inbound = [rule for rule in chain_rules(SPEC)["mangle"] if rule.startswith(f"-A {CHAIN_IN}")]
-    assert inbound == [
+def test_inbound_chain_queues_encrypted_connections_without_bypass_before_any_offload():
+    assert chain_rules(SPEC)["mangle"] == [
         f"-A {CHAIN_IN} -i lo -j RETURN",
         f"-A {CHAIN_IN} -m addrtype ! --dst-type LOCAL -j RETURN",
-        f"-A {CHAIN_IN} -p tcp --tcp-flags SYN NONE --tcp-option 69 -j CONNMARK --or-mark 0x1",
         f"-A {CHAIN_IN} -j CONNMARK --restore-mark --nfmask 0x1 --ctmask 0x1",
         f"-A {CHAIN_IN} -m connmark --mark 0x1/0x1 -j NFQUEUE --queue-num 5",
+        f"-A {CHAIN_IN} -m mark --mark 0x8/0x8 -j RETURN",
         f"-A {CHAIN_IN} -p tcp -j NFQUEUE --queue-num 5 --queue-bypass",
     ]
 
 
+def test_no_iptables_rule_trusts_the_eno_option_of_a_segment():
+    """Only the daemon records a connection as encrypted (a forged ``45 02`` cannot)."""
+    rules = [rule for table in chain_rules(SPEC).values() for rule in table]
+    assert not any("--tcp-option" in rule or "--or-mark" in rule for rule in rules)
+
+
 def test_skip_ports_in_every_chain_in_chunks_of_fifteen():
-    spec = RuleSpec(0, 4, 2, 1, skip_ports=tuple(range(1000, 1020)))
+    spec = RuleSpec(0, MARKS, skip_ports=tuple(range(1000, 1020)))
     rules = chain_rules(spec)
-    for chain in (CHAIN_OUT, CHAIN_GUARD, CHAIN_IN):
+    for chain in (CHAIN_OUT, CHAIN_IN):
         skips = [rule for table in rules.values() for rule in table
                  if rule.startswith(f"-A {chain} ") and "multiport" in rule]
         assert skips == [
@@ -73,16 +71,12 @@ def test_install_text_declares_chains_and_adds_missing_jumps_only():
     text = install_text(SPEC, {})
     lines = text.splitlines()
     assert lines[0] == "*raw" and lines.count("COMMIT") == 2
-    assert f":{CHAIN_OUT} - [0:0]" in lines
-    assert f":{CHAIN_GUARD} - [0:0]" in lines and f":{CHAIN_IN} - [0:0]" in lines
+    assert f":{CHAIN_OUT} - [0:0]" in lines and f":{CHAIN_IN} - [0:0]" in lines
     assert f"-I OUTPUT 1 -p tcp -j {CHAIN_OUT}" in lines
-    assert f"-I OUTPUT 1 -p tcp -j {CHAIN_GUARD}" in lines
     assert f"-I PREROUTING 1 -p tcp -j {CHAIN_IN}" in lines
     installed = {
         "raw": TableState(frozenset({CHAIN_OUT}), (f"OUTPUT -p tcp -j {CHAIN_OUT}",)),
-        "mangle": TableState(frozenset({CHAIN_GUARD, CHAIN_IN}),
-                             (f"OUTPUT -p tcp -j {CHAIN_GUARD}",
-                              f"PREROUTING -p tcp -j {CHAIN_IN}")),
+        "mangle": TableState(frozenset({CHAIN_IN}), (f"PREROUTING -p tcp -j {CHAIN_IN}",)),
     }
     again = install_text(SPEC, installed)
     assert "-I " not in again
@@ -94,14 +88,11 @@ SAVED = """# Generated by iptables-nft-save v1.8.9 (nf_tables) on Mon Nov 23 09:
 *mangle
 :PREROUTING ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
-:TCPCRYPT_GUARD - [0:0]
 :TCPCRYPT_IN - [0:0]
 :OTHER - [0:0]
 -A PREROUTING -p tcp -j TCPCRYPT_IN
 -A PREROUTING -p tcp -j TCPCRYPT_IN
 -A PREROUTING -s 10.0.0.1/32 -j OTHER
--A OUTPUT -p tcp -j TCPCRYPT_GUARD
--A TCPCRYPT_GUARD -o lo -j RETURN
 -A TCPCRYPT_IN -i lo -j RETURN
 -A OTHER -j TCPCRYPT_IN
 COMMIT
@@ -110,9 +101,9 @@ COMMIT
 
 def test_parse_save_finds_our_chains_and_every_jump_from_builtin_chains():
     state = parse_save(SAVED)
-    assert state.chains == {CHAIN_GUARD, CHAIN_IN}
+    assert state.chains == {CHAIN_IN}
     assert state.jumps == (f"PREROUTING -p tcp -j {CHAIN_IN}", f"PREROUTING -p tcp -j {CHAIN_IN}",
-                           f"OUTPUT -p tcp -j {CHAIN_GUARD}", f"OTHER -j {CHAIN_IN}")
+                           f"OTHER -j {CHAIN_IN}")
 
 
 def test_remove_text_deletes_each_jump_then_flushes_and_deletes_chains():
@@ -121,10 +112,9 @@ def test_remove_text_deletes_each_jump_then_flushes_and_deletes_chains():
         "*mangle",
         f"-D PREROUTING -p tcp -j {CHAIN_IN}",
         f"-D PREROUTING -p tcp -j {CHAIN_IN}",
-        f"-D OUTPUT -p tcp -j {CHAIN_GUARD}",
         f"-D OTHER -j {CHAIN_IN}",
-        f"-F {CHAIN_GUARD}", f"-F {CHAIN_IN}",
-        f"-X {CHAIN_GUARD}", f"-X {CHAIN_IN}",
+        f"-F {CHAIN_IN}",
+        f"-X {CHAIN_IN}",
         "COMMIT",
     ]) + "\n"
 
@@ -183,19 +173,49 @@ def _in_netns(name: str, *argv: str) -> str:
 def test_install_twice_then_remove_leaves_nothing(netns, backend):
     if not Backend(backend).available():
         pytest.skip(f"iptables-{backend} not installed")
-    spec = RuleSpec(3, 0x4000, 0x2000, 0x1000, (22,))
     code = (
-        "import sys; from tcpcryptd.daemon.firewall import *\n"
+        "from tcpcryptd.daemon.firewall import *\n"
+        "from tcpcryptd.daemon.nftables import OffloadSpec\n"
         f"fw = Firewall(Backend({backend!r}))\n"
-        f"spec = RuleSpec(*{(spec.queue_num, spec.mark_injected, spec.mark_seen, spec.mark_encrypted, spec.skip_ports)!r})\n"
+        "spec = RuleSpec(3, OffloadSpec(0x4000, 0x2000, 0x1000, 0x800, 60, 128), (22,))\n"
         "fw.install(spec); fw.install(spec)\n"
         "print(sum(len(s.jumps) for f in fw.families for s in fw.state(f).values()))\n"
-        "print(fw.remove(), fw.remove(), fw.installed())\n"
+        "print(fw.installed(), fw.remove(0x1000).removed, fw.remove(0x1000).removed,"
+        " fw.installed())\n"
     )
     before = {family: _in_netns(netns, Backend(backend).tool(family, "save")) for family in (4, 6)}
     out = _in_netns(netns, os.environ.get("PYTHON", __import__("sys").executable), "-c", code)
-    assert out.split() == ["6", "True", "False", "False"]
+    assert out.split() == ["4", "True", "True", "False", "False"]
     for family in (4, 6):
         after = _in_netns(netns, Backend(backend).tool(family, "save"))
         assert "TCPCRYPT" not in after
         assert "TCPCRYPT" not in before[family]
+    assert "tcpcryptd" not in _in_netns(netns, "nft", "list", "ruleset")
+
+
+def test_the_guard_outlives_the_rules_while_an_encrypted_connection_exists(netns):
+    """Stop/disable remove the queue chains but keep the nftables guard for as long as
+    conntrack records a connection as encrypted; then a second removal takes it away."""
+    _in_netns(netns, "ip", "link", "set", "lo", "up")
+    code = (
+        "import socket, subprocess, time\n"
+        "from tcpcryptd.daemon.firewall import *\n"
+        "from tcpcryptd.daemon.nftables import OffloadSpec\n"
+        "fw = Firewall(detect_backend('auto'))\n"
+        "fw.install(RuleSpec(3, OffloadSpec(0x4000, 0x2000, 0x1000, 0x800, 60, 128)))\n"
+        # a conntrack entry carrying the encrypted connmark: a UDP 'connection' marked by a
+        # rule of the test's own (the guard rules only look at TCP)
+        "subprocess.run(['nft', 'add table ip t; add chain ip t o { type filter hook output "
+        "priority 0; }; add rule ip t o udp dport 9 ct mark set 0x1000'], check=True)\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.sendto(b'x', ('127.0.0.1', 9))\n"
+        "first = fw.remove(0x1000)\n"
+        "print(first.queue, first.table, first.guarded, fw.installed())\n"
+        "subprocess.run(['conntrack', '-D', '-p', 'udp'], capture_output=True)\n"
+        "second = fw.remove(0x1000)\n"
+        "print(second.queue, second.table, second.guarded, fw.installed())\n"
+    )
+    if shutil.which("conntrack") is None:
+        pytest.skip("conntrack tool not installed")
+    out = _in_netns(netns, os.environ.get("PYTHON", __import__("sys").executable), "-c", code)
+    assert out.split() == ["True", "False", "1", "True", "False", "True", "0", "False"]

@@ -39,7 +39,7 @@ class _Sender:
 def test_the_packet_path_trims_after_the_engines_releases():
     engine = Engine()
     calls = []
-    path = PacketPath(engine, _Sender(), Verdicts(0x2), 0x1, clock=lambda: 50.0,
+    path = PacketPath(engine, _Sender(), Verdicts(0x2, 0x1, 0x8), clock=lambda: 50.0,
                       heap=HeapTrimmer(lambda: calls.append(1)))
     path.on_timer()
     assert calls == []

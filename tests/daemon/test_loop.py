@@ -12,7 +12,7 @@ from tcpcryptd.engine.actions import Direction, Release, Result, Transmit, Verdi
 
 from .fakes import FakePacket, FakeSender, ScriptedEngine, flow_status, ipv4_packet
 
-SEEN, ENCRYPTED = 0x20000000, 0x10000000
+SEEN, ENCRYPTED, PLAIN = 0x20000000, 0x10000000, 0x08000000
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def parts():
     engine = ScriptedEngine()
     sender = FakeSender()
     clock = iter(float(t) for t in range(100, 10_000))
-    path = PacketPath(engine, sender, Verdicts(SEEN), ENCRYPTED, clock=lambda: next(clock))
+    path = PacketPath(engine, sender, Verdicts(SEEN, ENCRYPTED, PLAIN), clock=lambda: next(clock))
     return engine, sender, path
 
 
@@ -160,7 +160,7 @@ def daemon():
                          remote="[fd00:0201:0000:0000:0000:0000:0000:0002]:6000",
                          session_id="24" + "cd" * 32, role="B")]
     engine = ScriptedEngine(flows)
-    path = PacketPath(engine, FakeSender(), Verdicts(SEEN), ENCRYPTED)
+    path = PacketPath(engine, FakeSender(), Verdicts(SEEN, ENCRYPTED, PLAIN))
     return Daemon(Config(), engine, path, "nft", clock=lambda: 50.0)
 
 
@@ -221,7 +221,7 @@ def test_session_id_errors_never_return_an_empty_id(daemon, request_, message):
 def test_session_id_ambiguous_when_two_connections_go_to_one_server():
     flows = [flow_status(), flow_status(local="10.0.0.1:40002", session_id="23" + "ef" * 32)]
     engine = ScriptedEngine(flows)
-    daemon = Daemon(Config(), engine, PacketPath(engine, FakeSender(), Verdicts(SEEN), ENCRYPTED),
+    daemon = Daemon(Config(), engine, PacketPath(engine, FakeSender(), Verdicts(SEEN, ENCRYPTED, PLAIN)),
                     "nft")
     with pytest.raises(ControlError, match="2 encrypted connections match"):
         daemon.handle({"command": "session-id", "remote_addr": "10.0.0.2", "remote_port": 80})
@@ -230,17 +230,45 @@ def test_session_id_ambiguous_when_two_connections_go_to_one_server():
     assert answer["session_id"] == "23" + "ef" * 32
 
 
-def test_plain_connections_pass_without_the_seen_mark(parts):
+def test_plain_connections_are_offloaded_without_the_seen_mark(parts):
+    """The plain mark hands the connection to the kernel; no seen mark: the guard decides."""
     engine, _, path = parts
     engine.script += [Result(Verdict.ACCEPT, plain=True),
                       Result(Verdict.ACCEPT, data=b"clamped", plain=True),
                       Result(Verdict.ACCEPT, plain=True)]
-    outbound, rewritten, inbound = FakePacket(1), FakePacket(2), FakePacket.inbound(3)
+    outbound, rewritten, inbound = FakePacket(1), FakePacket(2, mark=0x1), FakePacket.inbound(3)
     for packet in (outbound, rewritten, inbound):
         path.on_packet(packet)
     assert [p.verdict for p in (outbound, rewritten, inbound)] == ["accept"] * 3
-    assert [p.new_mark for p in (outbound, rewritten, inbound)] == [None] * 3
+    assert [p.new_mark for p in (outbound, rewritten, inbound)] == [PLAIN, PLAIN | 0x1, PLAIN]
     assert rewritten.new_payload == b"clamped"
+
+
+def test_the_packet_that_starts_a_key_exchange_carries_the_encrypted_mark(parts):
+    engine, _, path = parts
+    engine.script += [Result(Verdict.ACCEPT, encrypted=True), Result(Verdict.ACCEPT),
+                      Result(Verdict.ACCEPT, data=b"init1", encrypted=True)]
+    first, second, third = FakePacket(1), FakePacket(2), FakePacket.inbound(3)
+    for packet in (first, second, third):
+        path.on_packet(packet)
+    assert [p.new_mark for p in (first, second, third)] == [SEEN | ENCRYPTED, SEEN,
+                                                             SEEN | ENCRYPTED]
+
+
+def test_shutdown_sends_the_engines_resets_and_drops_its_releases(parts):
+    engine, sender, path = parts
+    engine.script.append(Result(Verdict.HOLD))
+    held = FakePacket(1)
+    path.on_packet(held)
+    engine.script.append(Result(None, releases=[Release(1, None, False)],
+                                transmit=[Transmit(b"rst-wire", Direction.OUTBOUND),
+                                          Transmit(b"rst-local", Direction.INBOUND)]))
+    path.shutdown()
+    assert engine.shutdown_calls == [101.0]
+    assert sender.sent == [b"rst-wire", b"rst-local"] and held.verdict == "drop"
+    engine.script.append(RuntimeError("bug"))
+    path.shutdown()
+    assert path.counters["daemon_timer_errors"] == 1
 
 
 def test_inbound_plain_to_the_engine_but_encrypted_to_the_firewall_is_dropped(parts):
@@ -252,5 +280,5 @@ def test_inbound_plain_to_the_engine_but_encrypted_to_the_firewall_is_dropped(pa
     path.on_packet(inbound)
     path.on_packet(outbound)
     assert inbound.verdict == "drop"
-    assert outbound.verdict == "accept" and outbound.new_mark is None
+    assert outbound.verdict == "accept" and outbound.new_mark == ENCRYPTED | PLAIN
     assert path.counters["daemon_stale_encrypted"] == 1

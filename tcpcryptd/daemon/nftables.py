@@ -1,0 +1,161 @@
+"""The daemon's nftables table: plain-connection offload, the encrypted-connection record, the guard.
+
+The queue itself stays an iptables ``-j NFQUEUE`` target (:mod:`tcpcryptd.daemon.firewall`:
+the nft ``queue`` statement needs a kernel built with NFT_QUEUE). Everything that decides,
+per packet and without the daemon, which packets never need the queue and which must never
+pass without it lives in one ``inet`` table, ``tcpcryptd``, with four base chains:
+
+``out_offload`` (output, priority raw - 1) and ``in_offload`` (prerouting, priority raw - 1)
+    A packet of a connection in ``@plain4``/``@plain6`` gets ``marks.plain``; the iptables
+    queue rules, which run just after (raw/mangle), let such packets pass without queueing.
+    Pure SYNs are never offloaded: a new connection on a reused address/port pair always
+    reaches the daemon.
+``out_record`` (output, priority -190: after conntrack) and ``in_record`` (prerouting,
+priority -149: after the iptables mangle chain that queues)
+    Run on every packet after the daemon's verdict (or the queue was bypassed):
+
+    1. ``marks.encrypted`` on the packet (the daemon's verdict on the packet that started a
+       key exchange, RFC 8547 §4.6, or any packet it injected) -> the connection's connmark
+       gets ``marks.encrypted``. Only the daemon can set it: no segment a blind attacker
+       forges changes how a connection is classified.
+    2. The guard: a packet of an encrypted connection that carries neither ``marks.seen``
+       nor ``marks.injected`` did not go through the daemon (it is stopped, crashed, or the
+       connection was encrypted by an earlier instance). Outbound it is rejected with a TCP
+       reset, which ends the local socket at once (the reset's sequence number is the
+       packet's own acknowledgment number, the socket's next expected byte); inbound it is
+       dropped. Never plaintext.
+    3. ``marks.plain`` on the packet (the daemon decided the connection is plain, or the
+       offload chain found it) -> its 4-tuple is added to the set, or its timeout
+       refreshed, unless the connection is recorded as encrypted.
+    4. A pure SYN the daemon took for itself (``marks.seen`` without ``marks.plain``) removes
+       its 4-tuple from the set: a new connection on the pair of an earlier plain one.
+
+Set elements are keyed ``local address . local port . remote address . remote port``, time
+out after ``limits.idle_timeout`` without a packet (each packet refreshes it; a connection
+that idles longer is queued again on its next packet, found unknown to the engine and
+offloaded again), and the sets hold at most ``firewall.offload_max`` elements each; beyond,
+new plain connections stay queued (correct, only slower).
+
+The table is installed and replaced in one ``nft -f`` transaction. When the daemon stops, the
+table stays as long as conntrack holds a connection recorded as encrypted (the guard must
+outlive the daemon, :func:`tcpcryptd.daemon.conntrack.encrypted_connections`); the next
+start replaces it in one transaction, and ``tcpcryptd disable`` removes it once no such
+connection remains.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from tcpcryptd.daemon.errors import FirewallError
+
+TABLE = "tcpcryptd"
+COMMAND_TIMEOUT = 30.0
+
+#: (set name, nft address type, address keyword, nfproto) per IP version.
+_FAMILIES = (("plain4", "ipv4_addr", "ip", "ipv4"), ("plain6", "ipv6_addr", "ip6", "ipv6"))
+
+
+@dataclass(frozen=True)
+class OffloadSpec:
+    """What the table depends on: the mark bits, the set bounds."""
+
+    mark_injected: int
+    mark_seen: int
+    mark_encrypted: int
+    mark_plain: int
+    timeout: int            #: seconds without a packet before an offloaded connection is queued again
+    max_elements: int       #: per set (IPv4, IPv6)
+
+
+def _tuple(ip: str, outbound: bool) -> str:
+    """The set key of a packet: local address . local port . remote address . remote port."""
+    if outbound:
+        return f"{ip} saddr . tcp sport . {ip} daddr . tcp dport"
+    return f"{ip} daddr . tcp dport . {ip} saddr . tcp sport"
+
+
+def _offload_chain(spec: OffloadSpec, name: str, hook: str, outbound: bool) -> list[str]:
+    rules = [f"chain {name} {{", f"type filter hook {hook} priority raw - 1; policy accept;"]
+    for set_name, _, ip, _ in _FAMILIES:
+        rules.append(f"tcp flags & (syn | ack) != syn {_tuple(ip, outbound)} @{set_name} "
+                     f"meta mark set meta mark | {spec.mark_plain:#x}")
+    return rules + ["}"]
+
+
+def _record_chain(spec: OffloadSpec, name: str, hook: str, priority: int,
+                  outbound: bool) -> list[str]:
+    enc, plain = spec.mark_encrypted, spec.mark_plain
+    verdicted = spec.mark_seen | spec.mark_injected
+    loopback = "oifname" if outbound else "iifname"
+    guard = "reject with tcp reset" if outbound else "drop"
+    rules = [
+        f"chain {name} {{", f"type filter hook {hook} priority {priority}; policy accept;",
+        f'{loopback} "lo" return',
+        "meta l4proto != tcp return",
+        f"meta mark & {enc:#x} != 0 ct mark set ct mark | {enc:#x}",
+        f"ct mark & {enc:#x} != 0 meta mark & {verdicted:#x} == 0 {guard}",
+    ]
+    for set_name, _, ip, nfproto in _FAMILIES:
+        key = f"meta nfproto {nfproto} @{set_name} {{ {_tuple(ip, outbound)} }}"
+        rules.append(f"meta mark & {plain:#x} != 0 ct mark & {enc:#x} == 0 "
+                     f"{key.replace('@', 'update @', 1)}")
+        rules.append(f"tcp flags & (syn | ack) == syn meta mark & {spec.mark_seen | plain:#x} "
+                     f"== {spec.mark_seen:#x} {key.replace('@', 'delete @', 1)}")
+    return rules + ["}"]
+
+
+def table_text(spec: OffloadSpec) -> str:
+    """``nft -f`` input (re)creating the table in one transaction.
+
+    An existing table is deleted in the same transaction (declaring it first makes the
+    delete valid when there is none), so the guard never lapses while it is replaced: a
+    restart keeps protecting the connections the old instance encrypted.
+    """
+    lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
+    for set_name, addr_type, _, _ in _FAMILIES:
+        lines += [f"set {set_name} {{",
+                  f"type {addr_type} . inet_service . {addr_type} . inet_service;",
+                  f"flags dynamic, timeout; timeout {spec.timeout}s; size {spec.max_elements};",
+                  "}"]
+    lines += _offload_chain(spec, "out_offload", "output", True)
+    lines += _offload_chain(spec, "in_offload", "prerouting", False)
+    lines += _record_chain(spec, "out_record", "output", -190, True)
+    lines += _record_chain(spec, "in_record", "prerouting", -149, False)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _nft(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    if shutil.which("nft") is None:
+        raise FirewallError("nft not found: install the nftables package")
+    try:
+        return subprocess.run(["nft", *args], input=stdin, capture_output=True, text=True,
+                              timeout=COMMAND_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise FirewallError(f"nft did not finish in {COMMAND_TIMEOUT:.0f}s") from exc
+
+
+def table_exists() -> bool:
+    return _nft(["list", "table", "inet", TABLE]).returncode == 0
+
+
+def install_table(spec: OffloadSpec) -> None:
+    """Create or atomically replace the table."""
+    done = _nft(["-f", "-"], table_text(spec))
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().replace("\n", "; ")
+        raise FirewallError(f"nft -f failed (exit {done.returncode}): {detail}")
+
+
+def remove_table() -> bool:
+    """Delete the table; True when it existed."""
+    if not table_exists():
+        return False
+    done = _nft(["delete", "table", "inet", TABLE])
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().replace("\n", "; ")
+        raise FirewallError(f"nft delete table failed (exit {done.returncode}): {detail}")
+    return True
