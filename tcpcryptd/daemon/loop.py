@@ -151,6 +151,7 @@ class PacketPath:
             self.counters["daemon_stale_encrypted"] += 1
             self.verdicts.drop(packet)
         else:
+            self.counters["daemon_offloaded"] += 1
             self.verdicts.accept_plain(packet, data)
 
     def _unprocessable(self, packet: QueuedPacket) -> None:

@@ -242,6 +242,7 @@ def test_plain_connections_are_offloaded_without_the_seen_mark(parts):
     assert [p.verdict for p in (outbound, rewritten, inbound)] == ["accept"] * 3
     assert [p.new_mark for p in (outbound, rewritten, inbound)] == [PLAIN, PLAIN | 0x1, PLAIN]
     assert rewritten.new_payload == b"clamped"
+    assert path.counters["daemon_offloaded"] == 3
 
 
 def test_the_packet_that_starts_a_key_exchange_carries_the_encrypted_mark(parts):

@@ -18,6 +18,7 @@ from tcpcryptd.testbed import (
     BedError,
     CaptureReport,
     Daemon,
+    Namespace,
     TestBed,
     make_payload,
     sha256_file,
@@ -217,6 +218,16 @@ def session_port(endpoint: str | dict | list) -> int:
     if isinstance(endpoint, list):
         return int(endpoint[1])
     return int(str(endpoint).rsplit(":", 1)[1])
+
+
+def queued_packets(ns: Namespace) -> int:
+    """Packets the kernel has handed to NFQUEUE so far in namespace ``ns``, every queue.
+
+    The ``id_sequence`` column of ``/proc/net/netfilter/nfnetlink_queue``: the id of the
+    last packet queued, one per packet (the kernel's own count, not the daemon's).
+    """
+    text = ns.run("cat", "/proc/net/netfilter/nfnetlink_queue").stdout.decode()
+    return sum(int(line.split()[7]) for line in text.splitlines() if line.strip())
 
 
 def counter(daemon: Daemon, *names: str) -> int:

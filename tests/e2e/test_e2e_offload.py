@@ -1,0 +1,111 @@
+"""Plain connections leave the queue after their SYN phase: plain TCP at kernel speed.
+
+Once the ENO handshake has decided "plain" (RFC 8547 §4.6: no ENO in the peer's SYN or
+SYN-ACK, no ENO on the third segment, encryption disabled), the daemon marks its verdict and
+the kernel queues none of the connection's later packets, in either direction. Counted from
+the kernel's own queue ids (``/proc/net/netfilter/nfnetlink_queue``), never from timing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from e2e_support import MAIN_SIZE, NC_PORT, E2E, counter, queued_packets
+
+from tcpcryptd.testbed import sha256_file
+
+pytestmark = pytest.mark.e2e
+
+#: The SYN phase: SYN, SYN-ACK and the first ACK at most.
+MAX_QUEUED = 3
+
+
+def _queued(e2e: E2E) -> dict[str, int]:
+    return {label: queued_packets(e2e.bed.ns(label)) for label in ("A", "B")}
+
+
+def _assert_offloaded(e2e: E2E, before: dict[str, int], daemons: tuple[str, ...]) -> None:
+    after = _queued(e2e)
+    for label in daemons:
+        queued = after[label] - before[label]
+        assert queued <= MAX_QUEUED, f"{label} queued {queued} packets of a plain connection"
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("client", ["A", "B"])
+def test_connection_with_a_peer_without_daemon_is_offloaded(e2e: E2E, family: int,
+                                                            client: str) -> None:
+    """Daemon on A only; A connects (SYN-ACK without ENO) or B does (SYN without ENO)."""
+    daemon = e2e.bed.daemon("A")
+    server = "B" if client == "A" else "A"
+    e2e.http_server(server)
+    before = _queued(e2e)
+    transfer = e2e.curl(client, server, MAIN_SIZE, family)
+    assert transfer.intact, transfer.describe()
+    _assert_offloaded(e2e, before, ("A",))
+    counters = daemon.counters()
+    assert counters.get("daemon_offloaded", 0) >= 1, counters
+    assert counters.get("fallback_no-eno", 0) + counters.get("plain", 0) >= 1, counters
+    assert counters.get("encrypted", 0) == 0, counters
+
+
+def test_connections_started_while_disabled_are_offloaded_on_both_hosts(e2e: E2E) -> None:
+    daemons = e2e.daemons("A", "B")
+    daemons["A"].cli("disable")
+    for client, server in (("A", "B"), ("B", "A")):
+        e2e.http_server(server)
+        before = _queued(e2e)
+        transfer = e2e.curl(client, server, MAIN_SIZE)
+        assert transfer.intact, transfer.describe()
+        _assert_offloaded(e2e, before, ("A", "B"))
+    assert counter(daemons["A"], "encrypted") == counter(daemons["B"], "encrypted") == 0
+
+
+def test_late_fallback_on_the_third_segment_is_offloaded(e2e: E2E) -> None:
+    """A middlebox strips ENO from SYN-ACKs: A falls back on the SYN-ACK, B only on the
+    third segment, which lacks ENO (RFC 8547 §4.6); after that neither queues anything."""
+    daemons = e2e.daemons("A", "B")
+    e2e.bed.r.both_families("-t", "mangle", "-A", "FORWARD", "-p", "tcp", "--tcp-flags",
+                            "SYN,ACK", "SYN,ACK", "-j", "TCPOPTSTRIP", "--strip-options", "69")
+    e2e.http_server("B")
+    before = _queued(e2e)
+    transfer = e2e.curl("A", "B", MAIN_SIZE)
+    assert transfer.intact, transfer.describe()
+    _assert_offloaded(e2e, before, ("A", "B"))
+    assert counter(daemons["A"], "fallback_no-eno") == 1, daemons["A"].counters()
+    assert counter(daemons["B"], "fallback") == 1, daemons["B"].counters()
+    assert counter(daemons["A"], "encrypted") == counter(daemons["B"], "encrypted") == 0
+
+
+_CLIENT = """
+import socket, sys
+data = open(sys.argv[3], "rb").read()
+half = len(data) // 2
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+sock.sendall(data[:half])
+print("half", flush=True)
+sys.stdin.readline()
+sock.sendall(data[half:])
+sock.close()
+"""
+
+
+def test_an_offloaded_connection_keeps_working_across_a_daemon_restart(e2e: E2E) -> None:
+    daemon = e2e.bed.daemon("A")
+    source = e2e.payload(8 * 1024 * 1024)
+    out = e2e.bed.workdir / "restart-received.bin"
+    listener = e2e.nc_listen("B", out)
+    client = e2e.bed.ns("A").popen(
+        [sys.executable, "-c", _CLIENT, e2e.bed.addr("B"), str(NC_PORT), str(source)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert client.stdout is not None and client.stdin is not None
+    assert client.stdout.readline() == b"half\n"
+    assert daemon.stop() == 0
+    daemon.start()
+    client.stdin.write(b"go\n")
+    client.stdin.close()
+    assert client.wait(timeout=60) == 0
+    listener.wait(timeout=60)
+    assert sha256_file(out) == sha256_file(source)
