@@ -65,9 +65,13 @@ install: $(STAMP)-apt
 	test -e /etc/tcpcryptd/tcpcryptd.toml || install -D -m 0644 conf/tcpcryptd.toml /etc/tcpcryptd/tcpcryptd.toml
 	-systemctl daemon-reload
 
+# `tcpcryptd disable` keeps the guard table while conntrack still records an encrypted
+# connection (they are reset, never sent in plaintext); it says so, and how to remove it.
 uninstall:
 	-systemctl disable --now tcpcryptd
 	-/usr/local/bin/tcpcryptd disable
+	-nft list table inet tcpcryptd >/dev/null 2>&1 && echo "make uninstall: the guard table" \
+		"'inet tcpcryptd' stays until those connections end; then: nft delete table inet tcpcryptd"
 	rm -f /etc/systemd/system/tcpcryptd.service /usr/local/bin/tcpcryptd
 	rm -rf $(PREFIX_VENV)
 	-systemctl daemon-reload
