@@ -26,11 +26,11 @@ def _queued(e2e: E2E) -> dict[str, int]:
     return {label: queued_packets(e2e.bed.ns(label)) for label in ("A", "B")}
 
 
-def _assert_offloaded(e2e: E2E, before: dict[str, int], daemons: tuple[str, ...]) -> None:
+def _assert_offloaded(e2e: E2E, before: dict[str, int], limits: dict[str, int]) -> None:
     after = _queued(e2e)
-    for label in daemons:
+    for label, limit in limits.items():
         queued = after[label] - before[label]
-        assert queued <= MAX_QUEUED, f"{label} queued {queued} packets of a plain connection"
+        assert queued <= limit, f"{label} queued {queued} packets of a plain connection"
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -44,7 +44,7 @@ def test_connection_with_a_peer_without_daemon_is_offloaded(e2e: E2E, family: in
     before = _queued(e2e)
     transfer = e2e.curl(client, server, MAIN_SIZE, family)
     assert transfer.intact, transfer.describe()
-    _assert_offloaded(e2e, before, ("A",))
+    _assert_offloaded(e2e, before, {"A": MAX_QUEUED})
     counters = daemon.counters()
     assert counters.get("daemon_offloaded", 0) >= 1, counters
     assert counters.get("fallback_no-eno", 0) + counters.get("plain", 0) >= 1, counters
@@ -59,13 +59,17 @@ def test_connections_started_while_disabled_are_offloaded_on_both_hosts(e2e: E2E
         before = _queued(e2e)
         transfer = e2e.curl(client, server, MAIN_SIZE)
         assert transfer.intact, transfer.describe()
-        _assert_offloaded(e2e, before, ("A", "B"))
+        _assert_offloaded(e2e, before, {"A": MAX_QUEUED, "B": MAX_QUEUED})
     assert counter(daemons["A"], "encrypted") == counter(daemons["B"], "encrypted") == 0
 
 
 def test_late_fallback_on_the_third_segment_is_offloaded(e2e: E2E) -> None:
     """A middlebox strips ENO from SYN-ACKs: A falls back on the SYN-ACK, B only on the
-    third segment, which lacks ENO (RFC 8547 §4.6); after that neither queues anything."""
+    third segment, which lacks ENO (RFC 8547 §4.6); after that neither queues anything.
+
+    B decides on the third segment itself, so a segment the client sends right behind it
+    (curl's request) can reach B's queue while the daemon is still deciding: one more.
+    """
     daemons = e2e.daemons("A", "B")
     e2e.bed.r.both_families("-t", "mangle", "-A", "FORWARD", "-p", "tcp", "--tcp-flags",
                             "SYN,ACK", "SYN,ACK", "-j", "TCPOPTSTRIP", "--strip-options", "69")
@@ -73,7 +77,7 @@ def test_late_fallback_on_the_third_segment_is_offloaded(e2e: E2E) -> None:
     before = _queued(e2e)
     transfer = e2e.curl("A", "B", MAIN_SIZE)
     assert transfer.intact, transfer.describe()
-    _assert_offloaded(e2e, before, ("A", "B"))
+    _assert_offloaded(e2e, before, {"A": MAX_QUEUED, "B": MAX_QUEUED + 1})
     assert counter(daemons["A"], "fallback_no-eno") == 1, daemons["A"].counters()
     assert counter(daemons["B"], "fallback") == 1, daemons["B"].counters()
     assert counter(daemons["A"], "encrypted") == counter(daemons["B"], "encrypted") == 0
