@@ -1,9 +1,13 @@
 """The control socket: a unix stream socket, one JSON request per line, one JSON answer each.
 
 Requests are objects with a ``command`` (``ping``, ``status``, ``enable``, ``disable``,
-``session-id``); answers are objects with ``ok`` (true/false) and, when false, ``error``.
-Malformed or oversized requests get an error answer, never a crash; an oversized line is
-skipped without being buffered. The server is non-blocking and driven by the daemon's event loop.
+``session-id``) and that command's fields; answers are objects with ``ok`` (true/false) and,
+when false, ``error``. Malformed, oversized or too deeply nested requests get an error
+answer, never a crash; an oversized line is skipped without being buffered. The server is
+non-blocking and driven by the daemon's event loop, which also calls :meth:`ControlServer.
+expire`: a connection without a complete request (or answer progress) for
+:data:`IDLE_TIMEOUT` seconds is closed, and at :data:`MAX_CLIENTS` connections a new one
+evicts the longest idle one, so idle clients can never lock out a fresh ``status``.
 One instance per socket path: an exclusive ``flock`` on ``PATH.lock`` (holding the pid)
 plus a probe of an existing socket, so a stale socket after a crash is replaced and a live
 one is never stolen.
@@ -15,11 +19,14 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
+import re
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tcpcryptd.daemon.errors import ControlError, DaemonTimeoutError, NoDaemonError
 
@@ -27,11 +34,28 @@ log = logging.getLogger(__name__)
 
 #: Longest request line accepted (bytes, newline included).
 MAX_REQUEST = 4096
-#: Control connections served at once; more are closed at once.
-MAX_CLIENTS = 16
+#: Deepest nesting of arrays/objects accepted in a request (the commands need 2).
+MAX_DEPTH = 8
+#: Control connections served at once; at the cap a new one evicts the longest idle one.
+MAX_CLIENTS = 32
+#: Connections the kernel queues before the daemon accepts them.
+LISTEN_BACKLOG = 128
+#: Seconds a connection may go without a complete request or answer progress.
+IDLE_TIMEOUT = 10.0
 #: Pending answer bytes per connection before it is closed (a client that never reads).
 MAX_PENDING_OUTPUT = 64 << 20
-COMMANDS = ("ping", "status", "enable", "disable", "session-id")
+#: Each command and the request fields it takes (besides ``command``).
+COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
+    "ping": (),
+    "status": (),
+    "enable": (),
+    "disable": (),
+    "session-id": ("remote_addr", "remote_port", "local_port"),
+}
+COMMANDS = tuple(COMMAND_FIELDS)
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
 
 Request = dict[str, Any]
 Response = dict[str, Any]
@@ -45,41 +69,88 @@ def error(message: str) -> Response:
     return {"ok": False, "error": message}
 
 
+def shown(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error answers about client input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def nesting_depth(text: str) -> int:
+    """How deeply arrays/objects nest in JSON ``text``, brackets inside strings ignored.
+
+    Linear and non-recursive, so it can run before :func:`json.loads` recurses; on
+    malformed text it is an upper bound good enough to refuse it early.
+    """
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ControlError(f"request is not JSON: {name} is not a JSON number")
+
+
 def parse_request(line: bytes) -> Request:
-    """One request line -> a request object; :class:`ControlError` saying what is wrong."""
+    """One request line -> a request object; :class:`ControlError` saying what is wrong.
+
+    Checked in order: UTF-8, nesting depth (at most :data:`MAX_DEPTH`, before parsing),
+    JSON, an object, a known ``command``, only that command's fields. Field values are
+    the handler's to check.
+    """
     try:
-        request = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ControlError(f"request is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    if nesting_depth(text) > MAX_DEPTH:
+        raise ControlError(f"request nests deeper than {MAX_DEPTH} levels")
+    try:
+        request = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
         raise ControlError(f"request is not JSON: {exc}") from None
     if not isinstance(request, dict):
         raise ControlError("request must be a JSON object")
     command = request.get("command")
-    if command not in COMMANDS:
-        raise ControlError(f"unknown command {command!r} (known: {', '.join(COMMANDS)})")
+    if not isinstance(command, str) or command not in COMMAND_FIELDS:
+        raise ControlError(f"unknown command {shown(command)} (known: {', '.join(COMMANDS)})")
+    unknown = sorted(set(request) - {"command", *COMMAND_FIELDS[command]})
+    if unknown:
+        takes = ", ".join(COMMAND_FIELDS[command]) or "no fields"
+        raise ControlError(f"{command} does not take {shown(unknown[0])} (it takes {takes})")
     return request
 
 
 class _Connection:
-    """One accepted control connection: input line buffer and pending output."""
+    """One accepted control connection: input line buffer, pending output, last activity."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.closing = False
         self.skipping = False   # inside an oversized line: discard up to its newline
+        self.active = now       # accepted, last complete request, or last answer progress
+        self.evicted = False    # to be closed: a newer connection needed its place
 
 
 class ControlServer:
-    """Listens on ``path``; ``handle(request) -> response`` answers each valid request."""
+    """Listens on ``path``; ``handle(request) -> response`` answers each valid request.
 
-    def __init__(self, path: str, handle: Callable[[Request], Response]) -> None:
+    ``clock`` (seconds, monotonic) times idle connections; :meth:`expire` and
+    :meth:`next_deadline` use the same clock.
+    """
+
+    def __init__(self, path: str, handle: Callable[[Request], Response],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
         self.lock_path = Path(f"{path}.lock")
         self._handle = handle
+        self.clock = clock
         self._lock_fd: int | None = None
         self.listener: socket.socket | None = None
         self.connections: dict[int, _Connection] = {}
+        self._evict_logged = -IDLE_TIMEOUT
 
     # ---- lifecycle
 
@@ -111,7 +182,7 @@ class ControlServer:
                 listener.bind(str(self.path))
             finally:
                 os.umask(old_umask)
-            listener.listen(MAX_CLIENTS)
+            listener.listen(LISTEN_BACKLOG)
         except OSError as exc:
             listener.close()
             self.close()
@@ -137,27 +208,35 @@ class ControlServer:
     # ---- event-loop entry points
 
     def accept(self) -> socket.socket | None:
-        """Accept one connection (None if none is pending or the limit is reached)."""
+        """Accept one connection (None if none is pending or accepting failed).
+
+        At :data:`MAX_CLIENTS` connections the longest idle one is marked for
+        :meth:`expire` to close, so a new client (``tcpcryptd status``) is always served.
+        """
         assert self.listener is not None
         try:
             sock, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return None
-        if len(self.connections) >= MAX_CLIENTS:
-            sock.close()
-            log.warning("control: too many connections, one refused")
+        except OSError as exc:   # out of file descriptors or buffers: try again later
+            log.warning("control: accepting a connection failed: %s", exc.strerror or exc)
             return None
+        self._make_room()
         sock.setblocking(False)
-        self.connections[sock.fileno()] = _Connection(sock)
+        self.connections[sock.fileno()] = _Connection(sock, self.clock())
         return sock
 
     def readable(self, fd: int) -> None:
-        """Read what the client sent and answer every complete line.
+        """Read what the client sent and answer the first complete line.
 
-        A line longer than :data:`MAX_REQUEST` is answered with an error and skipped up to
-        its newline without being buffered; the connection stays usable.
+        Nothing is read while an answer or a complete request is pending (:meth:`wants_write`
+        is true): input stays bounded, and the loop serves packets between requests. A line
+        longer than :data:`MAX_REQUEST` is answered with an error and skipped up to its
+        newline without being buffered; the connection stays usable.
         """
         connection = self.connections[fd]
+        if self.wants_write(fd):
+            return
         try:
             chunk = connection.sock.recv(MAX_REQUEST)
         except (BlockingIOError, InterruptedError):
@@ -174,24 +253,117 @@ class ControlServer:
             connection.skipping = False
             chunk = chunk[newline + 1:]
         connection.inbuf += chunk
-        while True:
-            newline = connection.inbuf.find(b"\n")
-            if newline < 0:
-                if len(connection.inbuf) >= MAX_REQUEST:
-                    self._reply(connection, error(f"request longer than {MAX_REQUEST} bytes"))
-                    connection.inbuf.clear()
-                    connection.skipping = True
-                return
-            line = bytes(connection.inbuf[:newline])
-            del connection.inbuf[:newline + 1]
-            if len(line) >= MAX_REQUEST:
-                self._reply(connection, error(f"request longer than {MAX_REQUEST} bytes"))
-            else:
-                self._reply(connection, self._answer(line))
+        self._answer_next(connection)
 
     def writable(self, fd: int) -> None:
-        """Send as much pending output as the socket takes now (a large answer in few turns)."""
+        """Send pending output; once it is all sent, answer the next buffered request."""
         connection = self.connections[fd]
+        self._send(connection)
+        self._answer_next(connection)
+
+    def wants_write(self, fd: int) -> bool:
+        """Output is pending, or a complete request waits for its turn (see :meth:`writable`)."""
+        connection = self.connections[fd]
+        return bool(connection.outbuf) or (not connection.closing and b"\n" in connection.inbuf)
+
+    def finished(self, fd: int) -> bool:
+        """True when the connection should be closed now (peer gone and nothing to send)."""
+        connection = self.connections[fd]
+        return connection.closing and not connection.outbuf
+
+    def drop(self, fd: int) -> None:
+        connection = self.connections.pop(fd)
+        connection.sock.close()
+
+    def expire(self, now: float) -> list[int]:
+        """Connections to close now: evicted ones, and those idle for :data:`IDLE_TIMEOUT`.
+
+        Each is told why (best effort, when no answer is half sent); the caller stops
+        watching each returned fd and calls :meth:`drop` on it.
+        """
+        stale = [fd for fd, connection in self.connections.items()
+                 if connection.evicted or now - connection.active >= IDLE_TIMEOUT]
+        for fd in stale:
+            self._farewell(self.connections[fd])
+        return stale
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`expire` has something to close next (None: no connections)."""
+        return min((-math.inf if connection.evicted else connection.active + IDLE_TIMEOUT
+                    for connection in self.connections.values()), default=None)
+
+    # ---- internals
+
+    def _make_room(self) -> None:
+        """At the connection cap, mark the longest idle connection evicted."""
+        serving = [c for c in self.connections.values() if not c.evicted]
+        if len(serving) < MAX_CLIENTS:
+            return
+        min(serving, key=lambda connection: connection.active).evicted = True
+        now = self.clock()
+        if now - self._evict_logged >= IDLE_TIMEOUT:   # one line per period under a flood
+            self._evict_logged = now
+            log.warning("control: %d connections open, closing the longest idle one",
+                        len(serving))
+
+    def _farewell(self, connection: _Connection) -> None:
+        if connection.outbuf:
+            return
+        reason = ("too many control connections" if connection.evicted
+                  else f"no request for {IDLE_TIMEOUT:g}s")
+        try:
+            connection.sock.send(encode(error(f"control connection closed: {reason}")))
+        except OSError:
+            pass
+
+    def _answer_next(self, connection: _Connection) -> None:
+        """Answer the first complete line of the input buffer (one per call), unless output
+        is still pending; an over-long line, complete or not, gets an error answer."""
+        if connection.outbuf or connection.closing:
+            return
+        newline = connection.inbuf.find(b"\n")
+        if newline < 0:
+            if len(connection.inbuf) >= MAX_REQUEST:
+                connection.inbuf.clear()
+                connection.skipping = True
+                self._reply(connection, error(f"request longer than {MAX_REQUEST} bytes"))
+            return
+        line = bytes(connection.inbuf[:newline])
+        del connection.inbuf[:newline + 1]
+        connection.active = self.clock()
+        if len(line) >= MAX_REQUEST:
+            self._reply(connection, error(f"request longer than {MAX_REQUEST} bytes"))
+        else:
+            self._reply(connection, self._answer(line))
+
+    def _answer(self, line: bytes) -> Response:
+        """The answer to one request line; never raises (a bug costs one error answer)."""
+        command = None
+        try:
+            request = parse_request(line)
+            command = request["command"]
+            return self._handle(request)
+        except ControlError as exc:
+            return error(str(exc))
+        except Exception:  # a bug must cost one answer, never the daemon
+            log.exception("control: %s failed", command)
+            return error(f"internal error while handling {command!r}")
+
+    def _reply(self, connection: _Connection, response: Response) -> None:
+        try:
+            data = encode(response)
+        except (TypeError, ValueError, RecursionError):   # a handler bug, as in _answer
+            log.exception("control: answer not encodable")
+            data = encode(error("internal error: the answer could not be encoded"))
+        connection.outbuf += data
+        if len(connection.outbuf) > MAX_PENDING_OUTPUT:
+            connection.outbuf.clear()
+            connection.closing = True
+            return
+        self._send(connection)
+
+    def _send(self, connection: _Connection) -> None:
+        """Send as much pending output as the socket takes now (a large answer in few turns)."""
         outbuf = connection.outbuf
         sent_total = 0
         with memoryview(outbuf) as pending:
@@ -205,41 +377,8 @@ class ControlServer:
                     connection.closing = True
                     break
         del outbuf[:sent_total]
-
-    def wants_write(self, fd: int) -> bool:
-        return bool(self.connections[fd].outbuf)
-
-    def finished(self, fd: int) -> bool:
-        """True when the connection should be closed now (peer gone and nothing to send)."""
-        connection = self.connections[fd]
-        return connection.closing and not connection.outbuf
-
-    def drop(self, fd: int) -> None:
-        connection = self.connections.pop(fd)
-        connection.sock.close()
-
-    # ---- internals
-
-    def _answer(self, line: bytes) -> Response:
-        try:
-            request = parse_request(line)
-        except ControlError as exc:
-            return error(str(exc))
-        try:
-            return self._handle(request)
-        except ControlError as exc:
-            return error(str(exc))
-        except Exception:  # a bug must cost one answer, never the daemon
-            log.exception("control: %s failed", request.get("command"))
-            return error(f"internal error while handling {request.get('command')!r}")
-
-    def _reply(self, connection: _Connection, response: Response) -> None:
-        connection.outbuf += encode(response)
-        if len(connection.outbuf) > MAX_PENDING_OUTPUT:
-            connection.outbuf.clear()
-            connection.closing = True
-            return
-        self.writable(connection.sock.fileno())
+        if sent_total and not connection.closing:
+            connection.active = self.clock()
 
 
 def _answers(path: Path) -> bool:

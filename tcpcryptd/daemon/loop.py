@@ -292,10 +292,15 @@ class Daemon:
         selector.register(self._wake, selectors.EVENT_READ, "wake")
         try:
             while not self.stopping:
-                deadline = self.engine.next_deadline()
-                timeout = None if deadline is None else max(0.0, deadline - self.clock())
+                deadlines = [deadline for deadline in (self.engine.next_deadline(),
+                                                       control.next_deadline())
+                             if deadline is not None]
+                timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
                 for key, events in selector.select(timeout):
                     self._dispatch(key, events, selector, queue, control)
+                for fd in control.expire(self.clock()):   # idle or evicted connections
+                    selector.unregister(fd)
+                    control.drop(fd)
                 deadline = self.engine.next_deadline()
                 if deadline is not None and deadline <= self.clock():
                     self.path.on_timer()
@@ -329,9 +334,8 @@ class Daemon:
             if control.finished(fd):
                 selector.unregister(key.fileobj)
                 control.drop(fd)
-            else:
-                wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE
-                                                 if control.wants_write(fd) else 0)
+            else:   # reading waits while an answer or a buffered request is pending
+                wanted = selectors.EVENT_WRITE if control.wants_write(fd) else selectors.EVENT_READ
                 if wanted != key.events:
                     selector.modify(key.fileobj, wanted, "client")
 

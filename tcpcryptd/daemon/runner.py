@@ -61,7 +61,7 @@ def run_daemon(config: Config) -> None:
         path = PacketPath(engine, sender, verdicts, heap=HeapTrimmer(glibc_malloc_trim()))
         daemon = Daemon(config, engine, path, backend.name)
         stack.callback(daemon.catch_signals())
-        control = ControlServer(config.control.socket, daemon.handle)
+        control = ControlServer(config.control.socket, daemon.handle, clock=daemon.clock)
         control.open()
         stack.callback(control.close)
         queue = PacketQueue(config.queue.number, config.queue.max_len, path.on_packet)

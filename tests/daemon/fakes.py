@@ -158,3 +158,5 @@ class ControlThread:
                     self.server.writable(fd)
                 if self.server.finished(fd):
                     self.server.drop(fd)
+            for fd in self.server.expire(self.server.clock()):
+                self.server.drop(fd)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
+import time
+
 import pytest
 
+from tcpcryptd.daemon import control
 from tcpcryptd.daemon.config import Config
+from tcpcryptd.daemon.control import ControlServer, request
 from tcpcryptd.daemon.errors import ControlError
 from tcpcryptd.daemon.loop import Daemon, PacketPath
 from tcpcryptd.daemon.nfqueue import Verdicts
@@ -283,3 +290,88 @@ def test_inbound_plain_to_the_engine_but_encrypted_to_the_firewall_is_dropped(pa
     assert inbound.verdict == "drop"
     assert outbound.verdict == "accept" and outbound.new_mark == ENCRYPTED | PLAIN
     assert path.counters["daemon_stale_encrypted"] == 1
+
+
+# ---- the loop serves the control socket: idle timeout, floods
+
+
+class _IdleQueue:
+    """A queue that never has packets (the loop only needs its fd)."""
+
+    def __init__(self) -> None:
+        self.reader, self.writer = socket.socketpair()
+
+    def fileno(self) -> int:
+        return self.reader.fileno()
+
+    def process(self) -> None:
+        raise AssertionError("no packets in this test")
+
+
+@pytest.fixture
+def looping(daemon, tmp_path, monkeypatch):
+    """``daemon.run`` in a thread with a real control socket; idle timeout 0.5 s."""
+    monkeypatch.setattr(control, "IDLE_TIMEOUT", 0.5)
+    daemon.clock = time.monotonic
+    path = str(tmp_path / "control.sock")
+    server = ControlServer(path, daemon.handle, clock=daemon.clock)
+    server.open()
+    wake_r, wake_w = socket.socketpair()
+    daemon._wake = wake_r
+    queue = _IdleQueue()
+    thread = threading.Thread(target=daemon.run, args=(queue, server), daemon=True)
+    thread.start()
+    yield path, server
+    daemon.stopping = True
+    wake_w.send(b"x")
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    server.close()
+    for sock in (wake_r, wake_w, queue.reader, queue.writer):
+        sock.close()
+
+
+def _connect(path):
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(5)
+    client.connect(path)
+    return client
+
+
+def test_loop_closes_an_idle_connection_on_its_own(looping):
+    """No packets, no timers: the control deadline alone wakes the loop."""
+    path, server = looping
+    client = _connect(path)
+    started = time.monotonic()
+    farewell = client.recv(4096)
+    assert b"control connection closed: no request for 0.5s" in farewell
+    assert client.recv(1) == b""
+    assert 0.4 < time.monotonic() - started < 3
+    client.close()
+    assert request(path, {"command": "ping"})["ok"] is True
+    assert len(server.connections) <= 1
+
+
+def test_loop_serves_status_through_an_idle_flood(looping):
+    path, server = looping
+    idle = [_connect(path) for _ in range(100)]
+    try:
+        answer = request(path, {"command": "status"})
+        assert answer["ok"] is True and len(answer["sessions"]) == 3
+        assert len(server.connections) <= control.MAX_CLIENTS + 1
+    finally:
+        for client in idle:
+            client.close()
+
+
+def test_loop_survives_hostile_requests(looping):
+    path, _ = looping
+    client = _connect(path)
+    client.sendall(b"[" * 1000 + b"]" * 1000 + b"\n\xff\n" + b'{"command":"status","limit":-1}\n')
+    data = b""
+    while data.count(b"\n") < 3:
+        data += client.recv(4096)
+    answers = [json.loads(line) for line in data.splitlines()]
+    assert [answer["ok"] for answer in answers] == [False, False, False]
+    client.close()
+    assert request(path, {"command": "status"})["ok"] is True
