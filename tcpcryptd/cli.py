@@ -152,16 +152,50 @@ def disable(config_path: Path | None, control_path: str | None) -> None:
         click.echo("no tcpcryptd is running: no firewall rules to remove")
 
 
+def _check_peer(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            status_view.parse_peer(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @main.command()
 @_config_option
 @_control_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(config_path: Path | None, control_path: str | None, as_json: bool) -> None:
-    """Daemon state, counters and the session table."""
-    answer = _ask(_load(config_path, control_path), {"command": "status"})
+@click.option("--state", "states", multiple=True, type=click.Choice(status_view.STATES),
+              help="Only sessions in this state (repeatable).")
+@click.option("--peer", callback=_check_peer, metavar="ADDR[:PORT]",
+              help="Only sessions with this remote end ([V6ADDR]:PORT with a port).")
+@click.option("--summary", is_flag=True,
+              help="One line: sessions per state and connection totals, no table.")
+@click.option("--limit", type=click.IntRange(min=0), metavar="N",
+              help="At most N session rows.")
+def status(config_path: Path | None, control_path: str | None, as_json: bool,
+           states: tuple[str, ...], peer: str | None, summary: bool,
+           limit: int | None) -> None:
+    """Daemon state, counters and the session table (filtered in the daemon)."""
+    if summary and limit is not None:
+        raise click.UsageError("--limit applies to session rows: not with --summary")
+    message: dict[str, Any] = {"command": "status"}
+    if states:
+        message["states"] = list(states)
+    if peer is not None:
+        message["peer"] = peer
+    if summary:
+        message["summary"] = True
+    if limit is not None:
+        message["limit"] = limit
+    answer = _ask(_load(config_path, control_path), message)
     answer.pop("ok")
     if as_json:
         click.echo(json.dumps(answer, indent=2, sort_keys=True))
+    elif summary:
+        if "summary" not in answer:
+            _fail("the running tcpcryptd is older and has no summary: restart it")
+        click.echo(status_view.render_summary(answer["summary"]))
     else:
         click.echo(status_view.render(answer), nl=False)
 

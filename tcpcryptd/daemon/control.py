@@ -47,7 +47,7 @@ MAX_PENDING_OUTPUT = 64 << 20
 #: Each command and the request fields it takes (besides ``command``).
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "ping": (),
-    "status": (),
+    "status": ("states", "peer", "summary", "limit"),
     "enable": (),
     "disable": (),
     "session-id": ("remote_addr", "remote_port", "local_port"),

@@ -215,12 +215,14 @@ class Daemon:
                      else "disabled")
             return {"ok": True, "enabled": self.enabled}
         if command == "status":
-            return {"ok": True, **self.status()}
+            return {"ok": True, **self.status(status_view.StatusQuery.from_request(request))}
         return self._session_id(request)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, query: status_view.StatusQuery = status_view.StatusQuery()
+               ) -> dict[str, Any]:
+        """The ``status`` answer: daemon, counters, then rows or a summary (``query``)."""
         now = self.clock()
-        sessions = [status_view.session_json(flow) for flow in self.engine.flows(now)]
+        counters = self.path.counters_view()
         return {
             "daemon": {
                 "pid": os.getpid(),
@@ -231,8 +233,8 @@ class Daemon:
                 "uptime": round(now - self.started, 3),
                 "held_packets": len(self.path.verdicts.held),
             },
-            "counters": self.path.counters_view(),
-            "sessions": sessions,
+            "counters": counters,
+            **status_view.select(self.engine.flows(now), query, counters),
         }
 
     def _session_id(self, request: Request) -> Response:

@@ -10,19 +10,33 @@ A session object (one per flow the engine tracks; plain connections have none)::
 ``bytes_out``/``bytes_in`` count application (plaintext) bytes, the ``_wire`` ones what
 crossed the network (Init messages and frame overhead included). ``tep``, ``aead`` and
 ``session_id`` are empty strings until the key exchange has produced them.
+
+A ``status`` request may narrow the answer (:class:`StatusQuery`): ``states``, ``peer``,
+``limit``, or ``summary`` (counts instead of rows). Filtering happens before any session
+object is built, so rows that are not wanted cost no encoding.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
-from tcpcryptd.engine.flow import FlowStatus
+from tcpcryptd.engine.flow import FlowStatus, State
 
 from tcpcryptd.daemon.config import TEP_NAMES
+from tcpcryptd.daemon.errors import ControlError
 
 _TEP_DISPLAY = {tep.name: name for name, tep in TEP_NAMES.items()}
+
+#: Session states, in the order of a flow's life.
+STATES = tuple(str(state) for state in State)
+#: A summary's connection totals and the counter each is read from (0 when absent: a
+#: counter appears once it is non-zero).
+SUMMARY_COUNTERS = {"encrypted": "encrypted", "plain": "plain", "offloaded": "daemon_offloaded"}
 
 COLUMNS = (("local", "LOCAL"), ("remote", "REMOTE"), ("state", "STATE"), ("role", "ROLE"),
            ("tep", "TEP"), ("aead", "AEAD"), ("session_id", "SESSION ID"),
@@ -79,6 +93,118 @@ def session_json(flow: FlowStatus) -> dict[str, Any]:
         "age": round(flow.age, 3),
         "abort_reason": flow.abort_reason,
     }
+
+
+def parse_peer(text: str) -> tuple[str, int | None]:
+    """``ADDR``, ``ADDR:PORT``, ``[V6ADDR]`` or ``[V6ADDR]:PORT`` -> (canonical address, port).
+
+    A bare IPv6 address is all address (``fd00::1:80`` has no port). ValueError when
+    malformed.
+    """
+    address, port = text, None
+    host, colon, tail = text.rpartition(":")
+    if colon and tail.isdigit() and (host.startswith("[") or ":" not in host):
+        address, port = host, int(tail)
+    if address.startswith("[") and address.endswith("]"):
+        address = address[1:-1]
+    try:
+        canonical = str(ipaddress.ip_address(address))
+    except ValueError:
+        raise ValueError(f"{text!r} is not ADDR, ADDR:PORT or [V6ADDR]:PORT") from None
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"port {port} of {text!r} is not in 1..65535")
+    return canonical, port
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusQuery:
+    """What a ``status`` request asks for; the defaults ask for every session row."""
+
+    states: frozenset[str] = frozenset()   #: only sessions in these states (empty: all)
+    peer: tuple[str, int | None] | None = None   #: only sessions with this remote end
+    summary: bool = False                  #: counts instead of rows
+    limit: int | None = None               #: at most this many rows
+
+    @classmethod
+    def from_request(cls, request: dict[str, Any]) -> StatusQuery:
+        """The query of a ``status`` request; :class:`ControlError` naming a bad field."""
+        query = cls(states=_states_field(request.get("states")),
+                    peer=_peer_field(request.get("peer")),
+                    summary=_summary_field(request.get("summary")),
+                    limit=_limit_field(request.get("limit")))
+        if query.summary and query.limit is not None:
+            raise ControlError("limit applies to session rows: not with summary")
+        return query
+
+    def matches(self, flow: FlowStatus) -> bool:
+        """Does ``flow`` pass the filters (the engine's text is already canonical)?"""
+        if self.states and flow.state not in self.states:
+            return False
+        if self.peer is None:
+            return True
+        host, _, port = _normalize(flow.remote).rpartition(":")
+        address, wanted_port = self.peer
+        return host.strip("[]") == address and (wanted_port is None or int(port) == wanted_port)
+
+
+def _states_field(value: object) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ControlError("states must be a non-empty list of state names")
+    unknown = [state for state in value if state not in STATES]
+    if unknown:
+        raise ControlError(f"unknown state {unknown[0][:40]!r} (known: {', '.join(STATES)})")
+    return frozenset(value)
+
+
+def _peer_field(value: object) -> tuple[str, int | None] | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise ControlError("peer must be a string: ADDR, ADDR:PORT or [V6ADDR]:PORT")
+    try:
+        return parse_peer(value)
+    except ValueError as exc:
+        raise ControlError(f"peer: {exc}") from None
+
+
+def _summary_field(value: object) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ControlError("summary must be true or false")
+    return value
+
+
+def _limit_field(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ControlError("limit must be a non-negative integer")
+    return value
+
+
+def select(flows: Iterable[FlowStatus], query: StatusQuery,
+           counters: dict[str, int]) -> dict[str, Any]:
+    """The part of a status answer after ``daemon`` and ``counters``, for ``query``.
+
+    Rows: ``matched`` (sessions matching the filters) and ``sessions`` (at most ``limit``
+    of them). Summary: ``summary`` with ``sessions`` (matched), ``states`` (count per
+    state, in :data:`STATES` order, non-zero ones) and ``connections`` (the
+    :data:`SUMMARY_COUNTERS`).
+    """
+    matching = [flow for flow in flows if query.matches(flow)]
+    if query.summary:
+        per_state = Counter(flow.state for flow in matching)
+        return {"summary": {
+            "sessions": len(matching),
+            "states": {state: per_state[state] for state in STATES if per_state[state]},
+            "connections": {name: counters.get(counter, 0)
+                            for name, counter in SUMMARY_COUNTERS.items()},
+        }}
+    rows = matching if query.limit is None else matching[:query.limit]
+    return {"matched": len(matching), "sessions": [session_json(flow) for flow in rows]}
 
 
 def matches(session: dict[str, Any], remote_addr: str | None, remote_port: int | None,
@@ -139,10 +265,22 @@ def render(status: dict[str, Any]) -> str:
     sessions = status["sessions"]
     if not sessions:
         lines.append("no sessions")
-        return "\n".join(lines) + "\n"
-    rows = [dict((key, title) for key, title in COLUMNS)] + [_cells(s) for s in sessions]
-    widths = {key: max(len(row[key]) for row in rows) for key, _ in COLUMNS}
-    for row in rows:
-        lines.append("  ".join(row[key].ljust(widths[key]) for key, _ in COLUMNS).rstrip())
+    else:
+        rows = [dict((key, title) for key, title in COLUMNS)] + [_cells(s) for s in sessions]
+        widths = {key: max(len(row[key]) for row in rows) for key, _ in COLUMNS}
+        for row in rows:
+            lines.append("  ".join(row[key].ljust(widths[key]) for key, _ in COLUMNS).rstrip())
+    matched = status.get("matched", len(sessions))   # absent from a daemon before filters
+    if matched > len(sessions):
+        lines.append(f"{len(sessions)} of {matched} matching sessions shown")
     return "\n".join(lines) + "\n"
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    """The ``tcpcryptd status --summary`` line (no newline), e.g. ``20000 sessions
+    (syn-sent 18000, encrypted 2000); connections: encrypted 2000, plain 12, offloaded 0``."""
+    states = ", ".join(f"{state} {count}" for state, count in summary["states"].items())
+    totals = ", ".join(f"{name} {count}" for name, count in summary["connections"].items())
+    return (f"{summary['sessions']} sessions" + (f" ({states})" if states else "")
+            + f"; connections: {totals}")
 

@@ -59,9 +59,57 @@ def test_status_text_and_json(running):
     assert "23" + "ab" * 32 in text.output
     machine = invoke("status", "--json", "--control", path)
     data = json.loads(machine.output)
-    assert set(data) == {"daemon", "counters", "sessions"}
+    assert set(data) == {"daemon", "counters", "matched", "sessions"}
     assert data["sessions"][0]["session_id"] == "23" + "ab" * 32
     assert data["sessions"][1]["session_id"] == ""
+
+
+def test_status_filters_run_in_the_daemon(running):
+    path, engine = running
+    keying = invoke("status", "--state", "keying", "--control", path)
+    assert keying.exit_code == 0, keying.output
+    assert "10.0.0.1:40001" in keying.output and "10.0.0.1:40000" not in keying.output
+    both = invoke("status", "--state", "keying", "--state", "encrypted", "--json",
+                  "--control", path)
+    assert json.loads(both.output)["matched"] == 2
+    by_peer = invoke("status", "--peer", "10.0.0.2:80", "--json", "--control", path)
+    assert [row["remote"] for row in json.loads(by_peer.output)["sessions"]] == ["10.0.0.2:80"]
+    none = invoke("status", "--peer", "10.9.9.9", "--control", path)
+    assert none.exit_code == 0 and "no sessions" in none.output
+
+
+def test_status_limit_says_what_was_left_out(running):
+    path, _ = running
+    result = invoke("status", "--limit", "1", "--control", path)
+    assert result.exit_code == 0
+    assert result.output.splitlines()[-1] == "1 of 2 matching sessions shown"
+    assert "10.0.0.1:40001" not in result.output
+
+
+def test_status_summary_is_one_line(running):
+    path, engine = running
+    engine.counters["daemon_offloaded"] = 4
+    result = invoke("status", "--summary", "--control", path)
+    assert result.exit_code == 0
+    assert result.output == ("2 sessions (keying 1, encrypted 1); connections: encrypted 1, "
+                             "plain 2, offloaded 4\n")
+    machine = json.loads(invoke("status", "--summary", "--json", "--control", path).output)
+    assert machine["summary"]["states"] == {"keying": 1, "encrypted": 1}
+    assert "sessions" not in machine
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--state", "established"], "'established' is not one of"),
+    (["--peer", "example.org:80"], "is not ADDR, ADDR:PORT or [V6ADDR]:PORT"),
+    (["--peer", "10.0.0.2:70000"], "is not in 1..65535"),
+    (["--limit", "-1"], "-1 is not in the range x>=0"),
+    (["--summary", "--limit", "3"], "--limit applies to session rows: not with --summary"),
+])
+def test_status_usage_errors(running, args, message):
+    path, _ = running
+    result = invoke("status", *args, "--control", path)
+    assert result.exit_code == 2
+    assert message in result.output
 
 
 def test_enable_disable_on_a_running_daemon(running):

@@ -186,7 +186,8 @@ def test_enable_disable_toggle_the_engine(daemon):
 
 def test_status_schema(daemon):
     answer = daemon.handle({"command": "status"})
-    assert set(answer) == {"ok", "daemon", "counters", "sessions"}
+    assert set(answer) == {"ok", "daemon", "counters", "matched", "sessions"}
+    assert answer["matched"] == 3
     assert set(answer["daemon"]) == {"pid", "version", "enabled", "queue", "firewall", "uptime",
                                      "held_packets"}
     assert answer["counters"] == {"encrypted": 1, "plain": 2}
@@ -290,6 +291,92 @@ def test_inbound_plain_to_the_engine_but_encrypted_to_the_firewall_is_dropped(pa
     assert inbound.verdict == "drop"
     assert outbound.verdict == "accept" and outbound.new_mark == ENCRYPTED | PLAIN
     assert path.counters["daemon_stale_encrypted"] == 1
+
+
+# ---- status filters and summary, validated in the daemon
+
+def _rows(answer):
+    return [(row["local"], row["state"]) for row in answer["sessions"]]
+
+
+@pytest.mark.parametrize("fields, rows", [
+    ({"states": ["keying"]}, [("10.0.0.1:40001", "keying")]),
+    ({"states": ["keying", "encrypted"]}, [("10.0.0.1:40000", "encrypted"),
+                                          ("10.0.0.1:40001", "keying"),
+                                          ("[fd00:201::1]:5000", "encrypted")]),
+    ({"states": ["aborted"]}, []),
+    ({"peer": "10.0.0.3"}, [("10.0.0.1:40001", "keying")]),
+    ({"peer": "10.0.0.2:80"}, [("10.0.0.1:40000", "encrypted")]),
+    ({"peer": "10.0.0.2:81"}, []),
+    ({"peer": "fd00:201:0::2"}, [("[fd00:201::1]:5000", "encrypted")]),
+    ({"peer": "[fd00:201::2]:6000"}, [("[fd00:201::1]:5000", "encrypted")]),
+    ({"peer": "[fd00:201::2]:6001"}, []),
+    ({"states": ["encrypted"], "peer": "10.0.0.3"}, []),
+    ({"limit": 1}, [("10.0.0.1:40000", "encrypted")]),
+    ({"limit": 0}, []),
+    ({"limit": 10**40, "states": None, "peer": None, "summary": False},
+     [("10.0.0.1:40000", "encrypted"), ("10.0.0.1:40001", "keying"),
+      ("[fd00:201::1]:5000", "encrypted")]),
+])
+def test_status_filters(daemon, fields, rows):
+    answer = daemon.handle({"command": "status", **fields})
+    assert _rows(answer) == rows
+
+
+def test_status_limit_reports_how_many_matched(daemon):
+    answer = daemon.handle({"command": "status", "states": ["encrypted"], "limit": 1})
+    assert answer["matched"] == 2 and len(answer["sessions"]) == 1
+
+
+def test_status_summary_counts_states_and_connections(daemon):
+    daemon.path.counters["daemon_offloaded"] = 7
+    answer = daemon.handle({"command": "status", "summary": True})
+    assert set(answer) == {"ok", "daemon", "counters", "summary"}
+    assert answer["summary"] == {"sessions": 3, "states": {"keying": 1, "encrypted": 2},
+                                 "connections": {"encrypted": 1, "plain": 2, "offloaded": 7}}
+    filtered = daemon.handle({"command": "status", "summary": True, "peer": "10.0.0.3"})
+    assert filtered["summary"]["states"] == {"keying": 1}
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"states": "encrypted"}, "states must be a non-empty list of state names"),
+    ({"states": []}, "states must be a non-empty list"),
+    ({"states": [1]}, "states must be a non-empty list"),
+    ({"states": [["encrypted"]]}, "states must be a non-empty list"),
+    ({"states": ["established"]}, "unknown state 'established' \\(known: syn-sent, "),
+    ({"peer": 5}, "peer must be a string"),
+    ({"peer": ["10.0.0.2"]}, "peer must be a string"),
+    ({"peer": "x" * 1000}, "peer must be a string"),
+    ({"peer": "example.org"}, "peer: 'example.org' is not ADDR, ADDR:PORT or \\[V6ADDR\\]:PORT"),
+    ({"peer": "10.0.0.2:0"}, "port 0 of '10.0.0.2:0' is not in 1..65535"),
+    ({"peer": "10.0.0.2:99999"}, "is not in 1..65535"),
+    ({"peer": "10.0.0.2:"}, "is not ADDR"),
+    ({"peer": "[10.0.0.2"}, "is not ADDR"),
+    ({"summary": 1}, "summary must be true or false"),
+    ({"summary": "yes"}, "summary must be true or false"),
+    ({"limit": -1}, "limit must be a non-negative integer"),
+    ({"limit": 1.5}, "limit must be a non-negative integer"),
+    ({"limit": float("inf")}, "limit must be a non-negative integer"),
+    ({"limit": True}, "limit must be a non-negative integer"),
+    ({"limit": "3"}, "limit must be a non-negative integer"),
+    ({"summary": True, "limit": 3}, "limit applies to session rows: not with summary"),
+])
+def test_status_field_errors(daemon, fields, message):
+    with pytest.raises(ControlError, match=message):
+        daemon.handle({"command": "status", **fields})
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({"remote_port": True, "remote_addr": "10.0.0.2"}, "remote_port must be a port number"),
+    ({"remote_port": 10**40, "remote_addr": "10.0.0.2"}, "remote_port must be a port number"),
+    ({"remote_port": 80.0, "remote_addr": "10.0.0.2"}, "remote_port must be a port number"),
+    ({"remote_addr": ["10.0.0.2"]}, "remote_addr must be a string"),
+    ({"remote_addr": {"a": 1}}, "remote_addr must be a string"),
+    ({"local_port": [80]}, "local_port must be a port number"),
+])
+def test_session_id_field_type_errors(daemon, request_, message):
+    with pytest.raises(ControlError, match=message):
+        daemon.handle({"command": "session-id", **request_})
 
 
 # ---- the loop serves the control socket: idle timeout, floods

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from tcpcryptd.daemon.status import join_endpoint, matches, render, session_json, split_endpoint
+import pytest
+
+from tcpcryptd.daemon.status import (
+    join_endpoint,
+    matches,
+    parse_peer,
+    render,
+    render_summary,
+    session_json,
+    split_endpoint,
+)
 
 from .fakes import flow_status
 
@@ -69,3 +79,37 @@ def test_render_without_sessions_and_human_sizes():
     big = session_json(flow_status()) | {"bytes_out": 5 * 1024 * 1024, "bytes_in": 2048}
     row = render({**STATUS, "sessions": [big]}).splitlines()[-1]
     assert "5.0M/5" in row and "2.0K/4" in row
+
+
+def test_render_says_when_a_limit_left_rows_out():
+    one = [session_json(flow_status())]
+    assert render({**STATUS, "matched": 5, "sessions": one}).endswith(
+        "\n1 of 5 matching sessions shown\n")
+    assert "shown" not in render({**STATUS, "matched": 1, "sessions": one})
+    assert render({**STATUS, "matched": 3, "sessions": []}).endswith(
+        "no sessions\n0 of 3 matching sessions shown\n")
+
+
+def test_render_summary():
+    assert render_summary({"sessions": 0, "states": {},
+                           "connections": {"encrypted": 0, "plain": 3, "offloaded": 0}}) == (
+        "0 sessions; connections: encrypted 0, plain 3, offloaded 0")
+
+
+@pytest.mark.parametrize("text, peer", [
+    ("10.0.0.2", ("10.0.0.2", None)),
+    ("10.0.0.2:80", ("10.0.0.2", 80)),
+    ("fd00:0201::0002", ("fd00:201::2", None)),
+    ("fd00::1:80", ("fd00::1:80", None)),          # a bare IPv6 address has no port
+    ("[fd00::1]", ("fd00::1", None)),
+    ("[fd00::1]:80", ("fd00::1", 80)),
+])
+def test_parse_peer(text, peer):
+    assert parse_peer(text) == peer
+
+
+@pytest.mark.parametrize("text", ["", ":80", "10.0.0.2:", "10.0.0.2:x", "10.0.0.256",
+                                  "host:80", "[fd00::1]:0", "[fd00::1", "10.0.0.2:65536"])
+def test_parse_peer_rejects(text):
+    with pytest.raises(ValueError):
+        parse_peer(text)
