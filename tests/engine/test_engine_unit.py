@@ -538,7 +538,8 @@ def test_tombstone_answers_like_plain_tcp_after_a_clean_close():
 
     RFC 9293 §3.10.7.4 (TIME-WAIT): a retransmission at or below the final point is
     acknowledged with the final numbers; §3.10.7.1: a segment beyond it gets a RST; a bare
-    ACK at the final point gets nothing.  Only engine-made, payload-free segments leave.
+    ACK at the final point gets nothing, and the stack's own leaves in wire numbers.  Only
+    engine-made or translated payload-free segments leave.
     """
     pair = established()
     a, b = pair.a, pair.b
@@ -555,9 +556,14 @@ def test_tombstone_answers_like_plain_tcp_after_a_clean_close():
     ack = TCPPacket.parse(answer.data)
     assert answer.direction is Direction.INBOUND and ack.flags == ACK and not len(ack.payload)
     assert ack.ack == (ISN_A + 5) & M32 and ack.seq == (ISN_B + 4) & M32
-    # its bare ACK of that answer gets none (no ACK loop with a stack in TIME-WAIT)
+    # its bare ACK at the final point (what a TIME-WAIT stack sends) gets no answer (no ACK
+    # loop) and leaves translated into the wire sequence space, never in the local one
     r = a.engine.handle_packet(51, a.seg(ISN_A + 5, ISN_B + 4, ACK), Direction.OUTBOUND, 62.5)
-    assert r.verdict is Verdict.DROP and not r.transmit
+    assert r.verdict is Verdict.ACCEPT and not r.transmit
+    out = TCPPacket.parse(r.data)
+    assert out.seq == (ISN_A + 1 + INIT1_LEN + 23 + 1) & M32    # "bye" framed + FIN
+    assert out.ack == (ISN_B + 1 + INIT2_LEN + 22 + 1) & M32    # "ok" framed + FIN
+    assert a.engine.counters["ended_translated"] == 1
     # data beyond the final point cannot be delivered: RST toward the stack, <SEQ=SEG.ACK>
     r = a.engine.handle_packet(52, a.seg(ISN_A + 5, ISN_B + 4, ACK | PSH, b"more"),
                                Direction.OUTBOUND, 63.0)
@@ -850,3 +856,178 @@ def test_corrupted_headers_on_an_encrypted_flow_never_raise(outbound, kind, edit
                                1.0)
     assert r.verdict in (Verdict.ACCEPT, Verdict.DROP, Verdict.HOLD)
     assert a.engine.counters["aborts_internal-error"] == 0
+
+
+# -- RSTs: RFC 5961 §3.2 in wire space (an encrypted connection is no easier to reset) ------
+
+def _rst_setup() -> tuple[Pair, int]:
+    """An encrypted pair after 5 bytes B -> A; returns A's wire receive point in B's stream."""
+    pair = established()
+    a, b = pair.a, pair.b
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 1, ACK | PSH, b"hello"))
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 6, ACK))
+    expected = (ISN_B + 1 + INIT2_LEN + 25) & M32
+    (flow,) = a.engine._flows.values()
+    assert (flow.peer_isn + 1 + flow.rx.next) & M32 == expected
+    return pair, expected
+
+
+def _spoofed_rst(pair: Pair, seq: int, flags: int = RST, ack: int = 0) -> bytes:
+    return build(4, pair.b.ip, pair.a.ip, 80, 40000, seq & M32, ack & M32, flags, 0)
+
+
+def _still_transfers(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 6, ACK | PSH, b"still here"))
+    pair.send(b, b.seg(ISN_B + 6, ISN_A + 11, ACK | PSH, b" and more"))
+    pair.send(a, a.seg(ISN_A + 11, ISN_B + 15, ACK))
+    assert stack_bytes(b, ISN_A) == b"still here"
+    assert stack_bytes(a, ISN_B) == b"hello and more"
+    assert [f.state for f in a.engine.flows()] == ["encrypted"]
+    assert not any(p.flags & RST for p in a.to_stack)
+
+
+@pytest.mark.parametrize("offset, outcome", [
+    (-1000, "out-of-window"), (-1, "out-of-window"), (1, "in-window"), (7, "in-window"),
+    (100_000, "in-window"), (2 ** 20, "out-of-window"), (2 ** 31, "out-of-window"),
+])
+def test_inexact_rst_does_not_reset_an_encrypted_connection(offset, outcome):
+    """Issue 13 item 2: a RST anywhere but at the exact wire receive point never reaches the
+    stack. Out of the window: dropped silently; in it: dropped and challenged (RFC 5961 §3.2)."""
+    pair, expected = _rst_setup()
+    a = pair.a
+    sent_before = len(pair.wire)
+    r = pair.arrive(a, _spoofed_rst(pair, expected + offset))
+    assert r.verdict is Verdict.DROP and r.data is None
+    assert a.engine.counters[f"drops_rst-{outcome}"] == 1
+    assert a.engine.counters["resets_accepted"] == 0
+    challenges = [TCPPacket.parse(t.data) for t in r.transmit]
+    if outcome == "in-window":
+        (challenge,) = challenges
+        assert challenge.flags == ACK and challenge.ack == expected
+        assert challenge.seq == (ISN_A + 1 + INIT1_LEN) & M32
+        assert a.engine.counters["challenge_acks"] == 1
+        # the peer's engine sees an ACK with nothing new: it is not passed to its stack
+        assert len(pair.wire) == sent_before + 2
+    else:
+        assert challenges == []
+    _still_transfers(pair)
+
+
+def test_inexact_rst_ack_is_challenged_and_challenges_are_rate_limited():
+    pair, expected = _rst_setup()
+    a = pair.a
+    wire_ack = (ISN_A + 1 + INIT1_LEN) & M32
+    r = pair.arrive(a, _spoofed_rst(pair, expected + 3, RST | ACK, wire_ack))
+    assert r.verdict is Verdict.DROP and len(r.transmit) == 1
+    # a second one within challenge_ack_interval: dropped, no second challenge (RFC 5961 §7)
+    pair.now = 0.1
+    r = pair.arrive(a, _spoofed_rst(pair, expected + 5, RST | ACK, wire_ack))
+    assert r.verdict is Verdict.DROP and not r.transmit
+    pair.now = 1.0
+    r = pair.arrive(a, _spoofed_rst(pair, expected + 9, RST | ACK, wire_ack))
+    assert len(r.transmit) == 1
+    assert a.engine.counters["drops_rst-in-window"] == 3 and a.engine.counters["challenge_acks"] == 2
+    _still_transfers(pair)
+
+
+@pytest.mark.parametrize("flags", [RST, RST | ACK])
+def test_exact_rst_resets_at_the_stacks_receive_point(flags):
+    """At exactly the wire receive point a RST resets, as in plain TCP: it reaches the stack
+    at the stack's own receive point (plaintext offsets), its ACK translated, and keeps its
+    own TSval (the stack's PAWS check sees the real one)."""
+    pair, expected = _rst_setup()
+    a = pair.a
+    raw = build(4, pair.b.ip, a.ip, 80, 40000, expected, (ISN_A + 1 + INIT1_LEN) & M32, flags,
+                0, ts_options(1, 2))
+    r = pair.arrive(a, raw)
+    assert r.verdict is Verdict.ACCEPT
+    reset = TCPPacket.parse(r.data)
+    assert reset.flags & RST and reset.seq == (ISN_B + 6) & M32 and not len(reset.payload)
+    assert tcp_options.timestamps(reset.options) == (1, 2)
+    if flags & ACK:
+        assert reset.ack == (ISN_A + 1) & M32
+    assert [f.state for f in a.engine.flows()] == ["closed"]
+    assert a.engine.counters["resets_accepted"] == 1
+
+
+def test_rst_inside_an_undelivered_frame_or_beyond_delivered_data():
+    """A frame still partial, and verified plaintext the stack has no room for: the wire
+    receive point is beyond the stack's. Only the wire point resets; the stack gets the RST
+    at its own receive point (what it was given), never one in between."""
+    pair, expected = _rst_setup()
+    a, b = pair.a, pair.b
+    _, wire = pair.send(b, b.seg(ISN_B + 6, ISN_A + 1, ACK | PSH, b"x" * 100), deliver=False)
+    (frame,) = wire
+    head = TCPPacket.parse(frame)
+    part = build(4, b.ip, a.ip, 80, 40000, head.seq, head.ack, ACK, 1000,
+                 ts_options(2000, 1000), bytes(head.payload[:50]))
+    pair.arrive(a, part)
+    # RSTs inside the partial frame (below the receive point) and just past it
+    for seq in (expected, expected + 10, expected + 49):
+        r = pair.arrive(a, _spoofed_rst(pair, seq))
+        assert r.verdict is Verdict.DROP
+    assert a.engine.counters["drops_rst-out-of-window"] == 3
+    r = pair.arrive(a, _spoofed_rst(pair, expected + 51))
+    assert r.verdict is Verdict.DROP and a.engine.counters["drops_rst-in-window"] == 1
+    r = pair.arrive(a, _spoofed_rst(pair, expected + 50))
+    assert r.verdict is Verdict.ACCEPT
+    reset = TCPPacket.parse(r.data)
+    assert reset.seq == (ISN_B + 6) & M32     # the stack has "hello", nothing of the frame
+
+
+def test_rsts_in_the_handshake_states_keep_the_flow_unless_acceptable():
+    pair = Pair()
+    a, b = pair.a, pair.b
+    _, (syn,) = pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options(tsval=1000)), deliver=False)
+    # SYN-SENT: only RST|ACK acknowledging our SYN is acceptable (RFC 9293 §3.10.7.3)
+    for raw in (build(4, b.ip, a.ip, 80, 40000, 12345, 0, RST, 0),
+                build(4, b.ip, a.ip, 80, 40000, 0, ISN_A + 7, RST | ACK, 0)):
+        r = pair.arrive(a, raw)
+        assert r.verdict is Verdict.DROP
+    assert a.engine.counters["drops_rst-unacceptable"] == 2
+    assert [f.state for f in a.engine.flows()] == ["syn-sent"]
+    # B in SYN-RECEIVED: out of the stack's window dropped, flow kept; exact one forgets it
+    pair.arrive(b, syn)
+    pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options(tsval=2000, tsecr=1000)),
+              deliver=False)
+    r = pair.arrive(b, a.seg(ISN_A + 1 + 70000, 0, RST))
+    assert r.verdict is Verdict.DROP and b.engine.counters["drops_rst-out-of-window"] == 1
+    r = pair.arrive(b, a.seg(ISN_A + 1 + 100, 0, RST))
+    assert r.verdict is Verdict.ACCEPT and [f.state for f in b.engine.flows()] == ["syn-received"]
+    r = pair.arrive(b, a.seg(ISN_A + 1, 0, RST))
+    assert r.verdict is Verdict.ACCEPT and b.engine.flows() == []
+
+
+def test_inexact_rst_while_keying_is_dropped():
+    pair = Pair()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options(tsval=1000)))
+    pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options(tsval=2000, tsecr=1000)))
+    # the third ACK with Init1 is lost: B stays before keying, A is keying
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK), deliver=False)
+    assert [f.state for f in a.engine.flows()] == ["keying"]
+    r = pair.arrive(a, _spoofed_rst(pair, ISN_B + 1 + 5))
+    assert r.verdict is Verdict.DROP and [f.state for f in a.engine.flows()] == ["keying"]
+    r = pair.arrive(a, _spoofed_rst(pair, ISN_B + 1))
+    assert r.verdict is Verdict.ACCEPT and [f.state for f in a.engine.flows()] == ["closed"]
+
+
+def test_outbound_rst_leaves_at_the_wire_send_point_or_at_the_peers_ack():
+    pair, _ = _rst_setup()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 6, ACK | PSH, b"0123456789"), deliver=False)
+    # the stack aborts: RST at its SND.NXT -> the wire's SND.NXT
+    r, (out,) = pair.send(a, a.seg(ISN_A + 11, ISN_B + 6, RST | ACK), deliver=False)
+    rst = TCPPacket.parse(out)
+    assert rst.seq == (ISN_A + 1 + INIT1_LEN + 30) & M32 and not len(rst.payload)
+    assert rst.ack == (ISN_B + 1 + INIT2_LEN + 25) & M32
+    # a stack answering the peer's ACK inside a frame with <SEQ=SEG.ACK>: exactly that ACK
+    pair2, _ = _rst_setup()
+    a2 = pair2.a
+    pair2.send(a2, a2.seg(ISN_A + 1, ISN_B + 6, ACK | PSH, b"0123456789"), deliver=False)
+    inside = (ISN_A + 1 + INIT1_LEN + 12) & M32
+    r = pair2.arrive(a2, build(4, pair2.b.ip, a2.ip, 80, 40000, (ISN_B + 1 + INIT2_LEN + 25) & M32,
+                               inside, ACK, 1000, ts_options(2001, 1000)))
+    r, (out,) = pair2.send(a2, a2.seg(ISN_A + 1, 0, RST), deliver=False)
+    assert TCPPacket.parse(out).seq == inside
