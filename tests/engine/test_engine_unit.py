@@ -1031,3 +1031,159 @@ def test_outbound_rst_leaves_at_the_wire_send_point_or_at_the_peers_ack():
                                inside, ACK, 1000, ts_options(2001, 1000)))
     r, (out,) = pair2.send(a2, a2.seg(ISN_A + 1, 0, RST), deliver=False)
     assert TCPPacket.parse(out).seq == inside
+
+
+# -- 4-tuple reuse (issue 15; RFC 9293 §3.10.7.4) -----------------------------------------
+
+ISN_A2, ISN_A3, ISN_B2 = 0x00001000, 0x40000000, 0x20000000
+#: after the close below: A's and B's final wire numbers ("bye" and "ok" framed, + FIN)
+A_FINAL_WIRE = (ISN_A + 1 + INIT1_LEN + 23 + 1) & M32
+B_FINAL_WIRE = (ISN_B + 1 + INIT2_LEN + 22 + 1) & M32
+
+
+def _closed_pair() -> Pair:
+    """An encrypted connection closed cleanly (A closes first); both flows lingering."""
+    pair = established()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK | FIN | PSH, b"bye"))
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 5, ACK | FIN | PSH, b"ok"))
+    pair.send(a, a.seg(ISN_A + 5, ISN_B + 4, ACK))
+    assert [f.state for f in a.engine.flows()] == [f.state for f in b.engine.flows()] == ["closed"]
+    return pair
+
+
+def _new_connection(pair: Pair, isn_a: int) -> None:
+    """B's stack takes A's SYN ``isn_a``: SYN-ACK, third ACK, keys, data both ways."""
+    a, b = pair.a, pair.b
+    a.to_stack.clear()
+    b.to_stack.clear()
+    _, (synack,) = pair.send(b, b.seg(ISN_B2, isn_a + 1, SYN | ACK,
+                                      options=syn_options(tsval=5000, tsecr=4000)))
+    assert tcp_options.parse(TCPPacket.parse(synack).options)[-1][0] == 69   # B's ENO answer
+    pair.send(a, a.seg(isn_a + 1, ISN_B2 + 1, ACK, options=ts_options(4001, 5000)))
+    pair.send(a, a.seg(isn_a + 1, ISN_B2 + 1, ACK | PSH, b"second life",
+                       options=ts_options(4002, 5000)))
+    pair.send(b, b.seg(ISN_B2 + 1, isn_a + 12, ACK | PSH, b"indeed", options=ts_options(5001, 4002)))
+    assert stack_bytes(b, isn_a) == b"second life" and stack_bytes(a, ISN_B2) == b"indeed"
+    (fa,), (fb,) = a.engine.flows(), b.engine.flows()
+    assert fa.state == fb.state == "encrypted" and fa.session_id == fb.session_id
+    for host in (a, b):
+        assert host.engine._flows[next(iter(host.engine._flows))].stale is None
+    # nothing of the new connection reached a stack in the old numbers
+    for p in b.to_stack:
+        assert 0 < (p.seq - isn_a) & M32 <= 12 and 0 < (p.ack - ISN_B2) & M32 <= 7, p
+    for p in a.to_stack:
+        assert 0 <= (p.seq - ISN_B2) & M32 <= 7 and 0 < (p.ack - isn_a) & M32 <= 12, p
+
+
+def test_syn_on_a_time_wait_tuple_old_answers_translated_then_a_higher_isn_is_taken():
+    """Issue 15 (1) and (2): a SYN the TIME-WAIT stack does not take is answered with an ACK
+    of the old connection: it leaves in wire numbers (never the plaintext ones), the flow
+    made for the SYN is not mixed with the next SYN's, which the stack takes."""
+    pair = _closed_pair()
+    a, b = pair.a, pair.b
+    _, (syn,) = pair.send(a, a.seg(ISN_A2, 0, SYN, options=syn_options(tsval=4000)))
+    assert a.engine.counters["replaced_closed"] == 1
+    assert [f.state for f in b.engine.flows()] == ["syn-received"]
+    # B's stack (TIME-WAIT) answers with an ACK in the old local numbers: translated
+    _, (tw_ack,) = pair.send(b, b.seg(ISN_B + 4, ISN_A + 5, ACK), deliver=False)
+    out = TCPPacket.parse(tw_ack)
+    assert (out.seq, out.ack) == (B_FINAL_WIRE, A_FINAL_WIRE)
+    assert b.engine.counters["ended_translated"] == 1
+    # the new connection is not going on: the stack's ACK changed nothing of the new flow
+    assert [f.state for f in b.engine.flows()] == ["syn-received"]
+    # a new SYN with a higher ISN (A's stack starts over): replaces the half-open flow
+    pair.send(a, a.seg(ISN_A3, 0, SYN, options=syn_options(tsval=4000)))
+    assert b.engine.counters["replaced_syn-received"] == 1
+    _new_connection(pair, ISN_A3)
+    assert b.engine.counters["replaced_closed"] == 1
+
+
+def test_time_wait_assassination_by_the_peers_rst_lets_the_retransmitted_syn_in():
+    """The SYN-SENT peer answers the translated TIME-WAIT ACK with <SEQ=SEG.ACK><CTL=RST>:
+    exact for the old connection, it reaches the stack at its own numbers (RFC 9293
+    §3.10.7.4, as plain TCP); the SYN retransmission (same ISN) then keeps its flow."""
+    pair = _closed_pair()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A2, 0, SYN, options=syn_options(tsval=4000)))
+    pair.send(b, b.seg(ISN_B + 4, ISN_A + 5, ACK))       # TIME-WAIT ACK, translated, to A
+    seen = a.to_stack[-1]
+    assert seen.ack == A_FINAL_WIRE and [f.state for f in a.engine.flows()] == ["syn-sent"]
+    # A's stack (SYN-SENT) resets it: passes, A's flow stays
+    pair.send(a, a.seg(seen.ack, 0, RST))
+    assert [f.state for f in a.engine.flows()] == ["syn-sent"]
+    reset = b.to_stack[-1]
+    assert reset.flags & RST and reset.seq == (ISN_A + 5) & M32   # B stack's RCV.NXT
+    # the retransmitted SYN: same flow, no replacement
+    before = dict(b.engine.counters)
+    pair.send(a, a.seg(ISN_A2, 0, SYN, options=syn_options(tsval=4000)))
+    assert b.engine.counters.get("replaced_syn-received", 0) == before.get("replaced_syn-received", 0)
+    _new_connection(pair, ISN_A2)
+
+
+@pytest.mark.parametrize("ended", ["aborted", "tombstone"])
+def test_reuse_after_an_abort_or_during_the_tombstone(ended):
+    pair = _closed_pair() if ended == "tombstone" else established()
+    a, b = pair.a, pair.b
+    if ended == "aborted":
+        pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK | PSH, b"x"))
+        # a TCP FIN from B with no FINp frame before it: A aborts (RST both ways)
+        pair.arrive(a, build(4, b.ip, a.ip, 80, 40000, (ISN_B + 1 + INIT2_LEN) & M32,
+                             (ISN_A + 1 + INIT1_LEN + 21) & M32, ACK | FIN, 1000,
+                             ts_options(2001, 1000)))
+        assert [f.state for f in a.engine.flows()] == ["aborted"]
+        assert [f.state for f in b.engine.flows()] == ["closed"]
+    else:
+        pair.timer(a, 61.0)
+        pair.timer(b, 61.0)
+        assert [f.state for f in b.engine.flows()] == ["tombstone"]
+    r, (syn,) = pair.send(a, a.seg(ISN_A2, 0, SYN, options=syn_options(tsval=4000)))
+    assert r.verdict is Verdict.ACCEPT and not r.plain
+    assert a.engine.counters[f"replaced_{ended}"] == 1
+    if ended == "tombstone":
+        # B's TIME-WAIT ACK leaves with the tombstone's final wire numbers
+        _, (tw_ack,) = pair.send(b, b.seg(ISN_B + 4, ISN_A + 5, ACK), deliver=False)
+        assert (TCPPacket.parse(tw_ack).seq, TCPPacket.parse(tw_ack).ack) == (B_FINAL_WIRE,
+                                                                              A_FINAL_WIRE)
+        # the peer's exact RST reaches the TIME-WAIT stack at its numbers
+        pair.arrive(b, build(4, a.ip, b.ip, 40000, 80, A_FINAL_WIRE, 0, RST, 0))
+        assert b.to_stack[-1].flags & RST and b.to_stack[-1].seq == (ISN_A + 5) & M32
+    _new_connection(pair, ISN_A2)
+    assert b.engine.counters[f"replaced_{'closed' if ended == 'aborted' else 'tombstone'}"] == 1
+
+
+def test_syn_with_a_new_isn_on_an_encrypted_connection_is_challenged_not_replaced():
+    """RFC 5961 §4: the stack answers with a challenge ACK (translated); the flow stays."""
+    pair, _ = _rst_setup()
+    a, b = pair.a, pair.b
+    r = pair.arrive(b, a.seg(ISN_A3, 0, SYN, options=syn_options()))
+    assert r.verdict is Verdict.ACCEPT
+    assert [f.state for f in b.engine.flows()] == ["encrypted"]
+    _, (challenge,) = pair.send(b, b.seg(ISN_B + 6, ISN_A + 1, ACK), deliver=False)
+    assert TCPPacket.parse(challenge).ack == (ISN_A + 1 + INIT1_LEN) & M32
+    assert not any(k.startswith("replaced_") for k in b.engine.counters)
+    _still_transfers(pair)
+
+
+def test_a_stale_flow_comes_back_when_the_new_syn_times_out():
+    pair = _closed_pair()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A2, 0, SYN, options=syn_options(tsval=4000)))
+    assert [f.state for f in b.engine.flows()] == ["syn-received"]
+    pair.timer(b, 76.0)     # handshake timeout of the new flow; the old one is buried by now
+    assert [f.state for f in b.engine.flows()] == ["tombstone"]
+    _, (tw_ack,) = pair.send(b, b.seg(ISN_B + 4, ISN_A + 5, ACK), deliver=False)
+    assert TCPPacket.parse(tw_ack).seq == B_FINAL_WIRE
+    pair.timer(b, 61.0 + 600.0)
+    assert b.engine.flows() == []
+
+
+def test_stack_syn_ack_for_an_older_syn_never_gets_the_new_flows_eno_answer():
+    pair = Pair()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options(tsval=1000)))
+    pair.send(a, a.seg(ISN_A2, 0, SYN, options=syn_options(tsval=1001)))
+    assert b.engine.counters["replaced_syn-received"] == 1
+    r, wire = pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options()), deliver=False)
+    assert r.verdict is Verdict.DROP and not wire and b.engine.counters["drops_stale-syn-ack"] == 1
+    _new_connection(pair, ISN_A2)
