@@ -15,7 +15,9 @@ keys are generated only when Init1/Init2 is needed.
 Counters: ``encrypted``, ``plain`` and ``plain_<reason>`` (never tried), ``fallback`` and
 ``fallback_<reason>`` (RFC 8547 §4.6), ``aborts`` and ``aborts_<reason>``,
 ``drops_<reason>``, ``retransmits``, ``ended_acks`` and ``ended_resets`` (answers to segments
-of ended connections).
+of ended connections), ``ended_translated`` (the stack's segments on an ended connection sent
+on in wire numbers), ``resets_accepted`` and ``challenge_acks`` (RFC 5961 §3.2),
+``replaced_<state>`` (a flow replaced by a new SYN on its 4-tuple, RFC 9293 §3.10.7.4).
 """
 
 from __future__ import annotations
