@@ -39,6 +39,10 @@ class EngineConfig:
     #: ... then a tombstone: state freed, the 4-tuple's segments dropped (never passed as
     #: plaintext), until the flow is forgotten
     tombstone: float = 600.0
+    #: at most one challenge ACK per flow per this many seconds, in answer to a RST (or a
+    #: SYN) inside the receive window but not at its exact start (RFC 5961 §3.2, §4, §7;
+    #: Linux's per-socket limit is 0.5 s as well)
+    challenge_ack_interval: float = 0.5
     #: retransmission timer of injected bytes (RFC 6298): initial, lower and upper bound
     initial_rto: float = 1.0
     min_rto: float = 0.2

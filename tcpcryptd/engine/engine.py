@@ -15,7 +15,9 @@ keys are generated only when Init1/Init2 is needed.
 Counters: ``encrypted``, ``plain`` and ``plain_<reason>`` (never tried), ``fallback`` and
 ``fallback_<reason>`` (RFC 8547 §4.6), ``aborts`` and ``aborts_<reason>``,
 ``drops_<reason>``, ``retransmits``, ``ended_acks`` and ``ended_resets`` (answers to segments
-of ended connections).
+of ended connections), ``ended_translated`` (the stack's segments on an ended connection sent
+on in wire numbers), ``resets_accepted`` and ``challenge_acks`` (RFC 5961 §3.2),
+``replaced_<state>`` (a flow replaced by a new SYN on its 4-tuple, RFC 9293 §3.10.7.4).
 """
 
 from __future__ import annotations
@@ -46,10 +48,17 @@ from tcpcryptd.engine.handshake import (
     open_passive,
     syn_refusal,
 )
-from tcpcryptd.engine.inbound import deliver_pending, fast_inbound, handle_inbound
+from tcpcryptd.engine.inbound import (
+    RST_EXACT,
+    deliver_pending,
+    fast_inbound,
+    handle_inbound,
+    rst_position,
+)
 from tcpcryptd.engine.outbound import fast_outbound, handle_outbound, release_held
 from tcpcryptd.engine.reassembly import Reassembly
 from tcpcryptd.engine.sendmap import SendMap
+from tcpcryptd.packet import options as tcp_options
 from tcpcryptd.packet.tcp import (
     ACK,
     FIN,
@@ -134,23 +143,26 @@ class Engine:
         result = Result(None)
         flow.last_activity = now
         handshaking = flow.state in _HANDSHAKE_STATES
+        target = flow
         try:
-            if flow.state in (State.ABORTED, State.TOMBSTONE) and not (
-                    pkt.flags & (SYN | ACK | RST) == SYN and flow.state is State.TOMBSTONE):
-                # an ended ENO connection: nothing of it may pass, least of all plaintext
-                self.count(f"drops_{flow.state}")
-                result.verdict = Verdict.DROP
-                if pkt.flags & (SYN | RST | ACK) == ACK:
-                    self._answer_ended(flow, pkt, outbound, result)
+            if flow.stale is not None:
+                target = self._route_stale(flow, pkt, outbound, now)
+            if target.closed_at is not None and not pkt.flags & SYN:
+                self._ended(target, pkt, outbound, packet_id, now, result)
             elif outbound:
-                self._outbound(flow, pkt, packet_id, now, result)
+                self._outbound(target, pkt, packet_id, now, result)
             else:
-                self._inbound(flow, pkt, now, result)
+                self._inbound(target, pkt, now, result)
         except Exception as error:  # noqa: BLE001 -- a bug must not stop the daemon or leak
-            self._failed(flow, error, now, result)
-        if self._flows.get(key) is flow:
-            self._schedule(flow)
-            result.encrypted = handshaking and flow.state in (State.KEYING, State.ENCRYPTED)
+            self._failed(target, error, now, result)
+        current = self._flows.get(key)
+        if current is not None:
+            # the flow, or the one that replaced it (a new SYN on the 4-tuple)
+            if current.scheduled is None or current is not flow:
+                current.scheduled = None
+            self._schedule(current)
+            result.encrypted = (current is flow and handshaking
+                                and flow.state in (State.KEYING, State.ENCRYPTED))
         elif result.verdict is Verdict.ACCEPT and flow.state in _HANDSHAKE_STATES:
             result.plain = True
         if result.verdict is None:
@@ -406,9 +418,17 @@ class Engine:
             Transmit(flow.local_packet(flow.dl_sent, 0), Direction.INBOUND) if outbound else
             Transmit(flow.wire_packet(flow.final_wire_seq, 0), Direction.OUTBOUND))
 
-    def _forget(self, flow: Flow) -> None:
+    def _forget(self, flow: Flow, *, restore: bool = True) -> None:
+        """Drop ``flow`` from the table; an ended flow it stood in for comes back (unless
+        ``restore`` is False: the flow is being replaced)."""
         if self._flows.get(flow.key) is flow:
             del self._flows[flow.key]
+            stale = self._live_stale(flow, self._now) if restore else None
+            flow.stale = None
+            if stale is not None:
+                self._flows[flow.key] = stale
+                stale.scheduled = None
+                self._schedule(stale)
 
     def _fallback(self, flow: Flow, fallback: Fallback, result: Result) -> None:
         self.count("fallback")
@@ -450,13 +470,34 @@ class Engine:
             retransmitted_syn = (pkt.seq == flow.local_isn and flow.role == "A"
                                  and flow.state in (State.SYN_SENT, State.NEGOTIATED))
             if not flags & ACK and not retransmitted_syn:
-                self._forget(flow)  # a new connection on a lingering 4-tuple
+                # the stack opens a new connection on a tracked 4-tuple: whatever it kept of
+                # the old one is gone (a socket in TIME-WAIT sends no SYN), so the old flow
+                # is replaced outright, never mixed with the new one (RFC 9293 §3.10.7.4)
+                self.count(f"replaced_{flow.state}")
+                self._forget(flow, restore=False)
                 new = self._new_flow(pkt, True, now)
                 result.verdict, result.data, result.plain = new.verdict, new.data, new.plain
                 return
             if retransmitted_syn and not flags & ACK:
                 add_syn_option(flow, pkt)  # identical bytes on every retransmission
                 flow.syn_sends += 1
+            elif flow.closed_at is not None:
+                # a SYN-ACK on an ended flow: the stack accepted a new connection that the
+                # engine left plain (its SYN had no ENO), or repeats one of the old one
+                if pkt.ack == (flow.peer_isn + 1) & MASK32:
+                    self.count("drops_stale-syn-ack")
+                    result.verdict = Verdict.DROP
+                    return
+                self.count(f"replaced_{flow.state}")
+                self._forget(flow, restore=False)
+                result.verdict, result.plain = Verdict.ACCEPT, True
+                return
+            elif pkt.ack != (flow.peer_isn + 1) & MASK32:
+                # the stack answers a SYN the flow does not stand for (an older one on the
+                # 4-tuple): never with this flow's ENO answer nor its numbers
+                self.count("drops_stale-syn-ack")
+                result.verdict = Verdict.DROP
+                return
             elif flow.role == "B" and flags & ACK and flow.state is not State.SYN_RECEIVED:
                 # a SYN-ACK retransmitted after the peer's ACK arrived: the stack missed that
                 # ACK (local loss); same ENO bytes to the wire, and a fresh ACK to the stack
@@ -478,7 +519,14 @@ class Engine:
             return
         if flow.state in (State.SYN_SENT, State.SYN_RECEIVED):
             if flags & RST:
-                self._forget(flow)
+                # In SYN-SENT the stack sends RSTs only in answer to segments that do not
+                # belong to its connection attempt (RFC 9293 §3.10.7.3); it gives up an
+                # attempt silently.  In SYN-RECEIVED it drops the connection with a RST that
+                # answers the SYN (ACK = the peer's ISN + 1) or starts at its own ISN + 1.
+                if flow.state is State.SYN_RECEIVED and (
+                        (flags & ACK and pkt.ack == (flow.peer_isn + 1) & MASK32)
+                        or (flow.syn_sends and pkt.seq == (flow.local_isn + 1) & MASK32)):
+                    self._forget(flow)
                 result.verdict = Verdict.ACCEPT
             elif len(pkt.payload) or flags & FIN:
                 self.count("drops_before-established")   # never plaintext on an ENO flow
@@ -491,38 +539,79 @@ class Engine:
     def _inbound(self, flow: Flow, pkt: TCPPacket, now: float, result: Result) -> None:
         flags = pkt.flags
         if flags & SYN:
-            if flow.state is State.SYN_SENT and flags & ACK:
-                fallback = on_syn_ack(flow, pkt, now)
-                if fallback is not None:
-                    self._fallback(flow, fallback, result)
-                    result.verdict = Verdict.ACCEPT
+            if flags & RST:
+                self.count("drops_syn-rst")
+                result.verdict = Verdict.DROP
+                return
+            if flags & ACK:
+                if flow.closed_at is not None:
+                    self.count("drops_stale-syn-ack")   # an old duplicate: nothing to answer
+                    result.verdict = Verdict.DROP
                     return
-                flow.stack_seen_ack = 0
-                flow.stack_seen_window = flow.peer_window_field
-            elif not flags & ACK and pkt.seq == flow.peer_isn and flow.role == "B":
-                clamp_mss(flow, pkt)   # a retransmitted or duplicated SYN: the stack answers
-            elif not flags & ACK and (flow.state is State.SYN_SENT or flow.closed_at is not None):
-                # simultaneous open, or a new connection on a lingering 4-tuple
-                self._forget(flow)
                 if flow.state is State.SYN_SENT:
-                    self._fallback(flow, Fallback("simultaneous-open"), result)  # type: ignore[arg-type]
-                    result.verdict = Verdict.ACCEPT
+                    if pkt.ack != (flow.local_isn + 1) & MASK32:
+                        # not an answer to our SYN: the stack resets it (RFC 9293 §3.10.7.3)
+                        # and the flow waits for the real SYN-ACK
+                        result.verdict = Verdict.ACCEPT
+                        return
+                    fallback = on_syn_ack(flow, pkt, now)
+                    if fallback is not None:
+                        self._fallback(flow, fallback, result)
+                        result.verdict = Verdict.ACCEPT
+                        return
+                    flow.stack_seen_ack = 0
+                    flow.stack_seen_window = flow.peer_window_field
+                else:
+                    clamp_mss(flow, pkt)
+            elif flow.state is State.SYN_SENT:
+                # simultaneous open (RFC 8547 §4.6: no ENO)
+                self._forget(flow)
+                self._fallback(flow, Fallback("simultaneous-open"), result)  # type: ignore[arg-type]
+                result.verdict = Verdict.ACCEPT
+                return
+            elif pkt.seq == flow.peer_isn and flow.role == "B":
+                if flow.closed_at is not None:
+                    # an old duplicate of the ended connection's SYN (no higher ISN: a
+                    # TIME-WAIT stack would not take it either, RFC 9293 §3.10.7.4)
+                    self.count("drops_old-syn")
+                    result.verdict = Verdict.DROP
                     return
-                new = self._new_flow(pkt, False, now)
-                result.verdict, result.data, result.plain = new.verdict, new.data, new.plain
+                clamp_mss(flow, pkt)   # a retransmitted or duplicated SYN: the stack answers
+            elif flow.closed_at is not None or flow.state is State.SYN_RECEIVED:
+                self._replace_inbound(flow, pkt, now, result)
                 return
             else:
+                # a SYN with another ISN on a synchronized connection: the stack answers it
+                # with a challenge ACK (RFC 5961 §4), translated like any of its ACKs
                 clamp_mss(flow, pkt)
             result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
             return
         if flow.state is State.SYN_SENT:
             if flags & RST:
+                # RFC 9293 §3.10.7.3: in SYN-SENT only a RST whose ACK acknowledges our SYN
+                # is acceptable; any other is dropped (the stack would drop it too), and the
+                # flow must not be forgotten for it
+                if not (flags & ACK and pkt.ack == (flow.local_isn + 1) & MASK32):
+                    self.count("drops_rst-unacceptable")
+                    result.verdict = Verdict.DROP
+                    return
                 self._forget(flow)
             result.verdict = Verdict.ACCEPT
             return
         if flow.state is State.SYN_RECEIVED:
             if flags & RST:
-                self._forget(flow)
+                # The stack's numbers are the wire's until the first ACK: it checks the RST
+                # against its own window.  Out of the window it is dropped here too; the flow
+                # is forgotten only for the RST at exactly the peer's ISN + 1 (which any
+                # stack takes); an in-window one may only make the stack challenge.
+                offset = (pkt.seq - flow.peer_isn - 1) & MASK32
+                window = flow.stack_window if flow.syn_sends else 0xFFFF
+                if offset >= max(window, 1):
+                    self.count("drops_rst-out-of-window")
+                    result.verdict = Verdict.DROP
+                    return
+                if offset == 0:
+                    self._forget(flow)
                 result.verdict = Verdict.ACCEPT
                 return
             fallback = on_first_ack(flow, pkt, now)
@@ -535,6 +624,131 @@ class Engine:
                 result.verdict = Verdict.DROP
                 return
         handle_inbound(self, flow, pkt, now, result)
+
+    # -- 4-tuple reuse (RFC 9293 §3.10.7.4) -------------------------------------------------
+
+    def _replace_inbound(self, flow: Flow, pkt: TCPPacket, now: float, result: Result) -> None:
+        """A SYN with a new ISN on a 4-tuple whose flow ended or is still a half-open one.
+
+        Whether the stack takes it is the stack's decision: one in TIME-WAIT takes a SYN
+        with a higher ISN or newer timestamps (RFC 9293 §3.10.7.4, RFC 6191) and answers any
+        other with an ACK of the old connection; a listener takes any.  So the new flow is
+        made at once (its SYN must get the ENO answer) but the ended flow is kept as its
+        ``stale`` until the stack answers the new SYN with a SYN-ACK: until then whatever
+        the stack sends or gets on the 4-tuple (TIME-WAIT ACKs, the peer's RST answering
+        them) belongs to the old connection and is translated through the ended flow.  A
+        half-open flow (syn-received) is replaced outright, its own stale passed on.
+        """
+        stale = flow.stale if flow.closed_at is None else flow
+        if flow.closed_at is None:
+            self.count(f"replaced_{flow.state}")
+        self._forget(flow, restore=False)
+        new = self._new_flow(pkt, False, now)
+        result.verdict, result.data, result.plain = new.verdict, new.data, new.plain
+        created = self._flows.get(flow.key)
+        if created is not None:
+            created.stale = stale
+        elif stale is not None:
+            # the new SYN stays plain: the ended flow stays until the stack's SYN-ACK shows
+            # it took the SYN (then the flow goes, see _outbound), for its TIME-WAIT answers
+            self._flows[flow.key] = stale
+            stale.scheduled = None
+            result.plain = False
+
+    def _live_stale(self, flow: Flow, now: float) -> Flow | None:
+        """``flow.stale`` aged to ``now`` (it is out of the table: its timers do not run)."""
+        stale = flow.stale
+        if stale is None:
+            return None
+        cfg = self.config
+        assert stale.closed_at is not None
+        if now >= stale.closed_at + cfg.linger + cfg.tombstone:
+            flow.stale = None
+            return None
+        if stale.state is not State.TOMBSTONE and now >= stale.closed_at + cfg.linger:
+            self._bury(stale)
+        return stale
+
+    def _route_stale(self, flow: Flow, pkt: TCPPacket, outbound: bool, now: float) -> Flow:
+        """Which connection a segment belongs to while the stack has not answered a new SYN
+        (``flow``, syn-received) that arrived on the 4-tuple of an ended one (``flow.stale``).
+        """
+        stale = self._live_stale(flow, now)
+        if stale is None:
+            return flow
+        flags = pkt.flags
+        if outbound:
+            if flags & SYN and flags & ACK and pkt.ack == (flow.peer_isn + 1) & MASK32:
+                # the stack took the new SYN: the old connection is gone for good
+                self.count(f"replaced_{stale.state}")
+                flow.stale = None
+                return flow
+            if flags & RST and flags & ACK and pkt.ack == (flow.peer_isn + 1) & MASK32:
+                return flow     # the stack refuses the new SYN
+            if flags & SYN and not flags & ACK:
+                return flow     # the stack opens a connection itself: a replacement again
+            return stale        # TIME-WAIT ACKs and the like: the old connection's numbers
+        if flags & SYN and not flags & ACK:
+            return flow
+        if flags & RST and not self._ended_rst_exact(stale, pkt.seq):
+            return flow
+        return stale
+
+    def _ended_rst_exact(self, flow: Flow, seq: int) -> bool:
+        """A RST exactly at the final receive point of an ended flow (RFC 5961 §3.2)."""
+        if flow.state is State.CLOSED:
+            return rst_position(flow, seq) == RST_EXACT
+        if flow.state is State.TOMBSTONE and not flow.abort_reason:
+            return seq == (flow.peer_isn + 1 + (flow.final_wire_ack or 0)) & MASK32
+        return False
+
+    def _ended(self, flow: Flow, pkt: TCPPacket, outbound: bool, packet_id: int, now: float,
+               result: Result) -> None:
+        """A non-SYN segment of an ended connection (closed, aborted or tombstone).
+
+        A closed flow lingers with its full state: both ways are translated as before
+        (every segment the stack sends leaves in the wire sequence space).  After an abort
+        or once buried, nothing of it may pass, least of all plaintext, with two exceptions
+        that keep plain TCP's TIME-WAIT behaviour: the stack's bare ACK at its final point
+        (its TIME-WAIT answer to a SYN it did not take) leaves with the final wire numbers,
+        and the peer's RST exactly at the final wire receive point reaches the stack at its
+        own (RFC 9293 §3.10.7.4; a SYN-SENT peer sends it on receiving that ACK, so a new
+        connection on the 4-tuple does not wait for TIME-WAIT to run out).
+        """
+        if flow.state is State.CLOSED:
+            if outbound:
+                handle_outbound(self, flow, pkt, packet_id, now, result)
+                if result.verdict is Verdict.ACCEPT:
+                    self.count("ended_translated")
+            else:
+                handle_inbound(self, flow, pkt, now, result)
+            return
+        result.verdict = Verdict.DROP
+        flags = pkt.flags
+        tombstone = flow.state is State.TOMBSTONE and not flow.abort_reason
+        if tombstone and flags & (RST | FIN | ACK) == ACK and not len(pkt.payload):
+            if outbound and pkt.seq == (flow.local_isn + 1 + (flow.final_local_ack or 0)) & MASK32:
+                pkt.seq = (flow.local_isn + 1 + flow.final_wire_seq) & MASK32
+                pkt.ack = (flow.peer_isn + 1 + (flow.final_wire_ack or 0)) & MASK32
+                if len(pkt.options) > (12 if flow.ts_ok else 0):
+                    pkt.options = tcp_options.replace_sack(pkt.options, [])
+                self.count("ended_translated")
+                result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
+                return
+        if tombstone and flags & RST and not outbound and self._ended_rst_exact(flow, pkt.seq):
+            self.count("resets_accepted")
+            pkt.seq = (flow.peer_isn + 1 + flow.dl_sent) & MASK32
+            if flags & ACK:
+                pkt.ack = (flow.local_isn + 1 + (flow.final_local_ack or 0)) & MASK32
+            if len(pkt.options) > (12 if flow.ts_ok else 0):
+                pkt.options = tcp_options.replace_sack(pkt.options, [])
+            pkt.flags &= ~(FIN | PSH | URG)
+            pkt.payload = b""
+            result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes()
+            return
+        self.count(f"drops_{flow.state}")
+        if flags & (SYN | RST | ACK) == ACK:
+            self._answer_ended(flow, pkt, outbound, result)
 
     def _deadline(self, flow: Flow) -> float:
         cfg = self.config

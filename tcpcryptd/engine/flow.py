@@ -127,7 +127,7 @@ class Flow:
         "out_ttl", "out_df", "out_tos", "in_ttl", "in_df", "in_tos", "peer_window_field",
         "srtt", "rttvar", "rto", "rtx_deadline", "rtx_count", "rtt_probe", "syn_time", "syn_sends",
         "syn_rtt", "held", "closed_at", "final_local_ack", "final_wire_ack", "final_wire_seq",
-        "scheduled", "packets_out", "packets_in", "bytes_out_plain", "bytes_out_wire",
+        "scheduled", "challenge_at", "stale", "packets_out", "packets_in", "bytes_out_plain", "bytes_out_wire",
         "bytes_in_wire", "bytes_in_plain",
     )
 
@@ -224,6 +224,13 @@ class Flow:
         self.final_wire_ack: int | None = None
         self.final_wire_seq = 0
         self.scheduled: float | None = None
+        #: when the engine last sent a challenge ACK (RFC 5961 §7 rate limit), or None
+        self.challenge_at: float | None = None
+        #: the ended flow of the previous connection on this 4-tuple, while the local stack
+        #: has not yet accepted this flow's SYN (it may still be in TIME-WAIT and answer in
+        #: the old connection's numbers: those are translated through it; RFC 9293
+        #: §3.10.7.4).  Only a host-B flow in syn-received has one.
+        self.stale: Flow | None = None
         # counters for status
         self.packets_out = self.packets_in = 0
         self.bytes_out_plain = self.bytes_out_wire = 0

@@ -24,7 +24,10 @@ For every non-SYN segment from the peer on an ENO flow:
   simulation both ways) and declines everything else before changing anything;
 * FIN: a TCP FIN must sit right after a verified FINp frame, else abort; the FINp frame
   delivers the FIN to the stack.  URGp frames set URG and the urgent pointer toward the
-  stack.  RST passes with translated numbers (it cannot be authenticated, RFC 8548 §3.7).
+  stack.  A RST cannot be authenticated (RFC 8548 §3.7, §8): :func:`handle_rst` applies
+  RFC 5961 §3.2 to its real sequence number in wire space (exact: reset; in the window:
+  challenge ACK; outside: dropped), so an encrypted connection is no easier to reset than a
+  plain one.
 """
 
 from __future__ import annotations
@@ -209,23 +212,100 @@ def _check_fin(flow: Flow) -> None:
     raise FlowAbort("fin-without-finp")
 
 
+#: :func:`rst_position`: the RST sits exactly at the receive point, inside the receive
+#: window but not exactly there, or outside the window (RFC 5961 §3.2)
+RST_EXACT, RST_IN_WINDOW, RST_OUTSIDE = 0, 1, 2
+
+
+def rst_position(flow: Flow, seq: int) -> int:
+    """Where an inbound RST's sequence number lies in the peer's *wire* stream.
+
+    RCV.NXT is what a plain TCP at the engine's place would have acknowledged: every
+    contiguous wire byte taken (:attr:`Reassembly.next`), plus the peer's FIN once it was
+    verified after its FINp frame.  As Linux does (``tcp_reset_check``), a RST one below
+    that point is also exact once the peer's FIN was taken (the peer may have sent the RST
+    before it saw the FIN acknowledged).  RCV.WND is the window the engine advertises.
+    """
+    nxt = flow.rx.next
+    fin = 1 if flow.rx_fin_done else 0
+    offset = unwrap(seq, flow.peer_isn, nxt)
+    if offset == nxt + fin or (fin and offset == nxt):
+        return RST_EXACT
+    window = flow.window_field() << flow.local_wscale
+    if nxt + fin <= offset < nxt + fin + window:
+        return RST_IN_WINDOW
+    return RST_OUTSIDE
+
+
+def handle_rst(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: Result) -> None:
+    """An inbound RST (or RST|ACK) on a synchronized ENO flow: RFC 5961 §3.2 in wire space.
+
+    A RST cannot be authenticated (RFC 8548 §3.7, §8: tcpcrypt leaves an off-path attacker
+    exactly the denial of service it has against plain TCP, and no more).  So the engine
+    applies the checks a plain TCP applies to the *real* sequence number, in the wire
+    sequence space the peer and any attacker see:
+
+    * exactly at RCV.NXT (:func:`rst_position`): the connection is reset.  The RST goes to
+      the stack at the stack's own receive point (``dl_sent``: everything the engine passed
+      on), so the stack's RFC 5961 check accepts it too, and its ACK field is translated;
+    * inside the receive window but not exact: dropped, and the engine itself sends the
+      challenge ACK (RFC 5961 §3.2) in wire space, at most one per flow per
+      ``EngineConfig.challenge_ack_interval`` (RFC 5961 §7: challenge ACKs are rate
+      limited).  A genuine peer answers it with a RST at the acknowledged number;
+    * outside the window: dropped silently (RFC 5961 §3.2), counted.
+
+    Why the engine decides rather than translating the number for the stack to check:
+    between the wire and the stack there is no sequence-preserving map for a RST.  Wire
+    offsets inside a frame not yet whole, Init bytes and frame headers have no local
+    counterpart, and verified plaintext the stack had no room for lies beyond the stack's
+    RCV.NXT although the peer sees it acknowledged.  Any translation would widen the set of
+    numbers that reset the connection (everything that maps onto the stack's RCV.NXT) or
+    reset on numbers a plain TCP at the engine's place would challenge.  Judged in wire
+    space, exactly one sequence number resets, as in plain TCP, and nothing an unverified
+    RST carries (window, timestamps) changes the engine's state unless it is exact.
+    """
+    position = rst_position(flow, pkt.seq)
+    if position == RST_OUTSIDE:
+        eng.count("drops_rst-out-of-window")
+        result.verdict = Verdict.DROP
+        return
+    if position == RST_IN_WINDOW:
+        eng.count("drops_rst-in-window")
+        result.verdict = Verdict.DROP
+        last = flow.challenge_at
+        if last is None or now - last >= eng.config.challenge_ack_interval or now < last:
+            flow.challenge_at = now
+            eng.count("challenge_acks")
+            result.transmit.append(eng.engine_ack(flow))
+        return
+    eng.count("resets_accepted")
+    flow.packets_in += 1
+    smap = flow.smap
+    pkt.seq = (flow.peer_isn + 1 + flow.dl_sent) & MASK32
+    if pkt.flags & ACK:
+        # the ACK field only: the RST keeps its own TSval (the stack's PAWS check sees it)
+        pkt.ack = (flow.local_isn + 1 + smap.wire_to_local_ack(
+            unwrap(pkt.ack, flow.local_isn, smap.peer_wire_ack))) & MASK32
+        if len(pkt.options) > (12 if flow.ts_ok else 0):
+            pkt.options = tcp_options.replace_sack(pkt.options, [])
+    pkt.flags &= ~(FIN | PSH | URG)
+    pkt.urg_ptr = 0
+    pkt.payload = b""
+    result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes()
+    eng.close(flow, now, result)
+
+
 def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: Result) -> None:
     """A non-SYN segment from the peer on an ENO flow."""
+    flags = pkt.flags
+    if flags & RST:
+        handle_rst(eng, flow, pkt, now, result)
+        return
     note_peer(flow, packet_tsval(pkt) if flow.ts_ok else None, pkt.ttl, pkt.df, pkt.tos,
               pkt.window)
     flow.send_eno = False  # a non-SYN segment arrived (RFC 8547 §4.6)
     flow.packets_in += 1
-    flags = pkt.flags
     smap = flow.smap
-    if flags & RST:
-        pkt.seq = (flow.peer_isn + 1 + flow.dl_sent) & MASK32
-        if flags & ACK:
-            _to_stack_header(flow, pkt, smap.wire_to_local_ack(
-                unwrap(pkt.ack, flow.local_isn, smap.peer_wire_ack)))
-        pkt.payload = b""
-        result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes()
-        eng.close(flow, now, result)
-        return
     if not flags & ACK:
         eng.count("drops_no-ack")
         result.verdict = Verdict.DROP

@@ -289,8 +289,15 @@ def handle_outbound(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now
                   pkt.tos, flags, pkt.window, pkt.ack, bool(len(pkt.payload)), now):
         eng.redeliver(flow, now, result, first_only=True)
     if flags & RST:
-        _wire_header(flow, pkt, flow.smap.local_to_wire(
-            unwrap(pkt.seq, flow.local_isn, flow.smap.local_end)), data=False)
+        # the stack's RST at its SND.NXT leaves at the wire's; one that answers the peer's
+        # latest ACK (<SEQ=SEG.ACK>, RFC 9293 §3.10.7.1) leaves at exactly that ACK, even
+        # inside a frame, so the peer's RFC 5961 check finds it exact
+        smap = flow.smap
+        local = unwrap(pkt.seq, flow.local_isn, smap.local_end)
+        wire = smap.local_to_wire(local)
+        if local < smap.local_end and local == smap.wire_to_local_ack(smap.peer_wire_ack):
+            wire = smap.peer_wire_ack
+        _wire_header(flow, pkt, wire, data=False)
         pkt.payload = b""   # RST data is never framed: it must not leak
         result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes()
         eng.close(flow, now, result)

@@ -538,7 +538,8 @@ def test_tombstone_answers_like_plain_tcp_after_a_clean_close():
 
     RFC 9293 §3.10.7.4 (TIME-WAIT): a retransmission at or below the final point is
     acknowledged with the final numbers; §3.10.7.1: a segment beyond it gets a RST; a bare
-    ACK at the final point gets nothing.  Only engine-made, payload-free segments leave.
+    ACK at the final point gets nothing, and the stack's own leaves in wire numbers.  Only
+    engine-made or translated payload-free segments leave.
     """
     pair = established()
     a, b = pair.a, pair.b
@@ -555,9 +556,14 @@ def test_tombstone_answers_like_plain_tcp_after_a_clean_close():
     ack = TCPPacket.parse(answer.data)
     assert answer.direction is Direction.INBOUND and ack.flags == ACK and not len(ack.payload)
     assert ack.ack == (ISN_A + 5) & M32 and ack.seq == (ISN_B + 4) & M32
-    # its bare ACK of that answer gets none (no ACK loop with a stack in TIME-WAIT)
+    # its bare ACK at the final point (what a TIME-WAIT stack sends) gets no answer (no ACK
+    # loop) and leaves translated into the wire sequence space, never in the local one
     r = a.engine.handle_packet(51, a.seg(ISN_A + 5, ISN_B + 4, ACK), Direction.OUTBOUND, 62.5)
-    assert r.verdict is Verdict.DROP and not r.transmit
+    assert r.verdict is Verdict.ACCEPT and not r.transmit
+    out = TCPPacket.parse(r.data)
+    assert out.seq == (ISN_A + 1 + INIT1_LEN + 23 + 1) & M32    # "bye" framed + FIN
+    assert out.ack == (ISN_B + 1 + INIT2_LEN + 22 + 1) & M32    # "ok" framed + FIN
+    assert a.engine.counters["ended_translated"] == 1
     # data beyond the final point cannot be delivered: RST toward the stack, <SEQ=SEG.ACK>
     r = a.engine.handle_packet(52, a.seg(ISN_A + 5, ISN_B + 4, ACK | PSH, b"more"),
                                Direction.OUTBOUND, 63.0)
@@ -850,3 +856,334 @@ def test_corrupted_headers_on_an_encrypted_flow_never_raise(outbound, kind, edit
                                1.0)
     assert r.verdict in (Verdict.ACCEPT, Verdict.DROP, Verdict.HOLD)
     assert a.engine.counters["aborts_internal-error"] == 0
+
+
+# -- RSTs: RFC 5961 §3.2 in wire space (an encrypted connection is no easier to reset) ------
+
+def _rst_setup() -> tuple[Pair, int]:
+    """An encrypted pair after 5 bytes B -> A; returns A's wire receive point in B's stream."""
+    pair = established()
+    a, b = pair.a, pair.b
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 1, ACK | PSH, b"hello"))
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 6, ACK))
+    expected = (ISN_B + 1 + INIT2_LEN + 25) & M32
+    (flow,) = a.engine._flows.values()
+    assert (flow.peer_isn + 1 + flow.rx.next) & M32 == expected
+    return pair, expected
+
+
+def _spoofed_rst(pair: Pair, seq: int, flags: int = RST, ack: int = 0) -> bytes:
+    return build(4, pair.b.ip, pair.a.ip, 80, 40000, seq & M32, ack & M32, flags, 0)
+
+
+def _still_transfers(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 6, ACK | PSH, b"still here"))
+    pair.send(b, b.seg(ISN_B + 6, ISN_A + 11, ACK | PSH, b" and more"))
+    pair.send(a, a.seg(ISN_A + 11, ISN_B + 15, ACK))
+    assert stack_bytes(b, ISN_A) == b"still here"
+    assert stack_bytes(a, ISN_B) == b"hello and more"
+    assert [f.state for f in a.engine.flows()] == ["encrypted"]
+    assert not any(p.flags & RST for p in a.to_stack)
+
+
+@pytest.mark.parametrize("offset, outcome", [
+    (-1000, "out-of-window"), (-1, "out-of-window"), (1, "in-window"), (7, "in-window"),
+    (100_000, "in-window"), (2 ** 20, "out-of-window"), (2 ** 31, "out-of-window"),
+])
+def test_inexact_rst_does_not_reset_an_encrypted_connection(offset, outcome):
+    """Issue 13 item 2: a RST anywhere but at the exact wire receive point never reaches the
+    stack. Out of the window: dropped silently; in it: dropped and challenged (RFC 5961 §3.2)."""
+    pair, expected = _rst_setup()
+    a = pair.a
+    sent_before = len(pair.wire)
+    r = pair.arrive(a, _spoofed_rst(pair, expected + offset))
+    assert r.verdict is Verdict.DROP and r.data is None
+    assert a.engine.counters[f"drops_rst-{outcome}"] == 1
+    assert a.engine.counters["resets_accepted"] == 0
+    challenges = [TCPPacket.parse(t.data) for t in r.transmit]
+    if outcome == "in-window":
+        (challenge,) = challenges
+        assert challenge.flags == ACK and challenge.ack == expected
+        assert challenge.seq == (ISN_A + 1 + INIT1_LEN) & M32
+        assert a.engine.counters["challenge_acks"] == 1
+        # the peer's engine sees an ACK with nothing new: it is not passed to its stack
+        assert len(pair.wire) == sent_before + 2
+    else:
+        assert challenges == []
+    _still_transfers(pair)
+
+
+def test_inexact_rst_ack_is_challenged_and_challenges_are_rate_limited():
+    pair, expected = _rst_setup()
+    a = pair.a
+    wire_ack = (ISN_A + 1 + INIT1_LEN) & M32
+    r = pair.arrive(a, _spoofed_rst(pair, expected + 3, RST | ACK, wire_ack))
+    assert r.verdict is Verdict.DROP and len(r.transmit) == 1
+    # a second one within challenge_ack_interval: dropped, no second challenge (RFC 5961 §7)
+    pair.now = 0.1
+    r = pair.arrive(a, _spoofed_rst(pair, expected + 5, RST | ACK, wire_ack))
+    assert r.verdict is Verdict.DROP and not r.transmit
+    pair.now = 1.0
+    r = pair.arrive(a, _spoofed_rst(pair, expected + 9, RST | ACK, wire_ack))
+    assert len(r.transmit) == 1
+    assert a.engine.counters["drops_rst-in-window"] == 3 and a.engine.counters["challenge_acks"] == 2
+    _still_transfers(pair)
+
+
+@pytest.mark.parametrize("flags", [RST, RST | ACK])
+def test_exact_rst_resets_at_the_stacks_receive_point(flags):
+    """At exactly the wire receive point a RST resets, as in plain TCP: it reaches the stack
+    at the stack's own receive point (plaintext offsets), its ACK translated, and keeps its
+    own TSval (the stack's PAWS check sees the real one)."""
+    pair, expected = _rst_setup()
+    a = pair.a
+    raw = build(4, pair.b.ip, a.ip, 80, 40000, expected, (ISN_A + 1 + INIT1_LEN) & M32, flags,
+                0, ts_options(1, 2))
+    r = pair.arrive(a, raw)
+    assert r.verdict is Verdict.ACCEPT
+    reset = TCPPacket.parse(r.data)
+    assert reset.flags & RST and reset.seq == (ISN_B + 6) & M32 and not len(reset.payload)
+    assert tcp_options.timestamps(reset.options) == (1, 2)
+    if flags & ACK:
+        assert reset.ack == (ISN_A + 1) & M32
+    assert [f.state for f in a.engine.flows()] == ["closed"]
+    assert a.engine.counters["resets_accepted"] == 1
+
+
+def test_rst_inside_an_undelivered_frame_or_beyond_delivered_data():
+    """A frame still partial, and verified plaintext the stack has no room for: the wire
+    receive point is beyond the stack's. Only the wire point resets; the stack gets the RST
+    at its own receive point (what it was given), never one in between."""
+    pair, expected = _rst_setup()
+    a, b = pair.a, pair.b
+    _, wire = pair.send(b, b.seg(ISN_B + 6, ISN_A + 1, ACK | PSH, b"x" * 100), deliver=False)
+    (frame,) = wire
+    head = TCPPacket.parse(frame)
+    part = build(4, b.ip, a.ip, 80, 40000, head.seq, head.ack, ACK, 1000,
+                 ts_options(2000, 1000), bytes(head.payload[:50]))
+    pair.arrive(a, part)
+    # RSTs inside the partial frame (below the receive point) and just past it
+    for seq in (expected, expected + 10, expected + 49):
+        r = pair.arrive(a, _spoofed_rst(pair, seq))
+        assert r.verdict is Verdict.DROP
+    assert a.engine.counters["drops_rst-out-of-window"] == 3
+    r = pair.arrive(a, _spoofed_rst(pair, expected + 51))
+    assert r.verdict is Verdict.DROP and a.engine.counters["drops_rst-in-window"] == 1
+    r = pair.arrive(a, _spoofed_rst(pair, expected + 50))
+    assert r.verdict is Verdict.ACCEPT
+    reset = TCPPacket.parse(r.data)
+    assert reset.seq == (ISN_B + 6) & M32     # the stack has "hello", nothing of the frame
+
+
+def test_rsts_in_the_handshake_states_keep_the_flow_unless_acceptable():
+    pair = Pair()
+    a, b = pair.a, pair.b
+    _, (syn,) = pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options(tsval=1000)), deliver=False)
+    # SYN-SENT: only RST|ACK acknowledging our SYN is acceptable (RFC 9293 §3.10.7.3)
+    for raw in (build(4, b.ip, a.ip, 80, 40000, 12345, 0, RST, 0),
+                build(4, b.ip, a.ip, 80, 40000, 0, ISN_A + 7, RST | ACK, 0)):
+        r = pair.arrive(a, raw)
+        assert r.verdict is Verdict.DROP
+    assert a.engine.counters["drops_rst-unacceptable"] == 2
+    assert [f.state for f in a.engine.flows()] == ["syn-sent"]
+    # B in SYN-RECEIVED: out of the stack's window dropped, flow kept; exact one forgets it
+    pair.arrive(b, syn)
+    pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options(tsval=2000, tsecr=1000)),
+              deliver=False)
+    r = pair.arrive(b, a.seg(ISN_A + 1 + 70000, 0, RST))
+    assert r.verdict is Verdict.DROP and b.engine.counters["drops_rst-out-of-window"] == 1
+    r = pair.arrive(b, a.seg(ISN_A + 1 + 100, 0, RST))
+    assert r.verdict is Verdict.ACCEPT and [f.state for f in b.engine.flows()] == ["syn-received"]
+    r = pair.arrive(b, a.seg(ISN_A + 1, 0, RST))
+    assert r.verdict is Verdict.ACCEPT and b.engine.flows() == []
+
+
+def test_inexact_rst_while_keying_is_dropped():
+    pair = Pair()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options(tsval=1000)))
+    pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options(tsval=2000, tsecr=1000)))
+    # the third ACK with Init1 is lost: B stays before keying, A is keying
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK), deliver=False)
+    assert [f.state for f in a.engine.flows()] == ["keying"]
+    r = pair.arrive(a, _spoofed_rst(pair, ISN_B + 1 + 5))
+    assert r.verdict is Verdict.DROP and [f.state for f in a.engine.flows()] == ["keying"]
+    r = pair.arrive(a, _spoofed_rst(pair, ISN_B + 1))
+    assert r.verdict is Verdict.ACCEPT and [f.state for f in a.engine.flows()] == ["closed"]
+
+
+def test_outbound_rst_leaves_at_the_wire_send_point_or_at_the_peers_ack():
+    pair, _ = _rst_setup()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 6, ACK | PSH, b"0123456789"), deliver=False)
+    # the stack aborts: RST at its SND.NXT -> the wire's SND.NXT
+    r, (out,) = pair.send(a, a.seg(ISN_A + 11, ISN_B + 6, RST | ACK), deliver=False)
+    rst = TCPPacket.parse(out)
+    assert rst.seq == (ISN_A + 1 + INIT1_LEN + 30) & M32 and not len(rst.payload)
+    assert rst.ack == (ISN_B + 1 + INIT2_LEN + 25) & M32
+    # a stack answering the peer's ACK inside a frame with <SEQ=SEG.ACK>: exactly that ACK
+    pair2, _ = _rst_setup()
+    a2 = pair2.a
+    pair2.send(a2, a2.seg(ISN_A + 1, ISN_B + 6, ACK | PSH, b"0123456789"), deliver=False)
+    inside = (ISN_A + 1 + INIT1_LEN + 12) & M32
+    r = pair2.arrive(a2, build(4, pair2.b.ip, a2.ip, 80, 40000, (ISN_B + 1 + INIT2_LEN + 25) & M32,
+                               inside, ACK, 1000, ts_options(2001, 1000)))
+    r, (out,) = pair2.send(a2, a2.seg(ISN_A + 1, 0, RST), deliver=False)
+    assert TCPPacket.parse(out).seq == inside
+
+
+# -- 4-tuple reuse (issue 15; RFC 9293 §3.10.7.4) -----------------------------------------
+
+ISN_A2, ISN_A3, ISN_B2 = 0x00001000, 0x40000000, 0x20000000
+#: after the close below: A's and B's final wire numbers ("bye" and "ok" framed, + FIN)
+A_FINAL_WIRE = (ISN_A + 1 + INIT1_LEN + 23 + 1) & M32
+B_FINAL_WIRE = (ISN_B + 1 + INIT2_LEN + 22 + 1) & M32
+
+
+def _closed_pair() -> Pair:
+    """An encrypted connection closed cleanly (A closes first); both flows lingering."""
+    pair = established()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK | FIN | PSH, b"bye"))
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 5, ACK | FIN | PSH, b"ok"))
+    pair.send(a, a.seg(ISN_A + 5, ISN_B + 4, ACK))
+    assert [f.state for f in a.engine.flows()] == [f.state for f in b.engine.flows()] == ["closed"]
+    return pair
+
+
+def _new_connection(pair: Pair, isn_a: int) -> None:
+    """B's stack takes A's SYN ``isn_a``: SYN-ACK, third ACK, keys, data both ways."""
+    a, b = pair.a, pair.b
+    a.to_stack.clear()
+    b.to_stack.clear()
+    _, (synack,) = pair.send(b, b.seg(ISN_B2, isn_a + 1, SYN | ACK,
+                                      options=syn_options(tsval=5000, tsecr=4000)))
+    assert tcp_options.parse(TCPPacket.parse(synack).options)[-1][0] == 69   # B's ENO answer
+    pair.send(a, a.seg(isn_a + 1, ISN_B2 + 1, ACK, options=ts_options(4001, 5000)))
+    pair.send(a, a.seg(isn_a + 1, ISN_B2 + 1, ACK | PSH, b"second life",
+                       options=ts_options(4002, 5000)))
+    pair.send(b, b.seg(ISN_B2 + 1, isn_a + 12, ACK | PSH, b"indeed", options=ts_options(5001, 4002)))
+    assert stack_bytes(b, isn_a) == b"second life" and stack_bytes(a, ISN_B2) == b"indeed"
+    (fa,), (fb,) = a.engine.flows(), b.engine.flows()
+    assert fa.state == fb.state == "encrypted" and fa.session_id == fb.session_id
+    for host in (a, b):
+        assert host.engine._flows[next(iter(host.engine._flows))].stale is None
+    # nothing of the new connection reached a stack in the old numbers
+    for p in b.to_stack:
+        assert 0 < (p.seq - isn_a) & M32 <= 12 and 0 < (p.ack - ISN_B2) & M32 <= 7, p
+    for p in a.to_stack:
+        assert 0 <= (p.seq - ISN_B2) & M32 <= 7 and 0 < (p.ack - isn_a) & M32 <= 12, p
+
+
+def test_syn_on_a_time_wait_tuple_old_answers_translated_then_a_higher_isn_is_taken():
+    """Issue 15 (1) and (2): a SYN the TIME-WAIT stack does not take is answered with an ACK
+    of the old connection: it leaves in wire numbers (never the plaintext ones), the flow
+    made for the SYN is not mixed with the next SYN's, which the stack takes."""
+    pair = _closed_pair()
+    a, b = pair.a, pair.b
+    _, (syn,) = pair.send(a, a.seg(ISN_A2, 0, SYN, options=syn_options(tsval=4000)))
+    assert a.engine.counters["replaced_closed"] == 1
+    assert [f.state for f in b.engine.flows()] == ["syn-received"]
+    # B's stack (TIME-WAIT) answers with an ACK in the old local numbers: translated
+    _, (tw_ack,) = pair.send(b, b.seg(ISN_B + 4, ISN_A + 5, ACK), deliver=False)
+    out = TCPPacket.parse(tw_ack)
+    assert (out.seq, out.ack) == (B_FINAL_WIRE, A_FINAL_WIRE)
+    assert b.engine.counters["ended_translated"] == 1
+    # the new connection is not going on: the stack's ACK changed nothing of the new flow
+    assert [f.state for f in b.engine.flows()] == ["syn-received"]
+    # a new SYN with a higher ISN (A's stack starts over): replaces the half-open flow
+    pair.send(a, a.seg(ISN_A3, 0, SYN, options=syn_options(tsval=4000)))
+    assert b.engine.counters["replaced_syn-received"] == 1
+    _new_connection(pair, ISN_A3)
+    assert b.engine.counters["replaced_closed"] == 1
+
+
+def test_time_wait_assassination_by_the_peers_rst_lets_the_retransmitted_syn_in():
+    """The SYN-SENT peer answers the translated TIME-WAIT ACK with <SEQ=SEG.ACK><CTL=RST>:
+    exact for the old connection, it reaches the stack at its own numbers (RFC 9293
+    §3.10.7.4, as plain TCP); the SYN retransmission (same ISN) then keeps its flow."""
+    pair = _closed_pair()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A2, 0, SYN, options=syn_options(tsval=4000)))
+    pair.send(b, b.seg(ISN_B + 4, ISN_A + 5, ACK))       # TIME-WAIT ACK, translated, to A
+    seen = a.to_stack[-1]
+    assert seen.ack == A_FINAL_WIRE and [f.state for f in a.engine.flows()] == ["syn-sent"]
+    # A's stack (SYN-SENT) resets it: passes, A's flow stays
+    pair.send(a, a.seg(seen.ack, 0, RST))
+    assert [f.state for f in a.engine.flows()] == ["syn-sent"]
+    reset = b.to_stack[-1]
+    assert reset.flags & RST and reset.seq == (ISN_A + 5) & M32   # B stack's RCV.NXT
+    # the retransmitted SYN: same flow, no replacement
+    before = dict(b.engine.counters)
+    pair.send(a, a.seg(ISN_A2, 0, SYN, options=syn_options(tsval=4000)))
+    assert b.engine.counters.get("replaced_syn-received", 0) == before.get("replaced_syn-received", 0)
+    _new_connection(pair, ISN_A2)
+
+
+@pytest.mark.parametrize("ended", ["aborted", "tombstone"])
+def test_reuse_after_an_abort_or_during_the_tombstone(ended):
+    pair = _closed_pair() if ended == "tombstone" else established()
+    a, b = pair.a, pair.b
+    if ended == "aborted":
+        pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK | PSH, b"x"))
+        # a TCP FIN from B with no FINp frame before it: A aborts (RST both ways)
+        pair.arrive(a, build(4, b.ip, a.ip, 80, 40000, (ISN_B + 1 + INIT2_LEN) & M32,
+                             (ISN_A + 1 + INIT1_LEN + 21) & M32, ACK | FIN, 1000,
+                             ts_options(2001, 1000)))
+        assert [f.state for f in a.engine.flows()] == ["aborted"]
+        assert [f.state for f in b.engine.flows()] == ["closed"]
+    else:
+        pair.timer(a, 61.0)
+        pair.timer(b, 61.0)
+        assert [f.state for f in b.engine.flows()] == ["tombstone"]
+    r, (syn,) = pair.send(a, a.seg(ISN_A2, 0, SYN, options=syn_options(tsval=4000)))
+    assert r.verdict is Verdict.ACCEPT and not r.plain
+    assert a.engine.counters[f"replaced_{ended}"] == 1
+    if ended == "tombstone":
+        # B's TIME-WAIT ACK leaves with the tombstone's final wire numbers
+        _, (tw_ack,) = pair.send(b, b.seg(ISN_B + 4, ISN_A + 5, ACK), deliver=False)
+        assert (TCPPacket.parse(tw_ack).seq, TCPPacket.parse(tw_ack).ack) == (B_FINAL_WIRE,
+                                                                              A_FINAL_WIRE)
+        # the peer's exact RST reaches the TIME-WAIT stack at its numbers
+        pair.arrive(b, build(4, a.ip, b.ip, 40000, 80, A_FINAL_WIRE, 0, RST, 0))
+        assert b.to_stack[-1].flags & RST and b.to_stack[-1].seq == (ISN_A + 5) & M32
+    _new_connection(pair, ISN_A2)
+    assert b.engine.counters[f"replaced_{'closed' if ended == 'aborted' else 'tombstone'}"] == 1
+
+
+def test_syn_with_a_new_isn_on_an_encrypted_connection_is_challenged_not_replaced():
+    """RFC 5961 §4: the stack answers with a challenge ACK (translated); the flow stays."""
+    pair, _ = _rst_setup()
+    a, b = pair.a, pair.b
+    r = pair.arrive(b, a.seg(ISN_A3, 0, SYN, options=syn_options()))
+    assert r.verdict is Verdict.ACCEPT
+    assert [f.state for f in b.engine.flows()] == ["encrypted"]
+    _, (challenge,) = pair.send(b, b.seg(ISN_B + 6, ISN_A + 1, ACK), deliver=False)
+    assert TCPPacket.parse(challenge).ack == (ISN_A + 1 + INIT1_LEN) & M32
+    assert not any(k.startswith("replaced_") for k in b.engine.counters)
+    _still_transfers(pair)
+
+
+def test_a_stale_flow_comes_back_when_the_new_syn_times_out():
+    pair = _closed_pair()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A2, 0, SYN, options=syn_options(tsval=4000)))
+    assert [f.state for f in b.engine.flows()] == ["syn-received"]
+    pair.timer(b, 76.0)     # handshake timeout of the new flow; the old one is buried by now
+    assert [f.state for f in b.engine.flows()] == ["tombstone"]
+    _, (tw_ack,) = pair.send(b, b.seg(ISN_B + 4, ISN_A + 5, ACK), deliver=False)
+    assert TCPPacket.parse(tw_ack).seq == B_FINAL_WIRE
+    pair.timer(b, 61.0 + 600.0)
+    assert b.engine.flows() == []
+
+
+def test_stack_syn_ack_for_an_older_syn_never_gets_the_new_flows_eno_answer():
+    pair = Pair()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options(tsval=1000)))
+    pair.send(a, a.seg(ISN_A2, 0, SYN, options=syn_options(tsval=1001)))
+    assert b.engine.counters["replaced_syn-received"] == 1
+    r, wire = pair.send(b, b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options()), deliver=False)
+    assert r.verdict is Verdict.DROP and not wire and b.engine.counters["drops_stale-syn-ack"] == 1
+    _new_connection(pair, ISN_A2)

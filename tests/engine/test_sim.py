@@ -262,8 +262,41 @@ def _matrix() -> list[Scenario]:
     out.append(Scenario("bulk-1MB-v4-loss0-s1", 1, 4, c2s_bytes=1 << 20, s2c_bytes=1000))
     out.append(Scenario("bulk-1MB-v6-loss1-s2", 2, 6, c2s_bytes=2000, s2c_bytes=1 << 20,
                         impairments=Impairments(loss=0.01, jitter=0.002, resegment=0.05)))
+    out += reuse_scenarios()
     out.append(Scenario("isn-wrap-v4-s1", 1, 4, c2s_bytes=50_000, s2c_bytes=50_000, client_iss=(1 << 32) - 5000,
                         impairments=Impairments(loss=0.02, jitter=0.005)))
+    return out
+
+
+def reuse_scenarios() -> list[Scenario]:
+    """Issue 15: connections one after the other from one client port (RFC 9293 §3.10.7.4).
+
+    ``tw-server``: the server closes first and is in TIME-WAIT when the next SYN comes (a
+    higher ISN is taken at once; a lower one, without timestamps, is answered with a
+    TIME-WAIT ACK the engine translates, which the client resets, and the SYN's
+    retransmission gets in); ``tw-client``: the client closes first (its engine replaces the
+    flow on its own SYN, the server's flow was closed); ``reset``: each connection ends with
+    the client's RST; ``tombstone``: the next SYN comes 70 s later, both flows buried.
+    """
+    out = []
+    notime = StackConfig(timestamps=False)
+    for v in (4, 6):
+        for seed, loss in ((1, 0.0), (2, 0.02)):
+            imp = Impairments(loss=loss, duplicate=0.05, jitter=0.002)
+            tag = f"v{v}-loss{_pct(loss)}-s{seed}"
+            out += [
+                Scenario(f"reuse-tw-server-higher-{tag}", seed, v, impairments=imp, reuse=3,
+                         c2s_bytes=20_000, s2c_bytes=2000),
+                Scenario(f"reuse-tw-server-lower-{tag}", seed, v, impairments=imp, reuse=3,
+                         reuse_isn="lower", c2s_bytes=20_000, s2c_bytes=2000,
+                         client_stack=notime, server_stack=notime),
+                Scenario(f"reuse-tw-client-{tag}", seed, v, impairments=imp, reuse=3,
+                         reuse_isn="lower", c2s_bytes=2000, s2c_bytes=20_000),
+                Scenario(f"reuse-reset-{tag}", seed, v, impairments=imp, reuse=3,
+                         reuse_abort=True, c2s_bytes=5000, s2c_bytes=5000),
+                Scenario(f"reuse-tombstone-{tag}", seed, v, impairments=imp, reuse=2,
+                         reuse_gap=70.0, reuse_isn="lower", c2s_bytes=5000, s2c_bytes=5000),
+            ]
     return out
 
 

@@ -27,7 +27,7 @@ from tcpcryptd.packet import options
 from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, URG, TCPPacket
 
 from . import invariants
-from .stack import Endpoint, StackConfig, State, TcpStack
+from .stack import Endpoint, StackConfig, State, TcpStack, seq_diff
 from .wire import C2S, S2C, ByteFlip, Impairments, TargetedDrop, Wire
 
 #: A marker planted in the application data: it must never be seen on an ENO wire.
@@ -83,6 +83,14 @@ class Scenario:
     client_stack: StackConfig = StackConfig()
     server_stack: StackConfig = StackConfig()
     client_iss: int | None = None
+    #: 4-tuple reuse (RFC 9293 §3.10.7.4): this many more connections, one after the other,
+    #: from the first connection's client port, each ``reuse_gap`` seconds after the
+    #: previous one finished; the new client ISN is "higher" or "lower" than the old one's
+    #: end; ``reuse_abort``: each client resets its connection (RST) instead of closing
+    reuse: int = 0
+    reuse_gap: float = 0.5
+    reuse_isn: str = "higher"
+    reuse_abort: bool = False
     max_time: float = 900.0
     max_events: int = 200_000
 
@@ -133,10 +141,28 @@ class _Side:
     local_drops: int = 0
     #: ``flows()`` when a stack last received its FIN (later the engine may forget the flow)
     flows_at_eof: list[FlowStatus] = field(default_factory=list)
+    #: the previous connection's end on a reused client port, and when it was replaced
+    retired: dict[int, tuple[_End, float]] = field(default_factory=dict)
 
-    def end_for(self, pkt: TCPPacket) -> _End | None:
-        """The connection end a packet toward this host's stack belongs to (by client port)."""
-        return self.ends.get(pkt.dport if self.direction == C2S else pkt.sport)
+    def end_for(self, pkt: TCPPacket, now: float = 0.0) -> _End | None:
+        """The connection end a packet toward this host's stack belongs to (by client port).
+
+        On a reused port a socket still in TIME-WAIT (60 s, as Linux) gets the packet unless
+        it is a SYN it lets through: a higher ISN than its RCV.NXT or a newer timestamp
+        (Linux ``tcp_timewait_state_process``, RFC 6191); that SYN ends the TIME-WAIT."""
+        port = pkt.dport if self.direction == C2S else pkt.sport
+        old = self.retired.get(port)
+        if old is not None and old[0].stack.state is State.TIME_WAIT and now < old[1] + 60.0:
+            stack = old[0].stack
+            if pkt.flags & (SYN | ACK | RST) != SYN:
+                return old[0]
+            ts = options.timestamps(pkt.options)
+            newer_ts = ts is not None and stack.ts_ok and seq_diff(ts[0], stack._ts_recent) > 0
+            if seq_diff(pkt.seq, stack.rcv_nxt % (1 << 32)) > 0 or newer_ts:
+                stack._close_silently()
+                return self.ends.get(port)
+            return old[0]
+        return self.ends.get(port)
 
 
 @dataclass
@@ -156,6 +182,8 @@ class _Conn:
     server: _End
     log: invariants.WireLog = field(default_factory=invariants.WireLog)
     abort_seen_at: float | None = None
+    #: the client application reset this connection on purpose (``Scenario.reuse_abort``)
+    app_reset: bool = False
 
     def ends(self) -> tuple[_End, _End]:
         return self.client, self.server
@@ -260,8 +288,10 @@ class Simulation:
         self._work: deque[tuple[_End, str, bytes]] = deque()
         self._pending_connects = list(self.conns)
         self._events_at_now = 0
+        self._reuse_left = scenario.reuse
+        self._reuse_at: float | None = None
 
-    def _make_conn(self, index: int, client_port: int) -> _Conn:
+    def _make_conn(self, index: int, client_port: int, client_iss: int | None = None) -> _Conn:
         sc = self.sc
         v = sc.version
         client_addr, server_addr = _ADDRESSES[v]
@@ -270,7 +300,7 @@ class Simulation:
         suffix = "" if index == 0 else f"#{index}"
         client_stack = TcpStack(
             "client" + suffix, client_ep, server_ep, random.Random(self.rng.random()),
-            _stack_config(sc.client_stack, sc), sc.client_iss if index == 0 else None,
+            _stack_config(sc.client_stack, sc), sc.client_iss if index == 0 else client_iss,
         )
         server_stack = TcpStack(
             "server" + suffix, server_ep, client_ep, random.Random(self.rng.random()),
@@ -328,7 +358,31 @@ class Simulation:
         return [end for conn in self.conns for end in conn.ends()]
 
     def _done(self) -> bool:
-        return all(self._conn_done(conn) for conn in self.conns)
+        done = all(self._conn_done(conn) for conn in self.conns)
+        if done and self._reuse_left:
+            if self._reuse_at is None:
+                self._reuse_at = self.now + self.sc.reuse_gap
+            return False
+        return done
+
+    def _reuse(self) -> None:
+        """A new connection from the last one's client port (RFC 9293 §3.10.7.4)."""
+        old = self.conns[-1]
+        self._reuse_left -= 1
+        self._reuse_at = None
+        port = old.key
+        old_end = old.client.stack.iss + 2 + len(old.client.app.data)
+        iss = (old_end + 100_000 if self.sc.reuse_isn == "higher" else old.client.stack.iss - 100_000)
+        # the client reuses its port: a TIME-WAIT socket of its own is recycled (Linux
+        # tcp_tw_reuse); the server's may still be in TIME-WAIT and see the new SYN
+        if old.client.stack.state is State.TIME_WAIT:
+            old.client.stack._close_silently()
+        self.server_side.retired[port] = (old.server, self.now)
+        conn = self._make_conn(len(self.conns), port, iss % (1 << 32))
+        self.conns.append(conn)
+        conn.server.stack.listen()
+        conn.client.stack.connect(self.now)
+        self._collect(conn.client)
 
     def _conn_done(self, conn: _Conn) -> bool:
         c, s = conn.client.stack, conn.server.stack
@@ -350,6 +404,7 @@ class Simulation:
         times = [self.wire.next_arrival()]
         if self._pending_connects:
             times.append(self._connect_time(self._pending_connects[0]))
+        times.append(self._reuse_at)
         for side in (self.client_side, self.server_side):
             if side.engine is not None:
                 times.append(side.engine.next_deadline())
@@ -366,6 +421,8 @@ class Simulation:
             direction, data = self.wire.pop_arrival()
             self._from_wire(self.server_side if direction == C2S else self.client_side, data)
             return
+        if self._reuse_at is not None and self._reuse_at <= now:
+            self._reuse()
         while self._pending_connects and self._connect_time(self._pending_connects[0]) <= now:
             conn = self._pending_connects.pop(0)
             conn.client.stack.connect(now)
@@ -448,7 +505,7 @@ class Simulation:
             self._to_stack(side, data)
 
     def _to_stack(self, side: _Side, data: bytes) -> None:
-        end = side.end_for(TCPPacket.parse(data))
+        end = side.end_for(TCPPacket.parse(data), self.now)
         if end is None:
             self.violations.append(f"{side.name}: a packet for no local connection: {describe(data)}")
             return
@@ -457,12 +514,23 @@ class Simulation:
     def _to_wire(self, side: _Side, data: bytes) -> None:
         pkt = TCPPacket.parse(data)
         key = pkt.sport if side.direction == C2S else pkt.dport
-        conn = next((c for c in self.conns if c.key == key), None)
+        conn = self._conn_of(key, pkt, side.direction)
         if conn is None:
             self.violations.append(f"{side.name}: a packet to the wire for no connection: {describe(data)}")
             return
         conn.log.record(side.direction, data)
         self.wire.send(side.direction, data, self.now, key)
+
+    def _conn_of(self, key: int, pkt: TCPPacket, direction: str) -> _Conn | None:
+        """The connection a wire packet belongs to: on a reused port the newest whose
+        sender's sequence space holds it (both its streams start at the stacks' ISNs)."""
+        conns = [c for c in self.conns if c.key == key]
+        if len(conns) > 1 and not pkt.flags & SYN:
+            for conn in reversed(conns):
+                sender = conn.client.stack if direction == C2S else conn.server.stack
+                if sender.state is not State.LISTEN and 0 <= seq_diff(pkt.seq, sender.iss) < 1 << 24:
+                    return conn
+        return conns[-1] if conns else None
 
     def _snapshot_flows(self) -> None:
         for side in (self.client_side, self.server_side):
@@ -497,6 +565,13 @@ class Simulation:
         app, stack = end.app, end.stack
         self._fast_read(end)
         if stack.error is not None or app.closed or stack.state not in (State.ESTABLISHED, State.CLOSE_WAIT):
+            return
+        if (self.sc.reuse_abort and end is conn.client and app.written == len(app.data)
+                and stack.bytes_unacked == 0 and len(stack.received) == len(conn.server.app.data)):
+            conn.app_reset = True
+            app.closed = True
+            stack._abort("application reset", send_rst=True)
+            self._collect(end)
             return
         if app.written < len(app.data):
             if app.next_write is None and len(stack.received) >= app.wait_for:
@@ -608,7 +683,12 @@ def _check_conn(result: SimResult, conn: _Conn) -> list[str]:
         out += [f"{end.name} stack: {name} = {getattr(st, name)}" for name in _STACK_ANOMALIES if getattr(st, name)]
     pairs = ((C2S, conn.client.app.data, conn.server.stack, c_rec, INIT1_MAGIC),
              (S2C, conn.server.app.data, conn.client.stack, s_rec, INIT2_MAGIC))
-    if sc.expect_abort:
+    if conn.app_reset:
+        for label, written, receiver, _, _ in pairs:
+            out += invariants.check_prefix(label, written, bytes(receiver.received))
+        out += [f"{conn.client.name}: client did not get all its data before the reset"
+                for _ in [0] if len(conn.client.stack.received) != len(conn.server.app.data)]
+    elif sc.expect_abort:
         if conn is result.conns[0]:
             out += _check_abort(result)
         for label, written, receiver, _, _ in pairs:
@@ -625,6 +705,9 @@ def _check_conn(result: SimResult, conn: _Conn) -> list[str]:
         out.append(f"{conn.client.name}: the client engine did not put ENO on the SYN")
     if sc.urgent and not sc.expect_abort:
         out += _check_urgent(conn)
+    if sc.expect_encrypted:
+        out += invariants.check_acks_monotonic(f"{C2S} acks", c_rec, s_rec)
+        out += invariants.check_acks_monotonic(f"{S2C} acks", s_rec, c_rec)
     for label, written, _, rec, magic in pairs:
         if sc.expect_encrypted:
             out += invariants.check_eno_wire(label, rec, written, magic, complete=not sc.expect_abort,

@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass, field
 
 from tcpcryptd.packet import options
-from tcpcryptd.packet.tcp import SYN, URG, TCPPacket
+from tcpcryptd.packet.tcp import ACK, SYN, URG, TCPPacket
 
 from .stack import seq_diff
 from .wire import C2S, S2C
@@ -45,6 +45,8 @@ class StreamRecord:
     conflicts: list[str] = field(default_factory=list)
     payload_packets: int = 0
     urg_packets: int = 0
+    #: the ACK field of every non-SYN segment with ACK set, in the order sent
+    acks: list[int] = field(default_factory=list)
 
     def add(self, seq: int, payload: bytes) -> None:
         """Record ``payload`` at ``seq``; a differing byte at a known offset is a conflict."""
@@ -108,10 +110,27 @@ class WireLog:
             rec.isn = pkt.seq
             rec.syn_options = pkt.options
             return
+        if pkt.flags & ACK:
+            rec.acks.append(pkt.ack)
         if pkt.flags & URG:
             rec.urg_packets += 1
         if len(pkt.payload):
             rec.add(pkt.seq, bytes(pkt.payload))
+
+
+def check_acks_monotonic(label: str, rec: StreamRecord, peer: StreamRecord) -> list[str]:
+    """A side's ACKs never go back in the peer's stream: on an encrypted connection an ACK
+    below an earlier one is one left in the plaintext sequence space (e.g. a TIME-WAIT ACK
+    the engine did not translate)."""
+    if peer.isn is None:
+        return []
+    high = None
+    for ack in rec.acks:
+        offset = seq_diff(ack, (peer.isn + 1) % (1 << 32))
+        if high is not None and offset < high:
+            return [f"{label}: ACK at offset {offset} after one at {high} (untranslated ACK?)"]
+        high = offset if high is None else max(high, offset)
+    return []
 
 
 def _eno(raw: bytes) -> list[bytes]:
