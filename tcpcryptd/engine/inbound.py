@@ -331,12 +331,36 @@ def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
         # per-flow memory bound: never take more than the buffer allows, but always enough
         # to complete the largest frame (no deadlock on a frame larger than the window)
         flow.rx.limit = max(eng.config.max_buffered_bytes - len(flow.dl_buf), _MAX_FRAME_WIRE)
+        _check_conflict(flow, offset, pkt.payload)
         chunk = flow.rx.take(offset, pkt.payload)
         if chunk:
             flow.rx_push = bool(flags & PSH)
             _consume(eng, flow, chunk, now, result)
         answer = True
     _after_payload(eng, flow, pkt, now, result, prev_ack, wire_ack, local_ack, answer)
+
+
+def _check_conflict(flow: Flow, offset: int, payload: bytes | memoryview) -> None:
+    """Abort when a segment disagrees with unverified bytes already received at its offsets.
+
+    A peer resends the same bytes at the same offsets (RFC 8548 §3.6: never two different
+    bytes at one offset under one key), so a disagreement means one copy is forged: treated
+    like a failed tag (RFC 8548 §4.2: abort), counted as ``aborts_conflicting-data``.
+    Keeping the first copy instead, a forged frame header at the receive point whose length
+    runs beyond what the peer ever sends would stall the connection for good, and the
+    genuine bytes would be dropped as duplicates.  Compared: the Init message or partial
+    frame taken but not yet verified (just below the receive point) and the out-of-order
+    bytes; verified bytes are gone, and a copy of them is an ordinary duplicate.
+    """
+    rx = flow.rx
+    pending = flow.rx_partial if flow.rx_init_done else flow.rx_init
+    if pending and offset < rx.next:
+        start = rx.next - len(pending)
+        lo, hi = max(offset, start), min(offset + len(payload), rx.next)
+        if lo < hi and pending[lo - start:hi - start] != payload[lo - offset:hi - offset]:
+            raise FlowAbort("conflicting-data")
+    if rx.buffered and rx.conflicts(offset, payload):
+        raise FlowAbort("conflicting-data")
 
 
 def _news(flow: Flow, prev_ack: int, wire_ack: int, local_ack: int, bare: bool) -> bool:

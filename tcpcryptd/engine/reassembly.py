@@ -5,9 +5,10 @@ boundaries.  :class:`Reassembly` keeps the bytes beyond the consumed point ``nex
 disjoint, non-adjacent intervals and hands out the contiguous prefix.  It never holds more than
 ``limit`` bytes; bytes beyond ``next + limit`` are refused (the peer retransmits them).
 
-Overlapping bytes are taken from whichever copy arrived first: a retransmission of the same
-offsets carries the same bytes under tcpcrypt (RFC 8548 §3.6), and a forged copy makes the
-frame fail authentication, which aborts.
+A retransmission of the same offsets carries the same bytes under tcpcrypt (RFC 8548 §3.6:
+a peer never sends two different bytes at one offset under one key).  :meth:`conflicts`
+tells whether a segment disagrees with bytes already held, so the caller can treat it as a
+forgery (one of the two copies is) instead of waiting on a frame whose header may be forged.
 """
 
 from __future__ import annotations
@@ -92,6 +93,18 @@ class Reassembly:
         self.buffered += added
         self._last = new_start
         return added
+
+    def conflicts(self, offset: int, data: bytes | memoryview) -> bool:
+        """True when ``data`` at wire ``offset`` differs from bytes held out of order."""
+        starts, chunks = self._starts, self._chunks
+        end = offset + len(data)
+        k = max(bisect_left(starts, offset) - 1, 0)
+        while k < len(starts) and starts[k] < end:
+            lo, hi = max(offset, starts[k]), min(end, starts[k] + len(chunks[k]))
+            if lo < hi and chunks[k][lo - starts[k]:hi - starts[k]] != data[lo - offset:hi - offset]:
+                return True
+            k += 1
+        return False
 
     def pop(self) -> bytes:
         """Remove and return the bytes contiguous from ``next`` (empty if there is a gap)."""

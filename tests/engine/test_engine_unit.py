@@ -318,6 +318,46 @@ def test_tampered_frame_aborts_with_rst_both_ways():
     assert r.verdict is Verdict.DROP and not r.transmit
 
 
+@pytest.mark.parametrize("order", ["forged-first", "genuine-first"])
+def test_a_forged_frame_header_at_the_receive_point_aborts_instead_of_stalling(order):
+    """A blind injection at the exact receive point whose frame header claims 5000 bytes:
+    keeping it, the genuine frame's bytes would be dropped as duplicates and the forged
+    'frame' would wait for bytes the peer never sends. The disagreement aborts at once."""
+    pair = established()
+    a, b = pair.a, pair.b
+    _, (raw,) = pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK | PSH, b"genuine data"),
+                          deliver=False)
+    genuine = TCPPacket.parse(raw)
+    forged = TCPPacket.parse(raw)
+    forged.payload = b"\x00\x13\x88" + bytes(len(genuine.payload) - 3)   # clen 5000
+    first, second = (forged, genuine) if order == "forged-first" else (genuine, forged)
+    pair.arrive(b, first.to_bytes())
+    r = pair.arrive(b, second.to_bytes())
+    (fb,) = b.engine.flows()
+    if order == "forged-first":
+        assert fb.state == "aborted" and fb.abort_reason == "conflicting-data"
+        assert b.engine.counters["aborts_conflicting-data"] == 1
+        assert any(TCPPacket.parse(t.data).flags & RST for t in r.transmit)
+        assert b"genuine data" not in stack_bytes(b, ISN_A)
+    else:   # the genuine frame was verified and delivered: the forgery is a mere duplicate
+        assert fb.state == "encrypted" and stack_bytes(b, ISN_A) == b"genuine data"
+        assert r.verdict is Verdict.DROP
+
+
+def test_a_forged_segment_disagreeing_with_out_of_order_bytes_aborts():
+    pair = established()
+    a, b = pair.a, pair.b
+    _, (first,) = pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK, b"one"), deliver=False)
+    _, (second,) = pair.send(a, a.seg(ISN_A + 4, ISN_B + 1, ACK, b"two"), deliver=False)
+    b.engine.handle_packet(90, second, Direction.INBOUND, 1.0)   # out of order: buffered
+    b.engine.handle_packet(91, second, Direction.INBOUND, 1.0)   # same bytes: a duplicate
+    assert b.engine.counters["aborts"] == 0
+    forged = TCPPacket.parse(second)
+    forged.payload = bytes(len(forged.payload))
+    b.engine.handle_packet(92, forged.to_bytes(), Direction.INBOUND, 1.0)
+    assert b.engine.counters["aborts_conflicting-data"] == 1
+
+
 def test_exactly_the_packet_that_starts_the_key_exchange_is_flagged_encrypted():
     """The daemon records a connection as encrypted from the packet with which the engine
     enters the key exchange (RFC 8547 §4.6), never earlier, never from a forged option."""

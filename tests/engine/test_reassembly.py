@@ -76,3 +76,22 @@ def test_old_duplicate_returns_nothing():
     assert buf.take(0, b"abc") == b"abc"
     assert buf.take(0, b"abc") == b""
     assert buf.take(1, b"bcde") == b"de"
+
+
+@settings(max_examples=200, deadline=None)
+@given(stream_and_segments(), st.integers(0, 2**40), st.data())
+def test_conflicts_finds_exactly_the_segments_that_disagree_with_held_bytes(case, base, data):
+    """Copies of the stream never conflict; a copy with one byte changed conflicts exactly
+    when that byte is held out of order."""
+    stream, segments = case
+    buf = Reassembly(start=base + 1, limit=1 << 20)   # offset base stays missing: all held
+    for a, b in segments:
+        if a > 0:
+            assert not buf.conflicts(base + a, stream[a:b])
+            buf.insert(base + a, stream[a:b])
+    held = {k for a, b in segments if a > 0 for k in range(a, b)}
+    at = data.draw(st.integers(0, len(stream) - 1))
+    changed = bytearray(stream)
+    changed[at] ^= 0xFF
+    assert not buf.conflicts(base, stream)
+    assert buf.conflicts(base, bytes(changed)) == (at in held)
