@@ -382,6 +382,19 @@ def _ip_payload(linktype: int, frame: memoryview) -> tuple[int, memoryview] | No
     return None
 
 
+def pcap_segments(path: str | Path) -> Iterator[TCPPacket | None]:
+    """Every record of a classic pcap file: its TCP segment parsed, None for anything else."""
+    for linktype, frame in _iter_pcap(Path(path).read_bytes()):
+        ip = _ip_payload(linktype, frame)
+        segment = None
+        if ip is not None:
+            try:
+                segment = TCPPacket.parse(bytes(ip[1]))
+            except PacketError:
+                pass
+        yield segment
+
+
 def _has_eno(segment: TCPPacket) -> bool:
     """True if the segment carries an ENO option (a malformed option list carries none)."""
     try:
@@ -395,17 +408,11 @@ def analyze_pcap(path: str | Path, marker: bytes, ports: Sequence[int] = ()) -> 
 
     With ``ports``, only segments with one of those ports as source or destination count.
     """
-    data = Path(path).read_bytes()
     report = CaptureReport()
     wanted = set(ports)
-    for linktype, frame in _iter_pcap(data):
+    for segment in pcap_segments(path):
         report.packets += 1
-        ip = _ip_payload(linktype, frame)
-        if ip is None:
-            continue
-        try:
-            segment = TCPPacket.parse(ip[1])
-        except PacketError:
+        if segment is None:
             continue
         sport, dport = segment.sport, segment.dport
         if wanted and sport not in wanted and dport not in wanted:

@@ -13,7 +13,6 @@ sequence space: in the capture the ACKs of each connection never go back.
 from __future__ import annotations
 
 import hashlib
-import struct
 import subprocess
 import sys
 import time
@@ -22,8 +21,8 @@ from pathlib import Path
 import pytest
 from e2e_support import E2E
 
-from tcpcryptd.packet.tcp import ACK, SYN, PacketError, TCPPacket
-from tcpcryptd.testbed import _ip_payload, _iter_pcap, make_payload
+from tcpcryptd.packet.tcp import ACK, SYN, TCPPacket
+from tcpcryptd.testbed import make_payload, pcap_segments
 
 pytestmark = pytest.mark.e2e
 
@@ -89,18 +88,8 @@ print(buf[:32].hex(), hashlib.sha256(buf[32:]).hexdigest())
 
 
 def _segments(pcap: Path) -> list[TCPPacket]:
-    out = []
-    for linktype, frame in _iter_pcap(pcap.read_bytes()):
-        ip = _ip_payload(linktype, frame)
-        if ip is None:
-            continue
-        try:
-            segment = TCPPacket.parse(bytes(ip[1]))
-        except PacketError:
-            continue
-        if PORT in (segment.sport, segment.dport):
-            out.append(segment)
-    return out
+    return [segment for segment in pcap_segments(pcap)
+            if segment is not None and PORT in (segment.sport, segment.dport)]
 
 
 def _acks_going_back(segments: list[TCPPacket]) -> list[str]:

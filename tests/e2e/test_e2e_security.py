@@ -32,14 +32,13 @@ from pathlib import Path
 import pytest
 from e2e_support import MB, NC_PORT, TRANSFER_TIMEOUT, E2E, session_ids
 
-from tcpcryptd.packet.tcp import ACK, RST, PacketError, TCPPacket
+from tcpcryptd.packet.tcp import ACK, RST
 from tcpcryptd.testbed import (
     INVALID_COMMENT,
     BedError,
     Daemon,
     TestBed,
-    _ip_payload,
-    _iter_pcap,
+    pcap_segments,
 )
 
 pytestmark = pytest.mark.e2e
@@ -223,18 +222,12 @@ class Segment:
 def segments(pcap: Path) -> list[Segment]:
     """Every IPv4/IPv6 TCP segment of a capture, in capture order."""
     found = []
-    for linktype, frame in _iter_pcap(pcap.read_bytes()):
-        ip = _ip_payload(linktype, frame)
-        if ip is None:
-            continue
-        try:
-            seg = TCPPacket.parse(ip[1])
-        except PacketError:
-            continue
-        family = socket.AF_INET if seg.version == 4 else socket.AF_INET6
-        found.append(Segment(socket.inet_ntop(family, seg.src), socket.inet_ntop(family, seg.dst),
-                             seg.sport, seg.dport, seg.seq, seg.ack, seg.flags,
-                             bytes(seg.payload)))
+    for seg in pcap_segments(pcap):
+        if seg is not None:
+            family = socket.AF_INET if seg.version == 4 else socket.AF_INET6
+            found.append(Segment(socket.inet_ntop(family, seg.src),
+                                 socket.inet_ntop(family, seg.dst), seg.sport, seg.dport,
+                                 seg.seq, seg.ack, seg.flags, bytes(seg.payload)))
     return found
 
 
