@@ -434,7 +434,7 @@ class Engine:
         self.count("fallback")
         self.count(f"fallback_{fallback.reason}")
         self._forget(flow)
-        result.plain = True
+        result.verdict, result.plain = Verdict.ACCEPT, True
 
     def _plain(self, reason: str) -> Result:
         self.count("plain")
@@ -557,7 +557,6 @@ class Engine:
                     fallback = on_syn_ack(flow, pkt, now)
                     if fallback is not None:
                         self._fallback(flow, fallback, result)
-                        result.verdict = Verdict.ACCEPT
                         return
                     flow.stack_seen_ack = 0
                     flow.stack_seen_window = flow.peer_window_field
@@ -567,7 +566,6 @@ class Engine:
                 # simultaneous open (RFC 8547 §4.6: no ENO)
                 self._forget(flow)
                 self._fallback(flow, Fallback("simultaneous-open"), result)  # type: ignore[arg-type]
-                result.verdict = Verdict.ACCEPT
                 return
             elif pkt.seq == flow.peer_isn and flow.role == "B":
                 if flow.closed_at is not None:
@@ -617,7 +615,6 @@ class Engine:
             fallback = on_first_ack(flow, pkt, now)
             if fallback is not None:
                 self._fallback(flow, fallback, result)
-                result.verdict = Verdict.ACCEPT
                 return
             if flow.state is State.SYN_RECEIVED:
                 self.count("drops_before-ack")
