@@ -354,9 +354,10 @@ class Engine:
     # -- internals ------------------------------------------------------------------------
 
     def _drop_held(self, flow: Flow, result: Result) -> None:
-        for packet_id, _ in flow.held:
-            result.releases.append(Release(packet_id, None, False))
-        flow.held = []
+        if flow.held:
+            for packet_id, _ in flow.held:
+                result.releases.append(Release(packet_id, None, False))
+            flow.held = []
 
     def _bury(self, flow: Flow) -> None:
         """Linger over: free the flow's buffers and keys, keep only its 4-tuple (DESIGN.md §6)."""
@@ -418,9 +419,11 @@ class Engine:
             Transmit(flow.local_packet(flow.dl_sent, 0), Direction.INBOUND) if outbound else
             Transmit(flow.wire_packet(flow.final_wire_seq, 0), Direction.OUTBOUND))
 
-    def _forget(self, flow: Flow, *, restore: bool = True) -> None:
-        """Drop ``flow`` from the table; an ended flow it stood in for comes back (unless
-        ``restore`` is False: the flow is being replaced)."""
+    def _forget(self, flow: Flow, result: Result, *, restore: bool = True) -> None:
+        """Drop ``flow`` from the table, its held packets with it (dropped: never released
+        unencrypted); an ended flow it stood in for comes back (unless ``restore`` is
+        False: the flow is being replaced)."""
+        self._drop_held(flow, result)
         if self._flows.get(flow.key) is flow:
             del self._flows[flow.key]
             stale = self._live_stale(flow, self._now) if restore else None
@@ -433,7 +436,7 @@ class Engine:
     def _fallback(self, flow: Flow, fallback: Fallback, result: Result) -> None:
         self.count("fallback")
         self.count(f"fallback_{fallback.reason}")
-        self._forget(flow)
+        self._forget(flow, result)
         result.verdict, result.plain = Verdict.ACCEPT, True
 
     def _plain(self, reason: str) -> Result:
@@ -474,7 +477,7 @@ class Engine:
                 # the old one is gone (a socket in TIME-WAIT sends no SYN), so the old flow
                 # is replaced outright, never mixed with the new one (RFC 9293 §3.10.7.4)
                 self.count(f"replaced_{flow.state}")
-                self._forget(flow, restore=False)
+                self._forget(flow, result, restore=False)
                 new = self._new_flow(pkt, True, now)
                 result.verdict, result.data, result.plain = new.verdict, new.data, new.plain
                 return
@@ -489,7 +492,7 @@ class Engine:
                     result.verdict = Verdict.DROP
                     return
                 self.count(f"replaced_{flow.state}")
-                self._forget(flow, restore=False)
+                self._forget(flow, result, restore=False)
                 result.verdict, result.plain = Verdict.ACCEPT, True
                 return
             elif pkt.ack != (flow.peer_isn + 1) & MASK32:
@@ -509,7 +512,7 @@ class Engine:
                 if not on_local_syn_ack(flow, pkt, now):
                     self.count("plain")
                     self.count("plain_option-space")
-                    self._forget(flow)
+                    self._forget(flow, result)
                     result.verdict, result.plain = Verdict.ACCEPT, True
                     return
             if len(pkt.payload):
@@ -526,7 +529,7 @@ class Engine:
                 if flow.state is State.SYN_RECEIVED and (
                         (flags & ACK and pkt.ack == (flow.peer_isn + 1) & MASK32)
                         or (flow.syn_sends and pkt.seq == (flow.local_isn + 1) & MASK32)):
-                    self._forget(flow)
+                    self._forget(flow, result)
                 result.verdict = Verdict.ACCEPT
             elif len(pkt.payload) or flags & FIN:
                 self.count("drops_before-established")   # never plaintext on an ENO flow
@@ -564,7 +567,7 @@ class Engine:
                     clamp_mss(flow, pkt)
             elif flow.state is State.SYN_SENT:
                 # simultaneous open (RFC 8547 §4.6: no ENO)
-                self._forget(flow)
+                self._forget(flow, result)
                 self._fallback(flow, Fallback("simultaneous-open"), result)  # type: ignore[arg-type]
                 return
             elif pkt.seq == flow.peer_isn and flow.role == "B":
@@ -593,7 +596,7 @@ class Engine:
                     self.count("drops_rst-unacceptable")
                     result.verdict = Verdict.DROP
                     return
-                self._forget(flow)
+                self._forget(flow, result)
             result.verdict = Verdict.ACCEPT
             return
         if flow.state is State.SYN_RECEIVED:
@@ -609,7 +612,7 @@ class Engine:
                     result.verdict = Verdict.DROP
                     return
                 if offset == 0:
-                    self._forget(flow)
+                    self._forget(flow, result)
                 result.verdict = Verdict.ACCEPT
                 return
             fallback = on_first_ack(flow, pkt, now)
@@ -639,7 +642,7 @@ class Engine:
         stale = flow.stale if flow.closed_at is None else flow
         if flow.closed_at is None:
             self.count(f"replaced_{flow.state}")
-        self._forget(flow, restore=False)
+        self._forget(flow, result, restore=False)
         new = self._new_flow(pkt, False, now)
         result.verdict, result.data, result.plain = new.verdict, new.data, new.plain
         created = self._flows.get(flow.key)
@@ -796,7 +799,7 @@ class Engine:
         cfg = self.config
         if flow.closed_at is not None:
             if now >= flow.closed_at + cfg.linger + cfg.tombstone:
-                self._forget(flow)
+                self._forget(flow, result)
                 return
             if now >= flow.closed_at + cfg.linger:
                 self._bury(flow)
@@ -804,7 +807,7 @@ class Engine:
         elif flow.state in _HANDSHAKE_STATES:
             if now >= flow.created + cfg.handshake_timeout:
                 self.count("expired_handshake")
-                self._forget(flow)
+                self._forget(flow, result)
                 return
         elif flow.state is State.KEYING:
             if now >= flow.created + cfg.handshake_timeout:

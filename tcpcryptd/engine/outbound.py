@@ -122,6 +122,13 @@ def _wire_header(flow: Flow, pkt: TCPPacket, wire_offset: int, *, data: bool) ->
 
 
 def _hold(eng: Engine, flow: Flow, packet_id: int, pkt: TCPPacket, result: Result) -> None:
+    """Keep a local segment until keys exist (deferred verdict); dropped when the flow
+    already ended (a RST closed it before its keys came: nothing would release it) or when
+    too many wait (the stack retransmits)."""
+    if flow.closed_at is not None:
+        eng.count("drops_hold-closed")
+        result.verdict = Verdict.DROP
+        return
     if len(flow.held) >= eng.config.max_held_packets:
         eng.count("drops_hold-limit")
         result.verdict = Verdict.DROP
