@@ -190,11 +190,15 @@ class Daemon:
     """Control requests and the event loop around one :class:`PacketPath`."""
 
     def __init__(self, config: Config, engine: FlowEngine, path: PacketPath,
-                 firewall_backend: str, clock: Callable[[], float] = time.monotonic) -> None:
+                 firewall_backend: str, clock: Callable[[], float] = time.monotonic,
+                 kernel_counters: Callable[[], dict[str, int]] = dict) -> None:
+        """``kernel_counters`` reads what the firewall counted without the daemon (added to
+        the status counters)."""
         self.config = config
         self.engine = engine
         self.path = path
         self.firewall_backend = firewall_backend
+        self.kernel_counters = kernel_counters
         self.enabled = engine.config.enabled
         self.clock = clock
         self.started = clock()
@@ -223,6 +227,8 @@ class Daemon:
         """The ``status`` answer: daemon, counters, then rows or a summary (``query``)."""
         now = self.clock()
         counters = self.path.counters_view()
+        for name, value in self.kernel_counters().items():
+            counters[name] = counters.get(name, 0) + value
         return {
             "daemon": {
                 "pid": os.getpid(),

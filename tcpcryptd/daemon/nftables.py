@@ -8,8 +8,11 @@ pass without it lives in one ``inet`` table, ``tcpcryptd``, with four base chain
 ``out_offload`` (output, priority raw - 1) and ``in_offload`` (prerouting, priority raw - 1)
     A packet of a connection in ``@plain4``/``@plain6`` gets ``marks.plain``; the iptables
     queue rules, which run just after (raw/mangle), let such packets pass without queueing.
-    Pure SYNs are never offloaded: a new connection on a reused address/port pair always
-    reaches the daemon.
+    Pure SYNs are never offloaded that way: a new connection on a reused address/port pair
+    always reaches the daemon. But a peer's SYN to a local address without an ENO option
+    can only start a plain connection (RFC 8547 §4.6), so ``in_offload`` marks it plain by
+    itself (counted in the named counter ``plain_no_eno_syn``): such connections never
+    reach the daemon at all.
 ``out_record`` (output, priority -190: after conntrack) and ``in_record`` (prerouting,
 priority -149: after the iptables mangle chain that queues)
     Run on every packet after the daemon's verdict (or the queue was bypassed):
@@ -45,14 +48,18 @@ connection remains.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from dataclasses import dataclass
 
+from tcpcryptd.core.constants import ENO_KIND
 from tcpcryptd.daemon.errors import FirewallError
 
 TABLE = "tcpcryptd"
 COMMAND_TIMEOUT = 30.0
+#: named counter of the peers' SYNs without ENO that the kernel left plain by itself
+COUNTER_NO_ENO_SYN = "plain_no_eno_syn"
 
 #: (set name, nft address type, address keyword, nfproto) per IP version.
 _FAMILIES = (("plain4", "ipv4_addr", "ip", "ipv4"), ("plain6", "ipv6_addr", "ip6", "ipv6"))
@@ -78,10 +85,17 @@ def _tuple(ip: str, outbound: bool) -> str:
 
 
 def _offload_chain(spec: OffloadSpec, name: str, hook: str, outbound: bool) -> list[str]:
+    plain = f"meta mark set meta mark | {spec.mark_plain:#x}"
     rules = [f"chain {name} {{", f"type filter hook {hook} priority raw - 1; policy accept;"]
+    if not outbound:
+        # a peer's SYN without ENO can only make a plain connection (RFC 8547 §4.6): the
+        # kernel decides it alone, so the connection never reaches the queue
+        rules += ['iifname "lo" return',
+                  f"tcp flags & (syn | ack) == syn tcp option {ENO_KIND} missing fib daddr "
+                  f'type local {plain} counter name "{COUNTER_NO_ENO_SYN}"']
     for set_name, _, ip, _ in _FAMILIES:
         rules.append(f"tcp flags & (syn | ack) != syn {_tuple(ip, outbound)} @{set_name} "
-                     f"meta mark set meta mark | {spec.mark_plain:#x}")
+                     f"{plain}")
     return rules + ["}"]
 
 
@@ -114,7 +128,8 @@ def table_text(spec: OffloadSpec) -> str:
     delete valid when there is none), so the guard never lapses while it is replaced: a
     restart keeps protecting the connections the old instance encrypted.
     """
-    lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
+    lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{",
+             f"counter {COUNTER_NO_ENO_SYN} {{ }}"]
     for set_name, addr_type, _, _ in _FAMILIES:
         lines += [f"set {set_name} {{",
                   f"type {addr_type} . inet_service . {addr_type} . inet_service;",
@@ -159,3 +174,17 @@ def remove_table() -> bool:
         detail = (done.stderr or done.stdout).strip().replace("\n", "; ")
         raise FirewallError(f"nft delete table failed (exit {done.returncode}): {detail}")
     return True
+
+
+def kernel_counters() -> dict[str, int]:
+    """What the table counted without the daemon, as status counters: the peers' SYNs
+    without ENO (``plain_no-eno-syn``, also in ``plain``). Empty when it cannot be read."""
+    try:
+        done = _nft(["-j", "list", "counter", "inet", TABLE, COUNTER_NO_ENO_SYN])
+        if done.returncode != 0:
+            return {}
+        packets = next(item["counter"]["packets"] for item in json.loads(done.stdout)["nftables"]
+                       if "counter" in item)
+    except (FirewallError, ValueError, KeyError, TypeError, StopIteration):
+        return {}
+    return {"plain": packets, "plain_no-eno-syn": packets} if packets else {}

@@ -10,6 +10,7 @@ from tcpcryptd.daemon.config import Config, engine_config
 from tcpcryptd.daemon.control import ControlServer
 from tcpcryptd.daemon.errors import DaemonError
 from tcpcryptd.daemon.firewall import Firewall, Removal, RuleSpec, detect_backend
+from tcpcryptd.daemon import nftables
 from tcpcryptd.daemon.nftables import OffloadSpec
 from tcpcryptd.daemon.heap import HeapTrimmer, glibc_malloc_trim
 from tcpcryptd.daemon.keylog import KeyLog, KeyLoggingEngine
@@ -59,7 +60,8 @@ def run_daemon(config: Config) -> None:
             engine = Engine(engine_config(config))
         verdicts = Verdicts(config.marks.seen, config.marks.encrypted, config.marks.plain)
         path = PacketPath(engine, sender, verdicts, heap=HeapTrimmer(glibc_malloc_trim()))
-        daemon = Daemon(config, engine, path, backend.name)
+        daemon = Daemon(config, engine, path, backend.name,
+                        kernel_counters=nftables.kernel_counters)
         stack.callback(daemon.catch_signals())
         control = ControlServer(config.control.socket, daemon.handle, clock=daemon.clock)
         control.open()

@@ -196,6 +196,12 @@ def test_status_schema(daemon):
     assert answer["sessions"][2]["local"] == "[fd00:201::1]:5000"
 
 
+def test_status_adds_what_the_kernel_counted(daemon):
+    daemon.kernel_counters = lambda: {"plain": 5, "plain_no-eno-syn": 5}
+    counters = daemon.handle({"command": "status"})["counters"]
+    assert counters == {"encrypted": 1, "plain": 7, "plain_no-eno-syn": 5}
+
+
 def test_status_ages_are_taken_at_the_daemon_clock(daemon):
     daemon.handle({"command": "status"})
     assert daemon.engine.flows_now == 50.0
