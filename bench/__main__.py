@@ -8,6 +8,9 @@
                                              the three biggest costs of each
     .venv/bin/python -m bench --render       redo the table, plots and docs section from
                                              the existing latest.json (no measuring)
+    .venv/bin/python -m bench --offload-only measure again only plain TCP with the daemon on
+                                             one end vs no daemon (both directions), and
+                                             replace that section of latest.json
 
 Needs root (network namespaces, iptables, NFQUEUE), iperf3 and nc. Method:
 docs/benchmarks.md. Every namespace and process is removed at the end, on Ctrl-C and on
@@ -31,7 +34,7 @@ from typing import Any
 
 from bench.bed import REPO_ROOT
 from bench.plan import FULL, QUICK
-from bench.report import build_results, format_table
+from bench.report import build_results, format_table, merge_offload
 from bench.runner import Runner
 from tcpcryptd.testbed import environment_problem
 
@@ -123,6 +126,30 @@ def run_bench(quick: bool) -> int:
     return 0
 
 
+def run_offload_only(quick: bool) -> int:
+    """Re-measure the plain-TCP-with-one-daemon section into the existing latest.json."""
+    try:
+        previous = json.loads((RESULTS_DIR / "latest.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"bench --offload-only: no usable {RESULTS_DIR / 'latest.json'} to update: {exc}",
+              file=sys.stderr)
+        return 2
+    settings = QUICK if quick else FULL
+    load_at_start = os.getloadavg()[0]
+    runner = Runner(settings)
+    runner.progress.total = runner.offload_step_count()
+    runner.offload()
+    load_at_end = os.getloadavg()[0]
+    runner.samples.note(f"plain TCP, daemon on one end: 1-min load {load_at_start:.2f} at the "
+                        f"start, {load_at_end:.2f} at the end of the re-measurement")
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results = merge_offload(previous, runner.samples, date)
+    write_outputs(results)
+    print(format_table(results))
+    print_targets(results)
+    return 0
+
+
 def render() -> int:
     try:
         results = json.loads((RESULTS_DIR / "latest.json").read_text())
@@ -180,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="profile both daemons (cProfile, then py-spy) under iperf3 instead")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite the plots and docs/benchmarks.md from latest.json")
+    parser.add_argument("--offload-only", action="store_true",
+                        help="measure again only plain TCP with the daemon on one end vs no "
+                             "daemon, into the existing latest.json")
     args = parser.parse_args(argv)
     if args.render:
         return render()
@@ -189,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if args.offload_only:
+            return run_offload_only(args.quick)
         return run_profile(args.quick) if args.profile else run_bench(args.quick)
     except KeyboardInterrupt:
         print("bench: interrupted; namespaces and processes removed", file=sys.stderr)

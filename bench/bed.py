@@ -1,10 +1,11 @@
 """One benchmark bed: tcpcryptd.testbed's direct A <-> B veth pair plus one traffic mode.
 
 A mode is plain TCP (no queue), the NFQUEUE pass-through (bench/passthrough.py in both
-namespaces, the daemon's own rules) or tcpcryptd (``tcpcryptd run`` in both namespaces, as
-in the e2e tests, with a generated config file choosing the TEP and the AEAD). Random loss
-is an ``iptables -t raw -A PREROUTING -i eth0 ... -m statistic -j DROP`` rule in each
-namespace: ``raw PREROUTING`` runs before ``mangle PREROUTING`` where the daemon queues, so
+namespaces, the daemon's own rules), tcpcryptd (``tcpcryptd run`` in both namespaces, as
+in the e2e tests, with a generated config file choosing the TEP and the AEAD) or tcpcryptd
+in A only (``one_daemon``: B is a peer without the daemon, so every connection is plain).
+Random loss is an ``iptables -t raw -A PREROUTING -i eth0 ... -m statistic -j DROP`` rule in
+each namespace: ``raw PREROUTING`` runs before ``mangle PREROUTING`` where the daemon queues, so
 a dropped packet never reaches the queue (loss on the wire, in both directions).
 
 Additions to the test bed (kept here, not in tcpcryptd/testbed.py): daemon process figures
@@ -32,7 +33,9 @@ STATUS_TIMEOUT = 120.0
 
 @dataclass(frozen=True)
 class Mode:
-    """What carries the traffic: ``kind`` is plain, passthrough or tcpcryptd."""
+    """What carries the traffic: ``kind`` is plain, passthrough, tcpcryptd (both ends),
+    one_daemon (tcpcryptd in A only) or syn_passthrough (A queues only its SYN segments to a
+    pass-through)."""
 
     kind: str
     tep: str = "X25519"
@@ -40,6 +43,10 @@ class Mode:
 
     @property
     def label(self) -> str:
+        if self.kind == "one_daemon":
+            return "tcpcryptd in A only"
+        if self.kind == "syn_passthrough":
+            return "SYN-only pass-through in A"
         if self.kind != "tcpcryptd":
             return self.kind
         return f"tcpcryptd {self.tep} {self.aead}"
@@ -47,6 +54,10 @@ class Mode:
 
 PLAIN = Mode("plain")
 PASSTHROUGH = Mode("passthrough")
+#: tcpcryptd (default TEP/AEAD) in A, nothing in B: plain TCP with the daemon on one end.
+ONE_DAEMON = Mode("one_daemon")
+#: A pass-through in A queueing only SYN segments (``bench.passthrough --syn-only``).
+SYN_PASSTHROUGH = Mode("syn_passthrough")
 
 
 def daemon_config(mode: Mode, control: Path) -> str:
@@ -70,6 +81,20 @@ def read_cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def parse_queued(text: str) -> int:
+    """``/proc/net/netfilter/nfnetlink_queue`` -> packets ever queued (sum of ``id_sequence``,
+    field 8, over the queue lines)."""
+    total = 0
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 8:
+            raise BedError(f"nfnetlink_queue line too short: {line!r}")
+        total += int(fields[7])
+    return total
 
 
 def read_line(proc: subprocess.Popen, timeout: float) -> str:
@@ -114,6 +139,10 @@ class BenchBed:
             elif self.mode.kind == "tcpcryptd":
                 for label in ("A", "B"):
                     self.daemons[label] = self._start_daemon(label)
+            elif self.mode.kind == "one_daemon":
+                self.daemons["A"] = self._start_daemon("A")
+            elif self.mode.kind == "syn_passthrough":
+                self._start_passthrough(self.bed.a, "--syn-only")
             if self.loss > 0:
                 self._add_loss(self.loss)
         except BaseException:
@@ -137,9 +166,9 @@ class BenchBed:
 
     # ---- set-up
 
-    def _start_passthrough(self, ns: Namespace) -> None:
-        proc = ns.popen([sys.executable, "-m", "bench.passthrough"], stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE, cwd=str(REPO_ROOT))
+    def _start_passthrough(self, ns: Namespace, *args: str) -> None:
+        proc = ns.popen([sys.executable, "-m", "bench.passthrough", *args],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO_ROOT))
         self._passthrough.append(proc)
         line = read_line(proc, 20.0)
         if not line.startswith("passthrough: ready"):
@@ -179,6 +208,17 @@ class BenchBed:
     def server_address(self) -> str:
         """B's IPv4 address: every benchmark flow goes A -> B over IPv4."""
         return self.bed.addr("B", 4)
+
+    def address(self, label: str) -> str:
+        """The IPv4 address of namespace ``label`` (A or B)."""
+        return self.bed.addr(label, 4)
+
+    def queued_packets(self, label: str) -> int:
+        """Packets the kernel has handed to NFQUEUE so far in namespace ``label``, every queue
+        (the ``id_sequence`` column of /proc/net/netfilter/nfnetlink_queue: the id of the last
+        packet queued; the kernel's own count, 0 while no queue is bound)."""
+        text = self.bed.ns(label).run("cat", "/proc/net/netfilter/nfnetlink_queue").stdout
+        return parse_queued(text.decode())
 
     @property
     def workdir(self) -> Path:

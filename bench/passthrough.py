@@ -7,6 +7,12 @@ packet unchanged until SIGTERM/SIGINT, when it removes the rules and prints
 ``passthrough: accepted N``. The difference between this and plain TCP is the cost of the
 queue itself (two kernel/user crossings per packet); the difference between this and
 tcpcryptd is the cost of the daemon's work.
+
+``--syn-only`` queues only the segments with SYN set (SYN and SYN-ACK, both directions, not
+loopback; IPv4) with two plain iptables rules instead of the daemon's: what a plain
+connection costs when its SYN phase alone crosses userspace and the consumer does nothing,
+the floor of any design that queues the SYN phase (bench: plain TCP with the daemon on one
+end).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import argparse
 import dataclasses
 import selectors
 import signal
+import subprocess
 import sys
 from types import FrameType
 
@@ -44,9 +51,26 @@ class AcceptAll:
         self.accepted += 1
 
 
+def syn_rules(queue: int) -> list[list[str]]:
+    """iptables arguments (without -I/-D) queueing every non-loopback segment with SYN set:
+    outbound in raw OUTPUT, inbound in mangle PREROUTING, where the daemon queues."""
+    target = ["-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
+    syn = ["-p", "tcp", "--tcp-flags", "SYN", "SYN"]
+    return [["-t", "raw", "OUTPUT", "!", "-o", "lo", *syn, *target],
+            ["-t", "mangle", "PREROUTING", "!", "-i", "lo", *syn, *target]]
+
+
+def _syn_rules(queue: int, action: str) -> None:
+    for table, name, chain, *rule in syn_rules(queue):
+        subprocess.run(["iptables", table, name, action, chain, *rule], check=action == "-I",
+                       capture_output=True, timeout=30)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queue", type=int, default=Config().queue.number)
+    parser.add_argument("--syn-only", action="store_true",
+                        help="queue only segments with SYN set (own rules, IPv4)")
     args = parser.parse_args(argv)
     config = Config()
     signal.signal(signal.SIGTERM, _stop)
@@ -58,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     selector = selectors.DefaultSelector()
     selector.register(queue.get_fd(), selectors.EVENT_READ)
     try:
-        # the daemon's rules for this queue; nothing is ever marked plain, so all is queued
-        firewall.install(dataclasses.replace(rule_spec(config), queue_num=args.queue))
+        if args.syn_only:
+            _syn_rules(args.queue, "-I")
+        else:
+            # the daemon's rules for this queue; nothing is ever marked plain: all is queued
+            firewall.install(dataclasses.replace(rule_spec(config), queue_num=args.queue))
         print("passthrough: ready", flush=True)
         while True:
             # The same I/O pattern as the daemon's loop: wait, then drain without blocking.
@@ -68,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     except _Stop:
         pass
     finally:
-        firewall.remove(config.marks.encrypted)
+        if args.syn_only:
+            _syn_rules(args.queue, "-D")
+        else:
+            firewall.remove(config.marks.encrypted)
         queue.unbind()
     print(f"passthrough: accepted {consumer.accepted}", flush=True)
     return 0

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from bench.report import CONNECTION_ROWS, THROUGHPUT_ROWS  # noqa: E402
+from bench.report import CONNECTION_ROWS, OFFLOAD_DIRECTIONS, THROUGHPUT_ROWS  # noqa: E402
 
 BASELINE_COLOR = "#8c8c8c"
 TCPCRYPTD_COLOR = "#1f77b4"
@@ -92,8 +92,52 @@ def connections_plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def offload_plot(results: dict[str, Any], path: Path) -> None:
+    """Plain TCP with the daemon on one end vs no daemon: throughput and connections/s, each
+    direction, ratio above the daemon bar."""
+    offload = results.get("offload", {})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    width = 0.38
+    for ax, metric, name, unit in ((axes[0], "throughput_mbps", "throughput", "Mbit/s (median)"),
+                                   (axes[1], "connections_per_s", "connections",
+                                    "connections per second (median)")):
+        keys = list(OFFLOAD_DIRECTIONS)
+        positions = range(len(keys))
+        tops = []
+        for offset, side, label, color in ((-width / 2, "no_daemon", "no daemon",
+                                            BASELINE_COLOR),
+                                           (width / 2, "daemon", "tcpcryptd on A only",
+                                            TCPCRYPTD_COLOR)):
+            values = [offload.get(key, {}).get(metric, {}).get(side) for key in keys]
+            tops += [v for v in values if v]
+            bars = ax.bar([p + offset for p in positions], [v or 0 for v in values], width,
+                          label=label, color=color)
+            if side == "no_daemon":
+                _bar_labels(ax, bars, values, "{:,.0f}")
+                continue
+            ratios = [results["ratios"].get(f"offload_{key}_{name}_vs_no_daemon")
+                      for key in keys]
+            labels = [None if v is None else f"{v:,.0f}\n{r:.2f}x" if r is not None
+                      else f"{v:,.0f}" for v, r in zip(values, ratios)]
+            for bar, text in zip(bars, labels):
+                ax.annotate("not measured" if text is None else text,
+                            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+                            textcoords="offset points")
+        ax.set_ylim(0, max(tops + [1]) * 1.45)
+        ax.set_xticks(list(positions))
+        ax.set_xticklabels([OFFLOAD_DIRECTIONS[key].replace(" (", "\n(") for key in keys],
+                           fontsize=8)
+        ax.set_ylabel(unit)
+        ax.legend(fontsize=8, loc="upper center", ncol=2)
+    fig.suptitle("Plain TCP: tcpcryptd on one end (peer without it) vs no daemon")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 PLOTS = {"throughput.png": throughput_plot, "loss.png": loss_plot,
-         "connections.png": connections_plot}
+         "connections.png": connections_plot, "offload.png": offload_plot}
 
 
 def write_plots(results: dict[str, Any], directory: Path) -> list[Path]:

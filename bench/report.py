@@ -34,7 +34,18 @@ CONNECTION_ROWS: dict[str, str] = {
     "p256": "tcpcryptd P-256",
 }
 
+#: Plain TCP with tcpcryptd in A only vs no daemon: who connects -> label. The client sends.
+OFFLOAD_DIRECTIONS: dict[str, str] = {
+    "daemon_client": "daemon host connects (A -> B)",
+    "daemon_server": "daemon host accepts (B -> A)",
+}
+#: Packets of one plain connection the daemon host may queue: its SYN phase (SYN, SYN-ACK,
+#: first ACK).
+MAX_QUEUED_PER_CONNECTION = 3
+
 #: The targets (reported, never asserted).
+TARGET_OFFLOAD_THROUGHPUT = 0.95
+TARGET_OFFLOAD_CONNECTIONS = 0.8
 TARGET_AES_VS_PASSTHROUGH = 0.6
 TARGET_LOSS_VS_PASSTHROUGH = 0.5
 TARGET_LOSS_RATE = 0.01
@@ -100,6 +111,37 @@ class ConnectionSamples:
     latencies_ms: list[float]
 
 
+#: (no daemon, daemon on A) of one interleaved pair of runs; None where a run failed.
+Pair = tuple[float | None, float | None]
+
+
+@dataclass
+class OffloadSamples:
+    """Plain TCP with tcpcryptd in A only vs no daemon at all, one direction.
+
+    The runs alternate between the two beds (ABBA order), so each pair was measured at
+    nearly the same time: the per-pair ratios show how much of a ratio is noise.
+    """
+
+    #: Mbit/s of each iperf3 pair
+    throughput: list[Pair] = field(default_factory=list)
+    #: connections/s of each connection-rate pair
+    connections: list[Pair] = field(default_factory=list)
+    #: connections/s with only the SYN segments queued to a do-nothing consumer (measured in
+    #: the same rotation as the pairs): the floor of queueing the SYN phase at all
+    connections_syn_passthrough: list[float] = field(default_factory=list)
+    #: connect-to-first-byte latencies (ms) of all connection-rate runs, per mode
+    latencies_no_daemon: list[float] = field(default_factory=list)
+    latencies_daemon: list[float] = field(default_factory=list)
+    latencies_syn_passthrough: list[float] = field(default_factory=list)
+    #: packets A's NFQUEUE took per connection, one figure per daemon run (kernel count)
+    queued_per_connection: list[float] = field(default_factory=list)
+    #: A's daemon CPU % (utime+stime / wall) during each daemon iperf3 run
+    daemon_cpu_pct: list[float] = field(default_factory=list)
+    #: A's daemon CPU microseconds per connection, one per daemon connection-rate run
+    daemon_cpu_us_per_connection: list[float] = field(default_factory=list)
+
+
 @dataclass
 class Samples:
     """Raw measurements of one bench run, filled in by the runner."""
@@ -116,6 +158,8 @@ class Samples:
     engine_us: dict[str, float] = field(default_factory=dict)
     #: throughput row -> one :meth:`bench.diagnostics.RunDiagnostics.stop` dict per run
     diagnostics: dict[str, list[dict]] = field(default_factory=dict)
+    #: :data:`OFFLOAD_DIRECTIONS` key -> plain TCP with the daemon on one end vs none
+    offload: dict[str, OffloadSamples] = field(default_factory=dict)
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -143,6 +187,42 @@ def _connections(samples: Samples) -> dict[str, Any]:
             percentile(x25519.latencies_ms, 99), percentile(plain.latencies_ms, 99)))
     else:
         result["added_latency_ms_median"] = result["added_latency_ms_p99"] = None
+    return result
+
+
+def _pair_stats(pairs: list[Pair], digits: int) -> dict[str, Any]:
+    """Medians of each side, and the range of the ratios of the pairs measured on both."""
+    no_daemon = [a for a, _ in pairs if a is not None]
+    daemon = [b for _, b in pairs if b is not None]
+    pair_ratios = [b / a for a, b in pairs if a is not None and b is not None and a > 0]
+    return {"no_daemon": _rounded(median(no_daemon), digits),
+            "daemon": _rounded(median(daemon), digits),
+            "pairs": len(pair_ratios),
+            "pair_ratio_median": _rounded(median(pair_ratios)),
+            "pair_ratio_range": ([_rounded(min(pair_ratios)), _rounded(max(pair_ratios))]
+                                 if pair_ratios else None)}
+
+
+def _offload(samples: Samples) -> dict[str, Any]:
+    """Per direction: both sides' medians, the daemon host's queue use and CPU."""
+    result: dict[str, Any] = {}
+    for key in OFFLOAD_DIRECTIONS:
+        entry = samples.offload.get(key, OffloadSamples())
+        queued = entry.queued_per_connection
+        result[key] = {
+            "throughput_mbps": _pair_stats(entry.throughput, 1),
+            "connections_per_s": _pair_stats(entry.connections, 1),
+            "syn_passthrough_connections_per_s": _rounded(
+                median(entry.connections_syn_passthrough), 1),
+            "added_latency_ms_median": _rounded(difference(median(entry.latencies_daemon),
+                                                           median(entry.latencies_no_daemon))),
+            "syn_passthrough_added_latency_ms_median": _rounded(difference(
+                median(entry.latencies_syn_passthrough), median(entry.latencies_no_daemon))),
+            "queued_per_connection_max": _rounded(max(queued), 2) if queued else None,
+            "daemon_cpu_pct": _rounded(median(entry.daemon_cpu_pct), 1),
+            "daemon_cpu_us_per_connection": _rounded(median(entry.daemon_cpu_us_per_connection),
+                                                     0),
+        }
     return result
 
 
@@ -181,6 +261,16 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, float | None]:
     for key in ("x25519", "p256"):
         ratios[f"{key}_connections_vs_passthrough"] = ratio(conn[f"{key}_per_s"],
                                                             conn["passthrough_per_s"])
+    offload = results.get("offload", {})
+    for key in OFFLOAD_DIRECTIONS:
+        for metric, name in (("throughput_mbps", "throughput"),
+                             ("connections_per_s", "connections")):
+            figures = offload.get(key, {}).get(metric, {})
+            ratios[f"offload_{key}_{name}_vs_no_daemon"] = ratio(figures.get("daemon"),
+                                                                 figures.get("no_daemon"))
+        ratios[f"offload_{key}_syn_passthrough_connections_vs_no_daemon"] = ratio(
+            offload.get(key, {}).get("syn_passthrough_connections_per_s"),
+            offload.get(key, {}).get("connections_per_s", {}).get("no_daemon"))
     return {key: _rounded(value) for key, value in ratios.items()}
 
 
@@ -197,7 +287,9 @@ def _verdict(ok: bool | None) -> str:
 
 
 def target_verdicts(results: dict[str, Any]) -> list[Target]:
-    """The four targets of the task, each met / missed / not measured (never asserted)."""
+    """The targets, each met / missed / not measured (never asserted): the four of the
+    encrypted path, then plain TCP with the daemon on one end (throughput and connections/s,
+    each direction)."""
     ratios = results["ratios"]
     targets = []
     aes = ratios.get("aes128gcm_vs_passthrough")
@@ -232,6 +324,19 @@ def target_verdicts(results: dict[str, Any]) -> list[Target]:
         f"<= {TARGET_BYTES_PER_FLOW // 1024} KB daemon memory per idle encrypted flow",
         per_flow, _verdict(None if per_flow is None else per_flow <= TARGET_BYTES_PER_FLOW),
         f"{per_flow} B/flow" if per_flow is not None else "memory not measured"))
+
+    offload = results.get("offload", {})
+    for key, label in OFFLOAD_DIRECTIONS.items():
+        for name, what, floor in (("throughput", "throughput", TARGET_OFFLOAD_THROUGHPUT),
+                                  ("connections", "connections/s", TARGET_OFFLOAD_CONNECTIONS)):
+            value = ratios.get(f"offload_{key}_{name}_vs_no_daemon")
+            queued = offload.get(key, {}).get("queued_per_connection_max")
+            detail = "not measured" if value is None else f"{value}x"
+            if value is not None and queued is not None:
+                detail += f", at most {queued:g} packets queued per connection"
+            targets.append(Target(
+                f"plain TCP {what}, daemon on one end, {label}: >= {floor}x no daemon", value,
+                _verdict(None if value is None else value >= floor), detail))
     return targets
 
 
@@ -247,6 +352,7 @@ def build_results(samples: Samples, *, machine: dict[str, Any], date: str,
         "connections": _connections(samples),
         "memory": _memory(samples),
         "cpu_s_per_gb": _rounded(median(samples.cpu_s_per_gb), 2),
+        "offload": _offload(samples),
     }
     results["ratios"] = compute_ratios(results)
     results["targets"] = [{"target": t.name, "value": t.value, "verdict": t.verdict,
@@ -260,6 +366,26 @@ def build_results(samples: Samples, *, machine: dict[str, Any], date: str,
         results["settings"] = settings
     results["notes"] = list(samples.notes)
     return results
+
+
+def merge_offload(results: dict[str, Any], samples: Samples, date: str) -> dict[str, Any]:
+    """``results`` (an earlier latest.json) with its plain-TCP-with-one-daemon section
+    replaced by a new measurement (``python -m bench --offload-only``): ratios and targets
+    recomputed, the new run's notes added, and a note saying which figures are from when."""
+    merged = dict(results)
+    merged["offload"] = _offload(samples)
+    merged["ratios"] = compute_ratios(merged)
+    merged["targets"] = [{"target": t.name, "value": t.value, "verdict": t.verdict,
+                          "detail": t.detail} for t in target_verdicts(merged)]
+    notes = [note for note in results.get("notes", [])
+             if not note.startswith(("plain TCP, daemon on one end", OFFLOAD_REMEASURED))]
+    notes.append(f"{OFFLOAD_REMEASURED} {date} (python -m bench --offload-only); every other "
+                 f"figure is from the run of {results.get('date', '?')}")
+    merged["notes"] = notes + list(samples.notes)
+    return merged
+
+
+OFFLOAD_REMEASURED = "plain TCP with the daemon on one end vs no daemon: re-measured on"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,6 +432,8 @@ def format_table(results: dict[str, Any]) -> str:
     lines.append(f"| added connect-to-first-byte latency, X25519 vs plain | median "
                  f"{_fmt(conn['added_latency_ms_median'], ' ms', 2)}, p99 "
                  f"{_fmt(conn['added_latency_ms_p99'], ' ms', 2)} | |")
+    if results.get("offload"):
+        lines += ["", *format_offload(results["offload"], ratios)]
     memory = results["memory"]
     lines += ["", "| daemon cost | value |", "|---|---:|",
               f"| memory per idle encrypted flow | {_fmt(memory['bytes_per_flow'], ' B', 0)} |",
@@ -326,6 +454,49 @@ def format_table(results: dict[str, Any]) -> str:
     if results["notes"]:
         lines += ["", "Notes:"] + [f"- {note}" for note in results["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def format_offload(offload: dict[str, Any], ratios: dict[str, Any]) -> list[str]:
+    """Plain TCP with tcpcryptd in A only vs no daemon: both directions, both workloads, and
+    what explains the connection rate (queue use, latency, the SYN-only floor)."""
+    lines = ["| plain TCP, tcpcryptd on one end (A) vs no daemon | no daemon | daemon on A | "
+             "ratio | per pair: median (lowest - highest) |", "|---|---:|---:|---:|---:|"]
+    for metric, name, unit in (("throughput_mbps", "throughput", "Mbit/s"),
+                               ("connections_per_s", "connections", "connections/s")):
+        for key, label in OFFLOAD_DIRECTIONS.items():
+            figures = offload.get(key, {}).get(metric, {})
+            spread = figures.get("pair_ratio_range")
+            spread_text = (f"{_fmt_ratio(figures.get('pair_ratio_median'))} "
+                           f"({_fmt_ratio(spread[0])} - {_fmt_ratio(spread[1])}, "
+                           f"{figures.get('pairs')} pairs)" if spread else "n/a")
+            lines.append(f"| {unit}, {label} | {_fmt(figures.get('no_daemon'))} | "
+                         f"{_fmt(figures.get('daemon'))} | "
+                         f"{_fmt_ratio(ratios.get(f'offload_{key}_{name}_vs_no_daemon'))} | "
+                         f"{spread_text} |")
+    lines += ["", "| plain TCP, daemon on one end: where the connection rate goes | "
+                  "daemon host connects (A -> B) | daemon host accepts (B -> A) |",
+              "|---|---:|---:|"]
+    rows = [
+        ("packets queued per connection (A's kernel count, most of any run)",
+         lambda entry, key: _fmt(entry.get("queued_per_connection_max"), "", 2)),
+        ("added connect-to-first-byte latency, median",
+         lambda entry, key: _fmt(entry.get("added_latency_ms_median"), " ms", 3)),
+        ("daemon CPU per connection, median",
+         lambda entry, key: _fmt(entry.get("daemon_cpu_us_per_connection"), " µs", 0)),
+        ("connections/s with only SYN segments queued to a do-nothing consumer (vs no daemon)",
+         lambda entry, key: (
+             f"{_fmt(entry.get('syn_passthrough_connections_per_s'))} ("
+             f"{_fmt_ratio(ratios.get(f'offload_{key}_syn_passthrough_connections_vs_no_daemon'))}"
+             f")")),
+        ("added latency with only SYN segments queued to a do-nothing consumer, median",
+         lambda entry, key: _fmt(entry.get("syn_passthrough_added_latency_ms_median"), " ms", 3)),
+        ("daemon CPU during iperf3, median",
+         lambda entry, key: _fmt(entry.get("daemon_cpu_pct"), "%", 1)),
+    ]
+    for title, cell in rows:
+        lines.append(f"| {title} | " + " | ".join(cell(offload.get(key, {}), key)
+                                                  for key in OFFLOAD_DIRECTIONS) + " |")
+    return lines
 
 
 def format_diagnostics(diagnostics: dict[str, Any]) -> list[str]:

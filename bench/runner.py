@@ -14,10 +14,33 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from bench.bed import PASSTHROUGH, PLAIN, REPO_ROOT, BenchBed, Mode
+from bench.bed import (
+    ONE_DAEMON,
+    PASSTHROUGH,
+    PLAIN,
+    REPO_ROOT,
+    SYN_PASSTHROUGH,
+    BenchBed,
+    Mode,
+)
 from bench.plan import Settings
-from bench.report import ConnectionSamples, LossSamples, Samples, median
-from bench.workloads import IPERF_PORT, connection_rate, idle_flows, iperf3, nc_transfer
+from bench.report import (
+    MAX_QUEUED_PER_CONNECTION,
+    OFFLOAD_DIRECTIONS,
+    ConnectionSamples,
+    LossSamples,
+    OffloadSamples,
+    Samples,
+    median,
+)
+from bench.workloads import (
+    IPERF_PORT,
+    ConnectionRun,
+    connection_rate,
+    idle_flows,
+    iperf3,
+    nc_transfer,
+)
 from tcpcryptd.testbed import BedError, make_payload
 
 #: Throughput row -> (mode, parallel flows).
@@ -36,6 +59,11 @@ CONNECTION_PLAN: dict[str, Mode] = {
     "x25519": AES128,
     "p256": Mode("tcpcryptd", "P-256", "AES-128-GCM"),
 }
+#: Offload direction -> the namespace that connects (and sends); the daemon runs in A.
+OFFLOAD_CLIENTS = {"daemon_client": "A", "daemon_server": "B"}
+assert set(OFFLOAD_CLIENTS) == set(OFFLOAD_DIRECTIONS)
+#: Connections one iperf3 run opens: the control connection and one per parallel stream.
+IPERF_CONNECTIONS = 2
 #: Failures a run may meet before its figure is discarded.
 BENCH_ERRORS = (BedError, OSError, subprocess.SubprocessError, ValueError, KeyError)
 
@@ -74,13 +102,17 @@ class Runner:
     def step_count(self) -> int:
         s = self.settings
         return (len(THROUGHPUT_PLAN) * s.repetitions + len(s.loss_sizes) * 2 * s.repetitions
-                + len(CONNECTION_PLAN) + 1 + 1)
+                + len(CONNECTION_PLAN) + 1 + 1 + self.offload_step_count())
+
+    def offload_step_count(self) -> int:
+        return len(OFFLOAD_CLIENTS) * 2 * self.settings.repetitions
 
     def run(self) -> Samples:
         # the micro-benchmarks first, on a quiet machine: after the workloads the kernel is
         # still tearing down namespaces with thousands of connections (they measured ~60%
         # above a standalone run there)
         self.engine_costs()
+        self.offload()
         self.throughput()
         self.loss()
         self.connections()
@@ -107,6 +139,107 @@ class Runner:
             measure()
         except BENCH_ERRORS as exc:
             self.samples.note(f"{what}: failed: {_one_line(exc)}")
+
+    # ---- 0. plain TCP with the daemon on one end vs no daemon
+
+    def offload(self) -> None:
+        """Both beds up at once, runs alternating between them (ABBA), both directions; the
+        connection rate also with only the SYN segments queued to a do-nothing consumer."""
+        s = self.settings
+        what = "plain TCP, daemon on one end"
+        with self._bed(f"{what} (no-daemon bed)", PLAIN) as plain, \
+                self._bed(f"{what} (daemon bed)", ONE_DAEMON) as daemon, \
+                self._bed(f"{what} (SYN-only pass-through bed)", SYN_PASSTHROUGH) as syn:
+            for key, client in OFFLOAD_CLIENTS.items():
+                entry = self.samples.offload.setdefault(key, OffloadSamples())
+                label = OFFLOAD_DIRECTIONS[key]
+                for rep in range(s.repetitions):
+                    self.progress.step(f"{what}, {label}: iperf3 {s.seconds:g} s, no daemon / "
+                                       f"daemon on A, pair {rep + 1}/{s.repetitions}")
+                    figures = self._offload_round(
+                        rep, {"plain": plain, "daemon": daemon},
+                        lambda bed: self._offload_iperf(bed, entry, client))
+                    entry.throughput.append((figures["plain"], figures["daemon"]))
+                for rep in range(s.repetitions):
+                    self.progress.step(f"{what}, {label}: up to {s.connections} sequential "
+                                       f"connections, no daemon / daemon on A / SYN-only "
+                                       f"pass-through, round {rep + 1}/{s.repetitions}")
+                    figures = self._offload_round(
+                        rep, {"plain": plain, "daemon": daemon, "syn": syn},
+                        lambda bed: self._offload_rate(bed, entry, client))
+                    entry.connections.append((figures["plain"], figures["daemon"]))
+                    if figures["syn"] is not None:
+                        entry.connections_syn_passthrough.append(figures["syn"])
+
+    def _offload_round(self, rep: int, beds: dict[str, BenchBed | None],
+                       measure: Callable[[BenchBed], float]) -> dict[str, float | None]:
+        """One figure per bed (None where it failed), in the order :func:`round_order`
+        gives for ``rep``."""
+        figures: dict[str, float | None] = dict.fromkeys(beds)
+        for name in round_order(list(beds), rep):
+            bed = beds[name]
+            if bed is None:
+                continue
+            try:
+                figures[name] = measure(bed)
+            except BENCH_ERRORS as exc:
+                self.samples.note(f"plain TCP, daemon on one end ({bed.mode.label}): a run "
+                                  f"failed: {_one_line(exc)}")
+        return figures
+
+    def _offload_check(self, bed: BenchBed, entry: OffloadSamples, before: tuple[int, int],
+                       queued_before: int, connections: int, what: str) -> bool:
+        """After a run in the daemon bed: no connection encrypted, the queue use recorded."""
+        queued = (bed.queued_packets("A") - queued_before) / max(connections, 1)
+        entry.queued_per_connection.append(queued)
+        if queued > MAX_QUEUED_PER_CONNECTION:
+            self.samples.note(f"plain TCP, daemon on one end, {what}: A queued {queued:.1f} "
+                              f"packets per connection (more than the SYN phase)")
+        after = _encrypted_count(bed)
+        if after[0] != before[0]:
+            self.samples.note(f"plain TCP, daemon on one end, {what}: discarded: the daemon "
+                              f"counted encrypted connections ({before[0]} -> {after[0]})")
+            return False
+        return True
+
+    def _offload_iperf(self, bed: BenchBed, entry: OffloadSamples, client: str) -> float:
+        if not bed.daemons:
+            return iperf3(bed, self.settings.seconds, 1, client).mbps
+        before, queued = _encrypted_count(bed), bed.queued_packets("A")
+        run = iperf3(bed, self.settings.seconds, 1, client)
+        if not self._offload_check(bed, entry, before, queued, IPERF_CONNECTIONS, "iperf3"):
+            raise BedError("not plain")
+        if run.daemon_cpu_s is not None:
+            entry.daemon_cpu_pct.append(100.0 * run.daemon_cpu_s / self.settings.seconds)
+        return run.mbps
+
+    def _offload_rate(self, bed: BenchBed, entry: OffloadSamples, client: str) -> float:
+        s = self.settings
+        if not bed.daemons:
+            run = connection_rate(bed, s.connections, s.connection_seconds, client)
+            if bed.mode.kind == "syn_passthrough":
+                entry.latencies_syn_passthrough.extend(run.latencies_ms)
+            else:
+                entry.latencies_no_daemon.extend(run.latencies_ms)
+            return self._rate_of(run, bed.mode.label)
+        before, queued = _encrypted_count(bed), bed.queued_packets("A")
+        cpu = bed.daemon_cpu_seconds()
+        run = connection_rate(bed, s.connections, s.connection_seconds, client)
+        cpu = bed.daemon_cpu_seconds() - cpu
+        attempts = run.connections + run.failures
+        if not self._offload_check(bed, entry, before, queued, attempts, "connections"):
+            raise BedError("not plain")
+        entry.daemon_cpu_us_per_connection.append(cpu * 1e6 / max(attempts, 1))
+        entry.latencies_daemon.extend(run.latencies_ms)
+        return self._rate_of(run, "daemon on A")
+
+    def _rate_of(self, run: ConnectionRun, label: str) -> float:
+        if run.failures:
+            self.samples.note(f"plain TCP, daemon on one end ({label}): {run.failures} "
+                              f"connections failed ({run.connections} succeeded)")
+        if run.connections == 0:
+            raise BedError("no connection succeeded")
+        return run.per_s
 
     # ---- 1. bulk throughput
 
@@ -272,6 +405,12 @@ class Runner:
             short = module.split(".")[-1]
             self.samples.engine_us.update({f"{short}: {name}": value for name, value
                                            in parse_us_lines(done.stdout).items()})
+
+
+def round_order(names: list[str], rep: int) -> list[str]:
+    """The order of the beds in round ``rep``: as given, then reversed, and so on (ABBA), so a
+    slow drift of the machine's load does not favour one side."""
+    return list(names) if rep % 2 == 0 else list(reversed(names))
 
 
 #: The micro-benchmarks (module -> arguments); bench.engine reports its best batch of 200

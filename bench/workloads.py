@@ -1,4 +1,5 @@
-"""The traffic of the benchmark, run inside a :class:`~bench.bed.BenchBed` (always A -> B).
+"""The traffic of the benchmark, run inside a :class:`~bench.bed.BenchBed` (A -> B unless a
+workload is told ``client="B"``: B connects to A and sends).
 
 Every function returns what it measured or raises :class:`~tcpcryptd.testbed.BedError`;
 nothing here decides what a number means (bench/report.py does).
@@ -64,33 +65,42 @@ class IperfRun:
     diagnostics: dict = field(default_factory=dict)
 
 
+def _other(label: str) -> str:
+    return {"A": "B", "B": "A"}[label]
+
+
 def _run_diagnostics(bed: BenchBed) -> RunDiagnostics:
-    """Diagnostics of both daemons and, unless the mode is plain, both NFQUEUEs."""
+    """Diagnostics of the daemons and of the NFQUEUE of every namespace that has one."""
     readers = {}
-    if bed.mode.kind != "plain":
-        for ns in (bed.a, bed.b):
+    queued = {"plain": (), "one_daemon": (bed.a,), "syn_passthrough": (bed.a,)}.get(
+        bed.mode.kind, (bed.a, bed.b))
+    if queued:
+        for ns in queued:
             readers[ns.label] = (lambda ns=ns: ns.run(
                 "cat", "/proc/net/netfilter/nfnetlink_queue").stdout.decode())
     return RunDiagnostics(bed.daemon_pids(), readers)
 
 
-def iperf3(bed: BenchBed, seconds: float, parallel: int = 1) -> IperfRun:
-    """One ``iperf3 -c`` run A -> B; for tcpcryptd the session table is read mid-run."""
-    server = bed.b.popen(["iperf3", "-s", "-1", "-p", str(IPERF_PORT)])
-    wait_listening(bed.b, IPERF_PORT)
+def iperf3(bed: BenchBed, seconds: float, parallel: int = 1, client: str = "A") -> IperfRun:
+    """One ``iperf3 -c`` run from ``client`` (it connects and sends) to the other namespace;
+    for tcpcryptd (both ends) the session table is read mid-run."""
+    server_ns, client_ns = bed.bed.ns(_other(client)), bed.bed.ns(client)
+    server = server_ns.popen(["iperf3", "-s", "-1", "-p", str(IPERF_PORT)])
+    wait_listening(server_ns, IPERF_PORT)
     cpu_before = bed.daemon_cpu_seconds() if bed.daemons else None
     diagnostics = _run_diagnostics(bed)
     diagnostics.start()
-    client = bed.a.popen(["iperf3", "-c", bed.server_address, "-p", str(IPERF_PORT), "-t",
-                          str(seconds), "-P", str(parallel), "-J"], stdout=subprocess.PIPE)
+    sender = client_ns.popen(["iperf3", "-c", bed.address(_other(client)), "-p", str(IPERF_PORT),
+                              "-t", str(seconds), "-P", str(parallel), "-J"],
+                             stdout=subprocess.PIPE)
     aeads: set[str] = set()
-    if bed.daemons:
+    if bed.mode.kind == "tcpcryptd":
         time.sleep(min(1.0, seconds / 3))
         aeads = {_normal_aead(s["aead"]) for s in encrypted_sessions(bed, IPERF_PORT)}
     try:
-        out, _ = client.communicate(timeout=seconds + 60)
+        out, _ = sender.communicate(timeout=seconds + 60)
     except subprocess.TimeoutExpired as exc:
-        client.kill()
+        sender.kill()
         diagnostics.stop()
         raise BedError(f"iperf3 did not finish within {seconds + 60:.0f}s") from exc
     figures = diagnostics.stop()
@@ -99,7 +109,7 @@ def iperf3(bed: BenchBed, seconds: float, parallel: int = 1) -> IperfRun:
     try:
         report = json.loads(out)
     except json.JSONDecodeError as exc:
-        raise BedError(f"iperf3 printed no JSON (exit {client.returncode})") from exc
+        raise BedError(f"iperf3 printed no JSON (exit {sender.returncode})") from exc
     if "error" in report:
         raise BedError(f"iperf3: {report['error']}")
     received = report["end"]["sum_received"]
@@ -163,9 +173,9 @@ def _conntool(ns: Namespace, *args: str, **kwargs) -> subprocess.Popen:
                     **kwargs)
 
 
-def _start_server(bed: BenchBed, port: int, hold: bool) -> subprocess.Popen:
-    server = _conntool(bed.b, "serve", "--port", str(port), *(["--hold"] if hold else []),
-                       stdout=subprocess.PIPE)
+def _start_server(bed: BenchBed, port: int, hold: bool, label: str = "B") -> subprocess.Popen:
+    server = _conntool(bed.bed.ns(label), "serve", "--port", str(port),
+                       *(["--hold"] if hold else []), stdout=subprocess.PIPE)
     if not read_line(server, 15.0).startswith("serve: ready"):
         raise BedError("bench.conntool serve did not start")
     return server
@@ -183,15 +193,18 @@ class ConnectionRun:
         return self.connections / self.seconds
 
 
-def connection_rate(bed: BenchBed, count: int, seconds: float) -> ConnectionRun:
-    """Sequential connect + 1-byte request/response + close, A -> B (bench.conntool rr)."""
-    server = _start_server(bed, RR_PORT, hold=False)
-    client = _conntool(bed.a, "rr", "--host", bed.server_address, "--port", str(RR_PORT),
-                       "--count", str(count), "--seconds", str(seconds), stdout=subprocess.PIPE)
+def connection_rate(bed: BenchBed, count: int, seconds: float,
+                    client: str = "A") -> ConnectionRun:
+    """Sequential connect + 1-byte request/response + close from ``client`` to the other
+    namespace (bench.conntool rr)."""
+    server = _start_server(bed, RR_PORT, hold=False, label=_other(client))
+    rr = _conntool(bed.bed.ns(client), "rr", "--host", bed.address(_other(client)), "--port",
+                   str(RR_PORT), "--count", str(count), "--seconds", str(seconds),
+                   stdout=subprocess.PIPE)
     try:
-        out, _ = client.communicate(timeout=seconds + 120)
+        out, _ = rr.communicate(timeout=seconds + 120)
     except subprocess.TimeoutExpired as exc:
-        client.kill()
+        rr.kill()
         raise BedError("bench.conntool rr did not finish") from exc
     finally:
         server.terminate()
@@ -199,7 +212,7 @@ def connection_rate(bed: BenchBed, count: int, seconds: float) -> ConnectionRun:
     try:
         result = json.loads(out)
     except json.JSONDecodeError as exc:
-        raise BedError(f"bench.conntool rr printed no JSON (exit {client.returncode})") from exc
+        raise BedError(f"bench.conntool rr printed no JSON (exit {rr.returncode})") from exc
     return ConnectionRun(result["connections"], result["failures"], result["seconds"],
                          result["latencies_ms"])
 

@@ -12,6 +12,7 @@ from bench.docs import BEGIN, END, replace_section
 from bench.report import (
     ConnectionSamples,
     LossSamples,
+    OffloadSamples,
     Samples,
     build_results,
     format_table,
@@ -44,6 +45,14 @@ def full_samples() -> Samples:
     }
     samples.rss_by_flows = {0: 30_000_000, 1000: 33_000_000, 10_000: 60_000_000}
     samples.cpu_s_per_gb = [10.0, 12.0, 11.0]
+    samples.offload = {
+        "daemon_client": OffloadSamples(throughput=[(10_000.0, 9_800.0)],
+                                        connections=[(5000.0, 4500.0)],
+                                        queued_per_connection=[2.0]),
+        "daemon_server": OffloadSamples(throughput=[(10_000.0, 10_000.0)],
+                                        connections=[(5000.0, 4000.0)],
+                                        queued_per_connection=[1.0]),
+    }
     return samples
 
 
@@ -108,7 +117,7 @@ def test_schema_and_values() -> None:
 
 
 def test_all_targets_met() -> None:
-    assert verdicts(results_of(full_samples())) == ["met"] * 4
+    assert verdicts(results_of(full_samples())) == ["met"] * 8
 
 
 def test_targets_missed() -> None:
@@ -117,7 +126,11 @@ def test_targets_missed() -> None:
     samples.connections["x25519"] = ConnectionSamples(500.0, [5.0])
     samples.rss_by_flows = {0: 30_000_000, 10_000: 90_000_000}
     samples.loss[0].tcpcryptd_mbps = [10.0]
-    assert verdicts(results_of(samples)) == ["missed"] * 4
+    samples.offload["daemon_client"].throughput = [(10_000.0, 9_000.0)]
+    samples.offload["daemon_client"].connections = [(5000.0, 3000.0)]
+    samples.offload["daemon_server"].throughput = [(10_000.0, 5_000.0)]
+    samples.offload["daemon_server"].connections = [(5000.0, 1000.0)]
+    assert verdicts(results_of(samples)) == ["missed"] * 8
 
 
 def test_integrity_failure_is_reported_and_misses_the_target() -> None:
@@ -138,7 +151,7 @@ def test_nothing_measured_is_null_never_invented() -> None:
     assert results["memory"] == {"bytes_per_flow": None, "rss_mb_10k": None}
     assert results["cpu_s_per_gb"] is None
     assert set(results["ratios"].values()) == {None}
-    assert verdicts(results) == ["not measured"] * 4
+    assert verdicts(results) == ["not measured"] * 8
     assert results["notes"] == ["tcpcryptd did not start"]
     assert "n/a" in format_table(results)
 
