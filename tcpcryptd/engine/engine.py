@@ -474,7 +474,8 @@ class Engine:
             if not add_syn_option(flow, pkt):
                 return self._plain("option-space")
         else:
-            opened = open_half_open(cfg, pkt, pkt.to_bytes() if raw is None else raw, now)
+            opened = open_half_open(cfg, pkt, pkt.to_bytes() if raw is None else bytes(raw),
+                                    now)
             if isinstance(opened, Fallback):
                 self.count("fallback")
                 self.count(f"fallback_{opened.reason}")
@@ -666,7 +667,7 @@ class Engine:
         if outbound:
             if flags & (SYN | ACK | RST) != SYN | ACK or pkt.ack != (record.peer_isn + 1) & MASK32:
                 return False
-            if not half_open_syn_ack(record, pkt, raw, now):
+            if not half_open_syn_ack(record, pkt, bytes(raw), now):
                 self.count("plain")
                 self.count("plain_option-space")
                 self._forget(record)

@@ -169,3 +169,14 @@ def test_third_segment_promotes_and_the_connection_goes_on():
     live = [e for e in b.engine._timers if e[2].scheduled == e[0]
             and b.engine._flows.get(e[2].key) is e[2]]
     assert [e[2] for e in live] == [flow]
+
+
+def test_the_daemon_flood_bench_sends_syns_the_engine_tracks():
+    """bench.syn_flood's raw SYNs are ENO SYNs a passive engine keeps as records."""
+    from bench.syn_flood import _eno_syn
+    engine = Engine()
+    syn = _eno_syn(bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 1024, 0x10000000, 1)
+    result = engine.handle_packet(1, syn, Direction.INBOUND, 0.0)
+    assert result.verdict is Verdict.ACCEPT and not result.plain
+    (record,) = engine._flows.values()
+    assert type(record) is HalfOpen and record.tep == TEPS[0]
