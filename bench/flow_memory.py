@@ -18,6 +18,12 @@ Figures per flow, each set measured in a fresh child process:
   (growth from ``N/2`` to ``N`` flows per flow added: what does not grow with the number of
   idle flows cancels out).  tracemalloc is off in this child: its bookkeeping inflates RSS.
 
+``--half-open N`` measures the SYN phase instead: one engine (host B) gets ``N`` ENO SYNs
+from distinct source ports, as a SYN flood sends them, and its local stack answers each with a
+SYN-ACK (the kernel does, SYN cookies or not); the peer never sends the third segment.
+Figures per tracked half-open flow: tracemalloc (Python bytes), RSS as it is and after
+``malloc_trim``, each in a fresh child process.
+
 ``--breakdown`` adds, for engine A's flows, the Python objects each part of a flow owns alone
 (objects shared by several flows -- small ints, enum members, algorithm rows -- are not
 counted), from ``sys.getsizeof``.  ``--aead`` measures what one AEAD object of the
@@ -336,6 +342,69 @@ def breakdown(count: int, idle: float, config: EngineConfig | None = None) -> di
     return {name: value / len(flows) for name, value in totals.items()}
 
 
+def flood_syn(index: int, teps: tuple[int, ...]) -> bytes:
+    """The ``index``-th SYN of a flood: ENO offering ``teps``, a source port of its own."""
+    from tcpcryptd.engine.handshake import _active_syn_option
+    option = _active_syn_option(teps).raw
+    src = bytes([10, 1 + index // 60000 // 250, 1 + index // 60000 % 250, 1])
+    port = 1024 + index % 60000
+    options = _syn_options(1 + index) + option
+    options += b"\x01" * (-len(options) % 4)
+    return build(4, src, _B, port, _PORT_B, (_ISN_A + 7919 * index) & _M32, 0, SYN, 0xFFFF,
+                 options)
+
+
+def stack_syn_ack(index: int) -> bytes:
+    """B's local stack answering the ``index``-th flood SYN."""
+    src = bytes([10, 1 + index // 60000 // 250, 1 + index // 60000 % 250, 1])
+    port = 1024 + index % 60000
+    return build(4, _B, src, _PORT_B, port, (_ISN_B + 104729 * index) & _M32,
+                 (_ISN_A + 7919 * index + 1) & _M32, SYN | ACK, 0xFFFF, _syn_options(1 + index))
+
+
+def flood(engine: Engine, first: int, count: int, now: float) -> None:
+    """``count`` ENO SYNs into ``engine`` (host B), each answered by its stack's SYN-ACK."""
+    teps = tuple(EngineConfig().teps)
+    for index in range(first, first + count):
+        result = engine.handle_packet(0, flood_syn(index, teps), Direction.INBOUND, now)
+        assert result.verdict is Verdict.ACCEPT
+        engine.handle_packet(0, stack_syn_ack(index), Direction.OUTBOUND, now)
+
+
+def measure_half_open(count: int, config: EngineConfig | None = None,
+                      trace: bool = False) -> dict:
+    """Bytes per tracked half-open flow: tracemalloc (``trace``) or RSS."""
+    import tracemalloc
+    config = config or EngineConfig(max_flows=max(65536, 2 * count),
+                                    **({"max_half_open": 2 * count}
+                                       if hasattr(EngineConfig, "max_half_open") else {}))
+    warm = Engine(config)
+    flood(warm, 10 * count, 200, 0.0)
+    del warm
+    engine = Engine(config)
+    gc.collect()
+    if trace:
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+    else:
+        _malloc_trim()
+        base = _rss()
+    flood(engine, 0, count, 0.0)
+    engine.handle_timer(1.0)
+    gc.collect()
+    tracked = len(engine.flows())
+    assert tracked == count, (tracked, count)
+    if trace:
+        grown = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        return {"half_open": count, "half_open_trace_per_flow": grown / count}
+    grown = _rss() - base
+    _malloc_trim()
+    trimmed = _rss() - base
+    return {"half_open": count, "half_open_rss_per_flow": grown / count,
+            "half_open_rss_trimmed_per_flow": trimmed / count}
+
+
 _AEADS = {"AES-128-GCM": ("AESGCM", 16), "AES-256-GCM": ("AESGCM", 32),
           "ChaCha20-Poly1305": ("ChaCha20Poly1305", 32)}
 
@@ -391,6 +460,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "155/s is the daemon bench's X25519 connection rate")
     parser.add_argument("--release", type=float, default=None,
                         help="EngineConfig.aead_idle_release (default: the engine's; 0: never)")
+    parser.add_argument("--half-open", type=int, default=0, metavar="N",
+                        help="measure N half-open ENO flows (a SYN flood) instead")
     parser.add_argument("--breakdown", action="store_true", help="Python bytes by part of a flow")
     parser.add_argument("--aead", action="store_true", help="RSS and build time of AEAD objects")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -401,13 +472,24 @@ def main(argv: list[str] | None = None) -> dict:
             return {}
         config = (EngineConfig() if args.release is None
                   else EngineConfig(aead_idle_release=args.release))
-        fn = {"trace": lambda: measure_trace(args.count, args.idle, args.rate, config),
+        fn = {"half-trace": lambda: measure_half_open(args.count, trace=True),
+              "half-rss": lambda: measure_half_open(args.count),
+              "trace": lambda: measure_trace(args.count, args.idle, args.rate, config),
               "rss": lambda: measure_rss(args.count, args.idle, args.rate, config),
               "breakdown": lambda: breakdown(min(args.count, 500), args.idle, config),
               }[args.child]
         print(json.dumps(fn()))
         return {}
     results: dict = {}
+    if args.half_open:
+        results.update(_child("half-trace", args.half_open, 0.0))
+        results.update(_child("half-rss", args.half_open, 0.0))
+        print(f"{args.half_open} half-open ENO flows (SYN in, the stack's SYN-ACK out, no third "
+              f"segment), one engine")
+        print(f"  tracemalloc  {results['half_open_trace_per_flow']:8.0f} B/flow   "
+              f"RSS {results['half_open_rss_per_flow']:8.0f} B/flow   "
+              f"after malloc_trim {results['half_open_rss_trimmed_per_flow']:8.0f} B/flow")
+        return results
     results.update(_child("trace", args.count, args.idle, args.rate, args.release))
     results.update(_child("rss", args.count, args.idle, args.rate, args.release))
     print(f"{args.count} idle encrypted flows per engine (X25519, AES-128-GCM), "

@@ -79,6 +79,7 @@ _ENGINE_DEFAULTS = EngineConfig()
 @dataclass(frozen=True)
 class LimitsConfig:
     max_flows: int = _ENGINE_DEFAULTS.max_flows
+    max_half_open: int = _ENGINE_DEFAULTS.max_half_open
     max_held_packets: int = _ENGINE_DEFAULTS.max_held_packets
     max_buffered_bytes: int = _ENGINE_DEFAULTS.max_buffered_bytes
     max_init_len: int = _ENGINE_DEFAULTS.max_init_len
@@ -219,6 +220,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
     "control": (ControlConfig, {"socket": _path}),
     "limits": (LimitsConfig, {
         "max_flows": _integer(1, 10_000_000),
+        "max_half_open": _integer(1, 10_000_000),
         "max_held_packets": _integer(1, 1024),
         "max_buffered_bytes": _integer(65536, 1 << 30),
         "max_init_len": _integer(64, 65535),
@@ -300,6 +302,7 @@ def engine_config(config: Config) -> EngineConfig:
         aead_preference=tuple(int(aead) for aead in reversed(config.encryption.aeads)),
         max_init_len=limits.max_init_len,
         max_flows=limits.max_flows,
+        max_half_open=limits.max_half_open,
         max_held_packets=limits.max_held_packets,
         max_buffered_bytes=limits.max_buffered_bytes,
         idle_timeout=limits.idle_timeout,

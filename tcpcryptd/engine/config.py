@@ -25,6 +25,12 @@ class EngineConfig:
     max_init_len: int = DEFAULT_MAX_INIT_LEN
     #: flows tracked at once; a new SYN beyond it is left plain (counted)
     max_flows: int = 65536
+    #: of those, passive ENO flows before the peer's third segment (syn-received: what a SYN
+    #: flood creates; ~0.8 KB each); an ENO SYN beyond it is left plain (counted
+    #: ``plain_half-open-limit``).  4096: Linux's default accept backlog (somaxconn) and about
+    #: the SYN queue a listener keeps before it answers with SYN cookies, so a legitimate
+    #: host rarely has more handshakes in flight; the flood's share of memory stays ~3.5 MB.
+    max_half_open: int = 4096
     #: local packets held per flow while keys are not ready; beyond: dropped (kernel resends)
     max_held_packets: int = 16
     #: bytes buffered per flow (out-of-order wire bytes + plaintext not yet taken by the stack)

@@ -7,14 +7,19 @@ Plain connections cost no state: only SYNs that may become ENO flows create a
 with ``Result.plain`` set so the daemon may stop queueing that connection.
 
 Limits (DESIGN.md §6 invariant 6): at most ``max_flows`` flows (a SYN beyond is left plain
-and counted), bounded held packets and buffered bytes per flow, a handshake timeout, an idle
+and counted), of which at most ``max_half_open`` passive ones before the peer's third segment
+(an ENO SYN beyond is left plain and counted: a SYN flood cannot fill the table nor push out
+established flows), bounded held packets and buffered bytes per flow, a handshake timeout, an idle
 timeout (an idle encrypted flow is aborted, RST both ways) and a TIME-WAIT-like linger after
 both FINs or a RST, after which the flow is forgotten.  A SYN flood costs no cryptography:
-keys are generated only when Init1/Init2 is needed.
+keys are generated only when Init1/Init2 is needed, and a passive flow is a compact
+:class:`~tcpcryptd.engine.flow.HalfOpen` record (~0.8 KB) until the third segment promotes it
+to a :class:`~tcpcryptd.engine.flow.Flow`.
 
 Counters: ``encrypted``, ``plain`` and ``plain_<reason>`` (never tried), ``fallback`` and
 ``fallback_<reason>`` (RFC 8547 §4.6), ``aborts`` and ``aborts_<reason>``,
-``drops_<reason>``, ``retransmits``, ``ended_acks`` and ``ended_resets`` (answers to segments
+``drops_<reason>``, ``plain_half-open-limit`` (an ENO SYN beyond ``max_half_open``),
+``retransmits``, ``ended_acks`` and ``ended_resets`` (answers to segments
 of ended connections), ``ended_translated`` (the stack's segments on an ended connection sent
 on in wire numbers), ``resets_accepted`` and ``challenge_acks`` (RFC 5961 §3.2),
 ``replaced_<state>`` (a flow replaced by a new SYN on its 4-tuple, RFC 9293 §3.10.7.4).
@@ -37,15 +42,17 @@ from tcpcryptd.core.errors import (
 from tcpcryptd.core.negotiation import Fallback
 from tcpcryptd.engine.actions import Direction, Release, Result, Transmit, Verdict
 from tcpcryptd.engine.config import EngineConfig
-from tcpcryptd.engine.flow import MASK32, Flow, FlowAbort, FlowStatus, State
+from tcpcryptd.engine.flow import MASK32, Flow, FlowAbort, FlowStatus, HalfOpen, State
 from tcpcryptd.engine.handshake import (
     add_syn_option,
     clamp_mss,
+    half_open_syn_ack,
+    open_half_open,
     on_first_ack,
     on_local_syn_ack,
     on_syn_ack,
     open_active,
-    open_passive,
+    promote,
     syn_refusal,
 )
 from tcpcryptd.engine.inbound import (
@@ -97,7 +104,9 @@ class Engine:
         #: take the fast paths for common segments (off: every packet is fully parsed; the
         #: tests compare both ways, which must give the same bytes)
         self.fast_path = fast_path
-        self._flows: dict[tuple, Flow] = {}
+        self._flows: dict[tuple, Flow | HalfOpen] = {}
+        #: how many of them are :class:`HalfOpen` records (``max_half_open``)
+        self._half_open = 0
         self._timers: list[tuple[float, int, Flow]] = []
         self._tiebreak = itertools.count()
         self.counters: Counter[str] = Counter()
@@ -138,22 +147,30 @@ class Engine:
         flow = self._flows.get(key)
         if flow is None:
             if pkt.flags & (SYN | ACK | RST) == SYN:
-                return self._new_flow(pkt, outbound, now)
+                return self._new_flow(pkt, outbound, now, data)
             return Result(Verdict.ACCEPT, plain=True)
         result = Result(None)
         flow.last_activity = now
         handshaking = flow.state in _HANDSHAKE_STATES
         target = flow
         try:
-            if flow.stale is not None:
-                target = self._route_stale(flow, pkt, outbound, now)
-            if target.closed_at is not None and not pkt.flags & SYN:
-                self._ended(target, pkt, outbound, packet_id, now, result)
-            elif outbound:
-                self._outbound(target, pkt, packet_id, now, result)
-            else:
-                self._inbound(target, pkt, now, result)
+            if type(flow) is HalfOpen:
+                if self._half_open_packet(flow, pkt, data, outbound, now, result):
+                    target = None
+                else:
+                    flow = target = self._promote(flow)
+            if target is not None:
+                if flow.stale is not None:
+                    target = self._route_stale(flow, pkt, outbound, now)
+                if target.closed_at is not None and not pkt.flags & SYN:
+                    self._ended(target, pkt, outbound, packet_id, now, result)
+                elif outbound:
+                    self._outbound(target, pkt, packet_id, now, result)
+                else:
+                    self._inbound(target, pkt, now, result)
         except Exception as error:  # noqa: BLE001 -- a bug must not stop the daemon or leak
+            if target is None or type(target) is HalfOpen:
+                target = self._promote(flow)    # type: ignore[arg-type]
             self._failed(target, error, now, result)
         current = self._flows.get(key)
         if current is not None:
@@ -426,6 +443,8 @@ class Engine:
         self._drop_held(flow, result)
         if self._flows.get(flow.key) is flow:
             del self._flows[flow.key]
+            if type(flow) is HalfOpen:
+                self._half_open -= 1
             stale = self._live_stale(flow, self._now) if restore else None
             flow.stale = None
             if stale is not None:
@@ -444,7 +463,9 @@ class Engine:
         self.count(f"plain_{reason}")
         return Result(Verdict.ACCEPT, plain=True)
 
-    def _new_flow(self, pkt: TCPPacket, outbound: bool, now: float) -> Result:
+    def _new_flow(self, pkt: TCPPacket, outbound: bool, now: float,
+                  raw: bytes | None = None) -> Result:
+        """A SYN on an untracked 4-tuple (``raw``: the packet as it arrived, else rebuilt)."""
         cfg = self.config
         refusal = syn_refusal(cfg, pkt)
         if refusal is not None:
@@ -456,11 +477,17 @@ class Engine:
             if not add_syn_option(flow, pkt):
                 return self._plain("option-space")
         else:
-            opened = open_passive(cfg, pkt, now)
+            opened = open_half_open(cfg, pkt, pkt.to_bytes() if raw is None else bytes(raw),
+                                    now)
             if isinstance(opened, Fallback):
                 self.count("fallback")
                 self.count(f"fallback_{opened.reason}")
                 return Result(Verdict.ACCEPT, plain=True)
+            if self._half_open >= cfg.max_half_open:
+                # the SYN goes on untouched (no ENO answer: the connection is plain TCP,
+                # RFC 8547 §4.6), as beyond max_flows
+                return self._plain("half-open-limit")
+            self._half_open += 1
             flow = opened
         self._flows[flow.key] = flow
         self._schedule(flow)
@@ -624,6 +651,67 @@ class Engine:
                 result.verdict = Verdict.DROP
                 return
         handle_inbound(self, flow, pkt, now, result)
+
+    # -- half-open records ---------------------------------------------------------------
+
+    def _half_open_packet(self, record: HalfOpen, pkt: TCPPacket, raw: bytes, outbound: bool,
+                          now: float, result: Result) -> bool:
+        """A segment on a :class:`HalfOpen` record, handled as :meth:`_outbound` and
+        :meth:`_inbound` handle it on a syn-received :class:`Flow`; False when the segment
+        needs the flow itself (the peer's third segment, anything unusual): the caller
+        promotes the record and runs the usual path.  A flood's retransmitted SYNs, RSTs
+        and the stack's SYN-ACKs are answered from the record and never promote it."""
+        if record.stale is not None:
+            return False
+        flags = pkt.flags
+        if outbound:
+            if flags & (SYN | ACK | RST) != SYN | ACK or pkt.ack != (record.peer_isn + 1) & MASK32:
+                return False
+            if not half_open_syn_ack(record, pkt, bytes(raw), now):
+                self.count("plain")
+                self.count("plain_option-space")
+                self._forget(record)
+                result.verdict, result.plain = Verdict.ACCEPT, True
+                return True
+            if len(pkt.payload):
+                pkt.payload = b""   # no SYN data on an ENO flow (RFC 8547 §4.7)
+                self.count("drops_syn-data")
+            result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
+            return True
+        if flags & SYN:
+            if flags & RST:
+                self.count("drops_syn-rst")
+                result.verdict = Verdict.DROP
+            elif flags & ACK or pkt.seq == record.peer_isn:
+                clamp_mss(record, pkt)  # type: ignore[arg-type]  # reads peer_mss only
+                result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
+            else:
+                self._replace_inbound(record, pkt, now, result)  # type: ignore[arg-type]
+            return True
+        if flags & RST:
+            # as for a syn-received Flow (see _inbound)
+            offset = (pkt.seq - record.peer_isn - 1) & MASK32
+            window = record.stack_window if record.syn_sends else 0xFFFF
+            if offset >= max(window, 1):
+                self.count("drops_rst-out-of-window")
+                result.verdict = Verdict.DROP
+                return True
+            if offset == 0:
+                self._forget(record)  # type: ignore[arg-type]
+            result.verdict = Verdict.ACCEPT
+            return True
+        return False
+
+    def _promote(self, record: HalfOpen) -> Flow:
+        """The record's :class:`Flow` (:func:`~tcpcryptd.engine.handshake.promote`), in the
+        record's place in the table if it has one there; the caller schedules it."""
+        flow = promote(self.config, record)
+        if self._flows.get(record.key) is record:
+            self._flows[record.key] = flow
+            self._half_open -= 1
+            record.stale = None
+            record.scheduled = None     # its heap entry is dead: the flow gets its own
+        return flow
 
     # -- 4-tuple reuse (RFC 9293 §3.10.7.4) -------------------------------------------------
 

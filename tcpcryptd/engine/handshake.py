@@ -26,7 +26,7 @@ from tcpcryptd.core.eno import Suboption, SynOption, build_syn_option
 from tcpcryptd.core.messages import message_length
 from tcpcryptd.core.negotiation import ENOEndpoint, Fallback, FallbackReason
 from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake
-from tcpcryptd.engine.flow import DEFAULT_MSS, MSS_CLAMP, Flow, State
+from tcpcryptd.engine.flow import DEFAULT_MSS, MSS_CLAMP, Flow, HalfOpen, State
 from tcpcryptd.packet import options as tcp_options
 from tcpcryptd.packet.tcp import ACK, PacketError, TCPPacket
 
@@ -169,6 +169,62 @@ def open_passive(cfg: EngineConfig, pkt: TCPPacket, now: float) -> Flow | Fallba
     _record_syn(flow, pkt, local=False)
     flow.peer_wscale_sent = tcp_options.wscale(pkt.options) is not None
     clamp_mss(flow, pkt)
+    return flow
+
+
+def open_half_open(cfg: EngineConfig, pkt: TCPPacket, raw: bytes, now: float
+                   ) -> HalfOpen | Fallback:
+    """An inbound SYN as :func:`open_passive` takes it, kept as a compact record.
+
+    The same negotiation decides (RFC 8547 §4.5, §4.6); only B's answer option and the TEP
+    are kept of it, with the SYN itself (``raw``, unmodified): :func:`promote` builds the
+    :class:`Flow` from them when the peer's third segment arrives.
+    """
+    opts = _options(pkt)
+    if opts is None:
+        return Fallback(FallbackReason.MALFORMED)
+    eno = ENOEndpoint.passive(tuple(reversed(cfg.teps)))
+    eno.on_received(syn=True, ack=False, options=opts)
+    negotiated = eno.negotiated
+    if negotiated is None:
+        return eno.outcome if isinstance(eno.outcome, Fallback) else Fallback(
+            FallbackReason.NO_ENO)
+    assert eno.local_option is not None
+    record = HalfOpen(pkt.reverse_flow_key(), raw, eno.local_option.raw, negotiated.tep,
+                      pkt.seq, now)
+    limit = max((tcp_options.mss(pkt.options) or DEFAULT_MSS[pkt.version]) - MSS_CLAMP,
+                _MIN_CLAMPED_MSS)
+    pkt.options = tcp_options.set_mss(pkt.options, limit)   # as clamp_mss
+    return record
+
+
+def half_open_syn_ack(record: HalfOpen, pkt: TCPPacket, raw: bytes, now: float) -> bool:
+    """:func:`on_local_syn_ack` for a record: the SYN-ACK is kept, B's answer added."""
+    record.syn_ack = raw
+    record.syn_sends += 1
+    if record.syn_sends == 1:
+        record.syn_time = now
+    try:
+        pkt.options = tcp_options.add(pkt.options, record.syn_option)
+    except PacketError:
+        return False
+    return True
+
+
+def promote(cfg: EngineConfig, record: HalfOpen) -> Flow:
+    """The :class:`Flow` a record stands for: :func:`open_passive` on its SYN, then
+    :func:`on_local_syn_ack` on the stack's latest SYN-ACK (whose ENO answer counts as sent,
+    RFC 8547 §4.6), with the record's times, SYN-ACK count and stale flow."""
+    flow = open_passive(cfg, TCPPacket.parse(record.syn), record.created)
+    assert isinstance(flow, Flow), flow   # the same SYN negotiated when the record was made
+    flow.key = record.key
+    if record.syn_ack is not None:
+        if not on_local_syn_ack(flow, TCPPacket.parse(record.syn_ack), record.syn_time):
+            raise AssertionError("B's answer fitted in this SYN-ACK before")
+        flow.syn_sends = record.syn_sends
+    flow.syn_time = record.syn_time
+    flow.last_activity = record.last_activity
+    flow.stale = record.stale
     return flow
 
 

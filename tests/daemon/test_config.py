@@ -87,6 +87,7 @@ def test_error_from_file_names_file_and_key(tmp_path):
     ("[limits]\nidle_timeout = 'long'\n", "limits.idle_timeout: must be a number of seconds"),
     ("[limits]\nhandshake_timeout = 0.5\n", "limits.handshake_timeout: must be in 1..3600"),
     ("[limits]\nmax_init_len = 10\n", "limits.max_init_len: must be in 64..65535"),
+    ("[limits]\nmax_half_open = 0\n", "limits.max_half_open: must be in 1..10000000, got 0"),
     ("[log]\nlevel = 'loud'\n", "log.level: must be one of debug, info, warning, error"),
     ("[log]\nkeylog = false\n", "log.keylog: must be a string"),
 ])
@@ -108,6 +109,7 @@ def test_engine_config_follows_the_preferences():
     config = parse_config(tomllib.loads(
         "[encryption]\nenabled = false\nteps = ['P-521']\n"
         "aeads = ['AES-256-GCM', 'AES-128-GCM']\n[limits]\nmax_flows = 10\n"
+        "max_half_open = 7\n"
         "idle_timeout = 30\naead_idle_release = 0\n"))
     engine = engine_config(config)
     assert engine.enabled is False
@@ -116,5 +118,6 @@ def test_engine_config_follows_the_preferences():
     # B's preference is in increasing priority (RFC 8548 §3.3): most preferred last
     assert engine.aead_preference == (AEADId.AES_128_GCM, AEADId.AES_256_GCM)
     assert engine.max_flows == 10
+    assert engine.max_half_open == 7
     assert engine.idle_timeout == 30.0
     assert engine.aead_idle_release == 0.0

@@ -185,3 +185,15 @@ def test_the_timer_heap_keeps_about_one_entry_per_flow():
         assert len(engine._timers) <= 3 * len(engine._flows) // 2 + 256
         live = [e for e in engine._timers if e[2].scheduled == e[0]]
         assert len(live) == len(engine._flows)
+
+
+#: tracemalloc bytes per half-open ENO flow (SYN in, the stack's SYN-ACK out, no third
+#: segment): 723 B measured by ``python -m bench.flow_memory --half-open 20000`` when the bound
+#: was set (2,542 B before passive flows were HalfOpen records), plus ~25%.
+MAX_TRACED_BYTES_PER_HALF_OPEN = 900
+
+
+def test_half_open_flow_python_memory_is_bounded():
+    from bench.flow_memory import measure_half_open
+    result = measure_half_open(4000, trace=True)
+    assert result["half_open_trace_per_flow"] <= MAX_TRACED_BYTES_PER_HALF_OPEN, result
