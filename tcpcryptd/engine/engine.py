@@ -436,7 +436,7 @@ class Engine:
             Transmit(flow.local_packet(flow.dl_sent, 0), Direction.INBOUND) if outbound else
             Transmit(flow.wire_packet(flow.final_wire_seq, 0), Direction.OUTBOUND))
 
-    def _forget(self, flow: Flow, result: Result, *, restore: bool = True) -> None:
+    def _forget(self, flow: Flow | HalfOpen, result: Result, *, restore: bool = True) -> None:
         """Drop ``flow`` from the table, its held packets with it (dropped: never released
         unencrypted); an ended flow it stood in for comes back (unless ``restore`` is
         False: the flow is being replaced)."""
@@ -670,7 +670,7 @@ class Engine:
             if not half_open_syn_ack(record, pkt, bytes(raw), now):
                 self.count("plain")
                 self.count("plain_option-space")
-                self._forget(record)
+                self._forget(record, result)
                 result.verdict, result.plain = Verdict.ACCEPT, True
                 return True
             if len(pkt.payload):
@@ -697,7 +697,7 @@ class Engine:
                 result.verdict = Verdict.DROP
                 return True
             if offset == 0:
-                self._forget(record)  # type: ignore[arg-type]
+                self._forget(record, result)
             result.verdict = Verdict.ACCEPT
             return True
         return False

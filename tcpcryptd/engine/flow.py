@@ -414,6 +414,7 @@ class HalfOpen:
 
     role = "B"
     state = State.SYN_RECEIVED
+    held = ()   # nothing is held before the third segment: there are no keys to wait for
     closed_at = None
     session = None
     rtx_deadline = None
