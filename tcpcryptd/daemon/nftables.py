@@ -29,7 +29,9 @@ priority -149: after the iptables mangle chain that queues)
        dropped. Never plaintext.
     3. ``marks.plain`` on the packet (the daemon decided the connection is plain, or the
        offload chain found it) -> its 4-tuple is added to the set, or its timeout
-       refreshed, unless the connection is recorded as encrypted.
+       refreshed, unless the connection is recorded as encrypted. An element a SYN made
+       lives :data:`SYN_TIMEOUT` seconds, so a flood of spoofed SYNs cannot fill the set
+       for long.
     4. A pure SYN the daemon took for itself (``marks.seen`` without ``marks.plain``) removes
        its 4-tuple from the set: a new connection on the pair of an earlier plain one.
 
@@ -60,6 +62,10 @@ TABLE = "tcpcryptd"
 COMMAND_TIMEOUT = 30.0
 #: named counter of the peers' SYNs without ENO that the kernel left plain by itself
 COUNTER_NO_ENO_SYN = "plain_no_eno_syn"
+#: lifetime of a set element made by a SYN (conntrack's SYN-RECV timeout): spoofed SYNs
+#: cannot hold the set for long; the connection's later packets refresh it, and one that
+#: idles past it is queued once and offloaded again for ``limits.idle_timeout``
+SYN_TIMEOUT = 60
 
 #: (set name, nft address type, address keyword, nfproto) per IP version.
 _FAMILIES = (("plain4", "ipv4_addr", "ip", "ipv4"), ("plain6", "ipv6_addr", "ip6", "ipv6"))
@@ -112,12 +118,17 @@ def _record_chain(spec: OffloadSpec, name: str, hook: str, priority: int,
         f"meta mark & {enc:#x} != 0 ct mark set ct mark | {enc:#x}",
         f"ct mark & {enc:#x} != 0 meta mark & {verdicted:#x} == 0 {guard}",
     ]
+    syn, not_syn = "tcp flags & (syn | ack) == syn", "tcp flags & (syn | ack) != syn"
+    offload = f"meta mark & {plain:#x} != 0 ct mark & {enc:#x} == 0"
     for set_name, _, ip, nfproto in _FAMILIES:
-        key = f"meta nfproto {nfproto} @{set_name} {{ {_tuple(ip, outbound)} }}"
-        rules.append(f"meta mark & {plain:#x} != 0 ct mark & {enc:#x} == 0 "
-                     f"{key.replace('@', 'update @', 1)}")
-        rules.append(f"tcp flags & (syn | ack) == syn meta mark & {spec.mark_seen | plain:#x} "
-                     f"== {spec.mark_seen:#x} {key.replace('@', 'delete @', 1)}")
+        key = _tuple(ip, outbound)
+        family = f"meta nfproto {nfproto}"
+        rules += [
+            f"{not_syn} {offload} {family} update @{set_name} {{ {key} }}",
+            f"{syn} {offload} {family} update @{set_name} {{ {key} timeout {SYN_TIMEOUT}s }}",
+            f"{syn} meta mark & {spec.mark_seen | plain:#x} == {spec.mark_seen:#x} {family} "
+            f"delete @{set_name} {{ {key} }}",
+        ]
     return rules + ["}"]
 
 
