@@ -10,7 +10,7 @@ APT_PACKAGES := gcc python3-dev python3-venv iptables iproute2 libnetfilter-queu
 	libnetfilter-queue1 nftables conntrack iperf3 tcpdump tshark ethtool curl netcat-openbsd \
 	procps kmod
 
-.PHONY: setup apt venv test test-slow demo bench bench-engine install uninstall clean vectors lint
+.PHONY: setup apt venv test test-slow fuzz demo bench bench-engine install uninstall clean vectors lint
 
 setup: $(STAMP)-apt $(STAMP)-venv
 
@@ -34,6 +34,11 @@ test: setup
 
 test-slow: setup
 	bash tools/run-tests.sh --slow
+
+# The fuzz targets of tests/fuzz with the long hypothesis profile (random seeds, about 15
+# minutes; TCPCRYPTD_FUZZ_EXAMPLES scales it). `make test` runs them seeded and bounded.
+fuzz: setup
+	TCPCRYPTD_FUZZ=1 $(PY) -m pytest -p no:cacheprovider --hypothesis-show-statistics tests/fuzz
 
 vectors: setup
 	$(PY) tools/make_vectors.py > tests/vectors/tcpcrypt.json
