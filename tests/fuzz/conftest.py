@@ -3,8 +3,10 @@
 Two profiles, applied per test (never loaded globally, so the rest of the suite keeps its
 own settings):
 
-* ``fuzz-bounded`` (``make test``): derandomized, so every run replays the same examples
-  from a fixed seed, with a budget that keeps this directory well under a minute;
+* ``fuzz-bounded`` (``make test``): derandomized, so every run replays the same choices
+  from a fixed seed (the engines' keys and nonces stay random), with a budget that keeps
+  this directory well under a minute; no shrinking (a failure is reported as found;
+  ``make fuzz`` shrinks);
 * ``fuzz`` (``make fuzz``, selected by ``TCPCRYPTD_FUZZ=1``): random seeds, many more
   examples (``TCPCRYPTD_FUZZ_EXAMPLES`` per test, default 3,000), failures kept in
   hypothesis' example database so the next run replays them first.
@@ -19,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 # the engine tests' hand-built packets and addresses (tests/engine/_hand.py)
 sys.path.insert(0, str(Path(__file__).parent.parent / "engine"))
@@ -33,7 +35,7 @@ _COMMON = {
 }
 
 settings.register_profile("fuzz-bounded", max_examples=100, derandomize=True, database=None,
-                          **_COMMON)
+                          phases=[Phase.explicit, Phase.generate], **_COMMON)
 settings.register_profile("fuzz", max_examples=int(os.environ.get("TCPCRYPTD_FUZZ_EXAMPLES",
                                                                   "3000")),
                           derandomize=False, **_COMMON)

@@ -34,6 +34,7 @@ from _bench import (
     FIN,
     FUZZ_CONFIG,
     MARKER,
+    HeldForever,
     RST,
     SENSITIVE,
     STATES,
@@ -177,7 +178,7 @@ def _retransmittable(side: Side) -> list[bytes]:
 
 def _run_step(bench: Bench, data: st.DataObject) -> None:
     step = data.draw(st.sampled_from(STEPS), label="step")
-    side = data.draw(st.sampled_from((bench.a, bench.b)), label="side")
+    side = bench.a if data.draw(st.sampled_from("AB"), label="side") == "A" else bench.b
     bench.cut = data.draw(st.sampled_from((False, False, False, True)), label="lose")
     if step == "inject":
         direction = data.draw(st.sampled_from(tuple(Direction)), label="direction")
@@ -217,6 +218,11 @@ def _run_step(bench: Bench, data: st.DataObject) -> None:
 _PROFILE = settings.get_profile("fuzz-active")
 
 
+@pytest.mark.xfail(strict=False, raises=HeldForever, reason=(
+    "engine bugs found by this target (reproducers: "
+    "test_a_new_local_syn_on_a_keying_flow_releases_its_held_packets, "
+    "test_segments_after_a_reset_of_a_keying_flow_are_not_held_forever): held packets that "
+    "never get their release; remove this mark once both are fixed"))
 @settings(_PROFILE, max_examples=_PROFILE.max_examples * 8)
 @given(prefix=st.sampled_from(tuple(PREFIXES)), version=st.sampled_from((4, 6)),
        fast_path=st.booleans(), data=st.data())
@@ -261,9 +267,26 @@ def test_prefixes_reach_every_state() -> None:
     "makes Engine._outbound forget the flow without releasing them (no Release ever comes "
     "for the HELD packet ids)"))
 def test_a_new_local_syn_on_a_keying_flow_releases_its_held_packets() -> None:
+    """Held packets of a flow replaced by a new connection get their release (a drop)."""
     bench = Bench(4)
     _keying(bench)
     a = bench.a
     assert a.held and a.status() is not None and a.status().state == "keying"
     bench.send(a, a.seg(0, 0, SYN, options=syn_options()))
+    bench.drain()
+
+
+@pytest.mark.xfail(strict=True, raises=InvariantError, reason=(
+    "found by this fuzz target: a keying flow closed by the peer's RST still HOLDs the "
+    "local stack's later segments; only keys arriving after the close release them, and "
+    "without them the linger, tombstone and forget that follow never do"))
+def test_segments_after_a_reset_of_a_keying_flow_are_not_held_forever() -> None:
+    """A segment B's stack sent before it saw A's RST is dropped, not held for good."""
+    bench = Bench(4)
+    _keying(bench)
+    a, b = bench.a, bench.b
+    bench.stack_ack(a, RST)
+    assert b.status() is not None and b.status().state == "closed" and not b.held
+    bench.stack_ack(b, ACK | FIN)
+    bench.cut = True   # the wire loses A's Init1 retransmissions from here on
     bench.drain()
