@@ -57,6 +57,10 @@ class HeldForever(InvariantError):
     """A HELD packet never got its release, though every timer ran out."""
 
 
+class PacketStorm(InvariantError):
+    """One step made the engines answer each other more than :data:`MAX_CALLS_PER_STEP` times."""
+
+
 def scrub(data: bytes) -> bytes:
     """``data`` with every occurrence of :data:`MARKER` defused (fuzzed packets carry none)."""
     return data.replace(MARKER, MARKER[::-1])
@@ -254,7 +258,7 @@ class Bench:
         """One checked ``handle_packet``; its outputs are carried out (queued)."""
         self.calls += 1
         if self.calls > MAX_CALLS_PER_STEP:
-            raise InvariantError(f"packet storm: more than {MAX_CALLS_PER_STEP} engine calls "
+            raise PacketStorm(f"packet storm: more than {MAX_CALLS_PER_STEP} engine calls "
                                  f"caused by one step")
         self._ids += 1
         packet_id = self._ids
@@ -349,6 +353,6 @@ class Bench:
                                  f"{len(flows)} flows")
 
 
-__all__ = ["A_PORT", "ACK", "Bench", "Direction", "FIN", "FUZZ_CONFIG", "HeldForever",
-           "InvariantError", "M32",
+__all__ = ["A_PORT", "ACK", "B_PORT", "Bench", "Direction", "FIN", "FUZZ_CONFIG", "HeldForever",
+           "InvariantError", "M32", "PacketStorm",
            "MARKER", "RST", "SENSITIVE", "STATES", "SYN", "Side", "checksums_ok", "scrub"]

@@ -30,24 +30,27 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from _bench import (
+    A_PORT,
     ACK,
+    B_PORT,
     FIN,
     FUZZ_CONFIG,
     MARKER,
-    HeldForever,
     RST,
     SENSITIVE,
     STATES,
     SYN,
     Bench,
     Direction,
+    HeldForever,
     InvariantError,
+    PacketStorm,
     Side,
 )
 from _hand import syn_options, ts_options
 from _packets import TIME_STEPS, fuzz_packet, header_packet
 from tcpcryptd.core.constants import NON_SYN_OPTION
-from tcpcryptd.packet.tcp import PacketError, TCPPacket
+from tcpcryptd.packet.tcp import PSH, PacketError, TCPPacket, build
 
 #: Wall-clock bound of one example (an engine call that never returns fails the test).
 EXAMPLE_SECONDS = 30.0
@@ -153,6 +156,15 @@ PREFIXES: dict[str, Callable[[Bench], None]] = {
     "plain": _plain,
 }
 
+
+def bench_after(prefix: str, version: int, fast_path: bool = True) -> Bench:
+    """A fresh bench (B without encryption for ``plain``) after the named prefix."""
+    config_b = dataclasses.replace(FUZZ_CONFIG, enabled=False) if prefix == "plain" \
+        else FUZZ_CONFIG
+    bench = Bench(version, config_b=config_b, fast_path=fast_path)
+    PREFIXES[prefix](bench)
+    return bench
+
 # -- steps --------------------------------------------------------------------------------
 
 STEPS = ("inject", "inject", "inject", "inject", "stack-data", "stack-odd", "stack-ack",
@@ -218,22 +230,20 @@ def _run_step(bench: Bench, data: st.DataObject) -> None:
 _PROFILE = settings.get_profile("fuzz-active")
 
 
-@pytest.mark.xfail(strict=False, raises=HeldForever, reason=(
+@pytest.mark.xfail(strict=False, raises=(HeldForever, PacketStorm), reason=(
     "engine bugs found by this target (reproducers: "
     "test_a_new_local_syn_on_a_keying_flow_releases_its_held_packets, "
-    "test_segments_after_a_reset_of_a_keying_flow_are_not_held_forever): held packets that "
-    "never get their release; remove this mark once both are fixed"))
+    "test_segments_after_a_reset_of_a_keying_flow_are_not_held_forever, "
+    "test_bytes_beyond_what_the_peer_sent_start_no_ack_storm): held packets that never get "
+    "their release, an endless ACK exchange; remove this mark once all are fixed"))
 @settings(_PROFILE, max_examples=_PROFILE.max_examples * 8)
 @given(prefix=st.sampled_from(tuple(PREFIXES)), version=st.sampled_from((4, 6)),
        fast_path=st.booleans(), data=st.data())
 def test_engine_invariants_hold_for_any_packets_in_any_state(prefix: str, version: int,
                                                              fast_path: bool,
                                                              data: st.DataObject) -> None:
-    config_b = dataclasses.replace(FUZZ_CONFIG, enabled=False) if prefix == "plain" \
-        else FUZZ_CONFIG
     with watchdog(EXAMPLE_SECONDS):
-        bench = Bench(version, config_b=config_b, fast_path=fast_path)
-        PREFIXES[prefix](bench)
+        bench = bench_after(prefix, version, fast_path)
         event(f"prefix {prefix}")
         for _ in range(data.draw(st.integers(1, 12), label="steps")):
             _run_step(bench, data)
@@ -249,12 +259,9 @@ def test_prefixes_reach_every_state() -> None:
                 "closed": ("closed", "closed"), "reset": ("closed", "closed"),
                 "aborted": ("closed", "aborted"), "tombstone": ("tombstone", "tombstone"),
                 "plain": (None, None)}
-    for name, prefix in PREFIXES.items():
+    for name in PREFIXES:
         for version in (4, 6):
-            config_b = dataclasses.replace(FUZZ_CONFIG, enabled=False) if name == "plain" \
-                else FUZZ_CONFIG
-            bench = Bench(version, config_b=config_b)
-            prefix(bench)
+            bench = bench_after(name, version)
             got = tuple(None if s is None else s.state
                         for s in (bench.a.status(), bench.b.status()))
             assert got == expected[name], (name, version)
@@ -290,3 +297,18 @@ def test_segments_after_a_reset_of_a_keying_flow_are_not_held_forever() -> None:
     bench.stack_ack(b, ACK | FIN)
     bench.cut = True   # the wire loses A's Init1 retransmissions from here on
     bench.drain()
+
+
+@pytest.mark.xfail(strict=True, raises=PacketStorm, reason=(
+    "found by this fuzz target: 12 forged bytes at A's next expected wire offset (the start "
+    "of a frame announcing more) make A acknowledge beyond what B sent; B answers that ACK of unsent data with an ACK "
+    "(inbound.py, drops_ack-of-unsent), A answers B's now old segment with a duplicate ACK, "
+    "and so on without end: one injected segment, an unbounded ACK exchange"))
+def test_bytes_beyond_what_the_peer_sent_start_no_ack_storm() -> None:
+    """A forged segment costs the engines a bounded number of answers."""
+    bench = bench_after("encrypted", 4)
+    a, b = bench.a, bench.b
+    last = TCPPacket.parse(a.history[Direction.INBOUND][-1])   # B's last segment, as A got it
+    forged = build(4, b.ip, a.ip, B_PORT, A_PORT, last.seq + len(last.payload), last.ack,
+                   ACK | PSH, 502, ts_options(2000, 1000), b"\xab" * 12)
+    bench.arrive(a, forged)
