@@ -35,7 +35,7 @@ test: setup
 test-slow: setup
 	bash tools/run-tests.sh --slow
 
-# The fuzz targets of tests/fuzz with the long hypothesis profile (random seeds, about 15
+# The fuzz targets of tests/fuzz with the long hypothesis profile (random seeds, about 12
 # minutes; TCPCRYPTD_FUZZ_EXAMPLES scales it). `make test` runs them seeded and bounded.
 fuzz: setup
 	TCPCRYPTD_FUZZ=1 $(PY) -m pytest -p no:cacheprovider --hypothesis-show-statistics tests/fuzz

@@ -4,8 +4,8 @@ A :class:`Bench` plays both local stacks (a minimal model: next sequence number,
 received in order) and a wire between the two engines.  Whatever an engine asks for is
 carried out at once, breadth first: packets toward the wire reach the peer engine, packets
 toward the local stack are recorded, held packets wait for their release.  Every engine
-call goes through :meth:`Bench.call`, which checks the invariants of :class:`Invariants`
-and raises :class:`InvariantError` naming the one broken.
+call is checked (:meth:`Bench.call`, :meth:`Bench._apply`; at the end :meth:`Bench.drain`):
+a broken invariant raises :class:`InvariantError` naming it.
 
 Plaintext detection: the local stacks send :data:`MARKER` (several times per segment) only
 on ENO connections (:data:`SENSITIVE` states); no byte string toward the wire may ever

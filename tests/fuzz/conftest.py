@@ -8,7 +8,7 @@ own settings):
   this directory well under a minute; no shrinking (a failure is reported as found;
   ``make fuzz`` shrinks);
 * ``fuzz`` (``make fuzz``, selected by ``TCPCRYPTD_FUZZ=1``): random seeds, many more
-  examples (``TCPCRYPTD_FUZZ_EXAMPLES`` per test, default 3,000), failures kept in
+  examples (base count ``TCPCRYPTD_FUZZ_EXAMPLES``, default 4,000), failures kept in
   hypothesis' example database so the next run replays them first.
 
 ``fuzz-active`` is whichever of the two the environment selects; the tests scale its
@@ -37,7 +37,7 @@ _COMMON = {
 settings.register_profile("fuzz-bounded", max_examples=100, derandomize=True, database=None,
                           phases=[Phase.explicit, Phase.generate], **_COMMON)
 settings.register_profile("fuzz", max_examples=int(os.environ.get("TCPCRYPTD_FUZZ_EXAMPLES",
-                                                                  "3000")),
+                                                                  "4000")),
                           derandomize=False, **_COMMON)
 settings.register_profile(
     "fuzz-active",
