@@ -46,6 +46,7 @@ from _bench import (
     InvariantError,
     PacketStorm,
     Side,
+    scrub,
 )
 from _hand import syn_options, ts_options
 from _packets import TIME_STEPS, fuzz_packet, header_packet
@@ -234,6 +235,7 @@ _PROFILE = settings.get_profile("fuzz-active")
     "engine bugs found by this target (reproducers: "
     "test_a_new_local_syn_on_a_keying_flow_releases_its_held_packets, "
     "test_segments_after_a_reset_of_a_keying_flow_are_not_held_forever, "
+    "test_every_held_segment_gets_a_release_when_keys_arrive, "
     "test_bytes_beyond_what_the_peer_sent_start_no_ack_storm): held packets that never get "
     "their release, an endless ACK exchange; remove this mark once all are fixed"))
 @settings(_PROFILE, max_examples=_PROFILE.max_examples * 8)
@@ -312,3 +314,17 @@ def test_bytes_beyond_what_the_peer_sent_start_no_ack_storm() -> None:
     forged = build(4, b.ip, a.ip, B_PORT, A_PORT, last.seq + len(last.payload), last.ack,
                    ACK | PSH, 502, ts_options(2000, 1000), b"\xab" * 12)
     bench.arrive(a, forged)
+
+
+@pytest.mark.xfail(strict=True, raises=HeldForever, reason=(
+    "found by this fuzz target: when keys arrive, the held segments are released, except "
+    "one whose bytes at the same sequence numbers differ from an earlier held one: it "
+    "leaves the flow's held list without a Release"))
+def test_every_held_segment_gets_a_release_when_keys_arrive() -> None:
+    bench = bench_after("keying", 4)
+    a = bench.a
+    held = bytearray(next(raw for raw, _ in a.held.values()))
+    held[32] = 0x90 | (held[32] & 15)   # data offset 9: same seq, payload 4 bytes later
+    bench.send(a, scrub(bytes(held)))
+    assert len(a.held) == 2
+    bench.drain()
