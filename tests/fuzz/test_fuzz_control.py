@@ -11,7 +11,7 @@ answers every line with exactly one JSON object whose ``ok`` is a boolean (with 
 ``error`` string when false), never an "internal error" (a handler bug).
 
 Deep nesting is drawn separately (:func:`test_deeply_nested_json_gets_an_error_answer`):
-a 1,000-deep array today raises RecursionError out of ``parse_request`` (issue 13).
+a 1,000-deep array used to raise RecursionError out of ``parse_request`` (issue 13).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -255,8 +254,6 @@ def nested(draw: st.DrawFn) -> bytes:
     return value[:MAX_REQUEST - 1]
 
 
-@pytest.mark.xfail(strict=False, raises=RecursionError, reason="issue 13: deep JSON nesting (e.g. a 1000-deep "
-                   "array, 2,001 bytes) raises RecursionError out of control.parse_request")
 @settings(_PROFILE, max_examples=_PROFILE.max_examples)
 @given(st.lists(nested(), min_size=1, max_size=3))
 def test_deeply_nested_json_gets_an_error_answer(lines: list[bytes]) -> None:
@@ -270,9 +267,6 @@ def test_deeply_nested_json_gets_an_error_answer(lines: list[bytes]) -> None:
     check_answers(lines, answers)
 
 
-@pytest.mark.xfail(strict=False, raises=RecursionError, reason="issue 13: a 1000-deep JSON array (2,001 bytes) "
-                   "raises RecursionError out of control.parse_request, and so out of the "
-                   "server: the daemon exits")
 def test_a_1000_deep_array_gets_an_error_answer() -> None:
     line = b"[" * 1000 + b"]" * 1000
     with daemon_stack():

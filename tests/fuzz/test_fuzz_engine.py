@@ -233,8 +233,6 @@ _PROFILE = settings.get_profile("fuzz-active")
 
 @pytest.mark.xfail(strict=False, raises=(HeldForever, PacketStorm), reason=(
     "engine bugs found by this target (reproducers: "
-    "test_a_new_local_syn_on_a_keying_flow_releases_its_held_packets, "
-    "test_segments_after_a_reset_of_a_keying_flow_are_not_held_forever, "
     "test_every_held_segment_gets_a_release_when_keys_arrive, "
     "test_bytes_beyond_what_the_peer_sent_start_no_ack_storm): held packets that never get "
     "their release, an endless ACK exchange; remove this mark once all are fixed"))
@@ -271,10 +269,6 @@ def test_prefixes_reach_every_state() -> None:
 
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantError, reason=(
-    "found by this fuzz target: a local SYN on the 4-tuple of a keying flow holding packets "
-    "makes Engine._outbound forget the flow without releasing them (no Release ever comes "
-    "for the HELD packet ids)"))
 def test_a_new_local_syn_on_a_keying_flow_releases_its_held_packets() -> None:
     """Held packets of a flow replaced by a new connection get their release (a drop)."""
     bench = Bench(4)
@@ -285,16 +279,13 @@ def test_a_new_local_syn_on_a_keying_flow_releases_its_held_packets() -> None:
     bench.drain()
 
 
-@pytest.mark.xfail(strict=True, raises=InvariantError, reason=(
-    "found by this fuzz target: a keying flow closed by the peer's RST still HOLDs the "
-    "local stack's later segments; only keys arriving after the close release them, and "
-    "without them the linger, tombstone and forget that follow never do"))
 def test_segments_after_a_reset_of_a_keying_flow_are_not_held_forever() -> None:
-    """A segment B's stack sent before it saw A's RST is dropped, not held for good."""
+    """A segment B's stack sends after its RST closed a keying flow is dropped, not held
+    for good (only keys arriving after the close would release it)."""
     bench = Bench(4)
     _keying(bench)
-    a, b = bench.a, bench.b
-    bench.stack_ack(a, RST)
+    b = bench.b
+    bench.stack_ack(b, RST)
     assert b.status() is not None and b.status().state == "closed" and not b.held
     bench.stack_ack(b, ACK | FIN)
     bench.cut = True   # the wire loses A's Init1 retransmissions from here on
