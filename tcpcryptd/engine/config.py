@@ -46,8 +46,8 @@ class EngineConfig:
     #: plaintext), until the flow is forgotten
     tombstone: float = 600.0
     #: at most one challenge ACK per flow per this many seconds, in answer to a RST (or a
-    #: SYN) inside the receive window but not at its exact start (RFC 5961 §3.2, §4, §7;
-    #: Linux's per-socket limit is 0.5 s as well)
+    #: SYN) inside the receive window but not at its exact start, or to an ACK of bytes
+    #: never sent (RFC 5961 §3.2, §4, §7; Linux's per-socket limit is 0.5 s as well)
     challenge_ack_interval: float = 0.5
     #: retransmission timer of injected bytes (RFC 6298): initial, lower and upper bound
     initial_rto: float = 1.0

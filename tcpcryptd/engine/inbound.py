@@ -237,6 +237,16 @@ def rst_position(flow: Flow, seq: int) -> int:
     return RST_OUTSIDE
 
 
+def _challenge_ack(eng: Engine, flow: Flow, now: float, result: Result) -> None:
+    """The engine's ACK in answer to an unacceptable segment, at most one per flow per
+    ``EngineConfig.challenge_ack_interval`` (RFC 5961 §7)."""
+    last = flow.challenge_at
+    if last is None or now - last >= eng.config.challenge_ack_interval or now < last:
+        flow.challenge_at = now
+        eng.count("challenge_acks")
+        result.transmit.append(eng.engine_ack(flow))
+
+
 def handle_rst(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: Result) -> None:
     """An inbound RST (or RST|ACK) on a synchronized ENO flow: RFC 5961 §3.2 in wire space.
 
@@ -272,11 +282,7 @@ def handle_rst(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: Resu
     if position == RST_IN_WINDOW:
         eng.count("drops_rst-in-window")
         result.verdict = Verdict.DROP
-        last = flow.challenge_at
-        if last is None or now - last >= eng.config.challenge_ack_interval or now < last:
-            flow.challenge_at = now
-            eng.count("challenge_acks")
-            result.transmit.append(eng.engine_ack(flow))
+        _challenge_ack(eng, flow, now, result)
         return
     eng.count("resets_accepted")
     flow.packets_in += 1
@@ -313,9 +319,12 @@ def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
     prev_ack = smap.peer_wire_ack
     wire_ack = unwrap(pkt.ack, flow.local_isn, prev_ack)
     if wire_ack > flow.wire_snd_next():
+        # RFC 9293 §3.10.7.4: answer with an ACK and drop; rate limited as RFC 5961 §7
+        # asks, or a forged segment the peer then acknowledges starts an endless exchange
+        # (the peer answers our ACK, below its receive point, with an ACK of its own)
         eng.count("drops_ack-of-unsent")
         result.verdict = Verdict.DROP
-        result.transmit.append(eng.engine_ack(flow))
+        _challenge_ack(eng, flow, now, result)
         return
     local_ack = smap.ack(wire_ack)
     if wire_ack > prev_ack:

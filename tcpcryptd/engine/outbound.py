@@ -399,9 +399,13 @@ def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
 def release_held(eng: Engine, flow: Flow, now: float, result: Result) -> None:
     """Keys exist: frame and release the held segments in order (DESIGN.md §4)."""
     held, flow.held = flow.held, []
-    for packet_id, pkt in held:
+    for k, (packet_id, pkt) in enumerate(held):
         assert isinstance(pkt, TCPPacket)
-        data, extra = process_data(eng, flow, pkt)
+        try:
+            data, extra = process_data(eng, flow, pkt)
+        except Exception:
+            flow.held = held[k:]   # the abort that follows drops them: each gets its verdict
+            raise
         result.releases.append(Release(packet_id, data, data is not None))
         result.transmit.extend(extra)
     eng.check_closed(flow, now)

@@ -231,11 +231,6 @@ def _run_step(bench: Bench, data: st.DataObject) -> None:
 _PROFILE = settings.get_profile("fuzz-active")
 
 
-@pytest.mark.xfail(strict=False, raises=(HeldForever, PacketStorm), reason=(
-    "engine bugs found by this target (reproducers: "
-    "test_every_held_segment_gets_a_release_when_keys_arrive, "
-    "test_bytes_beyond_what_the_peer_sent_start_no_ack_storm): held packets that never get "
-    "their release, an endless ACK exchange; remove this mark once all are fixed"))
 @settings(_PROFILE, max_examples=_PROFILE.max_examples * 8)
 @given(prefix=st.sampled_from(tuple(PREFIXES)), version=st.sampled_from((4, 6)),
        fast_path=st.booleans(), data=st.data())
@@ -292,11 +287,6 @@ def test_segments_after_a_reset_of_a_keying_flow_are_not_held_forever() -> None:
     bench.drain()
 
 
-@pytest.mark.xfail(strict=True, raises=PacketStorm, reason=(
-    "found by this fuzz target: 12 forged bytes at A's next expected wire offset (the start "
-    "of a frame announcing more) make A acknowledge beyond what B sent; B answers that ACK of unsent data with an ACK "
-    "(inbound.py, drops_ack-of-unsent), A answers B's now old segment with a duplicate ACK, "
-    "and so on without end: one injected segment, an unbounded ACK exchange"))
 def test_bytes_beyond_what_the_peer_sent_start_no_ack_storm() -> None:
     """A forged segment costs the engines a bounded number of answers."""
     bench = bench_after("encrypted", 4)
@@ -307,10 +297,6 @@ def test_bytes_beyond_what_the_peer_sent_start_no_ack_storm() -> None:
     bench.arrive(a, forged)
 
 
-@pytest.mark.xfail(strict=True, raises=HeldForever, reason=(
-    "found by this fuzz target: when keys arrive, the held segments are released, except "
-    "one whose bytes at the same sequence numbers differ from an earlier held one: it "
-    "leaves the flow's held list without a Release"))
 def test_every_held_segment_gets_a_release_when_keys_arrive() -> None:
     bench = bench_after("keying", 4)
     a = bench.a
