@@ -81,23 +81,25 @@ def chain_rules(spec: RuleSpec) -> dict[str, list[str]]:
     injected = f"{marks.mark_injected:#x}/{marks.mark_injected:#x}"
     plain = f"-m mark --mark {marks.mark_plain:#x}/{marks.mark_plain:#x} -j RETURN"
     encrypted = f"{marks.mark_encrypted:#x}/{marks.mark_encrypted:#x}"
+    # Offloaded plain connections leave first: their packets cost one mark test here (the
+    # nftables guard still stops any that belongs to an encrypted connection).
     out = [
+        f"-A {CHAIN_OUT} {plain}",
         # Injected toward the local stack: plaintext sequence space, keep it out of conntrack's
         # wire view (it would judge such a packet INVALID once the two spaces drift apart).
         f"-A {CHAIN_OUT} -o lo -m mark --mark {injected} -j CT --notrack",
         *_skip_rules(CHAIN_OUT, spec, "-o"),
         f"-A {CHAIN_OUT} -m mark --mark {injected} -j RETURN",
-        f"-A {CHAIN_OUT} {plain}",
         f"-A {CHAIN_OUT} -p tcp {queue} --queue-bypass",
     ]
     inbound = [
+        f"-A {CHAIN_IN} {plain}",
         *_skip_rules(CHAIN_IN, spec, "-i"),
         # Tell the daemon in the nfmark that the connection is encrypted (fail closed on a
         # packet it cannot process).
         f"-A {CHAIN_IN} -j CONNMARK --restore-mark --nfmask {marks.mark_encrypted:#x} "
         f"--ctmask {marks.mark_encrypted:#x}",
         f"-A {CHAIN_IN} -m connmark --mark {encrypted} {queue}",
-        f"-A {CHAIN_IN} {plain}",
         f"-A {CHAIN_IN} -p tcp {queue} --queue-bypass",
     ]
     return {"raw": out, "mangle": inbound}

@@ -27,21 +27,21 @@ SPEC = RuleSpec(queue_num=5, offload=MARKS)
 def test_outbound_chain_queues_with_bypass_and_skips_loopback_injected_and_offloaded():
     raw = chain_rules(SPEC)["raw"]
     assert raw == [
+        f"-A {CHAIN_OUT} -m mark --mark 0x8/0x8 -j RETURN",
         f"-A {CHAIN_OUT} -o lo -m mark --mark 0x4/0x4 -j CT --notrack",
         f"-A {CHAIN_OUT} -o lo -j RETURN",
         f"-A {CHAIN_OUT} -m mark --mark 0x4/0x4 -j RETURN",
-        f"-A {CHAIN_OUT} -m mark --mark 0x8/0x8 -j RETURN",
         f"-A {CHAIN_OUT} -p tcp -j NFQUEUE --queue-num 5 --queue-bypass",
     ]
 
 
-def test_inbound_chain_queues_encrypted_connections_without_bypass_before_any_offload():
+def test_inbound_chain_lets_offloaded_packets_go_first_and_queues_encrypted_ones_without_bypass():
     assert chain_rules(SPEC)["mangle"] == [
+        f"-A {CHAIN_IN} -m mark --mark 0x8/0x8 -j RETURN",
         f"-A {CHAIN_IN} -i lo -j RETURN",
         f"-A {CHAIN_IN} -m addrtype ! --dst-type LOCAL -j RETURN",
         f"-A {CHAIN_IN} -j CONNMARK --restore-mark --nfmask 0x1 --ctmask 0x1",
         f"-A {CHAIN_IN} -m connmark --mark 0x1/0x1 -j NFQUEUE --queue-num 5",
-        f"-A {CHAIN_IN} -m mark --mark 0x8/0x8 -j RETURN",
         f"-A {CHAIN_IN} -p tcp -j NFQUEUE --queue-num 5 --queue-bypass",
     ]
 
