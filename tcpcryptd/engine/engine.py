@@ -628,19 +628,7 @@ class Engine:
             return
         if flow.state is State.SYN_RECEIVED:
             if flags & RST:
-                # The stack's numbers are the wire's until the first ACK: it checks the RST
-                # against its own window.  Out of the window it is dropped here too; the flow
-                # is forgotten only for the RST at exactly the peer's ISN + 1 (which any
-                # stack takes); an in-window one may only make the stack challenge.
-                offset = (pkt.seq - flow.peer_isn - 1) & MASK32
-                window = flow.stack_window if flow.syn_sends else 0xFFFF
-                if offset >= max(window, 1):
-                    self.count("drops_rst-out-of-window")
-                    result.verdict = Verdict.DROP
-                    return
-                if offset == 0:
-                    self._forget(flow, result)
-                result.verdict = Verdict.ACCEPT
+                self._syn_received_rst(flow, pkt, result)
                 return
             fallback = on_first_ack(flow, pkt, now)
             if fallback is not None:
@@ -689,18 +677,27 @@ class Engine:
                 self._replace_inbound(record, pkt, now, result)  # type: ignore[arg-type]
             return True
         if flags & RST:
-            # as for a syn-received Flow (see _inbound)
-            offset = (pkt.seq - record.peer_isn - 1) & MASK32
-            window = record.stack_window if record.syn_sends else 0xFFFF
-            if offset >= max(window, 1):
-                self.count("drops_rst-out-of-window")
-                result.verdict = Verdict.DROP
-                return True
-            if offset == 0:
-                self._forget(record, result)
-            result.verdict = Verdict.ACCEPT
+            self._syn_received_rst(record, pkt, result)
             return True
         return False
+
+    def _syn_received_rst(self, flow: Flow | HalfOpen, pkt: TCPPacket, result: Result) -> None:
+        """A RST before the peer's first ACK (a syn-received flow or its record).
+
+        The stack's numbers are the wire's until then: it checks the RST against its own
+        window.  Out of the window it is dropped here too; the flow is forgotten only for the
+        RST at exactly the peer's ISN + 1 (which any stack takes); an in-window one may only
+        make the stack challenge (RFC 5961 §3.2).
+        """
+        offset = (pkt.seq - flow.peer_isn - 1) & MASK32
+        window = flow.stack_window if flow.syn_sends else 0xFFFF
+        if offset >= max(window, 1):
+            self.count("drops_rst-out-of-window")
+            result.verdict = Verdict.DROP
+            return
+        if offset == 0:
+            self._forget(flow, result)
+        result.verdict = Verdict.ACCEPT
 
     def _promote(self, record: HalfOpen) -> Flow:
         """The record's :class:`Flow` (:func:`~tcpcryptd.engine.handshake.promote`), in the
