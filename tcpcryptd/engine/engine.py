@@ -671,7 +671,7 @@ class Engine:
                 self.count("drops_syn-rst")
                 result.verdict = Verdict.DROP
             elif flags & ACK or pkt.seq == record.peer_isn:
-                clamp_mss(record, pkt)  # type: ignore[arg-type]  # reads peer_mss only
+                clamp_mss(record, pkt)
                 result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
             else:
                 self._replace_inbound(record, pkt, now, result)  # type: ignore[arg-type]

@@ -91,10 +91,14 @@ def _finish_syn_exchange(flow: Flow) -> None:
     flow.ts_ok = flow.local_ts and flow.peer_ts
 
 
-def clamp_mss(flow: Flow, pkt: TCPPacket) -> None:
+def _clamp(pkt: TCPPacket, peer_mss: int) -> None:
     """Lower the MSS the local stack sees so its segments fit once framed (DESIGN.md §4)."""
-    limit = max(flow.peer_mss - MSS_CLAMP, _MIN_CLAMPED_MSS)
-    pkt.options = tcp_options.set_mss(pkt.options, limit)
+    pkt.options = tcp_options.set_mss(pkt.options, max(peer_mss - MSS_CLAMP, _MIN_CLAMPED_MSS))
+
+
+def clamp_mss(flow: Flow | HalfOpen, pkt: TCPPacket) -> None:
+    """:func:`_clamp` to the MSS of the peer's SYN."""
+    _clamp(pkt, flow.peer_mss)
 
 
 @lru_cache(maxsize=16)
@@ -151,8 +155,8 @@ def on_syn_ack(flow: Flow, pkt: TCPPacket, now: float) -> Fallback | None:
     return None
 
 
-def open_passive(cfg: EngineConfig, pkt: TCPPacket, now: float) -> Flow | Fallback:
-    """An inbound SYN: a flow if its ENO option negotiates with ours; we are host B."""
+def _negotiate_passive(cfg: EngineConfig, pkt: TCPPacket) -> ENOEndpoint | Fallback:
+    """Host B's ENO endpoint after the peer's SYN, negotiated, or why it stays plain."""
     opts = _options(pkt)
     if opts is None:
         return Fallback(FallbackReason.MALFORMED)
@@ -162,6 +166,15 @@ def open_passive(cfg: EngineConfig, pkt: TCPPacket, now: float) -> Flow | Fallba
     if eno.negotiated is None:
         return eno.outcome if isinstance(eno.outcome, Fallback) else Fallback(
             FallbackReason.NO_ENO)
+    return eno
+
+
+def open_passive(cfg: EngineConfig, pkt: TCPPacket, now: float) -> Flow | Fallback:
+    """An inbound SYN: a flow if its ENO option negotiates with ours; we are host B."""
+    eno = _negotiate_passive(cfg, pkt)
+    if isinstance(eno, Fallback):
+        return eno
+    assert eno.negotiated is not None
     flow = Flow(pkt.reverse_flow_key(), "B", eno, now)
     flow.negotiated = eno.negotiated
     flow.tep = eno.negotiated.tep
@@ -180,21 +193,13 @@ def open_half_open(cfg: EngineConfig, pkt: TCPPacket, raw: bytes, now: float
     are kept of it, with the SYN itself (``raw``, unmodified): :func:`promote` builds the
     :class:`Flow` from them when the peer's third segment arrives.
     """
-    opts = _options(pkt)
-    if opts is None:
-        return Fallback(FallbackReason.MALFORMED)
-    eno = ENOEndpoint.passive(tuple(reversed(cfg.teps)))
-    eno.on_received(syn=True, ack=False, options=opts)
-    negotiated = eno.negotiated
-    if negotiated is None:
-        return eno.outcome if isinstance(eno.outcome, Fallback) else Fallback(
-            FallbackReason.NO_ENO)
-    assert eno.local_option is not None
-    record = HalfOpen(pkt.reverse_flow_key(), raw, eno.local_option.raw, negotiated.tep,
+    eno = _negotiate_passive(cfg, pkt)
+    if isinstance(eno, Fallback):
+        return eno
+    assert eno.negotiated is not None and eno.local_option is not None
+    record = HalfOpen(pkt.reverse_flow_key(), raw, eno.local_option.raw, eno.negotiated.tep,
                       pkt.seq, now)
-    limit = max((tcp_options.mss(pkt.options) or DEFAULT_MSS[pkt.version]) - MSS_CLAMP,
-                _MIN_CLAMPED_MSS)
-    pkt.options = tcp_options.set_mss(pkt.options, limit)   # as clamp_mss
+    _clamp(pkt, tcp_options.mss(pkt.options) or DEFAULT_MSS[pkt.version])   # the SYN's own
     return record
 
 
