@@ -49,6 +49,7 @@ from tcpcryptd.engine.flow import (
     unwrap,
 )
 from tcpcryptd.engine.handshake import consume_init
+from tcpcryptd.engine.reassembly import disagrees
 from tcpcryptd.packet import options as tcp_options
 from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, URG, TCPPacket, rewrite_header, rewrite_segment
 
@@ -363,12 +364,9 @@ def _check_conflict(flow: Flow, offset: int, payload: bytes | memoryview) -> Non
     """
     rx = flow.rx
     pending = flow.rx_partial if flow.rx_init_done else flow.rx_init
-    if pending and offset < rx.next:
-        start = rx.next - len(pending)
-        lo, hi = max(offset, start), min(offset + len(payload), rx.next)
-        if lo < hi and pending[lo - start:hi - start] != payload[lo - offset:hi - offset]:
-            raise FlowAbort("conflicting-data")
-    if rx.buffered and rx.conflicts(offset, payload):
+    if (pending and offset < rx.next and disagrees(pending, rx.next - len(pending), payload,
+                                                   offset)) \
+            or (rx.buffered and rx.conflicts(offset, payload)):
         raise FlowAbort("conflicting-data")
 
 

@@ -16,6 +16,15 @@ from __future__ import annotations
 from bisect import bisect_left
 
 
+def disagrees(held: bytes | bytearray | memoryview, held_start: int,
+              data: bytes | memoryview, offset: int) -> bool:
+    """True when ``data`` at ``offset`` and ``held`` at ``held_start`` overlap with
+    different bytes (offsets in one stream)."""
+    lo = max(offset, held_start)
+    hi = min(offset + len(data), held_start + len(held))
+    return lo < hi and held[lo - held_start:hi - held_start] != data[lo - offset:hi - offset]
+
+
 class Reassembly:
     """Out-of-order byte store for one inbound wire stream, offsets as unbounded ints."""
 
@@ -100,8 +109,7 @@ class Reassembly:
         end = offset + len(data)
         k = max(bisect_left(starts, offset) - 1, 0)
         while k < len(starts) and starts[k] < end:
-            lo, hi = max(offset, starts[k]), min(end, starts[k] + len(chunks[k]))
-            if lo < hi and chunks[k][lo - starts[k]:hi - starts[k]] != data[lo - offset:hi - offset]:
+            if disagrees(chunks[k], starts[k], data, offset):
                 return True
             k += 1
         return False
