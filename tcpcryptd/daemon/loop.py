@@ -178,11 +178,12 @@ class PacketPath:
                 self.counters["daemon_inject_errors"] += 1
                 log.debug("injection failed: %s", exc)
 
-    def counters_view(self) -> dict[str, int]:
-        """Engine counters plus the daemon's own (``daemon_*``)."""
+    def counters_view(self, *more: dict[str, int]) -> dict[str, int]:
+        """Engine counters plus the daemon's own (``daemon_*``) and any ``more``, summed."""
         merged = dict(self.engine.counters)
-        for name, value in self.counters.items():
-            merged[name] = merged.get(name, 0) + value
+        for counters in (self.counters, *more):
+            for name, value in counters.items():
+                merged[name] = merged.get(name, 0) + value
         return merged
 
 
@@ -226,9 +227,7 @@ class Daemon:
                ) -> dict[str, Any]:
         """The ``status`` answer: daemon, counters, then rows or a summary (``query``)."""
         now = self.clock()
-        counters = self.path.counters_view()
-        for name, value in self.kernel_counters().items():
-            counters[name] = counters.get(name, 0) + value
+        counters = self.path.counters_view(self.kernel_counters())
         return {
             "daemon": {
                 "pid": os.getpid(),

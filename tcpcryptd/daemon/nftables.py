@@ -154,36 +154,36 @@ def table_text(spec: OffloadSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _nft(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+def _nft(args: list[str], stdin: str | None = None, *,
+         check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``nft ARGS``; with ``check``, a failure is a FirewallError carrying nft's words."""
     if shutil.which("nft") is None:
         raise FirewallError("nft not found: install the nftables package")
     try:
-        return subprocess.run(["nft", *args], input=stdin, capture_output=True, text=True,
+        done = subprocess.run(["nft", *args], input=stdin, capture_output=True, text=True,
                               timeout=COMMAND_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as exc:
         raise FirewallError(f"nft did not finish in {COMMAND_TIMEOUT:.0f}s") from exc
+    if check and done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().replace("\n", "; ")
+        raise FirewallError(f"nft {args[0]} failed (exit {done.returncode}): {detail}")
+    return done
 
 
 def table_exists() -> bool:
-    return _nft(["list", "table", "inet", TABLE]).returncode == 0
+    return _nft(["list", "table", "inet", TABLE], check=False).returncode == 0
 
 
 def install_table(spec: OffloadSpec) -> None:
     """Create or atomically replace the table."""
-    done = _nft(["-f", "-"], table_text(spec))
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().replace("\n", "; ")
-        raise FirewallError(f"nft -f failed (exit {done.returncode}): {detail}")
+    _nft(["-f", "-"], table_text(spec))
 
 
 def remove_table() -> bool:
     """Delete the table; True when it existed."""
     if not table_exists():
         return False
-    done = _nft(["delete", "table", "inet", TABLE])
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().replace("\n", "; ")
-        raise FirewallError(f"nft delete table failed (exit {done.returncode}): {detail}")
+    _nft(["delete", "table", "inet", TABLE])
     return True
 
 
@@ -192,8 +192,6 @@ def kernel_counters() -> dict[str, int]:
     without ENO (``plain_no-eno-syn``, also in ``plain``). Empty when it cannot be read."""
     try:
         done = _nft(["-j", "list", "counter", "inet", TABLE, COUNTER_NO_ENO_SYN])
-        if done.returncode != 0:
-            return {}
         packets = next(item["counter"]["packets"] for item in json.loads(done.stdout)["nftables"]
                        if "counter" in item)
     except (FirewallError, ValueError, KeyError, TypeError, StopIteration):
