@@ -458,10 +458,14 @@ class Engine:
         self._forget(flow, result)
         result.verdict, result.plain = Verdict.ACCEPT, True
 
-    def _plain(self, reason: str) -> Result:
+    def _plain(self, reason: str, result: Result | None = None) -> Result:
+        """Leave the connection plain, counted as ``plain_<reason>``: the packet passes."""
         self.count("plain")
         self.count(f"plain_{reason}")
-        return Result(Verdict.ACCEPT, plain=True)
+        if result is None:
+            return Result(Verdict.ACCEPT, plain=True)
+        result.verdict, result.plain = Verdict.ACCEPT, True
+        return result
 
     def _new_flow(self, pkt: TCPPacket, outbound: bool, now: float,
                   raw: bytes | None = None) -> Result:
@@ -537,10 +541,8 @@ class Engine:
                                                 Direction.INBOUND))
             elif flow.state is State.SYN_RECEIVED and flags & ACK:
                 if not on_local_syn_ack(flow, pkt, now):
-                    self.count("plain")
-                    self.count("plain_option-space")
                     self._forget(flow, result)
-                    result.verdict, result.plain = Verdict.ACCEPT, True
+                    self._plain("option-space", result)
                     return
             if len(pkt.payload):
                 pkt.payload = b""   # no SYN data on an ENO flow (RFC 8547 §4.7), never plaintext
@@ -656,10 +658,8 @@ class Engine:
             if flags & (SYN | ACK | RST) != SYN | ACK or pkt.ack != (record.peer_isn + 1) & MASK32:
                 return False
             if not half_open_syn_ack(record, pkt, bytes(raw), now):
-                self.count("plain")
-                self.count("plain_option-space")
                 self._forget(record, result)
-                result.verdict, result.plain = Verdict.ACCEPT, True
+                self._plain("option-space", result)
                 return True
             if len(pkt.payload):
                 pkt.payload = b""   # no SYN data on an ENO flow (RFC 8547 §4.7)
