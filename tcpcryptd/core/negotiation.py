@@ -78,6 +78,10 @@ class FallbackReason(StrEnum):
     AA_MANDATORY = "aa-mandatory"
     #: The only candidates were resumption answers naming another session (RFC 8548 §3.5).
     RESUME_MISMATCH = "resume-mismatch"
+    #: A SYN without ACK answered our SYN: both hosts opened actively, both with b=0, so
+    #: the roles clash (§4.2 on the b bit, §4.6 item 3); seen by the engine before any option
+    #: is compared.
+    SIMULTANEOUS_OPEN = "simultaneous-open"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,7 @@ import os
 from typing import Protocol
 
 from tcpcryptd.daemon.errors import ConfigError
-from tcpcryptd.engine.actions import Result
-from tcpcryptd.engine.config import EngineConfig
-from tcpcryptd.engine.engine import Engine
-from tcpcryptd.engine.flow import Flow
+from tcpcryptd.engine.events import Event, SessionEstablished
 
 
 class KeyedSession(Protocol):
@@ -35,7 +32,11 @@ class KeyedSession(Protocol):
 
 def format_line(session: KeyedSession) -> str:
     k_ab, k_ba = session.traffic_keys(0)
-    return f"TCPCRYPT {session.session_id.hex()} {session.role} {k_ab.hex()} {k_ba.hex()}\n"
+    return _line(session.session_id, session.role, k_ab, k_ba)
+
+
+def _line(session_id: bytes, role: str, k_ab: bytes, k_ba: bytes) -> str:
+    return f"TCPCRYPT {session_id.hex()} {role} {k_ab.hex()} {k_ba.hex()}\n"
 
 
 class KeyLog:
@@ -50,25 +51,17 @@ class KeyLog:
         self._file = os.fdopen(fd, "a", encoding="ascii")
 
     def write(self, session: KeyedSession) -> None:
-        self._file.write(format_line(session))
+        self._append(format_line(session))
+
+    def record(self, event: Event) -> None:
+        """An engine event (``Result.events``): a new session's keys are written, every
+        other event is ignored."""
+        if isinstance(event, SessionEstablished):
+            self._append(_line(event.session_id, event.role, event.k_ab, event.k_ba))
+
+    def _append(self, line: str) -> None:
+        self._file.write(line)
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
-
-
-class KeyLoggingEngine(Engine):
-    """The engine, writing each new session to a :class:`KeyLog` when its keys exist.
-
-    Hooks :meth:`Engine.on_keys`, the engine's single point where a session comes into
-    being (RFC 8548 §3.3: after Init1/Init2), so the engine itself stays free of I/O.
-    """
-
-    def __init__(self, config: EngineConfig, keylog: KeyLog) -> None:
-        super().__init__(config)
-        self.keylog = keylog
-
-    def on_keys(self, flow: Flow, init2: bytes, now: float, result: Result) -> None:
-        super().on_keys(flow, init2, now, result)
-        if flow.session is not None:
-            self.keylog.write(flow.session)

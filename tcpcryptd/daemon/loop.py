@@ -35,6 +35,7 @@ from tcpcryptd.daemon.nfqueue import (
 from tcpcryptd.daemon.rawsock import InjectError
 from tcpcryptd.engine.actions import Direction, Result, Verdict
 from tcpcryptd.engine.config import EngineConfig
+from tcpcryptd.engine.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,12 @@ class Sender(Protocol):
     def send(self, packet: bytes) -> None: ...
 
 
+class EventSink(Protocol):
+    """Takes the engine's events (``Result.events``), e.g. the key log."""
+
+    def record(self, event: Event) -> None: ...
+
+
 class PacketPath:
     """Engine results -> verdicts and injections; never raises into NetfilterQueue.
 
@@ -70,13 +77,15 @@ class PacketPath:
 
     def __init__(self, engine: FlowEngine, sender: Sender, verdicts: Verdicts,
                  clock: Callable[[], float] = time.monotonic,
-                 heap: HeapTrimmer | None = None) -> None:
+                 heap: HeapTrimmer | None = None, events: EventSink | None = None) -> None:
         self.engine = engine
         self.sender = sender
         self.verdicts = verdicts
         self.encrypted_mark = verdicts.encrypted_mark
         self.clock = clock
         self.heap = heap if heap is not None else HeapTrimmer(None)
+        #: where each result's events go (None: nobody wants them)
+        self.events = events
         self.counters: Counter[str] = Counter()
 
     def on_packet(self, packet: QueuedPacket) -> None:
@@ -100,7 +109,7 @@ class PacketPath:
                 self.verdicts.accept(packet, result.data, result.encrypted)
             else:
                 self._verdict(packet, result)
-            if result.releases or result.transmit:
+            if result.releases or result.transmit or result.events:
                 self._apply(result)
         except Exception:
             self.counters["daemon_verdict_errors"] += 1
@@ -177,6 +186,13 @@ class PacketPath:
             except InjectError as exc:
                 self.counters["daemon_inject_errors"] += 1
                 log.debug("injection failed: %s", exc)
+        if self.events is not None:
+            for event in result.events:
+                try:
+                    self.events.record(event)
+                except Exception:
+                    self.counters["daemon_event_errors"] += 1
+                    log.debug("recording an event failed", exc_info=True)
 
     def counters_view(self, *more: dict[str, int]) -> dict[str, int]:
         """Engine counters plus the daemon's own (``daemon_*``) and any ``more``, summed."""

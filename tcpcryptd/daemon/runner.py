@@ -13,7 +13,7 @@ from tcpcryptd.daemon.firewall import Firewall, Removal, RuleSpec, detect_backen
 from tcpcryptd.daemon import nftables
 from tcpcryptd.daemon.nftables import OffloadSpec
 from tcpcryptd.daemon.heap import HeapTrimmer, glibc_malloc_trim
-from tcpcryptd.daemon.keylog import KeyLog, KeyLoggingEngine
+from tcpcryptd.daemon.keylog import KeyLog
 from tcpcryptd.daemon.logsetup import setup_logging
 from tcpcryptd.daemon.loop import Daemon, PacketPath
 from tcpcryptd.daemon.nfqueue import PacketQueue, Verdicts
@@ -51,15 +51,15 @@ def run_daemon(config: Config) -> None:
         sender = RawSender(config.marks.injected | config.marks.encrypted,
                            ipv6=config.firewall.ipv6)
         stack.callback(sender.close)
+        keylog = None
         if config.log.keylog:
             keylog = KeyLog(config.log.keylog)
             stack.callback(keylog.close)
-            engine: Engine = KeyLoggingEngine(engine_config(config), keylog)
             log.warning("key log on: session keys are written to %s", keylog.path)
-        else:
-            engine = Engine(engine_config(config))
+        engine = Engine(engine_config(config))
         verdicts = Verdicts(config.marks.seen, config.marks.encrypted, config.marks.plain)
-        path = PacketPath(engine, sender, verdicts, heap=HeapTrimmer(glibc_malloc_trim()))
+        path = PacketPath(engine, sender, verdicts, heap=HeapTrimmer(glibc_malloc_trim()),
+                          events=keylog)
         daemon = Daemon(config, engine, path, backend.name,
                         kernel_counters=nftables.kernel_counters)
         stack.callback(daemon.catch_signals())

@@ -2,14 +2,16 @@
 
 The engine is sans-IO: each call returns a :class:`Result` that says what to do with the
 packet just handed in (accept, possibly rewritten; drop; hold for a deferred verdict), which
-earlier held packets to release, and which packets the engine made itself to send toward the
-wire or the local stack.
+earlier held packets to release, which packets the engine made itself to send toward the
+wire or the local stack, and what happened to connections (events, in order).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+
+from tcpcryptd.engine.events import Event
 
 
 class Direction(IntEnum):
@@ -54,6 +56,8 @@ class Result:
     ``encrypted`` is True on the packet with which a connection enters its key exchange
     (RFC 8547 §4.6: both hosts have sent and received an ENO ACK, encryption is mandatory
     from here): the daemon marks it so the firewall records the connection as encrypted.
+    ``events`` are the :mod:`~tcpcryptd.engine.events` of this call (session established,
+    fell back, aborted), for the key log, status and metrics.
     """
 
     verdict: Verdict | None
@@ -62,3 +66,4 @@ class Result:
     transmit: list[Transmit] = field(default_factory=list)
     plain: bool = False
     encrypted: bool = False
+    events: list[Event] = field(default_factory=list)

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from tcpcryptd.core.constants import NON_SYN_OPTION, TEP
-from tcpcryptd.core.negotiation import ENOEndpoint, Negotiated
+from tcpcryptd.core.negotiation import ENOEndpoint, Negotiated, Role
 from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake, Session
+from tcpcryptd.engine.actions import Direction, Transmit
 from tcpcryptd.engine.reassembly import Reassembly
 from tcpcryptd.engine.sendmap import SendMap
 from tcpcryptd.packet import options as tcp_options
-from tcpcryptd.packet.tcp import ACK, FIN, RST, SYN, URG, FlowKey, TCPPacket, build
+from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, URG, FlowKey, TCPPacket, build
 
 MASK32 = 0xFFFFFFFF
 #: Flags that leave the engine's fast paths (both directions) to the full ones.
@@ -75,6 +76,10 @@ class State(StrEnum):
     TOMBSTONE = "tombstone"        #: linger over: state freed, every segment dropped
 
 
+#: Before the session's key exchange starts: ENO may still fall back (RFC 8547 §4.6)
+HANDSHAKE_STATES = (State.SYN_SENT, State.SYN_RECEIVED, State.NEGOTIATED)
+
+
 @dataclass(frozen=True)
 class FlowStatus:
     """One line of ``tcpcryptd status``."""
@@ -101,6 +106,12 @@ def _address(version: int, addr: bytes, port: int) -> str:
     if version == 4:
         return f"{socket.inet_ntop(socket.AF_INET, addr)}:{port}"
     return f"[{socket.inet_ntop(socket.AF_INET6, addr)}]:{port}"
+
+
+def flow_addresses(key: FlowKey) -> tuple[str, str]:
+    """``(local, remote)`` of a flow key (the 4-tuple as the local stack sends it)."""
+    version, src, sport, dst, dport = key
+    return _address(version, src, sport), _address(version, dst, dport)
 
 
 class Flow:
@@ -131,7 +142,7 @@ class Flow:
         "bytes_in_wire", "bytes_in_plain",
     )
 
-    def __init__(self, key: FlowKey, role: str, eno: ENOEndpoint, now: float) -> None:
+    def __init__(self, key: FlowKey, role: Role, eno: ENOEndpoint, now: float) -> None:
         self.key = key
         self.version = key[0]
         self.role = role
@@ -141,7 +152,7 @@ class Flow:
         self.syn_option = b""
         #: the negotiated TEP (v bit stripped), 0 until negotiated
         self.tep = 0
-        self.state = State.SYN_SENT if role == "A" else State.SYN_RECEIVED
+        self.state = State.SYN_SENT if role is Role.A else State.SYN_RECEIVED
         self.created = now
         self.last_activity = now
         self.negotiated: Negotiated | None = None
@@ -213,7 +224,7 @@ class Flow:
         #: our SYN (A) or SYN-ACK (B): when first sent, and how often; the SYN's RTT is a
         #: sample only if it was sent once (Karn's algorithm, RFC 6298 §3)
         self.syn_time = now
-        self.syn_sends = 1 if role == "A" else 0
+        self.syn_sends = 1 if role is Role.A else 0
         self.syn_rtt: float | None = None
         # packets held until keys exist: (packet_id, parsed packet)
         self.held: list[tuple[int, object]] = []
@@ -341,6 +352,22 @@ class Flow:
         return build(version, src, dst, sport, dport, seq, ack, flags | ACK, self.window_field(),
                      self.wire_options(sack), payload, self.out_ttl, self.out_df, self.out_tos)
 
+    def wire_pieces(self, wire_offset: int, data: bytes, *, fin: bool = False) -> list[Transmit]:
+        """Engine-made segments carrying wire bytes ``data`` at ``wire_offset``, PSH on the last."""
+        max_payload = max(self.peer_mss - len(self.wire_options(False)), 64)
+        pieces = [data[i:i + max_payload] for i in range(0, len(data), max_payload)] or [b""]
+        out = []
+        for k, piece in enumerate(pieces):
+            last = k == len(pieces) - 1
+            flags = (PSH if last and piece else 0) | (FIN if fin and last else 0)
+            out.append(Transmit(self.wire_packet(wire_offset, flags, piece), Direction.OUTBOUND))
+            wire_offset += len(piece)
+        return out
+
+    def engine_ack(self) -> Transmit:
+        """Our own ACK to the peer, with SACK blocks in wire space."""
+        return Transmit(self.wire_packet(self.wire_snd_next(), 0, sack=True), Direction.OUTBOUND)
+
     def local_packet(self, local_offset: int, flags: int, payload: bytes = b"",
                      urg_ptr: int = 0) -> bytes:
         """A segment toward the local stack, from the peer, as the peer would send it."""
@@ -366,11 +393,14 @@ class Flow:
             self.srtt = 0.875 * self.srtt + 0.125 * sample
         self.rto = min(max(self.srtt + 4 * self.rttvar, min_rto), max_rto)
 
+    def addresses(self) -> tuple[str, str]:
+        """``(local, remote)`` as ``tcpcryptd status`` prints them."""
+        return flow_addresses(self.key)
+
     def status(self, now: float) -> FlowStatus:
-        version, src, sport, dst, dport = self.key
+        local, remote = flow_addresses(self.key)
         return FlowStatus(
-            local=_address(version, src, sport), remote=_address(version, dst, dport),
-            state=str(self.state), role=self.role, tep=_tep_name(self.tep),
+            local=local, remote=remote, state=str(self.state), role=str(self.role), tep=_tep_name(self.tep),
             aead=self.aead_name, session_id=self.session_id.hex(),
             age=now - self.created,
             packets_out=self.packets_out, packets_in=self.packets_in,
@@ -412,7 +442,7 @@ class HalfOpen:
     __slots__ = ("key", "syn", "syn_ack", "syn_option", "tep", "peer_isn", "created",
                  "last_activity", "syn_time", "syn_sends", "scheduled", "stale")
 
-    role = "B"
+    role = Role.B
     state = State.SYN_RECEIVED
     held = ()   # nothing is held before the third segment: there are no keys to wait for
     closed_at = None
@@ -449,10 +479,9 @@ class HalfOpen:
         return 65535 if self.syn_ack is None else TCPPacket.parse(self.syn_ack).window
 
     def status(self, now: float) -> FlowStatus:
-        version, src, sport, dst, dport = self.key
+        local, remote = flow_addresses(self.key)
         return FlowStatus(
-            local=_address(version, src, sport), remote=_address(version, dst, dport),
-            state=str(self.state), role="B", tep=_tep_name(self.tep), aead="", session_id="",
+            local=local, remote=remote, state=str(self.state), role=str(self.role), tep=_tep_name(self.tep), aead="", session_id="",
             age=now - self.created, packets_out=0, packets_in=0, bytes_out_plain=0,
             bytes_out_wire=0, bytes_in_wire=0, bytes_in_plain=0, abort_reason="")
 

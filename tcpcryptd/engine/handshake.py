@@ -1,4 +1,10 @@
-"""The ENO handshake of a flow and the in-band tcpcrypt key exchange (RFC 8547 §4, 8548 §3.3).
+"""The SYN phase, the ENO handshake and the tcpcrypt key exchange (RFC 8547 §4, 8548 §3.3).
+
+Everything from a flow's SYN to its session: :func:`outbound_syn_phase` and
+:func:`inbound_syn_phase` take the segments of a flow that is not synchronized yet (SYN,
+SYN-ACK, retransmissions, RSTs, the third segment), :func:`half_open_segment` those of a
+compact :class:`~tcpcryptd.engine.flow.HalfOpen` record; :func:`start_init1`,
+:func:`consume_init` and :func:`keys_made` are the Init1/Init2 exchange.
 
 * Outbound SYN (we are host A): the SYN-form ENO option is appended, TEPs by preference; the
   option bytes are kept in the :class:`~tcpcryptd.core.negotiation.ENOEndpoint` so every
@@ -24,11 +30,15 @@ from typing import TYPE_CHECKING
 from tcpcryptd.core.constants import INIT1_MAGIC, INIT2_MAGIC
 from tcpcryptd.core.eno import Suboption, SynOption, build_syn_option
 from tcpcryptd.core.messages import message_length
-from tcpcryptd.core.negotiation import ENOEndpoint, Fallback, FallbackReason
+from tcpcryptd.core.negotiation import ENOEndpoint, Fallback, FallbackReason, Role
 from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake
-from tcpcryptd.engine.flow import DEFAULT_MSS, MSS_CLAMP, Flow, HalfOpen, State
+from tcpcryptd.engine.actions import Direction, Result, Transmit, Verdict
+from tcpcryptd.engine.context import Context, FlowTable
+from tcpcryptd.engine.events import SessionEstablished
+from tcpcryptd.engine.flow import DEFAULT_MSS, MASK32, MSS_CLAMP, Flow, HalfOpen, State
+from tcpcryptd.engine.timers import arm_injected, inject
 from tcpcryptd.packet import options as tcp_options
-from tcpcryptd.packet.tcp import ACK, PacketError, TCPPacket
+from tcpcryptd.packet.tcp import ACK, FIN, RST, SYN, PacketError, TCPPacket
 
 if TYPE_CHECKING:
     from tcpcryptd.engine.config import EngineConfig
@@ -92,7 +102,8 @@ def _finish_syn_exchange(flow: Flow) -> None:
 
 
 def _clamp(pkt: TCPPacket, peer_mss: int) -> None:
-    """Lower the MSS the local stack sees so its segments fit once framed (DESIGN.md §4)."""
+    """Lower the MSS the local stack sees so its segments fit once framed
+    (docs/ARCHITECTURE.md "Packets the engine builds")."""
     pkt.options = tcp_options.set_mss(pkt.options, max(peer_mss - MSS_CLAMP, _MIN_CLAMPED_MSS))
 
 
@@ -109,7 +120,7 @@ def _active_syn_option(teps: tuple[int, ...]) -> SynOption:
 
 def open_active(cfg: EngineConfig, pkt: TCPPacket, now: float) -> Flow:
     """A new flow for an outbound SYN; we are host A (caller checked :func:`syn_refusal`)."""
-    flow = Flow(pkt.flow_key(), "A", ENOEndpoint.active(_active_syn_option(tuple(cfg.teps))), now)
+    flow = Flow(pkt.flow_key(), Role.A, ENOEndpoint.active(_active_syn_option(tuple(cfg.teps))), now)
     flow.local_isn = pkt.seq
     _record_syn(flow, pkt, local=True)
     flow.local_wscale_sent = tcp_options.wscale(pkt.options) is not None
@@ -175,7 +186,7 @@ def open_passive(cfg: EngineConfig, pkt: TCPPacket, now: float) -> Flow | Fallba
     if isinstance(eno, Fallback):
         return eno
     assert eno.negotiated is not None
-    flow = Flow(pkt.reverse_flow_key(), "B", eno, now)
+    flow = Flow(pkt.reverse_flow_key(), Role.B, eno, now)
     flow.negotiated = eno.negotiated
     flow.tep = eno.negotiated.tep
     flow.peer_isn = pkt.seq
@@ -266,14 +277,237 @@ def _syn_rtt(flow: Flow, now: float) -> float | None:
     return now - flow.syn_time if flow.syn_sends == 1 else None
 
 
-def start_init1(flow: Flow, cfg: EngineConfig) -> bytes:
-    """Host A's Init1: the key pair is generated here, not before (RFC 8548 §3.3)."""
+# -- the SYN phase, segment by segment --------------------------------------------------
+
+def outbound_syn_phase(ctx: Context, table: FlowTable, flow: Flow, pkt: TCPPacket, now: float,
+                       result: Result) -> bool:
+    """A segment of the local stack on a flow not yet past the SYN phase: its SYNs and
+    SYN-ACKs (any state), and what it sends in syn-sent or syn-received.  False when the
+    segment is not the SYN phase's (the outbound path takes it)."""
+    flags = pkt.flags
+    if flags & SYN:
+        retransmitted_syn = (pkt.seq == flow.local_isn and flow.role is Role.A
+                             and flow.state in (State.SYN_SENT, State.NEGOTIATED))
+        if not flags & ACK and not retransmitted_syn:
+            # the stack opens a new connection on a tracked 4-tuple: whatever it kept of
+            # the old one is gone (a socket in TIME-WAIT sends no SYN), so the old flow
+            # is replaced outright, never mixed with the new one (RFC 9293 §3.10.7.4)
+            ctx.count(f"replaced_{flow.state}")
+            table.forget(flow, result, restore=False)
+            new = table.open_flow(pkt, True, now)
+            result.verdict, result.data, result.plain = new.verdict, new.data, new.plain
+            result.events.extend(new.events)
+            return True
+        if retransmitted_syn and not flags & ACK:
+            add_syn_option(flow, pkt)  # identical bytes on every retransmission
+            flow.syn_sends += 1
+        elif flow.closed_at is not None:
+            # a SYN-ACK on an ended flow: the stack accepted a new connection that the
+            # engine left plain (its SYN had no ENO), or repeats one of the old one
+            if pkt.ack == (flow.peer_isn + 1) & MASK32:
+                ctx.count("drops_stale-syn-ack")
+                result.verdict = Verdict.DROP
+                return True
+            ctx.count(f"replaced_{flow.state}")
+            table.forget(flow, result, restore=False)
+            result.verdict, result.plain = Verdict.ACCEPT, True
+            return True
+        elif pkt.ack != (flow.peer_isn + 1) & MASK32:
+            # the stack answers a SYN the flow does not stand for (an older one on the
+            # 4-tuple): never with this flow's ENO answer nor its numbers
+            ctx.count("drops_stale-syn-ack")
+            result.verdict = Verdict.DROP
+            return True
+        elif flow.role is Role.B and flags & ACK and flow.state is not State.SYN_RECEIVED:
+            # a SYN-ACK retransmitted after the peer's ACK arrived: the stack missed that
+            # ACK (local loss); same ENO bytes to the wire, and a fresh ACK to the stack
+            add_syn_option(flow, pkt)
+            flow.stack_seen_ack = None
+            result.transmit.append(Transmit(flow.local_packet(flow.dl_sent, 0),
+                                            Direction.INBOUND))
+        elif flow.state is State.SYN_RECEIVED and flags & ACK:
+            if not on_local_syn_ack(flow, pkt, now):
+                table.forget(flow, result)
+                table.plain("option-space", result)
+                return True
+        if len(pkt.payload):
+            pkt.payload = b""   # no SYN data on an ENO flow (RFC 8547 §4.7), never plaintext
+            ctx.count("drops_syn-data")
+        result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
+        return True
+    if flow.state in (State.SYN_SENT, State.SYN_RECEIVED):
+        if flags & RST:
+            # In SYN-SENT the stack sends RSTs only in answer to segments that do not
+            # belong to its connection attempt (RFC 9293 §3.10.7.3); it gives up an
+            # attempt silently.  In SYN-RECEIVED it drops the connection with a RST that
+            # answers the SYN (ACK = the peer's ISN + 1) or starts at its own ISN + 1.
+            if flow.state is State.SYN_RECEIVED and (
+                    (flags & ACK and pkt.ack == (flow.peer_isn + 1) & MASK32)
+                    or (flow.syn_sends and pkt.seq == (flow.local_isn + 1) & MASK32)):
+                table.forget(flow, result)
+            result.verdict = Verdict.ACCEPT
+        elif len(pkt.payload) or flags & FIN:
+            ctx.count("drops_before-established")   # never plaintext on an ENO flow
+            result.verdict = Verdict.DROP
+        else:
+            result.verdict = Verdict.ACCEPT
+        return True
+    return False
+
+
+def inbound_syn_phase(ctx: Context, table: FlowTable, flow: Flow, pkt: TCPPacket, now: float,
+                      result: Result) -> bool:
+    """A segment of the peer on a flow not yet past the SYN phase: its SYNs and SYN-ACKs
+    (any state), what it sends in syn-sent, and in syn-received its first ACK, which
+    decides ENO (RFC 8547 §4.6).  False when the inbound path takes the segment."""
+    flags = pkt.flags
+    if flags & SYN:
+        if flags & RST:
+            ctx.count("drops_syn-rst")
+            result.verdict = Verdict.DROP
+            return True
+        if flags & ACK:
+            if flow.closed_at is not None:
+                ctx.count("drops_stale-syn-ack")   # an old duplicate: nothing to answer
+                result.verdict = Verdict.DROP
+                return True
+            if flow.state is State.SYN_SENT:
+                if pkt.ack != (flow.local_isn + 1) & MASK32:
+                    # not an answer to our SYN: the stack resets it (RFC 9293 §3.10.7.3)
+                    # and the flow waits for the real SYN-ACK
+                    result.verdict = Verdict.ACCEPT
+                    return True
+                fallback = on_syn_ack(flow, pkt, now)
+                if fallback is not None:
+                    table.fall_back(flow, fallback, result)
+                    return True
+                flow.stack_seen_ack = 0
+                flow.stack_seen_window = flow.peer_window_field
+            else:
+                clamp_mss(flow, pkt)
+        elif flow.state is State.SYN_SENT:
+            # simultaneous open (RFC 8547 §4.6: no ENO)
+            table.forget(flow, result)
+            table.fall_back(flow, Fallback(FallbackReason.SIMULTANEOUS_OPEN), result)
+            return True
+        elif pkt.seq == flow.peer_isn and flow.role is Role.B:
+            if flow.closed_at is not None:
+                # an old duplicate of the ended connection's SYN (no higher ISN: a
+                # TIME-WAIT stack would not take it either, RFC 9293 §3.10.7.4)
+                ctx.count("drops_old-syn")
+                result.verdict = Verdict.DROP
+                return True
+            clamp_mss(flow, pkt)   # a retransmitted or duplicated SYN: the stack answers
+        elif flow.closed_at is not None or flow.state is State.SYN_RECEIVED:
+            table.replace_inbound(flow, pkt, now, result)
+            return True
+        else:
+            # a SYN with another ISN on a synchronized connection: the stack answers it
+            # with a challenge ACK (RFC 5961 §4), translated like any of its ACKs
+            clamp_mss(flow, pkt)
+        result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
+        return True
+    if flow.state is State.SYN_SENT:
+        if flags & RST:
+            # RFC 9293 §3.10.7.3: in SYN-SENT only a RST whose ACK acknowledges our SYN
+            # is acceptable; any other is dropped (the stack would drop it too), and the
+            # flow must not be forgotten for it
+            if not (flags & ACK and pkt.ack == (flow.local_isn + 1) & MASK32):
+                ctx.count("drops_rst-unacceptable")
+                result.verdict = Verdict.DROP
+                return True
+            table.forget(flow, result)
+        result.verdict = Verdict.ACCEPT
+        return True
+    if flow.state is State.SYN_RECEIVED:
+        if flags & RST:
+            syn_received_rst(ctx, table, flow, pkt, result)
+            return True
+        fallback = on_first_ack(flow, pkt, now)
+        if fallback is not None:
+            table.fall_back(flow, fallback, result)
+            return True
+        if flow.state is State.SYN_RECEIVED:
+            ctx.count("drops_before-ack")
+            result.verdict = Verdict.DROP
+            return True
+    return False
+
+
+def half_open_segment(ctx: Context, table: FlowTable, record: HalfOpen, pkt: TCPPacket,
+                      raw: bytes, outbound: bool, now: float, result: Result) -> bool:
+    """A segment on a :class:`HalfOpen` record, handled as the functions above handle it on
+    a syn-received :class:`Flow`; False when the segment needs the flow itself (the peer's
+    third segment, anything unusual): the caller promotes the record and runs the usual
+    path.  A flood's retransmitted SYNs, RSTs and the stack's SYN-ACKs are answered from
+    the record and never promote it."""
+    if record.stale is not None:
+        return False
+    flags = pkt.flags
+    if outbound:
+        if flags & (SYN | ACK | RST) != SYN | ACK or pkt.ack != (record.peer_isn + 1) & MASK32:
+            return False
+        if not half_open_syn_ack(record, pkt, bytes(raw), now):
+            table.forget(record, result)
+            table.plain("option-space", result)
+            return True
+        if len(pkt.payload):
+            pkt.payload = b""   # no SYN data on an ENO flow (RFC 8547 §4.7)
+            ctx.count("drops_syn-data")
+        result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
+        return True
+    if flags & SYN:
+        if flags & RST:
+            ctx.count("drops_syn-rst")
+            result.verdict = Verdict.DROP
+        elif flags & ACK or pkt.seq == record.peer_isn:
+            clamp_mss(record, pkt)
+            result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
+        else:
+            table.replace_inbound(record, pkt, now, result)
+        return True
+    if flags & RST:
+        syn_received_rst(ctx, table, record, pkt, result)
+        return True
+    return False
+
+
+def syn_received_rst(ctx: Context, table: FlowTable, flow: Flow | HalfOpen, pkt: TCPPacket,
+                     result: Result) -> None:
+    """A RST before the peer's first ACK (a syn-received flow or its record).
+
+    The stack's numbers are the wire's until then: it checks the RST against its own
+    window.  Out of the window it is dropped here too; the flow is forgotten only for the
+    RST at exactly the peer's ISN + 1 (which any stack takes); an in-window one may only
+    make the stack challenge (RFC 5961 §3.2).
+    """
+    offset = (pkt.seq - flow.peer_isn - 1) & MASK32
+    window = flow.stack_window if flow.syn_sends else 0xFFFF
+    if offset >= max(window, 1):
+        ctx.count("drops_rst-out-of-window")
+        result.verdict = Verdict.DROP
+        return
+    if offset == 0:
+        table.forget(flow, result)
+    result.verdict = Verdict.ACCEPT
+
+
+# -- the Init exchange (RFC 8548 §3.3) ----------------------------------------------------
+
+def start_init1(ctx: Context, flow: Flow, now: float) -> bytes:
+    """Host A's third ACK leaves: Init1, the first bytes of A's wire stream, is made (the
+    key pair is generated here, not before) and its retransmission timer armed; the
+    caller sends it on or right before the ACK (``45 02`` is on that ACK, RFC 8547 §4.6)."""
+    flow.eno.option_for_segment(syn=False, ack=True)  # the ACK carries ``45 02``
     assert flow.negotiated is not None
     handshake = InitiatorHandshake(flow.negotiated.tep_byte, flow.negotiated.transcript,
-                                   cfg.aeads)
+                                   ctx.config.aeads)
     flow.handshake = handshake
     flow.state = State.KEYING
-    return handshake.init1
+    init1 = handshake.init1
+    flow.smap.append(0, init1, injected=True)
+    arm_injected(ctx, flow, now)
+    return init1
 
 
 def consume_init(flow: Flow, cfg: EngineConfig, chunk: bytes | memoryview) -> tuple[bytes, bytes]:
@@ -285,7 +519,7 @@ def consume_init(flow: Flow, cfg: EngineConfig, chunk: bytes | memoryview) -> tu
     :class:`~tcpcryptd.core.errors.KeyAgreementError`, which abort the connection.
     """
     flow.rx_init += chunk   # bytes: an Init message arrives in a segment or a few
-    magic = INIT2_MAGIC if flow.role == "A" else INIT1_MAGIC
+    magic = INIT2_MAGIC if flow.role is Role.A else INIT1_MAGIC
     length = message_length(flow.rx_init, magic, cfg.max_init_len)
     if length is None or len(flow.rx_init) < length:
         return b"", b""
@@ -295,7 +529,7 @@ def consume_init(flow: Flow, cfg: EngineConfig, chunk: bytes | memoryview) -> tu
     flow.rx_init_done = True
     flow.rx_frame_offset = length
     init2 = b""
-    if flow.role == "A":
+    if flow.role is Role.A:
         assert isinstance(flow.handshake, InitiatorHandshake)
         flow.session = flow.handshake.receive_init2(message, max_len=cfg.max_init_len)
     else:
@@ -324,3 +558,20 @@ def forget_negotiation(flow: Flow) -> None:
         flow.syn_option = eno.local_option.raw
     flow.eno = None
     flow.negotiated = None
+
+
+def keys_made(ctx: Context, flow: Flow, init2: bytes, now: float, result: Result) -> None:
+    """The session exists: reported, and host B sends Init2 at once (the caller then
+    releases the held local data, encrypted)."""
+    ctx.count("encrypted")
+    session = flow.session
+    assert session is not None
+    flow.aead_name = session.aead.name
+    flow.session_id = session.session_id   # shared with the session, hex in status
+    local, remote = flow.addresses()
+    k_ab, k_ba = session.traffic_keys(0)
+    result.events.append(SessionEstablished(
+        local, remote, str(flow.role), session.tep_byte, flow.aead_name, session.session_id,
+        False, k_ab, k_ba))
+    if init2:
+        inject(ctx, flow, init2, now, result)

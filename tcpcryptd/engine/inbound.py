@@ -1,4 +1,4 @@
-"""Inbound path: wire -> local stack (DESIGN.md §3 "Inbound", RFC 8548 §3.6-3.8, §4.2).
+"""Inbound path: wire -> local stack (docs/ARCHITECTURE.md "Inbound", RFC 8548 §3.6-3.8, §4.2).
 
 For every non-SYN segment from the peer on an ENO flow:
 
@@ -11,7 +11,8 @@ For every non-SYN segment from the peer on an ENO flow:
   order and only whole verified frames' plaintext is queued for the local stack (local
   offsets; local seq = peer ISN + 1 + offset);
 * the plaintext goes to the stack as its window allows, in this very packet (rewritten) and
-  in engine-made packets, kept until the stack ACKs it and resent on a timer;
+  in engine-made packets, kept until the stack ACKs it and resent on a timer
+  (:mod:`~tcpcryptd.engine.delivery`);
 * the ACK rule is :meth:`~tcpcryptd.engine.flow.Flow.wire_ack_offset`: the engine itself
   ACKs the peer at once when bytes were taken but nothing reached the stack (Init, partial
   frame, closed local window), and answers a gap with a duplicate ACK carrying SACK blocks in
@@ -25,18 +26,20 @@ For every non-SYN segment from the peer on an ENO flow:
 * FIN: a TCP FIN must sit right after a verified FINp frame, else abort; the FINp frame
   delivers the FIN to the stack.  URGp frames set URG and the urgent pointer toward the
   stack.  A RST cannot be authenticated (RFC 8548 §3.7, §8): :func:`handle_rst` applies
-  RFC 5961 §3.2 to its real sequence number in wire space (exact: reset; in the window:
+  RFC 5961 §3.2 to its real sequence number in wire space
+  (:func:`~tcpcryptd.engine.closing.rst_position`; exact: reset; in the window:
   challenge ACK; outside: dropped), so an encrypted connection is no easier to reset than a
   plain one.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from tcpcryptd.core.frame import CONTROL_REKEY, FRAME_OVERHEAD, HEADER_LEN, MAX_CLEN, MIN_CLEN
 from tcpcryptd.core.errors import FrameError
-from tcpcryptd.engine.actions import Direction, Result, Transmit, Verdict
+from tcpcryptd.engine.actions import Direction, Result, Verdict
+from tcpcryptd.engine.closing import RST_IN_WINDOW, RST_OUTSIDE, check_closed, close, rst_position
+from tcpcryptd.engine.context import Context
+from tcpcryptd.engine.delivery import MAX_DELIVERY, deliver_pending, local_sack, to_stack_header
 from tcpcryptd.engine.flow import (
     MASK32,
     TS_LAYOUT,
@@ -48,19 +51,15 @@ from tcpcryptd.engine.flow import (
     ts_newer,
     unwrap,
 )
-from tcpcryptd.engine.handshake import consume_init
+from tcpcryptd.engine.handshake import consume_init, keys_made
+from tcpcryptd.engine.outbound import release_held
 from tcpcryptd.engine.reassembly import disagrees
+from tcpcryptd.engine.timers import inject, on_peer_ack
 from tcpcryptd.packet import options as tcp_options
 from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, URG, TCPPacket, rewrite_header, rewrite_segment
 
-if TYPE_CHECKING:
-    from tcpcryptd.engine.engine import Engine
-
 #: the largest frame on the wire: header and the largest clen (RFC 8548 §4.2)
 _MAX_FRAME_WIRE = HEADER_LEN + MAX_CLEN
-#: most plaintext bytes in one segment toward the local stack: well inside a 65535-byte IP
-#: packet with any IP and TCP header (the stack takes segments above its MSS, as from GRO)
-MAX_DELIVERY = 32768
 
 def note_peer(flow: Flow, tsval: int | None, ttl: int, df: bool, tos: int,
               window: int) -> None:
@@ -74,84 +73,7 @@ def note_peer(flow: Flow, tsval: int | None, ttl: int, df: bool, tos: int,
     flow.peer_window_field = min(window >> flow.peer_wscale, 0xFFFF)
 
 
-def _local_sack(flow: Flow, raw: bytes) -> bytes:
-    """The peer's SACK blocks (our wire stream) translated to whole local frames."""
-    smap = flow.smap
-    isn1 = flow.local_isn + 1
-    blocks = []
-    for left, right in tcp_options.sack_blocks(raw):
-        lo = unwrap(left, flow.local_isn, smap.peer_wire_ack)
-        hi = unwrap(right, flow.local_isn, smap.peer_wire_ack)
-        local = smap.sack_to_local(lo, hi)
-        if local is not None:
-            blocks.append(((local[0] + isn1) & MASK32, (local[1] + isn1) & MASK32))
-    return tcp_options.replace_sack(raw, blocks)
-
-
-def _to_stack_header(flow: Flow, pkt: TCPPacket, local_ack: int) -> None:
-    pkt.ack = (flow.local_isn + 1 + local_ack) & MASK32
-    pkt.window = flow.peer_window_field
-    if flow.ts_ok:
-        refresh_tsval(pkt, flow.peer_tsval, None)
-    if len(pkt.options) > (12 if flow.ts_ok else 0):
-        pkt.options = _local_sack(flow, pkt.options)
-    flow.stack_seen_ack = local_ack
-    flow.stack_seen_window = pkt.window
-
-
-def deliver_pending(eng: Engine, flow: Flow, now: float, pkt: TCPPacket | None,
-                    result: Result) -> int:
-    """Send verified plaintext (and the FIN) the stack has room for; return bytes sent.
-
-    The first piece is written into ``pkt`` (the packet being handled) when given.
-    """
-    dl_base, dl_buf = flow.dl_base, flow.dl_buf
-    end = dl_base + len(dl_buf)
-    send_to = min(end, flow.stack_rcv_ack + flow.stack_window)
-    fin = flow.rx_fin_done and not flow.dl_fin_sent
-    off = flow.dl_sent
-    if off >= send_to and not (fin and off == end):
-        return 0
-    local_ack = flow.smap.wire_to_local_ack(flow.smap.peer_wire_ack)
-    sent = 0
-    while True:
-        # toward the local stack a segment may be larger than an MSS (as GRO makes them):
-        # what a filled gap releases goes up in few segments, not one per frame
-        piece_end = min(off + MAX_DELIVERY, send_to) if off < send_to else off
-        data = bytes(dl_buf[off - dl_base:piece_end - dl_base])
-        is_fin = fin and piece_end == end
-        flags = (PSH if flow.rx_push and piece_end == end else 0) | (FIN if is_fin else 0)
-        urg_ptr = 0 if flow.rx_urgent is None else flow.urgent_pointer(off)
-        if urg_ptr:
-            flags |= URG
-        if pkt is not None:
-            pkt.seq = (flow.peer_isn + 1 + off) & MASK32
-            _to_stack_header(flow, pkt, local_ack)
-            pkt.flags = (pkt.flags & ~(FIN | PSH | URG | RST)) | ACK | flags
-            pkt.urg_ptr = urg_ptr
-            pkt.payload = data
-            result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes()
-            pkt = None
-        else:
-            result.transmit.append(Transmit(flow.local_packet(off, flags, data, urg_ptr),
-                                            Direction.INBOUND))
-            flow.stack_seen_ack = local_ack
-        sent += len(data)
-        off = piece_end
-        if is_fin:
-            off += 1
-            flow.dl_fin_sent = True
-            break
-        if off >= send_to and not (fin and off == end):
-            break
-    flow.dl_sent = off
-    flow.bytes_in_plain += sent
-    if flow.dl_deadline is None:
-        flow.dl_deadline = now + eng.config.local_rto
-    return sent or 1
-
-
-def _consume_frames(eng: Engine, flow: Flow, chunk: bytes | memoryview, now: float,
+def _consume_frames(ctx: Context, flow: Flow, chunk: bytes | memoryview, now: float,
                     result: Result) -> None:
     """Verify and decrypt the whole frames now contiguous (RFC 8548 §4.2), strictly in order."""
     session = flow.session
@@ -181,24 +103,26 @@ def _consume_frames(eng: Engine, flow: Flow, chunk: bytes | memoryview, now: flo
         if frame.fin:
             flow.rx_finp = True
         if frame.needs_rekey_reply:
-            eng.inject_empty_frame(flow, now, result)
+            # an empty frame (RFC 8548 §3.8 rekey reply), with our own retransmission
+            inject(ctx, flow, session.seal(flow.smap.wire_end, b""), now, result)
     if partial:
         del partial[:pos]
     elif pos < total:
         flow.rx_partial = bytearray(data[pos:])
 
 
-def _consume(eng: Engine, flow: Flow, chunk: bytes | memoryview, now: float,
+def _consume(ctx: Context, flow: Flow, chunk: bytes | memoryview, now: float,
              result: Result) -> None:
     if flow.rx_fin_done:
         raise FlowAbort("data-after-fin")
     if not flow.rx_init_done:
-        init2, chunk = consume_init(flow, eng.config, chunk)
+        init2, chunk = consume_init(flow, ctx.config, chunk)
         if not flow.rx_init_done:
             return
-        eng.on_keys(flow, init2, now, result)
+        keys_made(ctx, flow, init2, now, result)
+        release_held(ctx, flow, now, result)
     if chunk:
-        _consume_frames(eng, flow, chunk, now, result)
+        _consume_frames(ctx, flow, chunk, now, result)
 
 
 def _check_fin(flow: Flow) -> None:
@@ -213,42 +137,17 @@ def _check_fin(flow: Flow) -> None:
     raise FlowAbort("fin-without-finp")
 
 
-#: :func:`rst_position`: the RST sits exactly at the receive point, inside the receive
-#: window but not exactly there, or outside the window (RFC 5961 §3.2)
-RST_EXACT, RST_IN_WINDOW, RST_OUTSIDE = 0, 1, 2
-
-
-def rst_position(flow: Flow, seq: int) -> int:
-    """Where an inbound RST's sequence number lies in the peer's *wire* stream.
-
-    RCV.NXT is what a plain TCP at the engine's place would have acknowledged: every
-    contiguous wire byte taken (:attr:`Reassembly.next`), plus the peer's FIN once it was
-    verified after its FINp frame.  As Linux does (``tcp_reset_check``), a RST one below
-    that point is also exact once the peer's FIN was taken (the peer may have sent the RST
-    before it saw the FIN acknowledged).  RCV.WND is the window the engine advertises.
-    """
-    nxt = flow.rx.next
-    fin = 1 if flow.rx_fin_done else 0
-    offset = unwrap(seq, flow.peer_isn, nxt)
-    if offset == nxt + fin or (fin and offset == nxt):
-        return RST_EXACT
-    window = flow.window_field() << flow.local_wscale
-    if nxt + fin <= offset < nxt + fin + window:
-        return RST_IN_WINDOW
-    return RST_OUTSIDE
-
-
-def _challenge_ack(eng: Engine, flow: Flow, now: float, result: Result) -> None:
+def _challenge_ack(ctx: Context, flow: Flow, now: float, result: Result) -> None:
     """The engine's ACK in answer to an unacceptable segment, at most one per flow per
     ``EngineConfig.challenge_ack_interval`` (RFC 5961 §7)."""
     last = flow.challenge_at
-    if last is None or now - last >= eng.config.challenge_ack_interval or now < last:
+    if last is None or now - last >= ctx.config.challenge_ack_interval or now < last:
         flow.challenge_at = now
-        eng.count("challenge_acks")
-        result.transmit.append(eng.engine_ack(flow))
+        ctx.count("challenge_acks")
+        result.transmit.append(flow.engine_ack())
 
 
-def handle_rst(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: Result) -> None:
+def handle_rst(ctx: Context, flow: Flow, pkt: TCPPacket, now: float, result: Result) -> None:
     """An inbound RST (or RST|ACK) on a synchronized ENO flow: RFC 5961 §3.2 in wire space.
 
     A RST cannot be authenticated (RFC 8548 §3.7, §8: tcpcrypt leaves an off-path attacker
@@ -277,15 +176,15 @@ def handle_rst(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: Resu
     """
     position = rst_position(flow, pkt.seq)
     if position == RST_OUTSIDE:
-        eng.count("drops_rst-out-of-window")
+        ctx.count("drops_rst-out-of-window")
         result.verdict = Verdict.DROP
         return
     if position == RST_IN_WINDOW:
-        eng.count("drops_rst-in-window")
+        ctx.count("drops_rst-in-window")
         result.verdict = Verdict.DROP
-        _challenge_ack(eng, flow, now, result)
+        _challenge_ack(ctx, flow, now, result)
         return
-    eng.count("resets_accepted")
+    ctx.count("resets_accepted")
     flow.packets_in += 1
     smap = flow.smap
     pkt.seq = (flow.peer_isn + 1 + flow.dl_sent) & MASK32
@@ -299,14 +198,14 @@ def handle_rst(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: Resu
     pkt.urg_ptr = 0
     pkt.payload = b""
     result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes()
-    eng.close(flow, now, result)
+    close(flow, now, result)
 
 
-def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: Result) -> None:
+def handle_inbound(ctx: Context, flow: Flow, pkt: TCPPacket, now: float, result: Result) -> None:
     """A non-SYN segment from the peer on an ENO flow."""
     flags = pkt.flags
     if flags & RST:
-        handle_rst(eng, flow, pkt, now, result)
+        handle_rst(ctx, flow, pkt, now, result)
         return
     note_peer(flow, packet_tsval(pkt) if flow.ts_ok else None, pkt.ttl, pkt.df, pkt.tos,
               pkt.window)
@@ -314,7 +213,7 @@ def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
     flow.packets_in += 1
     smap = flow.smap
     if not flags & ACK:
-        eng.count("drops_no-ack")
+        ctx.count("drops_no-ack")
         result.verdict = Verdict.DROP
         return
     prev_ack = smap.peer_wire_ack
@@ -323,13 +222,13 @@ def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
         # RFC 9293 §3.10.7.4: answer with an ACK and drop; rate limited as RFC 5961 §7
         # asks, or a forged segment the peer then acknowledges starts an endless exchange
         # (the peer answers our ACK, below its receive point, with an ACK of its own)
-        eng.count("drops_ack-of-unsent")
+        ctx.count("drops_ack-of-unsent")
         result.verdict = Verdict.DROP
-        _challenge_ack(eng, flow, now, result)
+        _challenge_ack(ctx, flow, now, result)
         return
     local_ack = smap.ack(wire_ack)
     if wire_ack > prev_ack:
-        eng.on_peer_ack(flow, now)
+        on_peer_ack(ctx, flow, now)
     n = len(pkt.payload)
     # a segment below the receive point without data is a keep-alive or a zero-window probe:
     # it asks for an ACK with the current window (RFC 9293 §3.8.6.1), so the engine answers
@@ -340,14 +239,14 @@ def handle_inbound(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
         offset = unwrap(pkt.seq, flow.peer_isn, flow.rx.next)
         # per-flow memory bound: never take more than the buffer allows, but always enough
         # to complete the largest frame (no deadlock on a frame larger than the window)
-        flow.rx.limit = max(eng.config.max_buffered_bytes - len(flow.dl_buf), _MAX_FRAME_WIRE)
+        flow.rx.limit = max(ctx.config.max_buffered_bytes - len(flow.dl_buf), _MAX_FRAME_WIRE)
         _check_conflict(flow, offset, pkt.payload)
         chunk = flow.rx.take(offset, pkt.payload)
         if chunk:
             flow.rx_push = bool(flags & PSH)
-            _consume(eng, flow, chunk, now, result)
+            _consume(ctx, flow, chunk, now, result)
         answer = True
-    _after_payload(eng, flow, pkt, now, result, prev_ack, wire_ack, local_ack, answer)
+    _after_payload(ctx, flow, pkt, now, result, prev_ack, wire_ack, local_ack, answer)
 
 
 def _check_conflict(flow: Flow, offset: int, payload: bytes | memoryview) -> None:
@@ -380,7 +279,7 @@ def _news(flow: Flow, prev_ack: int, wire_ack: int, local_ack: int, bare: bool) 
         or (bare and wire_ack == prev_ack and flow.smap.local_end > local_ack))
 
 
-def _after_payload(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: Result,
+def _after_payload(ctx: Context, flow: Flow, pkt: TCPPacket, now: float, result: Result,
                    prev_ack: int, wire_ack: int, local_ack: int, answer: bool) -> None:
     """The rest of :func:`handle_inbound` once ACK and payload are taken: the FIN, delivery
     to the stack, the segment's own fate, the engine's ACK."""
@@ -396,13 +295,13 @@ def _after_payload(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
     if flow.rx_fin_wire is not None:
         _check_fin(flow)
     if flow.undelivered():
-        delivered = deliver_pending(eng, flow, now, pkt, result)
+        delivered = deliver_pending(ctx, flow, now, pkt, result)
     else:
         delivered = 0
     if result.verdict is None:
         if _news(flow, prev_ack, wire_ack, local_ack, not n and not flags & FIN):
             pkt.seq = (flow.peer_isn + 1 + flow.dl_sent) & MASK32
-            _to_stack_header(flow, pkt, local_ack)
+            to_stack_header(flow, pkt, local_ack)
             pkt.flags &= ~(FIN | PSH | URG)
             pkt.urg_ptr = 0
             if n:
@@ -415,12 +314,12 @@ def _after_payload(eng: Engine, flow: Flow, pkt: TCPPacket, now: float, result: 
             result.verdict = Verdict.DROP
     if answer and not delivered and not result.releases and not any(
             t.direction is Direction.OUTBOUND for t in result.transmit):
-        result.transmit.append(eng.engine_ack(flow))
+        result.transmit.append(flow.engine_ack())
     if flow.local_fin:
-        eng.check_closed(flow, now)
+        check_closed(flow, now)
 
 
-def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
+def fast_inbound(ctx: Context, flow: Flow, data: bytes, tcp_start: int,
                  fields: tuple[int, ...], now: float) -> Result | None:
     """:func:`handle_inbound` for an encrypted flow's common segments, or None (untouched).
 
@@ -464,7 +363,7 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     flow.packets_in += 1
     local_ack = smap.ack(wire_ack)
     if wire_ack > prev_ack:
-        eng.on_peer_ack(flow, now)
+        on_peer_ack(ctx, flow, now)
     result = Result(None)
     # what refresh_tsval makes of it: the peer's latest TSval, the echo kept
     options = (TS_LAYOUT + flow.peer_tsval.to_bytes(4, "big") + data[tcp_start + 28:header_end]
@@ -473,7 +372,7 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
         result.verdict = Verdict.DROP
         if _news(flow, prev_ack, wire_ack, local_ack, True):
             if more_options:
-                options = _local_sack(flow, options)
+                options = local_sack(flow, options)
             flow.stack_seen_ack = local_ack
             flow.stack_seen_window = flow.peer_window_field
             result.verdict = Verdict.ACCEPT
@@ -483,10 +382,10 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
                 (flow.local_isn + 1 + local_ack) & MASK32, flags & ~PSH,
                 flow.peer_window_field, 0, options, b"")
         if flow.local_fin:
-            eng.check_closed(flow, now)
+            check_closed(flow, now)
         return result
     flow.bytes_in_wire += n
-    flow.rx.limit = max(eng.config.max_buffered_bytes - len(flow.dl_buf), _MAX_FRAME_WIRE)
+    flow.rx.limit = max(ctx.config.max_buffered_bytes - len(flow.dl_buf), _MAX_FRAME_WIRE)
     rx.next += n
     flow.rx_push = bool(flags & PSH)
     session = flow.session
@@ -500,14 +399,14 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
         flow.rx_finp = True
     plain = frame.data
     if not plain:   # an empty frame: nothing for the stack, the general rest decides
-        _after_payload(eng, flow, TCPPacket.parse(data), now, result, prev_ack, wire_ack,
+        _after_payload(ctx, flow, TCPPacket.parse(data), now, result, prev_ack, wire_ack,
                        local_ack, True)
         return result
     flow.dl_buf += plain
     flow.dl_sent = off + len(plain)
     flow.bytes_in_plain += len(plain)
     if flow.dl_deadline is None:
-        flow.dl_deadline = now + eng.config.local_rto
+        flow.dl_deadline = now + ctx.config.local_rto
     flow.stack_seen_ack = local_ack
     flow.stack_seen_window = flow.peer_window_field
     urg_ptr = 0 if flow.rx_urgent is None else flow.urgent_pointer(off)
@@ -518,5 +417,5 @@ def fast_inbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
         (flags & ~(FIN | URG | RST)) | ACK | (URG if urg_ptr else 0),   # PSH as the peer set it
         flow.peer_window_field, urg_ptr, options, plain)
     if flow.local_fin:
-        eng.check_closed(flow, now)
+        check_closed(flow, now)
     return result

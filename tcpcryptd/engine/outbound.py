@@ -1,4 +1,4 @@
-"""Outbound path: local stack -> wire (DESIGN.md §3 "Outbound", RFC 8548 §3.6-3.7, §4.2).
+"""Outbound path: local stack -> wire (docs/ARCHITECTURE.md "Outbound", RFC 8548 §3.6-3.7, §4.2).
 
 For every non-SYN segment the local stack sends on an ENO flow:
 
@@ -14,11 +14,12 @@ For every non-SYN segment the local stack sends on an ENO flow:
 * a FIN rides on the segment with the last byte of the FINp frame; a bare FIN becomes an
   empty FINp frame (20 bytes) plus FIN (RFC 8548 §3.7);
 * URG: the stack's urgent pointer becomes the frame's URGp + urgent field, the offset of the
-  last urgent byte from the frame's first data byte in the application stream (DESIGN.md §8);
-  URG is cleared on the wire;
+  last urgent byte from the frame's first data byte in the application stream
+  (docs/ARCHITECTURE.md "Urgent data"); URG is cleared on the wire;
 * keep-alives and zero-window probes (``snd.una - 1``, 0 or 1 byte) pass with a translated
   sequence number and no payload: they are not framed and leak no byte;
-* until keys exist, data segments are HELD (bounded) and released in order, encrypted.
+* until keys exist, data segments are HELD (bounded) and released in order, encrypted;
+* host A's third ACK carries Init1 (:func:`~tcpcryptd.engine.handshake.start_init1`).
 
 :func:`fast_outbound` is the same path for the segments of a bulk transfer -- new in-order
 data that fits one frame, and pure ACKs -- read with one ``struct`` call instead of a full
@@ -28,10 +29,12 @@ the simulation both ways) and declines everything else before changing anything.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from tcpcryptd.core.constants import NON_SYN_OPTION
 from tcpcryptd.core.frame import FRAME_OVERHEAD, FRAME_OVERHEAD_URGENT, MAX_FRAME_DATA
 from tcpcryptd.engine.actions import Direction, Release, Result, Transmit, Verdict
+from tcpcryptd.engine.closing import check_closed, close
+from tcpcryptd.engine.context import Context
+from tcpcryptd.engine.delivery import deliver_pending, note_stack, redeliver
 from tcpcryptd.engine.flow import (
     MASK32,
     Flow,
@@ -39,11 +42,9 @@ from tcpcryptd.engine.flow import (
     packet_tsval,
     refresh_tsval,
     segment_shape,
-    ts_newer,
     unwrap,
 )
 from tcpcryptd.engine.handshake import start_init1
-from tcpcryptd.engine.inbound import deliver_pending
 from tcpcryptd.packet import options as tcp_options
 from tcpcryptd.packet.tcp import (
     ACK,
@@ -56,42 +57,6 @@ from tcpcryptd.packet.tcp import (
     rewrite_header,
     rewrite_segment,
 )
-
-if TYPE_CHECKING:
-    from tcpcryptd.engine.engine import Engine
-
-def note_stack(eng: Engine, flow: Flow, tsval: int | None, ttl: int, df: bool, tos: int,
-               flags: int, window: int, ack: int, has_payload: bool, now: float) -> bool:
-    """Remember what engine-made packets must copy from the stack (DESIGN.md §4), and let
-    the stack's ACK release the plaintext it took.
-
-    Takes the fields of the stack's segment (``tsval`` None without timestamps). Returns True
-    when the stack signals a lost delivery: its second duplicate ACK below the engine's
-    delivery point (RFC 5681 §3.2 style), so the caller resends at once.
-    """
-    if tsval is not None and ts_newer(tsval, flow.stack_tsval):
-        flow.stack_tsval = tsval
-    flow.out_ttl, flow.out_df, flow.out_tos = ttl, df, tos
-    if not flags & ACK:
-        return False
-    flow.stack_window = window << flow.local_wscale
-    acked = unwrap(ack, flow.peer_isn, flow.stack_rcv_ack)
-    if acked > flow.stack_rcv_ack and acked <= flow.dl_sent:
-        flow.stack_rcv_ack = acked
-        drop = min(acked, flow.dl_base + len(flow.dl_buf)) - flow.dl_base
-        if drop > 0:
-            del flow.dl_buf[:drop]
-            flow.dl_base += drop
-        flow.dl_backoff = 0
-        flow.stack_dupacks = 0
-        if flow.rx_urgent is not None and flow.rx_urgent < acked:
-            flow.rx_urgent = None   # the stack has the urgent byte
-        flow.dl_deadline = now + eng.config.local_rto if acked < flow.dl_sent else None
-        return False
-    if acked == flow.stack_rcv_ack < flow.dl_sent and not has_payload:
-        flow.stack_dupacks += 1
-        return flow.stack_dupacks == 2
-    return False
 
 
 def _wire_header(flow: Flow, pkt: TCPPacket, wire_offset: int, *, data: bool) -> None:
@@ -117,20 +82,20 @@ def _wire_header(flow: Flow, pkt: TCPPacket, wire_offset: int, *, data: bool) ->
                       for l, r in flow.rx.sack_blocks()]
         raw = tcp_options.replace_sack(raw, blocks)
         if flow.send_eno:
-            raw = tcp_options.add(raw, b"\x45\x02")
+            raw = tcp_options.add(raw, NON_SYN_OPTION)
         pkt.options = raw
 
 
-def _hold(eng: Engine, flow: Flow, packet_id: int, pkt: TCPPacket, result: Result) -> None:
+def _hold(ctx: Context, flow: Flow, packet_id: int, pkt: TCPPacket, result: Result) -> None:
     """Keep a local segment until keys exist (deferred verdict); dropped when the flow
     already ended (a RST closed it before its keys came: nothing would release it) or when
     too many wait (the stack retransmits)."""
     if flow.closed_at is not None:
-        eng.count("drops_hold-closed")
+        ctx.count("drops_hold-closed")
         result.verdict = Verdict.DROP
         return
-    if len(flow.held) >= eng.config.max_held_packets:
-        eng.count("drops_hold-limit")
+    if len(flow.held) >= ctx.config.max_held_packets:
+        ctx.count("drops_hold-limit")
         result.verdict = Verdict.DROP
         return
     flow.held.append((packet_id, pkt))
@@ -184,7 +149,7 @@ def _split(flow: Flow, pkt: TCPPacket, wire_lo: int, payload: bytes, max_payload
     return pkt.to_bytes(), extra
 
 
-def process_data(eng: Engine, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None, list[Transmit]]:
+def process_data(ctx: Context, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None, list[Transmit]]:
     """Frame or replay one data/FIN segment of the stack; None = drop (counted)."""
     smap = flow.smap
     payload = pkt.payload
@@ -209,7 +174,7 @@ def process_data(eng: Engine, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None,
             return pkt.to_bytes(), []
     end = start + n
     if start > smap.local_end:
-        eng.count("drops_local-gap")
+        ctx.count("drops_local-gap")
         return None, []
     # a retransmission: the stack may have missed an ACK, let the next one through
     flow.stack_seen_ack = None
@@ -223,18 +188,18 @@ def process_data(eng: Engine, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None,
             return pkt.to_bytes(), []
         # the peer has all of it: the stack missed our ACK (lost on the local path), so the
         # engine repeats it instead of letting the stack retransmit into the void
-        eng.count("drops_stale")
+        ctx.count("drops_stale")
         flow.stack_seen_ack = None
         return None, [Transmit(flow.local_packet(flow.dl_sent, 0), Direction.INBOUND)]
     if fin and (end < smap.local_end if smap.fin_local is None else end != smap.fin_local):
-        eng.count("drops_bad-fin")
+        ctx.count("drops_bad-fin")
         return None, []
     if not header_done:
         _wire_header(flow, pkt, 0, data=True)
     max_payload = max(flow.peer_mss - len(pkt.options), 64)
     if end > smap.local_end:
         if smap.fin_local is not None:
-            eng.count("drops_data-after-fin")
+            ctx.count("drops_data-after-fin")
             return None, []
         # 0xFFFF is Linux's "the urgent byte lies further than this": position unknown yet
         urgent_last = start + urg_ptr - 1 if 0 < urg_ptr < 0xFFFF else None
@@ -264,22 +229,13 @@ def process_data(eng: Engine, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None,
                   wire_fin)
 
 
-def _start_init1(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now: float,
-                 result: Result) -> None:
+def _send_init1(ctx: Context, flow: Flow, pkt: TCPPacket, packet_id: int, now: float,
+                result: Result) -> None:
     """Host A's third ACK: Init1 rides on it (or right before a data segment, which waits)."""
-    flow.eno.option_for_segment(syn=False, ack=True)  # the ACK carries ``45 02``
-    init1 = start_init1(flow, eng.config)
-    flow.smap.append(0, init1, injected=True)
-    if flow.syn_rtt is not None:
-        flow.rtt_sample(flow.syn_rtt, eng.config.min_rto, eng.config.max_rto)
-    else:
-        flow.rto = eng.config.initial_rto
-    flow.rtx_deadline = now + flow.rto
-    flow.rtt_probe = (flow.smap.wire_end, now)
+    init1 = start_init1(ctx, flow, now)
     if len(pkt.payload) or pkt.flags & FIN:
-        for piece in eng.wire_pieces(flow, 0, init1):
-            result.transmit.append(piece)
-        _hold(eng, flow, packet_id, pkt, result)
+        result.transmit.extend(flow.wire_pieces(0, init1))
+        _hold(ctx, flow, packet_id, pkt, result)
         return
     _wire_header(flow, pkt, 0, data=True)
     max_payload = max(flow.peer_mss - len(pkt.options), 64)
@@ -288,13 +244,13 @@ def _start_init1(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now: f
     result.transmit.extend(extra)
 
 
-def handle_outbound(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now: float,
+def handle_outbound(ctx: Context, flow: Flow, pkt: TCPPacket, packet_id: int, now: float,
                     result: Result) -> None:
     """A non-SYN segment from the local stack on an ENO flow."""
     flags = pkt.flags
-    if note_stack(eng, flow, packet_tsval(pkt) if flow.ts_ok else None, pkt.ttl, pkt.df,
+    if note_stack(ctx, flow, packet_tsval(pkt) if flow.ts_ok else None, pkt.ttl, pkt.df,
                   pkt.tos, flags, pkt.window, pkt.ack, bool(len(pkt.payload)), now):
-        eng.redeliver(flow, now, result, first_only=True)
+        redeliver(ctx, flow, now, result, first_only=True)
     if flags & RST:
         # the stack's RST at its SND.NXT leaves at the wire's; one that answers the peer's
         # latest ACK (<SEQ=SEG.ACK>, RFC 9293 §3.10.7.1) leaves at exactly that ACK, even
@@ -307,23 +263,23 @@ def handle_outbound(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now
         _wire_header(flow, pkt, wire, data=False)
         pkt.payload = b""   # RST data is never framed: it must not leak
         result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes()
-        eng.close(flow, now, result)
+        close(flow, now, result)
         return
     if flow.state is State.NEGOTIATED:
-        _start_init1(eng, flow, pkt, packet_id, now, result)
+        _send_init1(ctx, flow, pkt, packet_id, now, result)
         return
     if flow.undelivered():
-        deliver_pending(eng, flow, now, None, result)   # the stack's window may have opened
+        deliver_pending(ctx, flow, now, None, result)   # the stack's window may have opened
     if len(pkt.payload) or flags & FIN:
         if not flow.keyed or flow.held:
-            _hold(eng, flow, packet_id, pkt, result)
+            _hold(ctx, flow, packet_id, pkt, result)
             return
-        data, extra = process_data(eng, flow, pkt)
+        data, extra = process_data(ctx, flow, pkt)
         result.verdict = Verdict.DROP if data is None else Verdict.ACCEPT
         result.data = data
         result.transmit.extend(extra)
         if flow.local_fin:
-            eng.check_closed(flow, now)
+            check_closed(flow, now)
         return
     # a pure ACK or window update
     start = unwrap(pkt.seq, flow.local_isn, flow.smap.local_end)
@@ -333,10 +289,10 @@ def handle_outbound(eng: Engine, flow: Flow, pkt: TCPPacket, packet_id: int, now
     flow.packets_out += 1
     result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
     if flow.local_fin:
-        eng.check_closed(flow, now)
+        check_closed(flow, now)
 
 
-def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
+def fast_outbound(ctx: Context, flow: Flow, data: bytes, tcp_start: int,
                   fields: tuple[int, ...], now: float) -> Result | None:
     """:func:`handle_outbound` for an encrypted flow's common segments, or None (untouched).
 
@@ -366,10 +322,10 @@ def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     elif flow.rx.buffered:
         return None   # SACK blocks to add
     result = Result(Verdict.ACCEPT)
-    if note_stack(eng, flow, tsval, ttl, df, tos, flags, window, ack, n > 0, now):
-        eng.redeliver(flow, now, result, first_only=True)
+    if note_stack(ctx, flow, tsval, ttl, df, tos, flags, window, ack, n > 0, now):
+        redeliver(ctx, flow, now, result, first_only=True)
     if flow.undelivered():
-        deliver_pending(eng, flow, now, None, result)   # the stack's window may have opened
+        deliver_pending(ctx, flow, now, None, result)   # the stack's window may have opened
     # what refresh_tsval makes of it (the stack's latest TSval, the peer's latest echoed),
     # the same bytes as an engine-made segment's (no SACK: nothing buffered, no 45 02)
     options = flow.wire_options(False)
@@ -381,7 +337,7 @@ def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
                                      (flow.local_isn + 1 + smap.wire_end + local_fin) & MASK32,
                                      wire_ack, flags, window, urg_ptr, options, b"")
         if local_fin:
-            eng.check_closed(flow, now)
+            check_closed(flow, now)
         return result
     wire_start = smap.wire_end
     session = flow.session
@@ -396,16 +352,16 @@ def fast_outbound(eng: Engine, flow: Flow, data: bytes, tcp_start: int,
     return result
 
 
-def release_held(eng: Engine, flow: Flow, now: float, result: Result) -> None:
-    """Keys exist: frame and release the held segments in order (DESIGN.md §4)."""
+def release_held(ctx: Context, flow: Flow, now: float, result: Result) -> None:
+    """Keys exist: frame and release the held segments in order."""
     held, flow.held = flow.held, []
     for k, (packet_id, pkt) in enumerate(held):
         assert isinstance(pkt, TCPPacket)
         try:
-            data, extra = process_data(eng, flow, pkt)
+            data, extra = process_data(ctx, flow, pkt)
         except Exception:
             flow.held = held[k:]   # the abort that follows drops them: each gets its verdict
             raise
         result.releases.append(Release(packet_id, data, data is not None))
         result.transmit.extend(extra)
-    eng.check_closed(flow, now)
+    check_closed(flow, now)

@@ -41,6 +41,7 @@ class Host:
     peer_port: int
     to_stack: list[TCPPacket] = field(default_factory=list)   # packets the local stack got
     held: dict[int, bytes] = field(default_factory=dict)
+    events: list = field(default_factory=list)   # the engine's events, in order
 
     def seg(self, seq: int, ack: int, flags: int, payload: bytes = b"", *, window: int = 65535,
             options: bytes | None = None, urg_ptr: int = 0) -> bytes:
@@ -69,6 +70,7 @@ class Pair:
         """The local stack of ``host`` sends ``data``; returns the result and the wire packets."""
         self.ids += 1
         result = host.engine.handle_packet(self.ids, data, Direction.OUTBOUND, self.now)
+        host.events.extend(result.events)
         wire = self._collect(host, result, data, self.ids)
         if deliver:
             for packet in wire:
@@ -80,6 +82,7 @@ class Pair:
         self.ids += 1
         self.wire.append(data)
         result = host.engine.handle_packet(self.ids, data, Direction.INBOUND, self.now)
+        host.events.extend(result.events)
         if result.verdict is Verdict.ACCEPT:
             host.to_stack.append(TCPPacket.parse(result.data if result.data is not None else data))
         self._route(host, result)
@@ -88,6 +91,7 @@ class Pair:
     def timer(self, host: Host, now: float) -> Result:
         self.now = now
         result = host.engine.handle_timer(now)
+        host.events.extend(result.events)
         self._route(host, result)
         return result
 

@@ -820,7 +820,7 @@ def test_a_filled_gap_is_delivered_in_few_large_segments():
     """Frames held behind a lost segment go up to the stack, once the gap is filled, in
     segments of up to MAX_DELIVERY bytes (the stack takes them as it takes GRO packets), not
     one verdict or injection per frame."""
-    from tcpcryptd.engine.inbound import MAX_DELIVERY
+    from tcpcryptd.engine.delivery import MAX_DELIVERY
     pair = established()
     a, b = pair.a, pair.b
     pieces = [bytes([65 + k]) * 1000 for k in range(40)]

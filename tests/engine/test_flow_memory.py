@@ -182,8 +182,8 @@ def test_the_timer_heap_keeps_about_one_entry_per_flow():
     pairs.idle(10.0)
     for engine in (pairs.a, pairs.b):
         assert len(engine._flows) == 1500
-        assert len(engine._timers) <= 3 * len(engine._flows) // 2 + 256
-        live = [e for e in engine._timers if e[2].scheduled == e[0]]
+        assert len(engine._deadlines.heap) <= 3 * len(engine._flows) // 2 + 256
+        live = [e for e in engine._deadlines.heap if e[2].scheduled == e[0]]
         assert len(live) == len(engine._flows)
 
 

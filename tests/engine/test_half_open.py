@@ -166,7 +166,7 @@ def test_third_segment_promotes_and_the_connection_goes_on():
     assert stack_bytes(b, ISN_A) == b"hello"
     assert flow.state is State.ENCRYPTED
     # the record's timer entry is dead; the flow has exactly one live entry
-    live = [e for e in b.engine._timers if e[2].scheduled == e[0]
+    live = [e for e in b.engine._deadlines.heap if e[2].scheduled == e[0]
             and b.engine._flows.get(e[2].key) is e[2]]
     assert [e[2] for e in live] == [flow]
 

@@ -350,8 +350,8 @@ class Bench:
             buffered = flow.rx.buffered + len(flow.rx_partial) + len(flow.dl_buf)
             if buffered > cfg.max_buffered_bytes + 2 * _MAX_FRAME_WIRE:
                 raise InvariantError(f"{side.name}: {buffered} bytes buffered in one flow")
-        if len(engine._timers) > 3 * len(flows) // 2 + 257:
-            raise InvariantError(f"{side.name}: {len(engine._timers)} timer entries for "
+        if len(engine._deadlines.heap) > 3 * len(flows) // 2 + 257:
+            raise InvariantError(f"{side.name}: {len(engine._deadlines.heap)} timer entries for "
                                  f"{len(flows)} flows")
 
 
