@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from tcpcryptd.core.aead import aead_algorithm
@@ -42,11 +42,13 @@ def peer_half(resume_id: bytes, sends_with_k_ab: bool) -> bytes:
     return own_half(resume_id, not sends_with_k_ab)
 
 
-def new_resumption_nonce(length: int = MAX_RESUME_NONCE_LEN) -> bytes:
-    """A random resumption nonce; 8 bytes by default, as RFC 8548 §3.5 requires by default."""
+def new_resumption_nonce(length: int = MAX_RESUME_NONCE_LEN,
+                         random: Callable[[int], bytes] = os.urandom) -> bytes:
+    """A random resumption nonce (``random(n)``: n random bytes); 8 bytes by default, as
+    RFC 8548 §3.5 requires by default."""
     if not 0 <= length <= MAX_RESUME_NONCE_LEN:
         raise ValueError(f"resumption nonce length must be 0..{MAX_RESUME_NONCE_LEN}")
-    return os.urandom(length)
+    return random(length)
 
 
 def resumption_data(half: bytes, nonce: bytes) -> bytes:

@@ -15,7 +15,7 @@ for the test-vector generator; they never appear in ``repr`` and are never logge
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from tcpcryptd.core.aead import AEAD_ALGORITHMS, AEADAlgorithm, TrafficKey, aead_algorithm
 from tcpcryptd.core.constants import (
@@ -68,17 +68,18 @@ def _check_ciphers(ciphers: Sequence[int], what: str) -> tuple[int, ...]:
     return tuple(ciphers)
 
 
-def _nonce(given: bytes | None, length: int, name: str) -> bytes:
+def _nonce(given: bytes | None, length: int, name: str, random: Callable[[int], bytes]) -> bytes:
     if given is None:
-        return os.urandom(length)
+        return random(length)
     if len(given) != length:
         raise ValueError(f"{name} must be {length} bytes")
     return bytes(given)
 
 
-def _ephemeral(tep: int, private_key: bytes | None) -> EphemeralKey:
+def _ephemeral(tep: int, private_key: bytes | None,
+               random: Callable[[int], bytes]) -> EphemeralKey:
     scheme = key_agreement(tep)
-    return scheme.generate() if private_key is None else scheme.load_private(private_key)
+    return scheme.generate(random) if private_key is None else scheme.load_private(private_key)
 
 
 class Session:
@@ -269,16 +270,18 @@ class InitiatorHandshake:
     ``tep`` is the TEP byte as host B sent it (its v bit goes into the session ID, §3.4);
     the low 7 bits select the key agreement.  ``transcript`` is the ENO transcript (RFC 8547
     §4.8).  ``ciphers`` is the sym_cipher_list.  ``private_key``/``n_a`` fix the ephemeral key
-    and nonce (test vectors); by default both are random.  ``init1`` is ready at once.
+    and nonce (test vectors); by default both are drawn from ``random`` (``random(n)``: n
+    random bytes).  ``init1`` is ready at once.
     """
 
     def __init__(self, tep: int, transcript: bytes, ciphers: Sequence[int] = DEFAULT_CIPHERS,
-                 *, private_key: bytes | None = None, n_a: bytes | None = None) -> None:
+                 *, private_key: bytes | None = None, n_a: bytes | None = None,
+                 random: Callable[[int], bytes] = os.urandom) -> None:
         self.tep_byte = tep
         self.transcript = bytes(transcript)
         self.ciphers = _check_ciphers(ciphers, "ciphers")
-        self.n_a = _nonce(n_a, N_A_LEN, "N_A")
-        self.ephemeral = _ephemeral(tep, private_key)
+        self.n_a = _nonce(n_a, N_A_LEN, "N_A", random)
+        self.ephemeral = _ephemeral(tep, private_key, random)
         self.init1 = encode_init1(self.ciphers, self.n_a, self.ephemeral.pub)
         self.es: bytes | None = None
         self.prk: bytes | None = None
@@ -323,18 +326,21 @@ class ResponderHandshake:
 
     ``preference`` lists acceptable AEAD ids in increasing priority (last = most preferred,
     like TCP_CRYPT_BCONF).  The ephemeral key is generated only when Init1 arrives, unless
-    ``private_key`` fixes it (test vectors); ``n_b`` likewise.
+    ``private_key`` fixes it (test vectors); ``n_b`` likewise.  Both are drawn from
+    ``random`` otherwise.
     """
 
     def __init__(self, tep: int, transcript: bytes,
                  preference: Sequence[int] = DEFAULT_PREFERENCE, *,
-                 private_key: bytes | None = None, n_b: bytes | None = None) -> None:
+                 private_key: bytes | None = None, n_b: bytes | None = None,
+                 random: Callable[[int], bytes] = os.urandom) -> None:
         self.tep_byte = tep
         self.transcript = bytes(transcript)
         self.preference = _check_ciphers(preference, "preference")
-        self.n_b = _nonce(n_b, N_B_LEN, "N_B")
+        self.n_b = _nonce(n_b, N_B_LEN, "N_B", random)
+        self._random = random
         self.ephemeral: EphemeralKey | None = (
-            None if private_key is None else _ephemeral(tep, private_key))
+            None if private_key is None else _ephemeral(tep, private_key, random))
         key_agreement(tep)  # an unknown TEP fails here, not on the first Init1
         self.es: bytes | None = None
         self.prk: bytes | None = None
@@ -353,7 +359,7 @@ class ResponderHandshake:
         init1 = parse_init1(init1_bytes, self.tep_byte, max_len=max_len)
         sym_cipher = select_cipher(init1.sym_ciphers, self.preference)
         if self.ephemeral is None:
-            self.ephemeral = _ephemeral(self.tep_byte, None)
+            self.ephemeral = _ephemeral(self.tep_byte, None, self._random)
         self.es = self.ephemeral.exchange(init1.pub_a)
         init2 = encode_init2(sym_cipher, self.n_b, self.ephemeral.pub)
         self.prk = compute_prk(init1.n_a, self.transcript, init1_bytes, init2, self.es)

@@ -20,8 +20,10 @@ raised by :meth:`KeyAgreementScheme.pub_field_length`.
 
 from __future__ import annotations
 
+import os
 import struct
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -72,8 +74,8 @@ class KeyAgreementScheme(ABC):
     secret_len: int
 
     @abstractmethod
-    def generate(self) -> EphemeralKey:
-        """Make a fresh ephemeral key pair."""
+    def generate(self, random: Callable[[int], bytes] = os.urandom) -> EphemeralKey:
+        """Make a fresh ephemeral key pair from the bytes ``random(n)`` returns."""
 
     @abstractmethod
     def load_private(self, raw: bytes) -> EphemeralKey:
@@ -117,8 +119,9 @@ class _MontgomeryScheme(KeyAgreementScheme):
     def _wrap(self, private: _XPrivateKey) -> EphemeralKey:
         return EphemeralKey(self, private, private.public_key().public_bytes_raw())
 
-    def generate(self) -> EphemeralKey:
-        return self._wrap(self._private_cls.generate())
+    def generate(self, random: Callable[[int], bytes] = os.urandom) -> EphemeralKey:
+        # any key_len random bytes are a private key (RFC 7748 §5: clamped when used)
+        return self.load_private(random(self.key_len))
 
     def load_private(self, raw: bytes) -> EphemeralKey:
         return self._wrap(self._private_cls.from_private_bytes(raw))
@@ -164,8 +167,16 @@ class _WeierstrassScheme(KeyAgreementScheme):
         point = private.public_key().public_bytes(Encoding.X962, PublicFormat.CompressedPoint)
         return EphemeralKey(self, private, _U16.pack(self.pubkey_len) + point)
 
-    def generate(self) -> EphemeralKey:
-        return self._wrap(ec.generate_private_key(self.curve))
+    def generate(self, random: Callable[[int], bytes] = os.urandom) -> EphemeralKey:
+        # a scalar uniform in [1, n-1]: random bits of the curve's size, drawn again when 0 or
+        # not below the group order n (rare: n is close to 2**bits for both curves)
+        mask = (1 << self.curve.key_size) - 1
+        while True:
+            scalar = int.from_bytes(random(self.scalar_len), "big") & mask
+            try:
+                return self._wrap(ec.derive_private_key(scalar, self.curve))
+            except ValueError:
+                continue
 
     def load_private(self, raw: bytes) -> EphemeralKey:
         if len(raw) != self.scalar_len:

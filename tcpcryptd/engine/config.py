@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tcpcryptd.core.constants import DEFAULT_MAX_INIT_LEN, TEP, AEADId
@@ -64,3 +66,7 @@ class EngineConfig:
     #: pay the rebuild, and short enough that idle flows shed the memory soon.  The check
     #: costs one timer event per flow every 5 s at most.  0 keeps the objects for good.
     aead_idle_release: float = 5.0
+    #: the random source of the key exchange: ``random(n)`` returns n random bytes, for the
+    #: ephemeral key pairs and the nonces N_A/N_B (RFC 8548 §3.3); the sans-IO engine takes
+    #: randomness only from here (tests pass a seeded generator)
+    random: Callable[[int], bytes] = os.urandom

@@ -501,7 +501,7 @@ def start_init1(ctx: Context, flow: Flow, now: float) -> bytes:
     flow.eno.option_for_segment(syn=False, ack=True)  # the ACK carries ``45 02``
     assert flow.negotiated is not None
     handshake = InitiatorHandshake(flow.negotiated.tep_byte, flow.negotiated.transcript,
-                                   ctx.config.aeads)
+                                   ctx.config.aeads, random=ctx.config.random)
     flow.handshake = handshake
     flow.state = State.KEYING
     init1 = handshake.init1
@@ -535,7 +535,7 @@ def consume_init(flow: Flow, cfg: EngineConfig, chunk: bytes | memoryview) -> tu
     else:
         assert flow.negotiated is not None
         responder = ResponderHandshake(flow.negotiated.tep_byte, flow.negotiated.transcript,
-                                       cfg.aead_preference)
+                                       cfg.aead_preference, random=cfg.random)
         init2, flow.session = responder.receive_init1(message, max_len=cfg.max_init_len)
     # The ephemeral private key, ES and PRK are not needed once the session exists: drop
     # them now rather than at the end of the connection (RFC 8548 §3.3, forward secrecy).

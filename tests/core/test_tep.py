@@ -161,3 +161,28 @@ def test_load_private_wrong_length(tep: int) -> None:
 def test_p_curve_zero_scalar_rejected() -> None:
     with pytest.raises(ValueError):
         key_agreement(TEP.ECDHE_P256).load_private(bytes(32))
+
+
+@pytest.mark.parametrize("tep", ALL_TEPS)
+def test_key_pairs_come_from_the_given_random_source(tep: int) -> None:
+    """``generate(random)`` draws the private key from ``random`` only: the same bytes give
+    the same key pair, other bytes another one."""
+    import random as random_module
+    scheme = key_agreement(tep)
+    first = scheme.generate(random_module.Random(7).randbytes)
+    again = scheme.generate(random_module.Random(7).randbytes)
+    other = scheme.generate(random_module.Random(8).randbytes)
+    assert first.pub == again.pub != other.pub
+    assert first.private_bytes() == again.private_bytes()
+
+
+@pytest.mark.parametrize("tep", [TEP.ECDHE_P256, TEP.ECDHE_P521])
+def test_p_curve_scalars_out_of_range_are_drawn_again(tep: int) -> None:
+    """A P-curve scalar must lie in [1, n-1]: all-ones bits (not below n) and zero are drawn
+    again; the next draw is taken as it is."""
+    scheme = key_agreement(tep)
+    length = scheme.scalar_len
+    draws = [b"\xff" * length, b"\x00" * length, b"\x00" * (length - 1) + b"\x05"]
+    key = scheme.generate(lambda n: draws.pop(0))
+    assert not draws
+    assert key.private_bytes() == b"\x00" * (length - 1) + b"\x05"

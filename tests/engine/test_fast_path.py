@@ -6,7 +6,8 @@ give. Each scenario of the deterministic simulation is run twice, once with
 ``Engine(fast_path=False)``, and every call's input and result (verdict, bytes, releases,
 injected packets) is recorded: the two recordings must be identical, byte for byte. Key
 generation is made deterministic for this (seeded ephemeral keys and nonces), so the
-ciphertexts can be compared too. The runs also pass the simulation's own invariant checks.
+ciphertexts can be compared too: the engines draw them from a seeded generator
+(``EngineConfig.random``). The runs also pass the simulation's own invariant checks.
 """
 
 from __future__ import annotations
@@ -19,16 +20,14 @@ from sim.harness import check, run
 from sim.wire import Impairments
 from test_sim import LOSSES, random_scenario
 
-from tcpcryptd.core import session as session_module
-from tcpcryptd.core.tep import key_agreement
 from tcpcryptd.engine import Direction, Engine, EngineConfig, Result
 
 
 class _Recorder(Engine):
     """The real engine, writing down every call and what it returned."""
 
-    def __init__(self, log: list, fast_path: bool) -> None:
-        super().__init__(EngineConfig(), fast_path=fast_path)
+    def __init__(self, log: list, config: EngineConfig, fast_path: bool) -> None:
+        super().__init__(config, fast_path=fast_path)
         self.log = log
         self.fast_hits = 0
 
@@ -55,28 +54,17 @@ class _Recorder(Engine):
         return result
 
 
-def _deterministic_keys(monkeypatch: pytest.MonkeyPatch, seed: str) -> None:
-    rng = random.Random(seed)
-    monkeypatch.setattr(session_module.os, "urandom", rng.randbytes)
-
-    def ephemeral(tep: int, private_key: bytes | None):
-        scheme = key_agreement(tep)
-        return scheme.load_private(private_key if private_key is not None
-                                   else rng.randbytes(scheme.key_len))
-    monkeypatch.setattr(session_module, "_ephemeral", ephemeral)
-
-
-def _record(monkeypatch: pytest.MonkeyPatch, scenario, fast_path: bool):
+def _record(scenario, fast_path: bool):
     log: list = []
     engines: list[_Recorder] = []
+    # keys and nonces from one seeded generator, drawn in call order: the same for both runs
+    config = EngineConfig(random=random.Random(scenario.name).randbytes)
 
     def factory() -> _Recorder:
-        engines.append(_Recorder(log, fast_path))
+        engines.append(_Recorder(log, config, fast_path))
         return engines[-1]
 
-    with monkeypatch.context() as patch:
-        _deterministic_keys(patch, scenario.name)
-        result = run(scenario, engine_factory=factory)
+    result = run(scenario, engine_factory=factory)
     return log, result, sum(e.fast_hits for e in engines)
 
 
@@ -85,9 +73,9 @@ SCENARIOS = [random_scenario(seed, loss, version) for seed in range(6) for loss 
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
-def test_fast_path_gives_the_same_bytes(monkeypatch: pytest.MonkeyPatch, scenario) -> None:
-    fast_log, fast_result, hits = _record(monkeypatch, scenario, True)
-    full_log, full_result, no_hits = _record(monkeypatch, scenario, False)
+def test_fast_path_gives_the_same_bytes(scenario) -> None:
+    fast_log, fast_result, hits = _record(scenario, True)
+    full_log, full_result, no_hits = _record(scenario, False)
     assert no_hits == 0
     assert not check(fast_result) and not check(full_result)
     assert len(fast_log) == len(full_log)
@@ -95,14 +83,14 @@ def test_fast_path_gives_the_same_bytes(monkeypatch: pytest.MonkeyPatch, scenari
         assert fast == full, f"call {k} differs: fast {fast!r}\nfull {full!r}"
 
 
-def test_fast_path_carries_a_bulk_transfer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fast_path_carries_a_bulk_transfer() -> None:
     """Most packets of a clean bulk transfer take the fast paths (both directions, both
     roles; what is left is the handshake and the close), so the comparison above exercises
     them."""
     scenario = replace(random_scenario(1, 0.0, 4), c2s_bytes=300_000, s2c_bytes=300_000,
                        connections=1, impairments=Impairments(), slow_reader=False,
                        keepalive=False, urgent=False)
-    log, result, hits = _record(monkeypatch, scenario, True)
+    log, result, hits = _record(scenario, True)
     assert not check(result)
     packets = sum(1 for entry in log if entry[0] == "packet")
     assert hits > 0.85 * packets, (hits, packets)
