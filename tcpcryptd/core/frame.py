@@ -21,6 +21,7 @@ decrypted, raises :class:`FrameError`; AEAD FAIL raises :class:`FrameAuthError`.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -100,17 +101,34 @@ def encode_frame(key: TrafficKey, offset: int, data: bytes | bytearray | memoryv
     return header + key.seal(offset, plaintext, header)
 
 
-def frame_length(buf: bytes | bytearray | memoryview) -> int | None:
-    """Wire length of the frame at the start of ``buf``; ``None`` until its header is there.
+def frame_length(buf: bytes | bytearray | memoryview, pos: int = 0) -> int | None:
+    """Wire length of the frame at ``buf[pos]``; ``None`` until its header is there.
 
     :class:`FrameError` if ``clen`` is too small for tag and flags.
     """
-    if len(buf) < HEADER_LEN:
+    if len(buf) - pos < HEADER_LEN:
         return None
-    clen = (buf[1] << 8) | buf[2]
+    clen = (buf[pos + 1] << 8) | buf[pos + 2]
     if clen < MIN_CLEN:
         raise FrameError(f"clen {clen} shorter than tag and flags ({MIN_CLEN})")
     return HEADER_LEN + clen
+
+
+def whole_frames(buf: bytes | bytearray | memoryview) -> Iterator[tuple[int, int]]:
+    """``(start, length)`` of each whole frame at the start of the in-order stream ``buf``,
+    in order, up to the first incomplete one (whose bytes the caller keeps for later).
+
+    Lazy: a header is read only once the caller has taken the frame before it (the engine
+    stops at a FINp frame before looking further).  :class:`FrameError` at a header whose
+    ``clen`` is too small.
+    """
+    pos, total = 0, len(buf)
+    while True:
+        length = frame_length(buf, pos)
+        if length is None or total - pos < length:
+            return
+        yield pos, length
+        pos += length
 
 
 def decode_frame(key: TrafficKey, offset: int, frame: bytes | bytearray | memoryview, *,
@@ -183,15 +201,9 @@ class FrameDecoder:
         frames: list[Frame] = []
         pos = 0
         try:
-            while len(buf) - pos >= HEADER_LEN:
-                clen = (buf[pos + 1] << 8) | buf[pos + 2]
-                if clen < MIN_CLEN:
-                    raise FrameError(f"clen {clen} shorter than tag and flags ({MIN_CLEN})")
-                length = HEADER_LEN + clen
-                if len(buf) - pos < length:
-                    break
-                frames.append(self._session.open(self._offset, bytes(buf[pos : pos + length])))
-                pos += length
+            for start, length in whole_frames(buf):
+                frames.append(self._session.open(self._offset, bytes(buf[start:start + length])))
+                pos = start + length
                 self._offset += length
         except FrameError:
             self._failed = True

@@ -41,6 +41,7 @@ from tcpcryptd.core.keys import (
     session_id,
 )
 from tcpcryptd.core.messages import encode_init1, encode_init2, parse_init1, parse_init2
+from tcpcryptd.core.negotiation import Role
 from tcpcryptd.core.tep import EphemeralKey, key_agreement
 
 #: The v bit of a suboption byte (RFC 8547 §4.2); set in the TEP byte of resumed sessions.
@@ -85,8 +86,8 @@ def _ephemeral(tep: int, private_key: bytes | None,
 class Session:
     """An established tcpcrypt session: one session secret ``ss[i]`` and its key generations.
 
-    ``role`` is the role in *this* connection, ``"A"`` or ``"B"`` (a
-    :class:`tcpcryptd.core.negotiation.Role` member will do); ``sends_with_k_ab`` says which
+    ``role`` is the role in *this* connection, a :class:`~tcpcryptd.core.negotiation.Role`
+    (``"A"`` or ``"B"`` is taken as one); ``sends_with_k_ab`` says which
     traffic keys this host encrypts with, fixed by its role in the original ss[0] session
     (RFC 8548 §3.3, §3.5).  ``local_generation`` / ``remote_generation`` are the generation
     numbers of RFC 8548 §3.8.  Several local increments not yet announced are announced one
@@ -107,11 +108,11 @@ class Session:
                  "schedule", "local_generation", "remote_generation", "send_generation",
                  "fin_sent", "_next_seal_offset", "_send_keys", "_recv_keys")
 
-    def __init__(self, role: str, tep_byte: int, aead: AEADAlgorithm, ss: bytes, sn: bytes,
+    def __init__(self, role: Role | str, tep_byte: int, aead: AEADAlgorithm, ss: bytes, sn: bytes,
                  sends_with_k_ab: bool) -> None:
-        if role not in ("A", "B"):
+        if role not in (Role.A, Role.B):
             raise ValueError(f"role must be 'A' or 'B', not {role!r}")
-        self.role = role
+        self.role = Role(role)
         self.tep_byte = tep_byte
         self.aead = aead
         self.ss = bytes(ss)
@@ -133,7 +134,7 @@ class Session:
         self._key(0, False)
 
     @classmethod
-    def resume(cls, role: str, tep: int, aead: AEADAlgorithm, ss: bytes, *,
+    def resume(cls, role: Role | str, tep: int, aead: AEADAlgorithm, ss: bytes, *,
                sends_with_k_ab: bool, local_nonce: bytes, peer_nonce: bytes) -> Session:
         """A session resumed from cached ``ss[i]`` (RFC 8548 §3.5); no Init messages.
 
@@ -302,7 +303,7 @@ class InitiatorHandshake:
             raise CipherMismatchError(f"Init2 selects 0x{init2.sym_cipher:04x}, not offered")
         self.es = self.ephemeral.exchange(init2.pub_b)
         self.prk = compute_prk(self.n_a, self.transcript, self.init1, init2_bytes, self.es)
-        self.session = Session("A", self.tep_byte, aead_algorithm(init2.sym_cipher), self.prk,
+        self.session = Session(Role.A, self.tep_byte, aead_algorithm(init2.sym_cipher), self.prk,
                                b"", sends_with_k_ab=True)
         return self.session
 
@@ -363,7 +364,7 @@ class ResponderHandshake:
         self.es = self.ephemeral.exchange(init1.pub_a)
         init2 = encode_init2(sym_cipher, self.n_b, self.ephemeral.pub)
         self.prk = compute_prk(init1.n_a, self.transcript, init1_bytes, init2, self.es)
-        self.session = Session("B", self.tep_byte, aead_algorithm(sym_cipher), self.prk, b"",
+        self.session = Session(Role.B, self.tep_byte, aead_algorithm(sym_cipher), self.prk, b"",
                                sends_with_k_ab=False)
         return init2, self.session
 

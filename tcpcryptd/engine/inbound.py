@@ -34,8 +34,14 @@ For every non-SYN segment from the peer on an ENO flow:
 
 from __future__ import annotations
 
-from tcpcryptd.core.frame import CONTROL_REKEY, FRAME_OVERHEAD, HEADER_LEN, MAX_CLEN, MIN_CLEN
-from tcpcryptd.core.errors import FrameError
+from tcpcryptd.core.frame import (
+    CONTROL_REKEY,
+    FRAME_OVERHEAD,
+    HEADER_LEN,
+    MAX_CLEN,
+    MIN_CLEN,
+    whole_frames,
+)
 from tcpcryptd.engine.actions import Direction, Result, Verdict
 from tcpcryptd.engine.closing import RST_IN_WINDOW, RST_OUTSIDE, check_closed, close, rst_position
 from tcpcryptd.engine.context import Context
@@ -84,18 +90,12 @@ def _consume_frames(ctx: Context, flow: Flow, chunk: bytes | memoryview, now: fl
         partial += chunk
         data = partial
     pos, total = 0, len(data)
-    while total - pos >= HEADER_LEN:
-        if flow.rx_finp:
-            raise FlowAbort("data-after-finp")
-        clen = (data[pos + 1] << 8) | data[pos + 2]
-        if clen < MIN_CLEN:
-            raise FrameError(f"clen {clen} shorter than tag and flags")
-        length = HEADER_LEN + clen
-        if total - pos < length:
-            break
-        frame = session.open(flow.rx_frame_offset, data[pos:pos + length])
+    if flow.rx_finp and total >= HEADER_LEN:
+        raise FlowAbort("data-after-finp")   # nothing may follow the FINp frame (§3.7)
+    for start, length in whole_frames(data):
+        frame = session.open(flow.rx_frame_offset, data[start:start + length])
         flow.rx_frame_offset += length
-        pos += length
+        pos = start + length
         if frame.urgent is not None:
             flow.rx_urgent = flow.dl_base + len(flow.dl_buf) + frame.urgent
         if frame.data:
@@ -105,6 +105,8 @@ def _consume_frames(ctx: Context, flow: Flow, chunk: bytes | memoryview, now: fl
         if frame.needs_rekey_reply:
             # an empty frame (RFC 8548 §3.8 rekey reply), with our own retransmission
             inject(ctx, flow, session.seal(flow.smap.wire_end, b""), now, result)
+        if flow.rx_finp and total - pos >= HEADER_LEN:
+            raise FlowAbort("data-after-finp")
     if partial:
         del partial[:pos]
     elif pos < total:

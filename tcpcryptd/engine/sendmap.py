@@ -102,10 +102,6 @@ class SendMap:
         frames = self._frames
         return frames[self._head:] if frames else []  # type: ignore[return-value]
 
-    def wire_bytes(self) -> int:
-        """Wire bytes held for retransmission."""
-        return sum(len(f.wire) for f in self._frames[self._head:])
-
     def wire_range(self, local_lo: int, local_hi: int) -> tuple[int, int]:
         """Wire range holding every unacknowledged frame that carries local ``[lo, hi)``.
 
