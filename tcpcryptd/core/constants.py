@@ -48,5 +48,6 @@ RESUME_HALF_LEN = 9
 #: Largest resumption nonce (RFC 8548 §3.5).
 MAX_RESUME_NONCE_LEN = 8
 
-#: Default upper bound on an Init message's message_len (DESIGN.md §8).
+#: Default upper bound on an Init message's message_len
+#: (docs/ARCHITECTURE.md "Readings of the RFCs").
 DEFAULT_MAX_INIT_LEN = 4096

@@ -15,7 +15,8 @@ class ENOParseError(TcpcryptError):
 
 
 class InitMessageError(TcpcryptError):
-    """A bad Init1/Init2 message (magic, message_len, bounds): abort (DESIGN.md §8)."""
+    """A bad Init1/Init2 message (magic, message_len, bounds): abort
+    (docs/ARCHITECTURE.md "Readings of the RFCs")."""
 
 
 class CipherMismatchError(InitMessageError):

@@ -11,8 +11,9 @@
     nonce     = frame_ID XOR NR                    (see tcpcryptd.core.aead)
 
 ``offset`` is the frame's position in the wire stream, counted from the first byte after the
-SYN, Init messages included (DESIGN.md §8).  ``clen`` <= 65535, so a frame carries at most
-:data:`MAX_FRAME_DATA` bytes of data (:data:`MAX_FRAME_DATA_URGENT` with URGp).
+SYN, Init messages included (docs/ARCHITECTURE.md "Readings of the RFCs").
+``clen`` <= 65535, so a frame carries at most :data:`MAX_FRAME_DATA` bytes of data
+(:data:`MAX_FRAME_DATA_URGENT` with URGp).
 
 Receive-side errors: ``clen`` too small for tag and flags, or for the urgent field once
 decrypted, raises :class:`FrameError`; AEAD FAIL raises :class:`FrameAuthError`.

@@ -8,8 +8,8 @@ Pub encodings on the wire (RFC 8548 §5):
 
 * ECDHE-Curve25519 / ECDHE-Curve448: the raw 32 / 56 byte public value, no prefix.
 * ECDHE-P256 / ECDHE-P521: ``pubkey_len (u16 BE) | compressed point``.  Reading
-  (DESIGN.md §8): the figure numbers the whole structure 0..L-1, so we send
-  ``L = 2 + point length`` (35 / 69); on receipt ``L`` may be that or the bare point length
+  (docs/ARCHITECTURE.md "Readings of the RFCs"): the figure numbers the whole structure
+  0..L-1, so we send ``L = 2 + point length`` (35 / 69); on receipt ``L`` may be that or the bare point length
   (33 / 67), nothing else.  ES is the x-coordinate of the shared point (ECSVDP-DH).
 
 Every failure of a peer's Pub (bad length prefix, point not on the curve, point at infinity,
@@ -160,7 +160,7 @@ class _WeierstrassScheme(KeyAgreementScheme):
         self.secret_len = field_len
         #: Length of a compressed point: 0x02/0x03 then the x-coordinate.
         self.point_len = 1 + field_len
-        #: The pubkey_len value we send: the whole structure, prefix included (DESIGN.md §8).
+        #: The pubkey_len value we send: the whole structure, prefix included.
         self.pubkey_len = _PUBKEY_LEN_PREFIX + self.point_len
 
     def _wrap(self, private: ec.EllipticCurvePrivateKey) -> EphemeralKey:

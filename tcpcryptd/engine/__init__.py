@@ -1,10 +1,13 @@
-"""Layer 3: the transparent tcpcrypt flow engine, sans-IO (docs/ARCHITECTURE.md "Layer 3").
+"""Layer 3: the transparent tcpcrypt flow engine, sans-IO (docs/ARCHITECTURE.md "Layer 3",
+"Module map").
 
-Where things are: ``engine.py`` (flow table, dispatch, limits, timers), ``handshake.py``
-(ENO on SYN/SYN-ACK/ACK, MSS clamp, fallback, Init messages), ``outbound.py`` (local stack
--> wire), ``inbound.py`` (wire -> local stack), ``sendmap.py`` and ``reassembly.py`` (the two
-sequence spaces), ``flow.py`` (per-flow state), ``actions.py`` (what a call returns),
-``config.py``.
+Where things are: ``engine.py`` (flow table, dispatch), ``handshake.py`` (SYN phase, ENO,
+MSS clamp, fallback, Init1/Init2), ``outbound.py`` (local stack -> wire), ``inbound.py``
+(wire -> local stack), ``delivery.py`` (plaintext to the local stack), ``timers.py``
+(deadlines, retransmission of injected bytes, redelivery, AEAD release), ``closing.py``
+(close, abort, tombstone, ended connections), ``context.py`` (what the modules get instead
+of the engine), ``sendmap.py`` and ``reassembly.py`` (the two sequence spaces), ``flow.py``
+(per-flow state), ``actions.py`` and ``events.py`` (what a call returns), ``config.py``.
 """
 
 from tcpcryptd.engine.actions import Direction, Release, Result, Transmit, Verdict

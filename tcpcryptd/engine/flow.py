@@ -6,10 +6,11 @@ outbound :class:`~tcpcryptd.engine.sendmap.SendMap`, the inbound
 :class:`~tcpcryptd.engine.reassembly.Reassembly`, the plaintext waiting for the local stack,
 retransmission timers of injected bytes, and counters for ``tcpcryptd status``.
 
-Sequence spaces (DESIGN.md §3): both streams of a direction share its ISN; every offset is
-``seq - (ISN + 1)`` as an unbounded int (:func:`unwrap` handles the 32-bit wrap).
+Sequence spaces (docs/ARCHITECTURE.md "Sequence spaces"): both streams of a direction share
+its ISN; every offset is ``seq - (ISN + 1)`` as an unbounded int (:func:`unwrap` handles the 32-bit wrap).
 
-Packets the engine makes look like the local stack's (DESIGN.md §4): toward the wire they
+Packets the engine makes look like the local stack's (docs/ARCHITECTURE.md "Packets the
+engine builds"): toward the wire they
 carry the stack's latest TSval and echo the peer's latest, its window (scaled by the stack's
 own shift), TTL/hop limit, DF and traffic class; toward the stack they mirror the peer's.
 """
@@ -38,7 +39,7 @@ _HALF32 = 1 << 31
 #: MSS assumed when a SYN carries none (RFC 9293 §3.7.1)
 DEFAULT_MSS = {4: 536, 6: 1220}
 #: Frame overhead plus the padded ``45 02`` option the local stack does not know about:
-#: the MSS clamp on ENO flows (DESIGN.md §4, PROTOCOL-NOTES §4.2).
+#: the MSS clamp on ENO flows (docs/ARCHITECTURE.md "Packets the engine builds").
 MSS_CLAMP = 20 + 4
 
 
@@ -117,7 +118,7 @@ def flow_addresses(key: FlowKey) -> tuple[str, str]:
 class Flow:
     """State of one ENO connection (plain connections have no Flow).
 
-    Memory (DESIGN.md §6 invariant 6; ``python -m bench.flow_memory``): ``__slots__``, no
+    Memory (docs/ARCHITECTURE.md "Memory"; ``python -m bench.flow_memory``): ``__slots__``, no
     per-instance dict, so no attribute can be added outside ``__init__``.  Handshake-only
     state is dropped once the session exists (:func:`~tcpcryptd.engine.handshake.
     consume_init`): the ENO endpoint and the negotiation outcome go, only the TEP (for
@@ -208,7 +209,7 @@ class Flow:
         # what the local stack has seen from the peer
         self.stack_seen_ack: int | None = None
         self.stack_seen_window = -1
-        # templates for packets the engine builds (DESIGN.md §4)
+        # templates for packets the engine builds (docs/ARCHITECTURE.md "Packets the engine builds")
         self.stack_tsval = 0
         self.peer_tsval = 0
         self.out_ttl, self.out_df, self.out_tos = 64, True, 0
@@ -256,7 +257,7 @@ class Flow:
     def wire_ack_offset(self) -> int:
         """What we acknowledge to the peer: every contiguous wire byte the engine holds.
 
-        The ACK rule (DESIGN.md §3, "decide and document"): the engine takes responsibility
+        The ACK rule (docs/ARCHITECTURE.md "Inbound"): the engine takes responsibility
         for each byte of the peer's wire stream once it is contiguous -- Init bytes are
         consumed, verified frames' plaintext is kept until the local stack ACKs it
         (retransmitted toward it on a timer), and a frame still incomplete is buffered; if it
@@ -400,8 +401,8 @@ class Flow:
     def status(self, now: float) -> FlowStatus:
         local, remote = flow_addresses(self.key)
         return FlowStatus(
-            local=local, remote=remote, state=str(self.state), role=str(self.role), tep=_tep_name(self.tep),
-            aead=self.aead_name, session_id=self.session_id.hex(),
+            local=local, remote=remote, state=str(self.state), role=str(self.role),
+            tep=_tep_name(self.tep), aead=self.aead_name, session_id=self.session_id.hex(),
             age=now - self.created,
             packets_out=self.packets_out, packets_in=self.packets_in,
             bytes_out_plain=self.bytes_out_plain, bytes_out_wire=self.bytes_out_wire,
@@ -481,7 +482,8 @@ class HalfOpen:
     def status(self, now: float) -> FlowStatus:
         local, remote = flow_addresses(self.key)
         return FlowStatus(
-            local=local, remote=remote, state=str(self.state), role=str(self.role), tep=_tep_name(self.tep), aead="", session_id="",
+            local=local, remote=remote, state=str(self.state), role=str(self.role),
+            tep=_tep_name(self.tep), aead="", session_id="",
             age=now - self.created, packets_out=0, packets_in=0, bytes_out_plain=0,
             bytes_out_wire=0, bytes_in_wire=0, bytes_in_plain=0, abort_reason="")
 

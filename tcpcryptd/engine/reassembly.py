@@ -1,4 +1,4 @@
-"""Inbound reassembly buffer in wire space (DESIGN.md §3, PROTOCOL-NOTES §4.6).
+"""Inbound reassembly buffer in wire space (docs/ARCHITECTURE.md "Sequence spaces", "Inbound").
 
 Segments of the peer's wire stream arrive out of order, duplicated, overlapping and with any
 boundaries.  :class:`Reassembly` keeps the bytes beyond the consumed point ``next`` as sorted,

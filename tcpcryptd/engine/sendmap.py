@@ -1,4 +1,5 @@
-"""The outbound send map: local (plaintext) stream <-> wire (framed) stream (DESIGN.md §3).
+"""The outbound send map: local (plaintext) stream <-> wire (framed) stream
+(docs/ARCHITECTURE.md "Sequence spaces").
 
 Each flow direction the local stack sends on has two byte streams with the same ISN: the
 *local* stream the kernel writes (plaintext) and the *wire* stream the network sees (Init
@@ -43,8 +44,8 @@ class SendMap:
 
     ``local_acked``/``wire_acked`` is the highest point the peer acknowledged that falls on a
     frame boundary; an ACK inside a frame counts only up to that frame's local start
-    (DESIGN.md §3).  A TCP FIN occupies one sequence number after the last frame in both
-    streams (``fin_local``/``fin_wire``).
+    (docs/ARCHITECTURE.md "Outbound").  A TCP FIN occupies one sequence number after the
+    last frame in both streams (``fin_local``/``fin_wire``).
     """
 
     __slots__ = ("_frames", "_wire_starts", "_local_ends", "_head", "local_end", "wire_end",

@@ -274,8 +274,8 @@ def remove(raw: Buffer, kind: int) -> bytes:
 def set_mss(raw: Buffer, mss_limit: int) -> bytes:
     """``raw`` with its MSS lowered to ``mss_limit`` if it is above it; never raised.
 
-    The clamp DESIGN.md §4 needs so that segments plus frame overhead fit the path. Every
-    MSS option is clamped, since a stack may read any of them. Without one the peer assumes
+    The clamp of docs/ARCHITECTURE.md "Packets the engine builds", so that segments plus
+    frame overhead fit the path. Every MSS option is clamped, since a stack may read any of them. Without one the peer assumes
     536 (IPv4) or 1220 (IPv6) bytes (RFC 9293 §3.7.1), which a sane clamp does not undercut,
     so nothing is added; the length never changes.
     """

@@ -1,7 +1,7 @@
 """IPv4/IPv6 + TCP packets: parse, rebuild and build, on ``bytes`` with ``struct``.
 
-This is the per-packet hot path (DESIGN.md §2, §5): no scapy, no logging, one ``struct``
-call per header, the payload a zero-copy ``memoryview`` of the queued buffer.
+This is the per-packet hot path (docs/ARCHITECTURE.md "Hot path"): no scapy, no logging,
+one ``struct`` call per header, the payload a zero-copy ``memoryview`` of the queued buffer.
 
 What :meth:`TCPPacket.parse` accepts, and why the rest is a :class:`PacketError` (the engine
 passes such packets on untouched):
@@ -19,9 +19,10 @@ passes such packets on untouched):
   TCP.
 * TCP (RFC 9293 §3.1) with data offset 5..15 inside the segment.
 
-Checksums are not verified on parse (NFQUEUE hands over packets with complete checksums;
-TESTBED.md), and a rebuilt packet gets fresh ones: :meth:`TCPPacket.to_bytes` by a full sum,
-:meth:`TCPPacket.to_bytes_incremental` by RFC 1624 for header-only edits.
+Checksums are not verified on parse (NFQUEUE hands over packets with complete checksums,
+docs/ARCHITECTURE.md "Hot path"), and a rebuilt packet gets fresh ones:
+:meth:`TCPPacket.to_bytes` by a full sum, :meth:`TCPPacket.to_bytes_incremental` by RFC 1624
+for header-only edits.
 """
 
 from __future__ import annotations
@@ -603,7 +604,8 @@ def build(
     ip_id: int = 0,
     urg_ptr: int = 0,
 ) -> bytes:
-    """A packet the engine makes itself (Init2, its own ACKs, rekey frames; DESIGN.md §4).
+    """A packet the engine makes itself (Init2, its own ACKs, rekey frames; docs/ARCHITECTURE.md
+    "Packets the engine builds").
 
     ``options`` must already be padded to a multiple of 4 (see
     :mod:`tcpcryptd.packet.options`). ``df`` and ``ip_id`` apply to IPv4 only; ``tos`` is

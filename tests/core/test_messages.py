@@ -1,4 +1,4 @@
-"""Init1/Init2 codec and bounds (RFC 8548 §4.1, DESIGN.md §8)."""
+"""Init1/Init2 codec and bounds (RFC 8548 §4.1, docs/ARCHITECTURE.md "Readings of the RFCs")."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tcpcryptd.core.messages import (
 from tcpcryptd.core.tep import key_agreement
 
 ALL_TEPS = [TEP.ECDHE_P256, TEP.ECDHE_P521, TEP.ECDHE_CURVE25519, TEP.ECDHE_CURVE448]
-# Sizes with one cipher (PROTOCOL-NOTES §2.4): Init1 = fixed + 2K, Init2.
+# Sizes with one cipher (RFC 8548 §4.1 layout): Init1 = fixed + 2K, Init2.
 SIZES = {0x21: (78, 77), 0x22: (112, 111), 0x23: (75, 74), 0x24: (99, 98)}
 PUBS = {tep: key_agreement(tep).generate().pub for tep in ALL_TEPS}
 N = bytes(range(32))

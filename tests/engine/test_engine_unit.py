@@ -45,7 +45,7 @@ INIT2_LEN = 74
 def wire_payloads(pair: Pair, src_port: int) -> dict[int, int]:
     """Every payload byte seen on the wire from one side, by 32-bit sequence number.
 
-    Asserts that a sequence number never carried two different bytes (DESIGN.md §6.2).
+    Asserts that a sequence number never carried two different bytes (invariant 2 of docs/ARCHITECTURE.md).
     """
     seen: dict[int, int] = {}
     for raw in pair.wire:

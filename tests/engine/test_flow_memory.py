@@ -1,4 +1,5 @@
-"""Memory of established, idle flows (DESIGN.md §6 invariant 6; ``python -m bench.flow_memory``).
+"""Memory of established, idle flows (docs/ARCHITECTURE.md "Memory";
+``python -m bench.flow_memory``).
 
 * a bound on the Python bytes an idle encrypted flow keeps (tracemalloc), so a regression
   fails here rather than in the daemon bench;

@@ -1,4 +1,5 @@
-"""Property tests of the inbound wire-space reassembly buffer (DESIGN.md §3)."""
+"""Property tests of the inbound wire-space reassembly buffer
+(docs/ARCHITECTURE.md "Sequence spaces")."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -1,4 +1,5 @@
-"""Property tests of the outbound send map: replay by ranges, ACK/SACK translation (DESIGN.md §3)."""
+"""Property tests of the outbound send map: replay by ranges, ACK/SACK translation
+(docs/ARCHITECTURE.md "Sequence spaces")."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -1,6 +1,6 @@
-"""Deterministic two-host simulation of the flow engine (DESIGN.md §7, second test bed).
+"""Deterministic two-host simulation of the flow engine (docs/ARCHITECTURE.md "Test beds").
 
 ``stack`` models the local TCP stacks, ``wire`` the impaired network between them,
 ``harness`` wires stack <-> engine <-> wire <-> engine <-> stack on a simulated clock, and
-``invariants`` checks DESIGN.md §6 on every finished run.
+``invariants`` checks the invariants of docs/ARCHITECTURE.md on every finished run.
 """

@@ -1,6 +1,6 @@
 """Two hosts, each running TCP stack models behind an optional flow engine, joined by a wire.
 
-The packet path is the daemon's (DESIGN.md §5, docs/ARCHITECTURE.md "Layer 3"):
+The packet path is the daemon's (docs/ARCHITECTURE.md "Layer 3"):
 
     stack -> engine OUTBOUND -> wire -> peer engine INBOUND -> peer stack
 
@@ -660,7 +660,7 @@ _STACK_ANOMALIES = (
 
 
 def check(result: SimResult) -> list[str]:
-    """Every invariant of DESIGN.md §6 that applies to this scenario; [] when all hold."""
+    """Every invariant (docs/ARCHITECTURE.md "Invariants") that applies to this scenario; [] when all hold."""
     out = list(result.violations)
     out += [f"wire: oversize packet {o}" for o in result.wire.stats.oversize[:3]]
     for side in result.sides:

@@ -1,11 +1,11 @@
-"""The invariants of DESIGN.md §6, checked on a finished simulation run.
+"""The invariants of docs/ARCHITECTURE.md ("Invariants"), checked on a finished simulation run.
 
 :class:`WireLog` records every payload byte each side puts on the wire by its stream offset
 (``seq - (ISN + 1)``, unwrapped).  From it the checks derive:
 
 1. the application byte streams arrive intact, both directions (sha256 and length);
 2. the wire never carries two different bytes at one (direction, offset) of one flow -- on an
-   ENO flow that is the AEAD nonce-reuse check (RFC 8548 §3.6, DESIGN.md §3);
+   ENO flow that is the AEAD nonce-reuse check (RFC 8548 §3.6);
 3. a tampered frame aborts the flow and nothing unverified is delivered (delivered bytes are a
    prefix of the written ones and the stack saw a reset);
 4. on an ENO flow no application byte crosses the wire in plaintext (no 16-byte window of the
