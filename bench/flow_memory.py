@@ -337,7 +337,7 @@ def breakdown(count: int, idle: float, config: EngineConfig | None = None) -> di
             totals.get("Flow object (instance, attributes, values)", 0) + rest)
         totals["all unique objects"] = totals.get("all unique objects", 0) + sum(
             sys.getsizeof(obj) for oid, obj in reach.items() if owners[oid] == 1)
-    heap = pairs.a._timers
+    heap = pairs.a._deadlines.heap
     totals["engine: timer heap entries (count)"] = len(heap)
     return {name: value / len(flows) for name, value in totals.items()}
 

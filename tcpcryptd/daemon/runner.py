@@ -51,7 +51,7 @@ def run_daemon(config: Config) -> None:
         sender = RawSender(config.marks.injected | config.marks.encrypted,
                            ipv6=config.firewall.ipv6)
         stack.callback(sender.close)
-        keylog = None
+        keylog: KeyLog | None = None
         if config.log.keylog:
             keylog = KeyLog(config.log.keylog)
             stack.callback(keylog.close)

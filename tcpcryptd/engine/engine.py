@@ -44,7 +44,7 @@ from collections import Counter
 
 from tcpcryptd.core.negotiation import Fallback
 from tcpcryptd.engine.actions import Direction, Result, Verdict
-from tcpcryptd.engine.closing import drop_held, ended, fail, live_stale, route_stale, abort
+from tcpcryptd.engine.closing import abort, drop_held, ended, fail, live_stale, route_stale
 from tcpcryptd.engine.config import EngineConfig
 from tcpcryptd.engine.context import Context
 from tcpcryptd.engine.events import FellBack

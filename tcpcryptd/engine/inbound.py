@@ -52,7 +52,6 @@ from tcpcryptd.engine.flow import (
     Flow,
     FlowAbort,
     packet_tsval,
-    refresh_tsval,
     segment_shape,
     ts_newer,
     unwrap,
