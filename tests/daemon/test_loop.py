@@ -468,3 +468,39 @@ def test_loop_survives_hostile_requests(looping):
     assert [answer["ok"] for answer in answers] == [False, False, False]
     client.close()
     assert request(path, {"command": "status"})["ok"] is True
+
+
+def test_each_results_events_go_to_the_event_sink_in_order():
+    """Result.events of packets, timers and shutdown reach the sink (the key log); a
+    failing sink is counted and never stops the packet path."""
+    from tcpcryptd.engine.events import Aborted, FellBack
+
+    class Sink:
+        def __init__(self):
+            self.events = []
+
+        def record(self, event):
+            if event.reason == "boom":
+                raise OSError("disk full")
+            self.events.append(event)
+
+    engine, sink = ScriptedEngine(), Sink()
+    path = PacketPath(engine, FakeSender(), Verdicts(SEEN, ENCRYPTED, PLAIN), events=sink)
+    first, second = FellBack("a", "b", "no-eno"), Aborted("a", "b", "idle")
+    engine.script += [Result(Verdict.ACCEPT, events=[first]), Result(None, events=[second]),
+                      Result(Verdict.ACCEPT, events=[Aborted("a", "b", "boom")]),
+                      Result(None, events=[Aborted("a", "b", "shutdown")])]
+    packet = FakePacket(1)
+    path.on_packet(packet)
+    path.on_timer()
+    path.on_packet(FakePacket(2))
+    path.shutdown()
+    assert packet.verdict == "accept"
+    assert sink.events == [first, second, Aborted("a", "b", "shutdown")]
+    assert path.counters["daemon_event_errors"] == 1
+    # without a sink the events are dropped, the packet handled as ever
+    engine.script.append(Result(Verdict.ACCEPT, events=[first]))
+    unsunk = PacketPath(engine, FakeSender(), Verdicts(SEEN, ENCRYPTED, PLAIN))
+    packet = FakePacket(3)
+    unsunk.on_packet(packet)
+    assert packet.verdict == "accept" and not unsunk.counters
