@@ -23,7 +23,6 @@ import ctypes
 import json
 import select
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tcpcryptd.packet.tcp import TCPPacket  # noqa: E402
-from tcpcryptd.testbed import TestBed  # noqa: E402
+from testbed import TestBed  # noqa: E402
 
 NF_ACCEPT = 1
 NFQNL_COPY_PACKET = 2
