@@ -1,7 +1,8 @@
 """Probe: NFQUEUE with ``NFQA_CFG_F_GSO`` -- super-packets to userspace, and back mangled.
 
 NetfilterQueue 1.1 (the daemon's binding) copies at most 4016 bytes and sets no queue flags,
-so the kernel segments GSO packets before queueing them (TESTBED.md): every MTU-sized
+so the kernel segments GSO packets before queueing them (docs/daemon.md, "Limits and
+notes", GRO/GSO): every MTU-sized
 packet costs a verdict. This probe binds a queue through libnetfilter_queue directly
 (ctypes), with ``NFQA_CFG_F_GSO`` and a 64 KiB copy range, in a namespace bed of its own,
 and runs iperf3 through it, to measure what the kernel hands over and whether it takes a
