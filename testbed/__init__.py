@@ -1,6 +1,6 @@
 """Network-namespace test bed for end-to-end runs of tcpcryptd (development only).
 
-Used by the end-to-end tests (tests/e2e, tests/daemon), ``make demo`` (:mod:`testbed.demo`),
+Used by the end-to-end tests (tests/e2e), ``make demo`` (:mod:`testbed.demo`),
 the benchmark (bench/) and tools/nfq_gso_probe.py. It is not part of the installed package
 (``pip install .`` installs ``tcpcryptd`` only); run it from a checkout.
 

@@ -81,9 +81,11 @@ class Namespace:
         except (OSError, NetlinkError) as exc:
             raise BedError(f"[{self.label}] {what}: {exc}") from exc
 
-    @staticmethod
-    def _index(ipr, ifname: str) -> int:
-        return ipr.link_lookup(ifname=ifname)[0]
+    def _index(self, ipr, ifname: str) -> int:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise BedError(f"[{self.label}] no interface {ifname}")
+        return found[0]
 
     def link_up(self, ifname: str) -> None:
         self._netlink(f"link {ifname} up",
