@@ -313,9 +313,9 @@ def resumed_case(original: FreshSession) -> dict[str, Any]:
 # --- Independent derivations: rekeyed generations and resumed sessions -----------------------
 #
 # Nothing below calls tcpcryptd: the key schedule (RFC 8548 §3.3-3.5), the §3.8 generation
-# rules, frames (§4.2) and the resumption suboptions (§3.5, RFC 8547 §4.2) are written out
-# again from the RFC texts, so that tests/core/test_vectors_resume_rekey.py checks the core
-# against a second reading.
+# rules, frames (§4.2) and the resumption suboptions (§3.5; RFC 8547 §4.1-4.4) are written
+# out again from the RFC texts, so that tests/core/test_vectors_resume_rekey.py checks the
+# core against a second reading.
 
 # RFC 8548 §4.3, Table 1, and §5 (K_LEN of every TEP).
 CONST_NEXTK, CONST_SESSID, CONST_REKEY = b"\x01", b"\x02", b"\x03"
@@ -507,7 +507,7 @@ def eno_syn_option(global_suboption: int | None, fresh_teps: tuple[int, ...],
     """kind | length | [global] | fresh TEP bytes (v = 0) | TEP byte with v = 1 | data.
 
     The resumption suboption comes last, without a length byte: its data then runs to the
-    end of the option (RFC 8547 §4.2).
+    end of the option (RFC 8547 §4.1, §4.4).
     """
     contents = bytes([] if global_suboption is None else [global_suboption])
     contents += bytes(fresh_teps) + bytes([resumption_tep | V_BIT]) + data
