@@ -363,7 +363,7 @@ def rfc_session_id(tep_byte: int, ss: bytes, sn: bytes) -> bytes:
     return bytes([tep_byte]) + rfc_cprf(ss, CONST_SESSID + sn, K_LEN)
 
 
-def rfc_traffic_key(aead: int, traffic_key: bytes, offset: int) -> tuple[Any, bytes]:
+def rfc_aead_and_nonce(aead: int, traffic_key: bytes, offset: int) -> tuple[Any, bytes]:
     """The AEAD of K and the nonce N = frame_ID XOR NR of the frame at ``offset``.
 
     Traffic key = K | NR (§3.6); frame_ID = zero bytes | offset, 8 bytes big-endian (§4.2.3).
@@ -377,7 +377,7 @@ def rfc_traffic_key(aead: int, traffic_key: bytes, offset: int) -> tuple[Any, by
 def rfc_seal(aead: int, traffic_key: bytes, offset: int, control: int,
              plaintext: bytes) -> bytes:
     """control | clen | AEAD(K, N, plaintext, AD = control | clen) (§4.2, §4.2.2)."""
-    cipher, nonce = rfc_traffic_key(aead, traffic_key, offset)
+    cipher, nonce = rfc_aead_and_nonce(aead, traffic_key, offset)
     header = struct.pack(">BH", control, len(plaintext) + AE_TAG_LEN)
     return header + cipher.encrypt(nonce, plaintext, header)
 
@@ -433,7 +433,7 @@ class RfcHost:
         wire = bytes.fromhex(frame["frame"])
         generation = self.remote + 1 if wire[0] & REKEY_BIT else self.remote
         assert generation == frame["generation"]
-        cipher, nonce = rfc_traffic_key(aead, self.receive_keys[generation], frame["offset"])
+        cipher, nonce = rfc_aead_and_nonce(aead, self.receive_keys[generation], frame["offset"])
         assert cipher.decrypt(nonce, wire[3:], wire[:3]).hex() == frame["plaintext"]
         self.remote = generation
         if self.remote > self.local:
