@@ -10,7 +10,7 @@ APT_PACKAGES := gcc python3-dev python3-venv iptables iproute2 libnetfilter-queu
 	libnetfilter-queue1 nftables conntrack iperf3 tcpdump tshark ethtool curl netcat-openbsd \
 	procps kmod
 
-.PHONY: setup apt venv test test-slow fuzz demo bench bench-engine install uninstall clean vectors lint
+.PHONY: setup test test-slow fuzz demo bench bench-engine install uninstall clean vectors lint
 
 setup: $(STAMP)-apt $(STAMP)-venv
 
@@ -29,8 +29,16 @@ $(STAMP)-venv: pyproject.toml $(STAMP)-apt
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
-test: setup
+test: setup lint
 	bash tools/run-tests.sh
+
+# ruff with the rule set of pyproject.toml ([tool.ruff.lint]).
+# LINT_PENDING: paths another branch of issue 11 rewrites; lint skips them until that branch
+# is merged and their findings are fixed. TO BE DELETED by the integrator (with the
+# --extend-exclude below).
+LINT_PENDING := tcpcryptd/engine tcpcryptd/core tcpcryptd/packet tests/engine tests/core tests/packet
+lint: setup
+	$(VENV)/bin/ruff check $(addprefix --extend-exclude ,$(LINT_PENDING)) .
 
 test-slow: setup
 	bash tools/run-tests.sh --slow
@@ -44,7 +52,7 @@ vectors: setup
 	$(PY) tools/make_vectors.py > tests/vectors/tcpcrypt.json
 
 demo: setup
-	$(PY) -m tcpcryptd.demo
+	$(PY) -m testbed.demo
 
 $(STAMP)-bench: pyproject.toml $(STAMP)-venv
 	$(PIP) install -q -e '.[test,bench]'

@@ -36,7 +36,7 @@ from bench.bed import REPO_ROOT
 from bench.plan import FULL, QUICK
 from bench.report import build_results, format_table, merge_offload
 from bench.runner import Runner
-from tcpcryptd.testbed import environment_problem
+from testbed import environment_problem
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 DOC_PATH = REPO_ROOT / "docs" / "benchmarks.md"
@@ -117,7 +117,7 @@ def run_bench(quick: bool) -> int:
                      f"low, ratios less reliable")
     results = build_results(
         samples, machine=machine,
-        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         settings=settings.as_json())
     write_outputs(results)
     print(format_table(results))
@@ -142,7 +142,7 @@ def run_offload_only(quick: bool) -> int:
     load_at_end = os.getloadavg()[0]
     runner.samples.note(f"plain TCP, daemon on one end: 1-min load {load_at_start:.2f} at the "
                         f"start, {load_at_end:.2f} at the end of the re-measurement")
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     results = merge_offload(previous, runner.samples, date)
     write_outputs(results)
     print(format_table(results))

@@ -1,4 +1,4 @@
-"""One benchmark bed: tcpcryptd.testbed's direct A <-> B veth pair plus one traffic mode.
+"""One benchmark bed: testbed's direct A <-> B veth pair plus one traffic mode.
 
 A mode is plain TCP (no queue), the NFQUEUE pass-through (bench/passthrough.py in both
 namespaces, the daemon's own rules), tcpcryptd (``tcpcryptd run`` in both namespaces, as
@@ -8,7 +8,7 @@ Random loss is an ``iptables -t raw -A PREROUTING -i eth0 ... -m statistic -j DR
 each namespace: ``raw PREROUTING`` runs before ``mangle PREROUTING`` where the daemon queues, so
 a dropped packet never reaches the queue (loss on the wire, in both directions).
 
-Additions to the test bed (kept here, not in tcpcryptd/testbed.py): daemon process figures
+Additions to the test bed (kept here, not in testbed/): daemon process figures
 from /proc (VmRSS, utime+stime) and :func:`profiled_daemon` (the daemon under cProfile).
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tcpcryptd.daemon import control
 from tcpcryptd.daemon.errors import ControlError
-from tcpcryptd.testbed import BedError, Daemon, Namespace, TestBed
+from testbed import BedError, Daemon, Namespace, TestBed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -43,7 +43,6 @@ import sys
 import time
 from collections.abc import Iterable
 
-from tcpcryptd.core.constants import AEADId
 from tcpcryptd.engine import Direction, Engine, EngineConfig, Verdict
 from tcpcryptd.packet.tcp import ACK, PSH, SYN, build
 

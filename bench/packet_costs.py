@@ -2,8 +2,8 @@
 
 Run: ``.venv/bin/python -m bench.packet_costs [--number N]``. Prints the best of several
 timeit repeats (CPU time) per operation for a 1448-byte payload (a full-MSS segment on a 1500-byte
-MTU path), IPv4 and IPv6. DESIGN.md §5 / TESTBED.md give the budget: ACK translation
-<= 3 µs, a full checksum ~4 µs with the naive one-call sum.
+MTU path), IPv4 and IPv6. The budget (docs/benchmarks.md, "What is measured", item 5): ACK
+translation <= 3 µs, a full checksum ~4 µs with the one-call sum.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from bench.workloads import (
     iperf3,
     nc_transfer,
 )
-from tcpcryptd.testbed import BedError, make_payload
+from testbed import BedError, make_payload
 
 #: Throughput row -> (mode, parallel flows).
 THROUGHPUT_PLAN: dict[str, tuple[Mode, int]] = {

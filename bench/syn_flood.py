@@ -1,6 +1,6 @@
 """Half-open ENO flows in the daemon under a SYN flood (run: python -m bench.syn_flood).
 
-A direct A <-> B bed (:mod:`tcpcryptd.testbed`), ``tcpcryptd run`` in B only, a listener on
+A direct A <-> B bed (:mod:`testbed`), ``tcpcryptd run`` in B only, a listener on
 B's port 7002 (backlog 65535; past its SYN queue the kernel answers with SYN cookies, still
 a SYN-ACK).  Namespace A sends ``--count`` ENO SYNs (RFC 8547 §4.1: the SYN-form option
 offering the default TEPs, after Linux's MSS, SACK-permitted, timestamps and window scale)
@@ -30,11 +30,10 @@ import struct
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from bench.bed import REPO_ROOT, read_cpu_seconds, read_vmrss
 from tcpcryptd.daemon import control
-from tcpcryptd.testbed import BedError, Daemon, TestBed
+from testbed import BedError, Daemon, TestBed
 
 PORT = 7002
 WARM_UP = 200

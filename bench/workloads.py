@@ -1,7 +1,7 @@
 """The traffic of the benchmark, run inside a :class:`~bench.bed.BenchBed` (A -> B unless a
 workload is told ``client="B"``: B connects to A and sends).
 
-Every function returns what it measured or raises :class:`~tcpcryptd.testbed.BedError`;
+Every function returns what it measured or raises :class:`~testbed.BedError`;
 nothing here decides what a number means (bench/report.py does).
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.bed import REPO_ROOT, BenchBed, read_line
 from bench.diagnostics import RunDiagnostics
 from tcpcryptd.engine.config import EngineConfig
-from tcpcryptd.testbed import BedError, Namespace, sha256_file
+from testbed import BedError, Namespace, sha256_file
 
 IPERF_PORT = 5201
 NC_PORT = 5001

@@ -1,7 +1,8 @@
 """Probe: NFQUEUE with ``NFQA_CFG_F_GSO`` -- super-packets to userspace, and back mangled.
 
 NetfilterQueue 1.1 (the daemon's binding) copies at most 4016 bytes and sets no queue flags,
-so the kernel segments GSO packets before queueing them (TESTBED.md): every MTU-sized
+so the kernel segments GSO packets before queueing them (docs/daemon.md, "Limits and
+notes", GRO/GSO): every MTU-sized
 packet costs a verdict. This probe binds a queue through libnetfilter_queue directly
 (ctypes), with ``NFQA_CFG_F_GSO`` and a 64 KiB copy range, in a namespace bed of its own,
 and runs iperf3 through it, to measure what the kernel hands over and whether it takes a
@@ -23,7 +24,6 @@ import ctypes
 import json
 import select
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tcpcryptd.packet.tcp import TCPPacket  # noqa: E402
-from tcpcryptd.testbed import TestBed  # noqa: E402
+from testbed import TestBed  # noqa: E402
 
 NF_ACCEPT = 1
 NFQNL_COPY_PACKET = 2

@@ -4,14 +4,22 @@ Every key is optional; no file at all gives the defaults: encrypt every TCP flow
 offer the TEPs X25519, X448, P-256 (RFC 8548 §7, Table 4) in that order and all three AEADs
 (Table 5) with AES-128-GCM preferred. A bad file gives one :class:`ConfigError` whose message
 names the key (``marks.seen: must be an integer, got 'x'``), never a traceback.
+
+The ``[limits]`` section is the engine's own limits: :data:`LIMITS` names which
+:class:`~tcpcryptd.engine.config.EngineConfig` fields a user may set and the range accepted;
+their types and defaults are EngineConfig's (``LimitsConfig`` is made from its fields). The
+other EngineConfig fields are no config key: the algorithms come from ``[encryption]``
+(:func:`engine_config`), the protocol timers (RTO bounds, linger, challenge-ACK rate) and
+injected objects keep the engine's defaults.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tcpcryptd.core.constants import TEP, AEADId
 from tcpcryptd.daemon.errors import ConfigError
@@ -73,38 +81,10 @@ class ControlConfig:
     socket: str = DEFAULT_CONTROL_PATH
 
 
-_ENGINE_DEFAULTS = EngineConfig()
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    max_flows: int = _ENGINE_DEFAULTS.max_flows
-    max_half_open: int = _ENGINE_DEFAULTS.max_half_open
-    max_held_packets: int = _ENGINE_DEFAULTS.max_held_packets
-    max_buffered_bytes: int = _ENGINE_DEFAULTS.max_buffered_bytes
-    max_init_len: int = _ENGINE_DEFAULTS.max_init_len
-    idle_timeout: float = _ENGINE_DEFAULTS.idle_timeout
-    handshake_timeout: float = _ENGINE_DEFAULTS.handshake_timeout
-    aead_idle_release: float = _ENGINE_DEFAULTS.aead_idle_release
-
-
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     keylog: str = ""
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole validated configuration (immutable; CLI overrides make a new one)."""
-
-    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
-    queue: QueueConfig = field(default_factory=QueueConfig)
-    marks: MarksConfig = field(default_factory=MarksConfig)
-    firewall: FirewallConfig = field(default_factory=FirewallConfig)
-    control: ControlConfig = field(default_factory=ControlConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    log: LogConfig = field(default_factory=LogConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +176,41 @@ def _port_list(key: str, value: Any) -> tuple[int, ...]:
     return ports
 
 
+
 _MARK = _integer(1, 0xFFFFFFFF)
+
+#: The ``[limits]`` keys: the EngineConfig fields a user may set, each with the range it
+#: accepts. Name, type and default are EngineConfig's; conf/tcpcryptd.toml documents them.
+LIMITS: dict[str, Validator] = {
+    "max_flows": _integer(1, 10_000_000),
+    "max_half_open": _integer(1, 10_000_000),
+    "max_held_packets": _integer(1, 1024),
+    "max_buffered_bytes": _integer(65536, 1 << 30),
+    "max_init_len": _integer(64, 65535),
+    "idle_timeout": _seconds(1.0, 30 * 86400.0),
+    "handshake_timeout": _seconds(1.0, 3600.0),
+    "aead_idle_release": _seconds(0.0, 86400.0),
+}
+
+#: ``[limits]`` as validated: the :data:`LIMITS` fields of EngineConfig, with its defaults.
+LimitsConfig = make_dataclass(
+    "LimitsConfig",
+    [(f.name, f.type, field(default=f.default)) for f in fields(EngineConfig) if f.name in LIMITS],
+    frozen=True)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration (immutable; CLI overrides make a new one)."""
+
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    marks: MarksConfig = field(default_factory=MarksConfig)
+    firewall: FirewallConfig = field(default_factory=FirewallConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
 
 #: section -> key -> validator. Section and key names are the TOML names.
 SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
@@ -218,16 +232,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
         "offload_max": _integer(1, 16_777_216),
     }),
     "control": (ControlConfig, {"socket": _path}),
-    "limits": (LimitsConfig, {
-        "max_flows": _integer(1, 10_000_000),
-        "max_half_open": _integer(1, 10_000_000),
-        "max_held_packets": _integer(1, 1024),
-        "max_buffered_bytes": _integer(65536, 1 << 30),
-        "max_init_len": _integer(64, 65535),
-        "idle_timeout": _seconds(1.0, 30 * 86400.0),
-        "handshake_timeout": _seconds(1.0, 3600.0),
-        "aead_idle_release": _seconds(0.0, 86400.0),
-    }),
+    "limits": (LimitsConfig, LIMITS),
     "log": (LogConfig, {"level": _choice(LOG_LEVELS), "keylog": _string}),
 }
 
@@ -294,18 +299,10 @@ def engine_config(config: Config) -> EngineConfig:
     ``encryption.aeads`` lists the most preferred first; A offers them in that order in Init1
     and, as B, the engine wants them in increasing priority (RFC 8548 §3.3).
     """
-    limits = config.limits
     return EngineConfig(
         enabled=config.encryption.enabled,
         teps=tuple(int(tep) for tep in config.encryption.teps),
         aeads=tuple(int(aead) for aead in config.encryption.aeads),
         aead_preference=tuple(int(aead) for aead in reversed(config.encryption.aeads)),
-        max_init_len=limits.max_init_len,
-        max_flows=limits.max_flows,
-        max_half_open=limits.max_half_open,
-        max_held_packets=limits.max_held_packets,
-        max_buffered_bytes=limits.max_buffered_bytes,
-        idle_timeout=limits.idle_timeout,
-        handshake_timeout=limits.handshake_timeout,
-        aead_idle_release=limits.aead_idle_release,
+        **{name: getattr(config.limits, name) for name in LIMITS},
     )

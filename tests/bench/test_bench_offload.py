@@ -23,7 +23,7 @@ from bench.report import (
     target_verdicts,
 )
 from bench.runner import round_order
-from tcpcryptd.testbed import BedError
+from testbed import BedError
 
 
 def results_of(samples: Samples) -> dict:

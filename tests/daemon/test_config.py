@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -9,8 +10,16 @@ import pytest
 
 from tcpcryptd.core.constants import TEP, AEADId
 from tcpcryptd.daemon import config as config_module
-from tcpcryptd.daemon.config import SCHEMA, Config, engine_config, load_config, parse_config
+from tcpcryptd.daemon.config import (
+    LIMITS,
+    SCHEMA,
+    Config,
+    engine_config,
+    load_config,
+    parse_config,
+)
 from tcpcryptd.daemon.errors import ConfigError
+from tcpcryptd.engine.config import EngineConfig
 
 SHIPPED = Path(__file__).resolve().parents[2] / "conf" / "tcpcryptd.toml"
 
@@ -40,6 +49,37 @@ def test_shipped_file_documents_every_key_with_its_default():
     assert parse_config(data) == Config()
     for section, (_, keys) in SCHEMA.items():
         assert set(data[section]) == set(keys), section
+
+
+def test_shipped_file_holds_every_engine_limit_with_the_engine_default():
+    """[limits] of conf/tcpcryptd.toml is EngineConfig's defaults, value and type (7200.0)."""
+    shipped = tomllib.loads(SHIPPED.read_text())["limits"]
+    defaults = EngineConfig()
+    assert set(shipped) == set(LIMITS)
+    for name in LIMITS:
+        default = getattr(defaults, name)
+        assert (shipped[name], type(shipped[name])) == (default, type(default)), name
+
+
+def test_every_engine_field_is_a_config_key_or_named_internal():
+    """A new EngineConfig field must be decided on: a [limits] key (LIMITS), set from
+    [encryption] by engine_config, or internal (protocol timers, injected objects)."""
+    from_encryption = {"enabled", "teps", "aeads", "aead_preference"}
+    internal = {"linger", "tombstone", "challenge_ack_interval", "initial_rto", "min_rto",
+                "max_rto", "max_retransmits", "local_rto"}
+    engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    assert engine_fields == set(LIMITS) | from_encryption | internal
+    assert not set(LIMITS) & (from_encryption | internal)
+
+
+def test_every_limit_reaches_the_engine():
+    """Each [limits] key, set to twice its default (in range for all), is the engine's."""
+    config = parse_config({"limits": {name: getattr(EngineConfig(), name) * 2
+                                      for name in LIMITS}})
+    engine = engine_config(config)
+    for name in LIMITS:
+        assert getattr(engine, name) == getattr(config.limits, name) != getattr(
+            EngineConfig(), name), name
 
 
 def test_explicit_missing_file_is_an_error(tmp_path):

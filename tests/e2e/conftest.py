@@ -13,7 +13,7 @@ import subprocess
 import pytest
 from e2e_support import E2E
 
-from tcpcryptd.testbed import TestBed, environment_problem, tcpcryptd_command
+from testbed import TestBed, environment_problem, tcpcryptd_command
 
 
 @functools.cache

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tcpcryptd.testbed import (
+from testbed import (
     BedError,
     CaptureReport,
     Daemon,

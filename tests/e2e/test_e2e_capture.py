@@ -1,4 +1,4 @@
-"""The capture checker itself: tcpcryptd.testbed.analyze_pcap against pcaps scapy writes.
+"""The capture checker itself: testbed.analyze_pcap against pcaps scapy writes.
 
 These run without root: they prove that the wire checks of the other e2e tests can fail.
 """
@@ -13,7 +13,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from tcpcryptd.testbed import BedError, analyze_pcap, make_payload
+from testbed import BedError, analyze_pcap, make_payload
 
 MARKER = b"TCPCRYPTD-PLAINTEXT-MARKER-unit"
 ENO_SYN = (69, b"\x20\x21")          # kind 69, TEPs X25519 and X448 (RFC 8547 §4.1)

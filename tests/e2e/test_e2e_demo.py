@@ -1,4 +1,4 @@
-"""``make demo`` (python -m tcpcryptd.demo) as a user runs it: the output, and the teardown."""
+"""``make demo`` (python -m testbed.demo) as a user runs it: the output, and the teardown."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.e2e
 
-DEMO = [sys.executable, "-m", "tcpcryptd.demo"]
+DEMO = [sys.executable, "-m", "testbed.demo"]
+#: The checkout: testbed/ is a development package, importable from there (not installed).
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bed_namespaces(output: str) -> list[str]:
@@ -27,7 +30,7 @@ def _existing_namespaces() -> set[str]:
 
 
 def test_demo_shows_an_encrypted_intact_download() -> None:
-    done = subprocess.run(DEMO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(DEMO, capture_output=True, text=True, timeout=120, cwd=ROOT)
     output = done.stdout
     assert done.returncode == 0, output + done.stderr
     assert "sha256" in output and "MATCH" in output and "MISMATCH" not in output
@@ -39,7 +42,8 @@ def test_demo_shows_an_encrypted_intact_download() -> None:
 
 
 def test_interrupted_demo_tears_everything_down() -> None:
-    demo = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    demo = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
     assert demo.stdout is not None
     seen = []
     deadline = time.monotonic() + 60

@@ -1,7 +1,7 @@
 """Failures: the daemon killed mid-transfer, and a middlebox that tampers with a frame.
 
-DESIGN.md invariant 4 (no application byte in plaintext on an ENO flow, also when the daemon
-dies) and invariant 3 / RFC 8548 §3.6 (AEAD failure aborts the connection; no unverified byte
+Properties 4 (no application byte in plaintext on an ENO flow, also when the daemon dies) and
+3 / RFC 8548 §3.6 of docs/daemon.md, "What the tests check" (AEAD failure aborts the connection; no unverified byte
 reaches the application).
 """
 

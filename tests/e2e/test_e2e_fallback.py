@@ -1,7 +1,7 @@
 """A peer without tcpcryptd: plain TCP both ways, nothing encrypted, counted as fallback.
 
 RFC 8547 §4.6: a SYN-ACK without ENO disables TCP-ENO; the connection goes on as plain TCP
-(DESIGN.md invariant 5: as if the daemon were absent).
+(docs/daemon.md, "What the tests check", property 5: as if the daemon were absent).
 """
 
 from __future__ import annotations

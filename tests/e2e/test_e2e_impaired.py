@@ -1,8 +1,9 @@
 """Encrypted transfers through loss, reordering, duplication and resegmentation.
 
 Loss is iptables' statistic match in the router's FORWARD chain (no netem here); the rest is
-tools/netimpair.py in the router. DESIGN.md invariant 1: the application's byte stream is
-intact whatever the wire does; invariant 4: no plaintext on the wire meanwhile.
+tools/netimpair.py in the router. docs/daemon.md, "What the tests check", property 1: the
+application's byte stream is intact whatever the wire does; property 4: no plaintext on the
+wire meanwhile.
 """
 
 from __future__ import annotations

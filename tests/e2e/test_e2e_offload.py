@@ -14,7 +14,7 @@ import sys
 import pytest
 from e2e_support import MAIN_SIZE, NC_PORT, E2E, counter, queued_packets
 
-from tcpcryptd.testbed import sha256_file
+from testbed import sha256_file
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ import pytest
 from e2e_support import E2E
 
 from tcpcryptd.packet.tcp import ACK, SYN, TCPPacket
-from tcpcryptd.testbed import make_payload, pcap_segments
+from testbed import make_payload, pcap_segments
 
 pytestmark = pytest.mark.e2e
 

@@ -33,7 +33,7 @@ import pytest
 from e2e_support import MB, NC_PORT, TRANSFER_TIMEOUT, E2E, session_ids
 
 from tcpcryptd.packet.tcp import ACK, RST
-from tcpcryptd.testbed import (
+from testbed import (
     INVALID_COMMENT,
     BedError,
     Daemon,

@@ -25,7 +25,6 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -42,9 +41,7 @@ from _bench import (
     SYN,
     Bench,
     Direction,
-    HeldForever,
     InvariantError,
-    PacketStorm,
     Side,
     scrub,
 )

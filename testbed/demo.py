@@ -8,7 +8,7 @@ capture is checked for the ENO option (kind 69, RFC 8547 §4.1) in SYN and SYN-A
 plaintext marker embedded in the file; sha256 is compared at both ends. Everything is torn
 down at the end, also on Ctrl-C or failure. Runs in well under a minute.
 
-    python -m tcpcryptd.demo [--size MB] [--ipv6]
+    python -m testbed.demo [--size MB] [--ipv6]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import time
 from types import FrameType
 
-from tcpcryptd.testbed import (
+from testbed import (
     BedError,
     TestBed,
     environment_problem,
@@ -118,7 +118,7 @@ def _wait_for_bytes(path, curl, timeout: float = 30.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tcpcryptd.demo",
+    parser = argparse.ArgumentParser(prog="python -m testbed.demo",
                                      description="tcpcryptd between two network namespaces")
     parser.add_argument("--size", type=int, default=20, metavar="MB",
                         help="size of the downloaded file in MB (default 20)")
