@@ -49,5 +49,5 @@ RESUME_HALF_LEN = 9
 MAX_RESUME_NONCE_LEN = 8
 
 #: Default upper bound on an Init message's message_len
-#: (docs/ARCHITECTURE.md "Readings of the RFCs").
+#: (README.md "Readings of the RFCs").
 DEFAULT_MAX_INIT_LEN = 4096

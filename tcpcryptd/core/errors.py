@@ -16,7 +16,7 @@ class ENOParseError(TcpcryptError):
 
 class InitMessageError(TcpcryptError):
     """A bad Init1/Init2 message (magic, message_len, bounds): abort
-    (docs/ARCHITECTURE.md "Readings of the RFCs")."""
+    (README.md "Readings of the RFCs")."""
 
 
 class CipherMismatchError(InitMessageError):

@@ -11,7 +11,7 @@
     nonce     = frame_ID XOR NR                    (see tcpcryptd.core.aead)
 
 ``offset`` is the frame's position in the wire stream, counted from the first byte after the
-SYN, Init messages included (docs/ARCHITECTURE.md "Readings of the RFCs").
+SYN, Init messages included (README.md "Readings of the RFCs").
 ``clen`` <= 65535, so a frame carries at most :data:`MAX_FRAME_DATA` bytes of data
 (:data:`MAX_FRAME_DATA_URGENT` with URGp).
 

@@ -10,7 +10,7 @@
 ignore any bytes after Pub up to ``message_len`` (RFC 8548 §4.1).  The Pub length depends on
 the TEP (:meth:`tcpcryptd.core.tep.KeyAgreementScheme.pub_field_length`).
 
-Bounds (docs/ARCHITECTURE.md "Readings of the RFCs"): a bad magic, a ``message_len``
+Bounds (README.md "Readings of the RFCs"): a bad magic, a ``message_len``
 shorter than the fixed part or larger than ``max_len`` (default 4096), a message shorter than ``message_len``, a Pub that does not
 fit, and an Init1 with ``nciphers = 0`` (nothing to choose from) raise
 :class:`InitMessageError`.  Unknown sym_cipher ids in Init1 are kept; selection skips them.

@@ -8,7 +8,7 @@ Pub encodings on the wire (RFC 8548 §5):
 
 * ECDHE-Curve25519 / ECDHE-Curve448: the raw 32 / 56 byte public value, no prefix.
 * ECDHE-P256 / ECDHE-P521: ``pubkey_len (u16 BE) | compressed point``.  Reading
-  (docs/ARCHITECTURE.md "Readings of the RFCs"): the figure numbers the whole structure
+  (README.md "Readings of the RFCs"): the figure numbers the whole structure
   0..L-1, so we send ``L = 2 + point length`` (35 / 69); on receipt ``L`` may be that or the bare point length
   (33 / 67), nothing else.  ES is the x-coordinate of the shared point (ECSVDP-DH).
 

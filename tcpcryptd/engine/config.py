@@ -23,7 +23,7 @@ class EngineConfig:
     #: B's preference in increasing priority (RFC 8548 §3.3): AES-128-GCM most preferred
     aead_preference: tuple[int, ...] = (AEADId.CHACHA20_POLY1305, AEADId.AES_256_GCM,
                                         AEADId.AES_128_GCM)
-    #: bound on an Init message's message_len (docs/ARCHITECTURE.md "Readings of the RFCs")
+    #: bound on an Init message's message_len (README.md "Readings of the RFCs")
     max_init_len: int = DEFAULT_MAX_INIT_LEN
     #: flows tracked at once; a new SYN beyond it is left plain (counted)
     max_flows: int = 65536

@@ -15,7 +15,7 @@ For every non-SYN segment the local stack sends on an ENO flow:
   empty FINp frame (20 bytes) plus FIN (RFC 8548 §3.7);
 * URG: the stack's urgent pointer becomes the frame's URGp + urgent field, the offset of the
   last urgent byte from the frame's first data byte in the application stream
-  (docs/ARCHITECTURE.md "Readings of the RFCs"); URG is cleared on the wire;
+  (README.md "Readings of the RFCs"); URG is cleared on the wire;
 * keep-alives and zero-window probes (``snd.una - 1``, 0 or 1 byte) pass with a translated
   sequence number and no payload: they are not framed and leak no byte;
 * until keys exist, data segments are HELD (bounded) and released in order, encrypted;

@@ -1,4 +1,4 @@
-"""Init1/Init2 codec and bounds (RFC 8548 §4.1, docs/ARCHITECTURE.md "Readings of the RFCs")."""
+"""Init1/Init2 codec and bounds (RFC 8548 §4.1, README.md "Readings of the RFCs")."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ def test_full_handshake(tep: int, aead: int) -> None:
     assert a.prk == compute_prk(a.n_a, TRANSCRIPT, a.init1, init2, a.es)
     assert session_a.traffic_keys(0) == session_b.traffic_keys(0)
     # A's first frame follows Init1 in A's wire stream; B's follows Init2
-    # (docs/ARCHITECTURE.md "Readings of the RFCs").
+    # (README.md "Readings of the RFCs").
     to_b = session_a.seal(len(a.init1), b"hello B")
     assert session_b.open(len(a.init1), to_b).data == b"hello B"
     to_a = session_b.seal(len(init2), b"hello A", fin=True)

@@ -13,7 +13,7 @@ from tcpcryptd.core.errors import InitMessageError, KeyAgreementError
 from tcpcryptd.core.tep import KEY_AGREEMENTS, key_agreement
 
 ALL_TEPS = [TEP.ECDHE_P256, TEP.ECDHE_P521, TEP.ECDHE_CURVE25519, TEP.ECDHE_CURVE448]
-# Pub field on the wire and ES length (RFC 8548 §5; docs/ARCHITECTURE.md "Readings of the RFCs"
+# Pub field on the wire and ES length (RFC 8548 §5; README.md "Readings of the RFCs"
 # for pubkey_len).
 PUB_FIELD_LEN = {0x21: 35, 0x22: 69, 0x23: 32, 0x24: 56}
 ES_LEN = {0x21: 32, 0x22: 66, 0x23: 32, 0x24: 56}
@@ -82,7 +82,7 @@ def test_p_curve_encoding(tep: int) -> None:
 
 @pytest.mark.parametrize("tep", [TEP.ECDHE_P256, TEP.ECDHE_P521])
 def test_p_curve_accepts_bare_point_length(tep: int) -> None:
-    """docs/ARCHITECTURE.md "Readings of the RFCs": pubkey_len may also count the point only."""
+    """README.md "Readings of the RFCs": pubkey_len may also count the point only."""
     scheme = key_agreement(tep)
     a, b = scheme.generate(), scheme.generate()
     bare = struct.pack(">H", len(b.pub) - 2) + b.pub[2:]

@@ -110,7 +110,7 @@ def master_keys(ss_i: bytes, sn_i: bytes, count: int) -> list[bytes]:
 def public_key_on_wire(tep: int, private: bytes) -> bytes:
     """Pub as carried in Init1/Init2: X25519/X448 raw; P-curves u16 L | compressed point.
 
-    The reading of docs/ARCHITECTURE.md "Readings of the RFCs": pubkey_len L counts the whole
+    The reading of README.md "Readings of the RFCs": pubkey_len L counts the whole
     structure, so L = 2 + point length.
     """
     raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -540,7 +540,7 @@ def frames_of(case: dict[str, Any], sender: str) -> list[dict[str, Any]]:
 
 
 def first_frame_offset(case: dict[str, Any], sender: str) -> int:
-    """docs/ARCHITECTURE.md "Readings of the RFCs": the wire stream counts from the byte after the
+    """README.md "Readings of the RFCs": the wire stream counts from the byte after the
     SYN, Init bytes included.
 
     A resumed session has no Init messages (its init1/init2 are empty): first frame at 0.

@@ -66,7 +66,7 @@ def test_every_engine_field_is_a_config_key_or_named_internal():
     [encryption] by engine_config, or internal (protocol timers, injected objects)."""
     from_encryption = {"enabled", "teps", "aeads", "aead_preference"}
     internal = {"linger", "tombstone", "challenge_ack_interval", "initial_rto", "min_rto",
-                "max_rto", "max_retransmits", "local_rto"}
+                "max_rto", "max_retransmits", "local_rto", "random"}
     engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
     assert engine_fields == set(LIMITS) | from_encryption | internal
     assert not set(LIMITS) & (from_encryption | internal)

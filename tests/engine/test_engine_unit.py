@@ -45,7 +45,8 @@ INIT2_LEN = 74
 def wire_payloads(pair: Pair, src_port: int) -> dict[int, int]:
     """Every payload byte seen on the wire from one side, by 32-bit sequence number.
 
-    Asserts that a sequence number never carried two different bytes (invariant 2 of docs/ARCHITECTURE.md).
+    Asserts that a sequence number never carried two different bytes (property 2 of
+    docs/daemon.md "What the tests check").
     """
     seen: dict[int, int] = {}
     for raw in pair.wire:
@@ -1055,7 +1056,7 @@ def test_inexact_rst_while_keying_is_dropped():
 
 def test_outbound_rst_leaves_at_the_wire_send_point_or_at_the_peers_ack():
     pair, _ = _rst_setup()
-    a, b = pair.a, pair.b
+    a = pair.a
     pair.send(a, a.seg(ISN_A + 1, ISN_B + 6, ACK | PSH, b"0123456789"), deliver=False)
     # the stack aborts: RST at its SND.NXT -> the wire's SND.NXT
     r, (out,) = pair.send(a, a.seg(ISN_A + 11, ISN_B + 6, RST | ACK), deliver=False)

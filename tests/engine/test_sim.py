@@ -1,5 +1,5 @@
-"""Deterministic two-engine simulation: seeded scenarios checked against the invariants of
-docs/ARCHITECTURE.md.
+"""Deterministic two-engine simulation: seeded scenarios checked against the properties of
+docs/daemon.md "What the tests check".
 
 Every scenario is named by what it does and its seed (``rand-v6-loss5-s12``,
 ``drop-init2-v4-s1``...); rerun one alone with ``pytest tests/engine/test_sim.py -k NAME``.

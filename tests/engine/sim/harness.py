@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol
+from typing import Protocol
 
 from tcpcryptd.core.constants import INIT1_MAGIC, INIT2_MAGIC
 from tcpcryptd.engine import Direction, Engine, EngineConfig, FlowStatus, Result, Verdict
@@ -660,7 +661,8 @@ _STACK_ANOMALIES = (
 
 
 def check(result: SimResult) -> list[str]:
-    """Every invariant (docs/ARCHITECTURE.md "Invariants") that applies to this scenario; [] when all hold."""
+    """Every property (docs/daemon.md "What the tests check") that applies to this scenario;
+    [] when all hold."""
     out = list(result.violations)
     out += [f"wire: oversize packet {o}" for o in result.wire.stats.oversize[:3]]
     for side in result.sides:

@@ -1,4 +1,5 @@
-"""The invariants of docs/ARCHITECTURE.md ("Invariants"), checked on a finished simulation run.
+"""The properties of docs/daemon.md "What the tests check", checked on a finished simulation
+run.
 
 :class:`WireLog` records every payload byte each side puts on the wire by its stream offset
 (``seq - (ISN + 1)``, unwrapped).  From it the checks derive:
