@@ -55,7 +55,9 @@ def run_daemon(config: Config) -> None:
             keylog = KeyLog(config.log.keylog)
             stack.callback(keylog.close)
             engine: Engine = KeyLoggingEngine(engine_config(config), keylog)
-            log.warning("key log on: session keys are written to %s", keylog.path)
+            log.warning("KEY LOG ON: the traffic keys of every tcpcrypt session are written to "
+                        "%s; anyone who reads it can decrypt captured traffic. Debugging only: "
+                        "unset log.keylog and delete the file when done", keylog.path)
         else:
             engine = Engine(engine_config(config))
         verdicts = Verdicts(config.marks.seen, config.marks.encrypted, config.marks.plain)
