@@ -26,7 +26,7 @@ $(STAMP)-apt: Makefile
 $(STAMP)-venv: pyproject.toml $(STAMP)-apt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,decode]'
 	touch $@
 
 test: setup
@@ -64,7 +64,7 @@ PREFIX_VENV ?= /opt/tcpcryptd
 install: $(STAMP)-apt
 	test -x $(PREFIX_VENV)/bin/python || $(PYTHON) -m venv $(PREFIX_VENV)
 	$(PREFIX_VENV)/bin/pip install -q --upgrade pip
-	$(PREFIX_VENV)/bin/pip install -q .
+	$(PREFIX_VENV)/bin/pip install -q '.[decode]'
 	ln -sf $(PREFIX_VENV)/bin/tcpcryptd /usr/local/bin/tcpcryptd
 	install -D -m 0644 systemd/tcpcryptd.service /etc/systemd/system/tcpcryptd.service
 	test -e /etc/tcpcryptd/tcpcryptd.toml || install -D -m 0644 conf/tcpcryptd.toml /etc/tcpcryptd/tcpcryptd.toml
