@@ -70,7 +70,7 @@ class Capture:
         ip = IPv6 if self.v6 else IP
         src, dst = (self.a_ip, self.b_ip) if from_a else (self.b_ip, self.a_ip)
         sport, dport = (self.a_port, self.b_port) if from_a else (self.b_port, self.a_port)
-        return (Ether() / ip(src=src, dst=dst)
+        return (Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ip(src=src, dst=dst)
                 / TCP(sport=sport, dport=dport, seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF,
                       flags=flags, options=options or []) / payload)
 
