@@ -23,6 +23,8 @@ from tcpcryptd.testbed import Capture, pcap_segments, tcpcryptd_command
 
 pytestmark = pytest.mark.e2e
 
+LUA = Path(__file__).resolve().parents[2] / "contrib" / "wireshark" / "tcpcrypt.lua"
+
 SIZE = 2_000_000
 
 
@@ -107,6 +109,7 @@ def test_decode_http_and_nc_with_either_key_log(e2e: E2E) -> None:
         assert [b_ip, "", "", "200"] in rows, rows
         assert e2e.marker not in capture.path.read_bytes()
         assert e2e.marker in out.read_bytes()     # the plaintext is what --write shows
+    _check_dissector(capture.path, report)
     # no keys: both connections undecryptable, exit 1, no traceback
     empty = e2e.bed.workdir / "empty.keys"
     empty.write_text("")
@@ -115,3 +118,28 @@ def test_decode_http_and_nc_with_either_key_log(e2e: E2E) -> None:
     assert done.stdout.count(": undecryptable") == 2, done.stdout
     assert "2 of 2 ENO connections not fully decrypted (2 without a key" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _check_dissector(pcap: Path, report: dict) -> None:
+    """contrib/wireshark/tcpcrypt.lua names the ENO option of every SYN, SYN-ACK and first
+    ACK, both Init messages of each connection, and exactly the frames decode verified."""
+    fields = ("tcp.flags.syn", "tcp.flags.ack", "tcpeno.form", "tcpeno.tep",
+              "tcpcrypt.magic", "tcpcrypt.clen", "tcpcrypt.tag")
+    args = ["tshark", "-X", f"lua_script:{LUA}", "-r", str(pcap), "-T", "fields",
+            "-E", "separator=\t", "-E", "aggregator=|", "-o", "tcp.reassemble_out_of_order:TRUE"]
+    for name in fields:
+        args += ["-e", name]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Lua" not in done.stderr, done.stderr
+    rows = [dict(zip(fields, (v.split("|") if v else [] for v in line.split("\t"))))
+            for line in done.stdout.splitlines()]
+    syns = [row for row in rows if row["tcp.flags.syn"] == ["1"]]
+    assert len(syns) == 4 and all(row["tcpeno.form"] == ["SYN form"] for row in syns)
+    assert all("0x23" in row["tcpeno.tep"] for row in syns)        # X25519 offered / chosen
+    assert sum(row["tcpeno.form"] == ["non-SYN form"] for row in rows) >= 2
+    magics = sorted(v for row in rows for v in row["tcpcrypt.magic"])
+    assert magics == ["0x097105e0", "0x097105e0", "0x15101a0e", "0x15101a0e"]
+    frames = sum(len(row["tcpcrypt.clen"]) for row in rows)
+    assert frames == sum(d["frames_verified"] for c in report["connections"]
+                         for d in c["directions"])
+    assert all(len(tag) == 32 for row in rows for tag in row["tcpcrypt.tag"])
