@@ -24,6 +24,7 @@ appended to; each line is flushed at once. The session secret itself is never wr
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from tcpcryptd.core.session import TEP_BYTE_V
 from tcpcryptd.daemon.errors import ConfigError
@@ -32,6 +33,9 @@ from tcpcryptd.engine.config import EngineConfig
 from tcpcryptd.engine.engine import Engine
 from tcpcryptd.engine.events import Event, Rekeyed, SessionEstablished
 from tcpcryptd.engine.flow import Flow
+
+if TYPE_CHECKING:
+    from tcpcryptd.daemon.metrics import Metrics
 
 #: First field of every key line.
 LABEL = "TCPCRYPT_KEYS"
@@ -87,15 +91,18 @@ class KeyLog:
 
 
 class KeyLoggingEngine(Engine):
-    """The engine, writing each new session to a :class:`KeyLog` when its keys exist.
+    """The engine, reporting each new session to the key log and the metrics when its keys
+    exist.
 
     Hooks :meth:`Engine.on_keys`, the engine's single point where a session comes into
     being (RFC 8548 §3.3: after Init1/Init2), so the engine itself stays free of I/O.
     """
 
-    def __init__(self, config: EngineConfig, keylog: KeyLog) -> None:
+    def __init__(self, config: EngineConfig, keylog: KeyLog | None,
+                 metrics: Metrics | None = None) -> None:
         super().__init__(config)
         self.keylog = keylog
+        self.metrics = metrics
 
     def on_keys(self, flow: Flow, init2: bytes, now: float, result: Result) -> None:
         super().on_keys(flow, init2, now, result)
@@ -104,6 +111,10 @@ class KeyLoggingEngine(Engine):
         if session is not None:
             status = flow.status(now)
             k_ab, k_ba = session.traffic_keys(0)
-            self.keylog.record(SessionEstablished(
+            event = SessionEstablished(
                 status.local, status.remote, flow.role, flow.tep, flow.aead_name,
-                flow.session_id, bool(flow.session_id[0] & TEP_BYTE_V), k_ab, k_ba))
+                flow.session_id, bool(flow.session_id[0] & TEP_BYTE_V), k_ab, k_ba)
+            if self.keylog is not None:
+                self.keylog.record(event)
+            if self.metrics is not None:
+                self.metrics.record(event, status.age)
