@@ -173,10 +173,20 @@ def _check_peer(_ctx: click.Context, _param: click.Parameter, value: str | None)
               help="One line: sessions per state and connection totals, no table.")
 @click.option("--limit", type=click.IntRange(min=0), metavar="N",
               help="At most N session rows.")
+@click.option("--all", "full", is_flag=True,
+              help=f"The session table also with more than {status_view.PEER_SUMMARY_ROWS} "
+                   f"sessions (instead of one line per peer).")
 def status(config_path: Path | None, control_path: str | None, as_json: bool,
            states: tuple[str, ...], peer: str | None, summary: bool,
-           limit: int | None) -> None:
-    """Daemon state, counters and the session table (filtered in the daemon)."""
+           limit: int | None, full: bool) -> None:
+    """Daemon state, counters and the sessions (filtered in the daemon).
+
+    Up to 20 sessions as a table; more as one line per peer (connections, encrypted ones,
+    bytes each way, age of the newest session) unless --all or --limit. Session IDs are
+    shortened (first 8 and last 4 hex digits); --json has them whole. States: syn-sent,
+    syn-received, negotiated, keying, encrypted, closed, aborted, tombstone (see
+    `man tcpcryptd`).
+    """
     if summary and limit is not None:
         raise click.UsageError("--limit applies to session rows: not with --summary")
     message: dict[str, Any] = {"command": "status"}
@@ -197,7 +207,7 @@ def status(config_path: Path | None, control_path: str | None, as_json: bool,
             _fail("the running tcpcryptd is older and has no summary: restart it")
         click.echo(status_view.render_summary(answer["summary"]))
     else:
-        click.echo(status_view.render(answer), nl=False)
+        click.echo(status_view.render(answer, full=full or limit is not None), nl=False)
 
 
 def _resolve(host: str) -> str:
