@@ -218,6 +218,50 @@ def _resolve(host: str) -> str:
     return str(infos[0][4][0])
 
 
+@main.command()
+@click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--keylog", "keylog_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Key log written by tcpcryptd (log.keylog), either end of the connections.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--write", "write_path", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="OUT.pcap",
+              help="Write the capture with the decrypted connections as plain TCP.")
+def decode(capture: Path, keylog_path: Path, as_json: bool, write_path: Path | None) -> None:
+    """Decrypt the tcpcrypt connections of a pcap/pcapng CAPTURE.
+
+    Prints per ENO connection: addresses, TEP, AEAD, session ID, frames verified/failed,
+    plaintext bytes and FIN/URG events each way. Exit status 1 when a connection cannot be
+    decrypted (no key) or a frame fails to verify, or the capture cannot be read.
+    """
+    from tcpcryptd import decode as decoder   # scapy loads only here
+
+    try:
+        sessions = decoder.load_keylog(keylog_path)
+        packets, connections, segments = decoder.read_capture(capture)
+        decoder.decode(connections, sessions)
+        written = (decoder.write_plain(write_path, packets, connections, segments)
+                   if write_path is not None else None)
+    except decoder.DecodeError as exc:
+        _fail(str(exc))
+    eno = [conn for conn in connections if conn.eno]
+    if as_json:
+        click.echo(json.dumps({"capture": str(capture), "packets": len(packets),
+                               "connections": [conn.json() for conn in eno]}, indent=2))
+    else:
+        click.echo(decoder.render(eno), nl=False)
+    if written is not None:
+        click.echo(f"wrote {written} packets to {write_path}", err=True)
+    if not eno:
+        _fail(f"{capture}: no TCP-ENO connection (SYN and SYN-ACK with option 69) in the "
+              f"capture")
+    bad = [conn for conn in eno if conn.status != "decrypted"]
+    if bad:
+        undecryptable = sum(conn.status == "undecryptable" for conn in bad)
+        _fail(f"{len(bad)} of {len(eno)} ENO connections not fully decrypted "
+              f"({undecryptable} without a key in {keylog_path})")
+
+
 @main.command("session-id")
 @_config_option
 @_control_option

@@ -331,7 +331,8 @@ def render(status: dict[str, Any], full: bool = False) -> str:
              "in": _human_bytes(p["in"]),
              "handshake": "-" if p["handshake"] is None else f"{_age(p['handshake'])} ago"}
             for p in summary])
-        lines.append(f"{len(sessions)} sessions with {len(summary)} peers; "
+        lines.append(f"{len(sessions)} sessions with {len(summary)} peer"
+                     f"{'' if len(summary) == 1 else 's'}; "
                      f"`tcpcryptd status --all` lists every session")
     matched = status.get("matched", len(sessions))   # absent from a daemon before filters
     if matched > len(sessions):

@@ -269,6 +269,6 @@ def test_status_many_sessions_per_peer_unless_all(tmp_path, no_default_config):
         full = invoke("status", "--control", path, "--all")
         limited = invoke("status", "--control", path, "--limit", "22")
     assert summary.exit_code == 0 and "PEER" in summary.output
-    assert "25 sessions with 1 peers" in summary.output and "SESSION ID" not in summary.output
+    assert "25 sessions with 1 peer;" in summary.output and "SESSION ID" not in summary.output
     assert "SESSION ID" in full.output and full.output.count("10.0.0.2:80") == 25
     assert "SESSION ID" in limited.output and "22 of 25 matching sessions shown" in limited.output
