@@ -116,7 +116,6 @@ def load_keylog(path: Path) -> dict[bytes, SessionKeys]:
 
 @dataclass
 class Segment:
-    index: int            #: position of the packet in the capture
     sender: str           #: endpoint text of the sender
     seq: int
     ack: int
@@ -283,7 +282,7 @@ def read_capture(path: Path) -> tuple[list[Any], list[Connection], dict[int, Seg
         if ip.version == 4 and ip.len is not None:   # Ethernet padding is not payload
             payload = payload[:max(0, ip.len - ip.ihl * 4 - tcp.dataofs * 4)]
         conn.packets.append(index)
-        segments[index] = Segment(index, src, tcp.seq, tcp.ack, flags, payload)
+        segments[index] = Segment(src, tcp.seq, tcp.ack, flags, payload)
         direction = conn.directions[src]
         if direction.isn is None or flags & _SYN:
             continue
@@ -397,10 +396,6 @@ def decode(connections: list[Connection], sessions: dict[bytes, SessionKeys]) ->
 
 # --------------------------------------------------------------------------------------------
 # Output
-
-
-def compact(session_id: str) -> str:
-    return f"{session_id[:8]}...{session_id[-4:]}" if len(session_id) > 12 else session_id
 
 
 def render(connections: list[Connection]) -> str:
