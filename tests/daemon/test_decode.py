@@ -143,3 +143,15 @@ def test_without_scapy_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "scapy.all", None)
     with pytest.raises(decoder.DecodeError, match=r"needs scapy: pip install 'tcpcryptd\[decode\]'"):
         decoder.read_capture(Path("x.pcap"))
+
+
+def test_a_hole_in_the_capture_is_reported(tmp_path: Path) -> None:
+    cap = standard_capture()
+    packets = cap.packets()
+    del packets[9]                                       # one of A's data segments
+    pcap, keys = _files(tmp_path, cap, packets=packets)
+    code, out, _ = _run(str(pcap), "--keylog", str(keys), "--json")
+    assert code == 1
+    a_dir = json.loads(out)["connections"][0]["directions"][0]
+    assert a_dir["problems"][0].startswith("capture misses wire bytes at offset ")
+    assert a_dir["frames_failed"] == 0 and a_dir["plaintext_bytes"] < len(cap.a_plain)
