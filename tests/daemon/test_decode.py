@@ -155,3 +155,40 @@ def test_a_hole_in_the_capture_is_reported(tmp_path: Path) -> None:
     a_dir = json.loads(out)["connections"][0]["directions"][0]
     assert a_dir["problems"][0].startswith("capture misses wire bytes at offset ")
     assert a_dir["frames_failed"] == 0 and a_dir["plaintext_bytes"] < len(cap.a_plain)
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_pcapng_and_ipv6_write(tmp_path: Path, v6: bool) -> None:
+    from scapy.utils import PcapNgWriter
+
+    cap = standard_capture(v6)
+    pcap, keys = _files(tmp_path, cap)
+    pcapng = tmp_path / "cap.pcapng"
+    with PcapNgWriter(str(pcapng)) as writer:
+        for packet in rdpcap(str(pcap)):
+            writer.write(packet)
+    out = tmp_path / "plain.pcap"
+    code, text, err = _run(str(pcapng), "--keylog", str(keys), "--write", str(out))
+    assert code == 0, err
+    assert ": decrypted," in text
+    data = b"".join(bytes(p[TCP].payload) for p in rdpcap(str(out)) if p[TCP].sport == 40000)
+    assert data == cap.a_plain
+
+
+def test_mutated_captures_never_raise(tmp_path: Path) -> None:
+    """Flipped bytes anywhere in a capture: a report or a clear error, never a traceback."""
+    import random
+
+    pcap, keys = _files(tmp_path, standard_capture())
+    original = pcap.read_bytes()
+    rng = random.Random(8548)
+    for _ in range(40):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        pcap.write_bytes(bytes(data))
+        result = CliRunner().invoke(main, ["decode", str(pcap), "--keylog", str(keys),
+                                           "--write", str(tmp_path / "out.pcap")])
+        assert result.exit_code in (0, 1), result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit), \
+            repr(result.exception)
