@@ -66,6 +66,8 @@ def test_decode_http_and_nc_with_either_key_log(e2e: E2E) -> None:
     e2e.assert_encrypted(capture.analyze(e2e.marker), connections=2)
     payload = e2e.payload(SIZE).read_bytes()
     a_ip, b_ip = e2e.bed.addr("A"), e2e.bed.addr("B")
+    for daemon in e2e.bed.daemons:     # the loud warning at start
+        assert "WARNING tcpcryptd.daemon: KEY LOG ON" in daemon.log_path.read_text()
     for label, keylog in keylogs.items():
         assert keylog.stat().st_mode & 0o777 == 0o600
         out = e2e.bed.workdir / f"plain-{label}.pcap"
