@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from tcpcryptd.core.aead import AEAD_ALGORITHMS, AEADAlgorithm, TrafficKey
-from tcpcryptd.core.constants import ENO_KIND, INIT1_MAGIC, INIT2_MAGIC, TEP
+from tcpcryptd.core.constants import ENO_KIND, INIT1_MAGIC, INIT2_MAGIC
 from tcpcryptd.core.eno import parse_syn_option
 from tcpcryptd.core.errors import ENOParseError, FrameAuthError, FrameError, InitMessageError
 from tcpcryptd.core.frame import CONTROL_REKEY, HEADER_LEN, MIN_CLEN, decode_frame
 from tcpcryptd.core.messages import message_length
+from tcpcryptd.daemon.config import TEP_NAMES
 from tcpcryptd.daemon.keylog import LABEL
 
 MASK32 = 0xFFFFFFFF
@@ -209,11 +210,12 @@ class Connection:
         }
 
 
+#: TEP names as the configuration and ``tcpcryptd status`` write them (RFC 8548 §7)
+_TEP_DISPLAY = {int(tep): name for name, tep in TEP_NAMES.items()}
+
+
 def _tep_name(tep: int) -> str:
-    try:
-        return TEP(tep & 0x7F).name
-    except ValueError:
-        return f"0x{tep:02x}"
+    return _TEP_DISPLAY.get(tep & 0x7F, f"0x{tep & 0x7F:02x}")
 
 
 def _scapy() -> Any:

@@ -44,7 +44,7 @@ def test_decodes_every_frame_across_a_rekey(tmp_path: Path, v6: bool) -> None:
     code, out, err = _run(str(pcap), "--keylog", str(keys), "--json")
     assert code == 0, err
     (conn,) = json.loads(out)["connections"]
-    assert conn["status"] == "decrypted" and conn["tep"] == "ECDHE_CURVE25519"
+    assert conn["status"] == "decrypted" and conn["tep"] == "X25519"
     assert conn["session_id"] == cap.sa.session_id.hex() and conn["aead"] == "AES-128-GCM"
     a_dir, b_dir = conn["directions"]
     assert a_dir["role"] == "A" and b_dir["role"] == "B"
@@ -55,7 +55,7 @@ def test_decodes_every_frame_across_a_rekey(tmp_path: Path, v6: bool) -> None:
     assert a_dir["init_bytes"] == int.from_bytes(cap.a_stream[4:8], "big")   # message_len
     assert b_dir["plaintext_bytes"] == len(b"HTTP/1.0 200 OK\r\n\r\nhello")
     code, text, _ = _run(str(pcap), "--keylog", str(keys))
-    assert "decrypted, TEP ECDHE_CURVE25519, AES-128-GCM" in text
+    assert "decrypted, TEP X25519, AES-128-GCM" in text
     assert "3 frames verified, 0 failed" in text and "FINp, FIN, URG at" in text
 
 
@@ -104,7 +104,7 @@ def test_no_keys_undecryptable(tmp_path: Path) -> None:
     pcap, keys = _files(tmp_path, cap, events=[])
     code, out, err = _run(str(pcap), "--keylog", str(keys))
     assert code == 1 and "10.0.0.1:40000 -> 10.0.0.2:80: undecryptable" in out
-    assert "ENO chose ECDHE_CURVE25519" in out
+    assert "ENO chose X25519" in out
     assert "(1 without a key" in err
 
 

@@ -80,7 +80,7 @@ def test_decode_http_and_nc_with_either_key_log(e2e: E2E) -> None:
         assert set(conns) == {HTTP_PORT, NC_PORT}
         for conn in conns.values():
             assert conn["status"] == "decrypted"
-            assert conn["tep"] == "ECDHE_CURVE25519" and conn["aead"] == "AES-128-GCM"
+            assert conn["tep"] == "X25519" and conn["aead"] == "AES-128-GCM"
             assert conn["host_a"].startswith(a_ip + ":") and conn["client"] == conn["host_a"]
             assert len(bytes.fromhex(conn["session_id"])) == 33
             for d in conn["directions"]:
