@@ -253,8 +253,8 @@ def decode(capture: Path, keylog_path: Path, as_json: bool, write_path: Path | N
     if written is not None:
         click.echo(f"wrote {written} packets to {write_path}", err=True)
     if not eno:
-        _fail(f"{capture}: no TCP-ENO connection (SYN and SYN-ACK with option 69) in the "
-              f"capture")
+        _fail(f"{capture}: no TCP-ENO connection (SYN and SYN-ACK with option 69, a TEP "
+              f"chosen) in the capture")
     bad = [conn for conn in eno if conn.status != "decrypted"]
     if bad:
         undecryptable = sum(conn.status == "undecryptable" for conn in bad)

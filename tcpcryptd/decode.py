@@ -1,7 +1,8 @@
 """``tcpcryptd decode``: decrypt the tcpcrypt connections of a capture with a key log.
 
 Reads a pcap or pcapng file (scapy does the file I/O), finds the TCP-ENO connections (ENO
-option, kind 69, in both the SYN and the SYN-ACK; RFC 8547 §4.1, §4.6), reassembles each
+option, kind 69, in both the SYN and the SYN-ACK, the SYN-ACK's naming a TEP; RFC 8547
+§4.1, §4.6), reassembles each
 direction's wire stream from its ISN, strips the Init1/Init2 message at the start of each
 direction (RFC 8548 §3.3, §4.1; absent on resumed sessions, §3.5), then verifies and
 decrypts every frame (§4.2) with the keys of the key log (format version 2, docs/daemon.md),
@@ -195,7 +196,9 @@ class Connection:
 
     @property
     def eno(self) -> bool:
-        return self.eno_syn and self.eno_synack
+        """Both SYNs carry ENO and B's names a TEP: encryption can be on (RFC 8547 §4.6;
+        a vacuous SYN-ACK option leaves the connection plain)."""
+        return self.eno_syn and self.eno_synack and bool(self.synack_teps)
 
     def json(self) -> dict[str, Any]:
         session = self.session
@@ -413,7 +416,7 @@ def render(connections: list[Connection]) -> str:
                      f"{session.session_id.hex()}{' (resumed)' if session.resumed else ''}")
         lines.append(head)
         if session is None:
-            teps = ", ".join(_tep_name(t) for t in conn.synack_teps) or "none"
+            teps = ", ".join(_tep_name(t) for t in conn.synack_teps)
             lines.append(f"  ENO chose {teps}; no key in the key log for this connection")
             continue
         for d in conn.directions.values():

@@ -108,9 +108,11 @@ def test_no_keys_undecryptable(tmp_path: Path) -> None:
     assert "(1 without a key" in err
 
 
-def test_plain_connections_are_not_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize("synack_options", [[], [(69, b"\x01")]])   # no ENO, vacuous ENO
+def test_plain_connections_are_not_reported(tmp_path: Path, synack_options: list) -> None:
     cap = Capture()
-    packets = [cap.packet(True, 1, 0, "S"), cap.packet(False, 9, 2, "SA"),
+    packets = [cap.packet(True, 1, 0, "S", options=[(69, b"\x23")]),
+               cap.packet(False, 9, 2, "SA", options=synack_options),
                cap.packet(True, 2, 10, "PA", b"plain")]
     pcap, keys = _files(tmp_path, cap, packets=packets)
     code, _, err = _run(str(pcap), "--keylog", str(keys))
