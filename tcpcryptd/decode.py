@@ -2,11 +2,10 @@
 
 Reads a pcap or pcapng file (scapy does the file I/O), finds the TCP-ENO connections (ENO
 option, kind 69, in both the SYN and the SYN-ACK, the SYN-ACK's naming a TEP; RFC 8547
-§4.1, §4.6), reassembles each
-direction's wire stream from its ISN, strips the Init1/Init2 message at the start of each
-direction (RFC 8548 §3.3, §4.1; absent on resumed sessions, §3.5), then verifies and
-decrypts every frame (§4.2) with the keys of the key log (format version 2, docs/daemon.md),
-following the generation through rekey frames (§3.8).
+§4.1, §4.6), reassembles each direction's wire stream from its ISN, strips the Init1/Init2
+message at the start of each direction (RFC 8548 §3.3, §4.1; absent on resumed sessions,
+§3.5), then verifies and decrypts every frame (§4.2) with the keys of the key log (format
+version 2, docs/daemon.md), following the generation through rekey frames (§3.8).
 
 The wire stream of a direction is counted from the first byte after the SYN, Init message
 included, which is also the frame ID offset of each frame (§4.2.3); the application's
