@@ -122,6 +122,8 @@ class Segment:
     ack: int
     flags: int
     payload: bytes
+    offset: int = 0       #: wire offset of seq in the sender's stream (unwrapped)
+    ack_offset: int = 0   #: wire offset ack acknowledges in the receiver's stream
 
 
 @dataclass
@@ -131,6 +133,7 @@ class Direction:
     sender: str
     receiver: str
     isn: int | None = None
+    highest: int = 0      #: highest wire offset met so far (the unwrapping reference)
     segments: list[tuple[int, bytes]] = field(default_factory=list)   #: (wire offset, bytes)
     fin_offset: int | None = None
     role: str = ""
@@ -145,11 +148,14 @@ class Direction:
     #: verified frames: (wire end, local start, local end), in wire order
     frames: list[tuple[int, int, int]] = field(default_factory=list)
 
-    def offset(self, seq: int, ref: int = 0) -> int:
-        """Wire offset of ``seq`` (seq - ISN - 1), unwrapped near ``ref``."""
+    def offset(self, seq: int) -> int:
+        """Wire offset of ``seq`` (seq - ISN - 1), unwrapped near the highest offset seen
+        so far (streams beyond 4 GiB wrap the 32-bit numbers)."""
         assert self.isn is not None
-        delta = (seq - self.isn - 1 - ref) & MASK32
-        return ref + (delta - (1 << 32) if delta >= 1 << 31 else delta)
+        delta = (seq - self.isn - 1 - self.highest) & MASK32
+        offset = self.highest + (delta - (1 << 32) if delta >= 1 << 31 else delta)
+        self.highest = max(self.highest, offset)
+        return offset
 
     def stream(self) -> tuple[bytes, int | None]:
         """The contiguous wire stream from offset 0, and where a capture hole stops it."""
@@ -286,11 +292,14 @@ def read_capture(path: Path) -> tuple[list[Any], list[Connection], dict[int, Seg
         if ip.version == 4 and ip.len is not None:   # Ethernet padding is not payload
             payload = payload[:max(0, ip.len - ip.ihl * 4 - tcp.dataofs * 4)]
         conn.packets.append(index)
-        segments[index] = Segment(src, tcp.seq, tcp.ack, flags, payload)
+        segment = segments[index] = Segment(src, tcp.seq, tcp.ack, flags, payload)
         direction = conn.directions[src]
         if direction.isn is None or flags & _SYN:
             continue
-        offset = direction.offset(tcp.seq)
+        segment.offset = offset = direction.offset(tcp.seq)
+        receiver = conn.directions[dst]
+        if flags & _ACK and receiver.isn is not None:
+            segment.ack_offset = receiver.offset(tcp.ack)
         if payload:
             direction.segments.append((offset, payload))
         if flags & _FIN:
@@ -382,7 +391,8 @@ def decode(connections: list[Connection], sessions: dict[bytes, SessionKeys]) ->
         candidates = by_endpoints.get(frozenset((conn.client, conn.server)), [])
         best: tuple[int, list[Direction], SessionKeys] | None = None
         for session in candidates:    # one 4-tuple may have carried several sessions
-            directions = [Direction(d.sender, d.receiver, d.isn, d.segments, d.fin_offset)
+            directions = [Direction(d.sender, d.receiver, d.isn, segments=d.segments,
+                                    fin_offset=d.fin_offset)
                           for d in conn.directions.values()]
             for direction in directions:
                 _decrypt_direction(direction, session)
@@ -456,7 +466,7 @@ def write_plain(path: Path, packets: list[Any], connections: list[Connection],
                                     flags=seg.flags, payload=b""))
             else:
                 frames = mine.frames
-                end = mine.offset(seg.seq) + len(seg.payload)
+                end = seg.offset + len(seg.payload)
                 new = emitted[seg.sender]
                 while new < len(frames) and frames[new][0] <= end:
                     new += 1
@@ -465,7 +475,7 @@ def write_plain(path: Path, packets: list[Any], connections: list[Connection],
                 emitted[seg.sender] = new
                 ack = 0
                 if seg.flags & _ACK and other.isn is not None:
-                    ack = (other.isn + 1 + other.local_ack(other.offset(seg.ack))) & MASK32
+                    ack = (other.isn + 1 + other.local_ack(seg.ack_offset)) & MASK32
                 fin = bool(seg.flags & _FIN) and new == len(frames)
                 flags = seg.flags & ~_FIN & ~_URG
                 assert mine.isn is not None

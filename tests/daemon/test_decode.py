@@ -194,3 +194,11 @@ def test_mutated_captures_never_raise(tmp_path: Path) -> None:
         assert result.exit_code in (0, 1), result.output
         assert result.exception is None or isinstance(result.exception, SystemExit), \
             repr(result.exception)
+
+
+def test_offsets_unwrap_across_many_wraps_of_the_sequence_numbers() -> None:
+    direction = decoder.Direction("a:1", "b:2", isn=0xFFFFFF00)
+    step = 1 << 30
+    offsets = [direction.offset((0xFFFFFF01 + k * step) & 0xFFFFFFFF) for k in range(10)]
+    assert offsets == [k * step for k in range(10)]                 # 2.5 wraps of 2^32
+    assert direction.offset((0xFFFFFF01 + 9 * step - 100) & 0xFFFFFFFF) == 9 * step - 100
