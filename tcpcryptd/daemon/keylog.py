@@ -90,6 +90,9 @@ class KeyLog:
         self._file.close()
 
 
+# BRIDGE: removed at merge -- the whole class: the engine reports SessionEstablished and
+# Rekeyed in Result.events, and the daemon loop passes every event to KeyLog.record and
+# Metrics.record (with the handshake duration, see Metrics.record).
 class KeyLoggingEngine(Engine):
     """The engine, reporting each new session to the key log and the metrics when its keys
     exist.

@@ -61,6 +61,8 @@ def run_daemon(config: Config) -> None:
                         "unset log.keylog and delete the file when done", keylog.path)
         metrics = (Metrics(config.metrics.listen, config.control.socket, config.queue.number)
                    if config.metrics.listen else None)
+        # BRIDGE: removed at merge (Engine(engine_config(config)); the loop hands every
+        # Result.events item to keylog.record and metrics.record)
         engine = (KeyLoggingEngine(engine_config(config), keylog, metrics)
                   if keylog is not None or metrics is not None else Engine(engine_config(config)))
         verdicts = Verdicts(config.marks.seen, config.marks.encrypted, config.marks.plain)
