@@ -11,6 +11,10 @@ A session object (one per flow the engine tracks; plain connections have none)::
 crossed the network (Init messages and frame overhead included). ``tep``, ``aead`` and
 ``session_id`` are empty strings until the key exchange has produced them.
 
+The text (:func:`render`) is for people: session IDs shortened (:func:`compact_id`), and
+above :data:`PEER_SUMMARY_ROWS` sessions one line per peer (:func:`peers`, like ``wg show``)
+unless the table is asked for; the JSON keeps every field whole.
+
 A ``status`` request may narrow the answer (:class:`StatusQuery`): ``states``, ``peer``,
 ``limit``, or ``summary`` (counts instead of rows). Filtering happens before any session
 object is built, so rows that are not wanted cost no encoding.
