@@ -104,3 +104,26 @@ def test_plain_connection_has_no_tcpcrypt(tmp_path: Path) -> None:
                        cap.packet(True, 2, 10, "PA", b"\x15\x10\x1a\x0e" + b"x" * 80)])
     rows = tshark_fields(pcap)
     assert all(not row["tcpeno.form"] and not row["tcpcrypt.magic"] for row in rows)
+
+
+def test_no_lua_error_on_the_whole_tree_and_on_damaged_captures(tmp_path: Path) -> None:
+    """Every packet dissected in full (-V), also with flipped bytes anywhere: Wireshark
+    shows a script's runtime errors in the tree as "Lua Error"."""
+    import random
+
+    pcap = tmp_path / "eno.pcap"
+    wrpcap(str(pcap), standard_capture().packets())
+    original = pcap.read_bytes()
+    rng = random.Random(8547)
+    for attempt in range(12):
+        if attempt:
+            data = bytearray(original)
+            for _ in range(rng.randint(1, 6)):
+                data[rng.randrange(24, len(data))] = rng.randrange(256)
+            pcap.write_bytes(bytes(data))
+        done = subprocess.run(["tshark", "-X", f"lua_script:{SCRIPT}", "-r", str(pcap), "-V",
+                               "-o", "tcp.reassemble_out_of_order:TRUE"],
+                              capture_output=True, text=True, timeout=120)
+        assert "Lua Error" not in done.stdout and "Lua" not in done.stderr, done.stderr
+        if not attempt:
+            assert "TCP-ENO option (SYN form)" in done.stdout and "Init1" in done.stdout
