@@ -1,45 +1,58 @@
-"""The key log: one line per tcpcrypt session with its traffic keys, for decrypting captures.
+"""The key log (format version 2): one line per generation of traffic keys, for decrypting
+captures with ``tcpcryptd decode`` (the tcpcrypt analogue of NSS's SSLKEYLOGFILE).
 
-Off unless ``log.keylog`` names a file. Line format (ASCII, space-separated, hex lower case)::
+Off unless ``log.keylog`` names a file. Line format (ASCII, one space between fields, byte
+strings in lower-case hex; docs/daemon.md "Key log format")::
 
-    TCPCRYPT <session_id> <role> <k_ab[0]> <k_ba[0]>
+    TCPCRYPT_KEYS <local> <remote> <role> <tep> <aead> <session_id> <generation> <k_ab> <k_ba> <new|resumed>
 
-``session_id`` is the 33-byte session ID of RFC 8548 §3.4 (first byte = the TEP byte as B
-sent it, v bit included); ``role`` is this host's role, ``A`` or ``B`` (RFC 8547 §4.5);
-``k_ab[0]``/``k_ba[0]`` are the first-generation traffic keys of RFC 8548 §3.3 (A -> B and
-B -> A; each the AEAD key K followed by the nonce randomizer NR, §4.2). Later generations follow from them only with the session secret, which is never
-written: a capture spanning a rekey (RFC 8548 §3.8) is readable up to the first rekey.
-The file is created with mode 0600 and appended to; each line is flushed at once.
+``local``/``remote`` are this host's and the peer's address and port as on the wire
+(``10.0.0.1:80``, ``[fd00::1]:80``); ``role`` this host's role ``A`` or ``B`` (RFC 8547
+§4.5; A sends with ``k_ab``); ``tep`` the TEP identifier byte (RFC 8548 §7, two hex digits);
+``aead`` the AEAD name (RFC 8548 §6: ``AES-128-GCM``, ``AES-256-GCM``,
+``ChaCha20-Poly1305``); ``session_id`` the 33-byte session ID (§3.4); ``generation`` the key
+generation j of ``k_ab[j]``/``k_ba[j]`` (§3.3, §3.8), each the AEAD key K followed by the
+nonce randomizer NR (§4.2); the last field says whether the session was resumed (§3.5).
+
+A line of a later generation repeats the session's role, TEP and AEAD from its generation-0
+line; if that line is older than the :data:`REMEMBERED_SESSIONS` most recent sessions, those
+three fields are ``-`` and a reader takes them from the generation-0 line with the same
+session ID. Lines starting with ``#`` are comments. The file is created with mode 0600 and
+appended to; each line is flushed at once. The session secret itself is never written.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from typing import TYPE_CHECKING
 
+from tcpcryptd.core.session import TEP_BYTE_V
 from tcpcryptd.daemon.errors import ConfigError
 from tcpcryptd.engine.actions import Result
 from tcpcryptd.engine.config import EngineConfig
 from tcpcryptd.engine.engine import Engine
+from tcpcryptd.engine.events import Event, Rekeyed, SessionEstablished
 from tcpcryptd.engine.flow import Flow
 
+if TYPE_CHECKING:
+    from tcpcryptd.daemon.metrics import Metrics
 
-class KeyedSession(Protocol):
-    """What the key log reads of a :class:`tcpcryptd.core.session.Session`."""
-
-    role: str
-    session_id: bytes
-
-    def traffic_keys(self, generation: int) -> tuple[bytes, bytes]: ...
+#: First field of every key line.
+LABEL = "TCPCRYPT_KEYS"
+#: Sessions whose role, TEP and AEAD the key log keeps for their rekey lines.
+REMEMBERED_SESSIONS = 65536
+_UNKNOWN = ("-", "-", "-", "-")
 
 
-def format_line(session: KeyedSession) -> str:
-    k_ab, k_ba = session.traffic_keys(0)
-    return f"TCPCRYPT {session.session_id.hex()} {session.role} {k_ab.hex()} {k_ba.hex()}\n"
+def format_line(local: str, remote: str, role: str, tep: str, aead: str, session_id: bytes,
+                generation: int, k_ab: bytes, k_ba: bytes, marker: str) -> str:
+    """One key line (see the module doc); ``tep`` already as two hex digits."""
+    return (f"{LABEL} {local} {remote} {role} {tep} {aead} {session_id.hex()} {generation} "
+            f"{k_ab.hex()} {k_ba.hex()} {marker}\n")
 
 
 class KeyLog:
-    """An open key-log file (append, 0600)."""
+    """An open key-log file (append, 0600) written from the engine's events."""
 
     def __init__(self, path: str) -> None:
         try:
@@ -48,27 +61,63 @@ class KeyLog:
             raise ConfigError(f"log.keylog: cannot open {path}: {exc.strerror}") from exc
         self.path = path
         self._file = os.fdopen(fd, "a", encoding="ascii")
+        #: session ID -> (role, tep, aead, marker) of the latest sessions, oldest first
+        self._sessions: dict[bytes, tuple[str, str, str, str]] = {}
 
-    def write(self, session: KeyedSession) -> None:
-        self._file.write(format_line(session))
+    def record(self, event: Event) -> None:
+        """Write the keys a :class:`SessionEstablished` or :class:`Rekeyed` carries; other
+        events carry none and are ignored."""
+        if isinstance(event, SessionEstablished):
+            known = (event.role, f"{event.tep:02x}", event.aead,
+                     "resumed" if event.resumed else "new")
+            sessions = self._sessions
+            sessions[event.session_id] = known
+            if len(sessions) > REMEMBERED_SESSIONS:
+                del sessions[next(iter(sessions))]
+            generation = 0
+        elif isinstance(event, Rekeyed):
+            known = self._sessions.get(event.session_id, _UNKNOWN)
+            generation = event.generation
+        else:
+            return
+        role, tep, aead, marker = known
+        self._file.write(format_line(event.local, event.remote, role, tep, aead,
+                                     event.session_id, generation, event.k_ab, event.k_ba,
+                                     marker))
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
 
 
+# BRIDGE: removed at merge -- the whole class: the engine reports SessionEstablished and
+# Rekeyed in Result.events, and the daemon loop passes every event to KeyLog.record and
+# Metrics.record (with the handshake duration, see Metrics.record).
 class KeyLoggingEngine(Engine):
-    """The engine, writing each new session to a :class:`KeyLog` when its keys exist.
+    """The engine, reporting each new session to the key log and the metrics when its keys
+    exist.
 
     Hooks :meth:`Engine.on_keys`, the engine's single point where a session comes into
     being (RFC 8548 §3.3: after Init1/Init2), so the engine itself stays free of I/O.
     """
 
-    def __init__(self, config: EngineConfig, keylog: KeyLog) -> None:
+    def __init__(self, config: EngineConfig, keylog: KeyLog | None,
+                 metrics: Metrics | None = None) -> None:
         super().__init__(config)
         self.keylog = keylog
+        self.metrics = metrics
 
     def on_keys(self, flow: Flow, init2: bytes, now: float, result: Result) -> None:
         super().on_keys(flow, init2, now, result)
-        if flow.session is not None:
-            self.keylog.write(flow.session)
+        # BRIDGE: removed at merge (the engine reports SessionEstablished in Result.events)
+        session = flow.session
+        if session is not None:
+            status = flow.status(now)
+            k_ab, k_ba = session.traffic_keys(0)
+            event = SessionEstablished(
+                status.local, status.remote, flow.role, flow.tep, flow.aead_name,
+                flow.session_id, bool(flow.session_id[0] & TEP_BYTE_V), k_ab, k_ba)
+            if self.keylog is not None:
+                self.keylog.record(event)
+            if self.metrics is not None:
+                self.metrics.record(event, status.age)

@@ -16,6 +16,7 @@ from tcpcryptd.daemon.heap import HeapTrimmer, glibc_malloc_trim
 from tcpcryptd.daemon.keylog import KeyLog, KeyLoggingEngine
 from tcpcryptd.daemon.logsetup import setup_logging
 from tcpcryptd.daemon.loop import Daemon, PacketPath
+from tcpcryptd.daemon.metrics import Metrics
 from tcpcryptd.daemon.nfqueue import PacketQueue, Verdicts
 from tcpcryptd.daemon.rawsock import RawSender
 from tcpcryptd.daemon.sdnotify import notify
@@ -51,13 +52,19 @@ def run_daemon(config: Config) -> None:
         sender = RawSender(config.marks.injected | config.marks.encrypted,
                            ipv6=config.firewall.ipv6)
         stack.callback(sender.close)
+        keylog = None
         if config.log.keylog:
             keylog = KeyLog(config.log.keylog)
             stack.callback(keylog.close)
-            engine: Engine = KeyLoggingEngine(engine_config(config), keylog)
-            log.warning("key log on: session keys are written to %s", keylog.path)
-        else:
-            engine = Engine(engine_config(config))
+            log.warning("KEY LOG ON: the traffic keys of every tcpcrypt session are written to "
+                        "%s; anyone who reads it can decrypt captured traffic. Debugging only: "
+                        "unset log.keylog and delete the file when done", keylog.path)
+        metrics = (Metrics(config.metrics.listen, config.control.socket, config.queue.number)
+                   if config.metrics.listen else None)
+        # BRIDGE: removed at merge (Engine(engine_config(config)); the loop hands every
+        # Result.events item to keylog.record and metrics.record)
+        engine = (KeyLoggingEngine(engine_config(config), keylog, metrics)
+                  if keylog is not None or metrics is not None else Engine(engine_config(config)))
         verdicts = Verdicts(config.marks.seen, config.marks.encrypted, config.marks.plain)
         path = PacketPath(engine, sender, verdicts, heap=HeapTrimmer(glibc_malloc_trim()))
         daemon = Daemon(config, engine, path, backend.name,
@@ -66,7 +73,11 @@ def run_daemon(config: Config) -> None:
         control = ControlServer(config.control.socket, daemon.handle, clock=daemon.clock)
         control.open()
         stack.callback(control.close)
-        queue = PacketQueue(config.queue.number, config.queue.max_len, path.on_packet)
+        if metrics is not None:   # scrapes ask the daemon for its status on the control socket
+            metrics.start()
+            stack.callback(metrics.stop)
+        queue = PacketQueue(config.queue.number, config.queue.max_len,
+                            path.on_packet if metrics is None else metrics.timed(path.on_packet))
         stack.callback(queue.close)
         stack.callback(_drop_held, verdicts)
         stack.callback(_remove_rules, firewall, config)  # also after a partial install
