@@ -26,7 +26,7 @@ $(STAMP)-apt: Makefile
 $(STAMP)-venv: pyproject.toml $(STAMP)-apt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,decode]'
 	touch $@
 
 test: setup lint
@@ -67,15 +67,19 @@ bench-engine: setup
 
 # System-wide install: a dedicated virtualenv in /opt/tcpcryptd (Debian's python refuses
 # `pip install` into the system, PEP 668), the command linked into /usr/local/bin, the
-# unit and the default config.
+# unit, the default config and the man pages (tcpcryptd(8), tcpcryptd.toml(5)).
 PREFIX_VENV ?= /opt/tcpcryptd
+MANDIR ?= /usr/local/share/man
 install: $(STAMP)-apt
 	test -x $(PREFIX_VENV)/bin/python || $(PYTHON) -m venv $(PREFIX_VENV)
 	$(PREFIX_VENV)/bin/pip install -q --upgrade pip
-	$(PREFIX_VENV)/bin/pip install -q .
+	$(PREFIX_VENV)/bin/pip install -q '.[decode]'
 	ln -sf $(PREFIX_VENV)/bin/tcpcryptd /usr/local/bin/tcpcryptd
 	install -D -m 0644 systemd/tcpcryptd.service /etc/systemd/system/tcpcryptd.service
 	test -e /etc/tcpcryptd/tcpcryptd.toml || install -D -m 0644 conf/tcpcryptd.toml /etc/tcpcryptd/tcpcryptd.toml
+	install -D -m 0644 man/tcpcryptd.8 $(MANDIR)/man8/tcpcryptd.8
+	install -D -m 0644 man/tcpcryptd.toml.5 $(MANDIR)/man5/tcpcryptd.toml.5
+	-mandb -q 2>/dev/null
 	-systemctl daemon-reload
 
 # `tcpcryptd disable` keeps the guard table while conntrack still records an encrypted
@@ -86,6 +90,7 @@ uninstall:
 	-nft list table inet tcpcryptd >/dev/null 2>&1 && echo "make uninstall: the guard table" \
 		"'inet tcpcryptd' stays until those connections end; then: nft delete table inet tcpcryptd"
 	rm -f /etc/systemd/system/tcpcryptd.service /usr/local/bin/tcpcryptd
+	rm -f $(MANDIR)/man8/tcpcryptd.8 $(MANDIR)/man5/tcpcryptd.toml.5
 	rm -rf $(PREFIX_VENV)
 	-systemctl daemon-reload
 

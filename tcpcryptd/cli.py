@@ -18,7 +18,7 @@ import click
 from tcpcryptd import __version__
 from tcpcryptd.daemon import control
 from tcpcryptd.daemon import status as status_view
-from tcpcryptd.daemon.config import Config, load_config
+from tcpcryptd.daemon.config import Config, load_config, parse_hostport
 from tcpcryptd.daemon.errors import ControlError, DaemonError
 
 #: Linux capability numbers (linux/capability.h) the daemon needs.
@@ -173,10 +173,20 @@ def _check_peer(_ctx: click.Context, _param: click.Parameter, value: str | None)
               help="One line: sessions per state and connection totals, no table.")
 @click.option("--limit", type=click.IntRange(min=0), metavar="N",
               help="At most N session rows.")
+@click.option("--all", "full", is_flag=True,
+              help=f"The session table also with more than {status_view.PEER_SUMMARY_ROWS} "
+                   f"sessions (instead of one line per peer).")
 def status(config_path: Path | None, control_path: str | None, as_json: bool,
            states: tuple[str, ...], peer: str | None, summary: bool,
-           limit: int | None) -> None:
-    """Daemon state, counters and the session table (filtered in the daemon)."""
+           limit: int | None, full: bool) -> None:
+    """Daemon state, counters and the sessions (filtered in the daemon).
+
+    Up to 20 sessions as a table; more as one line per peer (connections, encrypted ones,
+    bytes each way, age of the newest session) unless --all or --limit. Session IDs are
+    shortened (first 8 and last 4 hex digits); --json has them whole. States: syn-sent,
+    syn-received, negotiated, keying, encrypted, closed, aborted, tombstone (see
+    `man tcpcryptd`).
+    """
     if summary and limit is not None:
         raise click.UsageError("--limit applies to session rows: not with --summary")
     message: dict[str, Any] = {"command": "status"}
@@ -197,7 +207,7 @@ def status(config_path: Path | None, control_path: str | None, as_json: bool,
             _fail("the running tcpcryptd is older and has no summary: restart it")
         click.echo(status_view.render_summary(answer["summary"]))
     else:
-        click.echo(status_view.render(answer), nl=False)
+        click.echo(status_view.render(answer, full=full or limit is not None), nl=False)
 
 
 def _resolve(host: str) -> str:
@@ -208,12 +218,48 @@ def _resolve(host: str) -> str:
     return str(infos[0][4][0])
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6ADDR]:PORT`` -> (host, port); ValueError when malformed."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+@main.command()
+@click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--keylog", "keylog_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Key log written by tcpcryptd (log.keylog), either end of the connections.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--write", "write_path", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="OUT.pcap",
+              help="Write the capture with the decrypted connections as plain TCP.")
+def decode(capture: Path, keylog_path: Path, as_json: bool, write_path: Path | None) -> None:
+    """Decrypt the tcpcrypt connections of a pcap/pcapng CAPTURE.
+
+    Prints per ENO connection: addresses, TEP, AEAD, session ID, frames verified/failed,
+    plaintext bytes and FIN/URG events each way. Exit status 1 when a connection cannot be
+    decrypted (no key) or a frame fails to verify, or the capture cannot be read.
+    """
+    from tcpcryptd import decode as decoder   # scapy loads only here
+
+    try:
+        sessions = decoder.load_keylog(keylog_path)
+        packets, connections, segments = decoder.read_capture(capture)
+        decoder.decode(connections, sessions)
+        written = (decoder.write_plain(write_path, packets, connections, segments)
+                   if write_path is not None else None)
+    except decoder.DecodeError as exc:
+        _fail(str(exc))
+    eno = [conn for conn in connections if conn.eno]
+    if as_json:
+        click.echo(json.dumps({"capture": str(capture), "packets": len(packets),
+                               "connections": [conn.json() for conn in eno]}, indent=2))
+    else:
+        click.echo(decoder.render(eno), nl=False)
+    if written is not None:
+        click.echo(f"wrote {written} packets to {write_path}", err=True)
+    if not eno:
+        _fail(f"{capture}: no TCP-ENO connection (SYN and SYN-ACK with option 69, a TEP "
+              f"chosen) in the capture")
+    bad = [conn for conn in eno if conn.status != "decrypted"]
+    if bad:
+        undecryptable = sum(conn.status == "undecryptable" for conn in bad)
+        _fail(f"{len(bad)} of {len(eno)} ENO connections not fully decrypted "
+              f"({undecryptable} without a key in {keylog_path})")
 
 
 @main.command("session-id")

@@ -15,6 +15,7 @@ injected objects keep the engine's defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, make_dataclass
@@ -85,6 +86,11 @@ class ControlConfig:
 class LogConfig:
     level: str = "info"
     keylog: str = ""
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = ""    #: HOST:PORT of the Prometheus endpoint; "" = off
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +182,29 @@ def _port_list(key: str, value: Any) -> tuple[int, ...]:
     return ports
 
 
+def parse_hostport(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6ADDR]:PORT`` -> (host, port); ValueError when malformed."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT or [V6ADDR]:PORT")
+    if host.startswith("[") != host.endswith("]"):
+        raise ValueError(f"{text!r} is not HOST:PORT or [V6ADDR]:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _listen(key: str, value: Any) -> str:
+    """"" (off) or ADDR:PORT / [V6ADDR]:PORT with a numeric address."""
+    text = _string(key, value)
+    if not text:
+        return text
+    try:
+        host, _port = parse_hostport(text)
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{key}: must be ADDR:PORT or [V6ADDR]:PORT with a numeric "
+                          f"address (e.g. 127.0.0.1:9469), got {text!r}") from None
+    return text
+
 
 _MARK = _integer(1, 0xFFFFFFFF)
 
@@ -210,6 +239,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 #: section -> key -> validator. Section and key names are the TOML names.
@@ -234,6 +264,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
     "control": (ControlConfig, {"socket": _path}),
     "limits": (LimitsConfig, LIMITS),
     "log": (LogConfig, {"level": _choice(LOG_LEVELS), "keylog": _string}),
+    "metrics": (MetricsConfig, {"listen": _listen}),
 }
 
 

@@ -1,46 +1,49 @@
-"""The key log: one line per tcpcrypt session with its traffic keys, for decrypting captures.
+"""The key log (format version 2): one line per generation of traffic keys, for decrypting
+captures with ``tcpcryptd decode`` (the tcpcrypt analogue of NSS's SSLKEYLOGFILE).
 
-Off unless ``log.keylog`` names a file. Line format (ASCII, space-separated, hex lower case)::
+Off unless ``log.keylog`` names a file. Line format (ASCII, one space between fields, byte
+strings in lower-case hex; docs/daemon.md "Key log format")::
 
-    TCPCRYPT <session_id> <role> <k_ab[0]> <k_ba[0]>
+    TCPCRYPT_KEYS <local> <remote> <role> <tep> <aead> <session_id> <generation> <k_ab> <k_ba> <new|resumed>
 
-``session_id`` is the 33-byte session ID of RFC 8548 §3.4 (first byte = the TEP byte as B
-sent it, v bit included); ``role`` is this host's role, ``A`` or ``B`` (RFC 8547 §4.5);
-``k_ab[0]``/``k_ba[0]`` are the first-generation traffic keys of RFC 8548 §3.3 (A -> B and
-B -> A; each the AEAD key K followed by the nonce randomizer NR, §4.2). Later generations follow from them only with the session secret, which is never
-written: a capture spanning a rekey (RFC 8548 §3.8) is readable up to the first rekey.
-The file is created with mode 0600 and appended to; each line is flushed at once.
+``local``/``remote`` are this host's and the peer's address and port as on the wire
+(``10.0.0.1:80``, ``[fd00::1]:80``); ``role`` this host's role ``A`` or ``B`` (RFC 8547
+§4.5; A sends with ``k_ab``); ``tep`` the TEP identifier byte (RFC 8548 §7, two hex digits);
+``aead`` the AEAD name (RFC 8548 §6: ``AES-128-GCM``, ``AES-256-GCM``,
+``ChaCha20-Poly1305``); ``session_id`` the 33-byte session ID (§3.4); ``generation`` the key
+generation j of ``k_ab[j]``/``k_ba[j]`` (§3.3, §3.8), each the AEAD key K followed by the
+nonce randomizer NR (§4.2); the last field says whether the session was resumed (§3.5).
+
+A line of a later generation repeats the session's role, TEP and AEAD from its generation-0
+line; if that line is older than the :data:`REMEMBERED_SESSIONS` most recent sessions, those
+three fields are ``-`` and a reader takes them from the generation-0 line with the same
+session ID. Lines starting with ``#`` are comments. The file is created with mode 0600 and
+appended to; each line is flushed at once. The session secret itself is never written.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Protocol
 
 from tcpcryptd.daemon.errors import ConfigError
-from tcpcryptd.engine.events import Event, SessionEstablished
+from tcpcryptd.engine.events import Event, Rekeyed, SessionEstablished
+
+#: First field of every key line.
+LABEL = "TCPCRYPT_KEYS"
+#: Sessions whose role, TEP and AEAD the key log keeps for their rekey lines.
+REMEMBERED_SESSIONS = 65536
+_UNKNOWN = ("-", "-", "-", "-")
 
 
-class KeyedSession(Protocol):
-    """What the key log reads of a :class:`tcpcryptd.core.session.Session`."""
-
-    role: str
-    session_id: bytes
-
-    def traffic_keys(self, generation: int) -> tuple[bytes, bytes]: ...
-
-
-def format_line(session: KeyedSession) -> str:
-    k_ab, k_ba = session.traffic_keys(0)
-    return _line(session.session_id, session.role, k_ab, k_ba)
-
-
-def _line(session_id: bytes, role: str, k_ab: bytes, k_ba: bytes) -> str:
-    return f"TCPCRYPT {session_id.hex()} {role} {k_ab.hex()} {k_ba.hex()}\n"
+def format_line(local: str, remote: str, role: str, tep: str, aead: str, session_id: bytes,
+                generation: int, k_ab: bytes, k_ba: bytes, marker: str) -> str:
+    """One key line (see the module doc); ``tep`` already as two hex digits."""
+    return (f"{LABEL} {local} {remote} {role} {tep} {aead} {session_id.hex()} {generation} "
+            f"{k_ab.hex()} {k_ba.hex()} {marker}\n")
 
 
 class KeyLog:
-    """An open key-log file (append, 0600)."""
+    """An open key-log file (append, 0600) written from the engine's events."""
 
     def __init__(self, path: str) -> None:
         try:
@@ -49,18 +52,29 @@ class KeyLog:
             raise ConfigError(f"log.keylog: cannot open {path}: {exc.strerror}") from exc
         self.path = path
         self._file = os.fdopen(fd, "a", encoding="ascii")
-
-    def write(self, session: KeyedSession) -> None:
-        self._append(format_line(session))
+        #: session ID -> (role, tep, aead, marker) of the latest sessions, oldest first
+        self._sessions: dict[bytes, tuple[str, str, str, str]] = {}
 
     def record(self, event: Event) -> None:
-        """An engine event (``Result.events``): a new session's keys are written, every
-        other event is ignored."""
+        """Write the keys a :class:`SessionEstablished` or :class:`Rekeyed` carries; other
+        events carry none and are ignored."""
         if isinstance(event, SessionEstablished):
-            self._append(_line(event.session_id, event.role, event.k_ab, event.k_ba))
-
-    def _append(self, line: str) -> None:
-        self._file.write(line)
+            known = (event.role, f"{event.tep:02x}", event.aead,
+                     "resumed" if event.resumed else "new")
+            sessions = self._sessions
+            sessions[event.session_id] = known
+            if len(sessions) > REMEMBERED_SESSIONS:
+                del sessions[next(iter(sessions))]
+            generation = 0
+        elif isinstance(event, Rekeyed):
+            known = self._sessions.get(event.session_id, _UNKNOWN)
+            generation = event.generation
+        else:
+            return
+        role, tep, aead, marker = known
+        self._file.write(format_line(event.local, event.remote, role, tep, aead,
+                                     event.session_id, generation, event.k_ab, event.k_ba,
+                                     marker))
         self._file.flush()
 
     def close(self) -> None:

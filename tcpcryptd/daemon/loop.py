@@ -58,10 +58,6 @@ class Sender(Protocol):
     def send(self, packet: bytes) -> None: ...
 
 
-class EventSink(Protocol):
-    """Takes the engine's events (``Result.events``), e.g. the key log."""
-
-    def record(self, event: Event) -> None: ...
 
 
 class PacketPath:
@@ -77,14 +73,15 @@ class PacketPath:
 
     def __init__(self, engine: FlowEngine, sender: Sender, verdicts: Verdicts,
                  clock: Callable[[], float] = time.monotonic,
-                 heap: HeapTrimmer | None = None, events: EventSink | None = None) -> None:
+                 heap: HeapTrimmer | None = None,
+                 events: Callable[[Event], None] | None = None) -> None:
         self.engine = engine
         self.sender = sender
         self.verdicts = verdicts
         self.encrypted_mark = verdicts.encrypted_mark
         self.clock = clock
         self.heap = heap if heap is not None else HeapTrimmer(None)
-        #: where each result's events go (None: nobody wants them)
+        #: where each result's events go, in order (the key log, the metrics; None: nowhere)
         self.events = events
         self.counters: Counter[str] = Counter()
 
@@ -189,7 +186,7 @@ class PacketPath:
         if self.events is not None:
             for event in result.events:
                 try:
-                    self.events.record(event)
+                    self.events(event)
                 except Exception:
                     self.counters["daemon_event_errors"] += 1
                     log.debug("recording an event failed", exc_info=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 
 from tcpcryptd import __version__
 from tcpcryptd.daemon.config import Config, engine_config
@@ -16,10 +17,12 @@ from tcpcryptd.daemon.heap import HeapTrimmer, glibc_malloc_trim
 from tcpcryptd.daemon.keylog import KeyLog
 from tcpcryptd.daemon.logsetup import setup_logging
 from tcpcryptd.daemon.loop import Daemon, PacketPath
+from tcpcryptd.daemon.metrics import Metrics
 from tcpcryptd.daemon.nfqueue import PacketQueue, Verdicts
 from tcpcryptd.daemon.rawsock import RawSender
 from tcpcryptd.daemon.sdnotify import notify
 from tcpcryptd.engine.engine import Engine
+from tcpcryptd.engine.events import Event, SessionEstablished
 
 log = logging.getLogger("tcpcryptd.daemon")
 
@@ -51,22 +54,30 @@ def run_daemon(config: Config) -> None:
         sender = RawSender(config.marks.injected | config.marks.encrypted,
                            ipv6=config.firewall.ipv6)
         stack.callback(sender.close)
-        keylog: KeyLog | None = None
+        keylog = None
         if config.log.keylog:
             keylog = KeyLog(config.log.keylog)
             stack.callback(keylog.close)
-            log.warning("key log on: session keys are written to %s", keylog.path)
+            log.warning("KEY LOG ON: the traffic keys of every tcpcrypt session are written to "
+                        "%s; anyone who reads it can decrypt captured traffic. Debugging only: "
+                        "unset log.keylog and delete the file when done", keylog.path)
+        metrics = (Metrics(config.metrics.listen, config.control.socket, config.queue.number)
+                   if config.metrics.listen else None)
         engine = Engine(engine_config(config))
         verdicts = Verdicts(config.marks.seen, config.marks.encrypted, config.marks.plain)
         path = PacketPath(engine, sender, verdicts, heap=HeapTrimmer(glibc_malloc_trim()),
-                          events=keylog)
+                          events=_event_sink(keylog, metrics))
         daemon = Daemon(config, engine, path, backend.name,
                         kernel_counters=nftables.kernel_counters)
         stack.callback(daemon.catch_signals())
         control = ControlServer(config.control.socket, daemon.handle, clock=daemon.clock)
         control.open()
         stack.callback(control.close)
-        queue = PacketQueue(config.queue.number, config.queue.max_len, path.on_packet)
+        if metrics is not None:   # scrapes ask the daemon for its status on the control socket
+            metrics.start()
+            stack.callback(metrics.stop)
+        queue = PacketQueue(config.queue.number, config.queue.max_len,
+                            path.on_packet if metrics is None else metrics.timed(path.on_packet))
         stack.callback(queue.close)
         stack.callback(_drop_held, verdicts)
         stack.callback(_remove_rules, firewall, config)  # also after a partial install
@@ -80,6 +91,22 @@ def run_daemon(config: Config) -> None:
         stack.callback(log.info, "stopping: removing the firewall rules")
         stack.callback(notify, "STOPPING=1")
         daemon.run(queue, control)
+
+
+def _event_sink(keylog: KeyLog | None,
+                metrics: Metrics | None) -> Callable[[Event], None] | None:
+    """Where the engine's events (``Result.events``) go: the key log and the metrics (a new
+    session with its handshake duration); None when neither is on."""
+    if keylog is None and metrics is None:
+        return None
+
+    def record(event: Event) -> None:
+        if keylog is not None:
+            keylog.record(event)
+        if metrics is not None:
+            metrics.record(event, event.handshake_seconds
+                           if isinstance(event, SessionEstablished) else None)
+    return record
 
 
 def _remove_rules(firewall: Firewall, config: Config) -> None:

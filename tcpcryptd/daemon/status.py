@@ -11,6 +11,10 @@ A session object (one per flow the engine tracks; plain connections have none)::
 crossed the network (Init messages and frame overhead included). ``tep``, ``aead`` and
 ``session_id`` are empty strings until the key exchange has produced them.
 
+The text (:func:`render`) is for people: session IDs shortened (:func:`compact_id`), and
+above :data:`PEER_SUMMARY_ROWS` sessions one line per peer (:func:`peers`, like ``wg show``)
+unless the table is asked for; the JSON keeps every field whole.
+
 A ``status`` request may narrow the answer (:class:`StatusQuery`): ``states``, ``peer``,
 ``limit``, or ``summary`` (counts instead of rows). Filtering happens before any session
 object is built, so rows that are not wanted cost no encoding.
@@ -34,6 +38,23 @@ _TEP_DISPLAY = {tep.name: name for name, tep in TEP_NAMES.items()}
 
 #: Session states, in the order of a flow's life.
 STATES = tuple(str(state) for state in State)
+#: What each state means (``tcpcryptd status``, docs/daemon.md, the man page).
+STATE_MEANINGS = {
+    "syn-sent": "host A: our SYN carries ENO, no SYN-ACK yet (RFC 8547 §4.6)",
+    "syn-received": "host B: the peer's SYN carried ENO, our SYN-ACK answers it",
+    "negotiated": "host A: the SYN-ACK agreed on a TEP; our third ACK not yet sent",
+    "keying": "encryption is on (RFC 8547 §4.6): Init1/Init2 under way (RFC 8548 §3.3)",
+    "encrypted": "session keys exist; every byte travels in frames (RFC 8548 §4.2)",
+    "closed": "both FINs or a RST seen; kept a while (linger) for late segments",
+    "aborted": "the daemon reset the connection both ways (see abort_reason); lingering",
+    "tombstone": "linger over: keys and buffers freed, only the addresses kept so that "
+                 "late segments are dropped, never passed in plaintext; forgotten at "
+                 "idle_timeout",
+}
+assert tuple(STATE_MEANINGS) == STATES
+#: Above this many rows, ``tcpcryptd status`` prints one line per peer instead (``--all``:
+#: the table anyway).
+PEER_SUMMARY_ROWS = 20
 #: A summary's connection totals and the counter each is read from (0 when absent: a
 #: counter appears once it is non-zero).
 SUMMARY_COUNTERS = {"encrypted": "encrypted", "plain": "plain", "offloaded": "daemon_offloaded"}
@@ -239,18 +260,57 @@ def _age(seconds: float) -> str:
     return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
 
 
+def compact_id(session_id: str) -> str:
+    """A session ID for people: the first 8 and last 4 hex digits (``23c5a1f0...9f19``);
+    the full one is in ``--json`` and ``tcpcryptd session-id``."""
+    return f"{session_id[:8]}...{session_id[-4:]}" if len(session_id) > 15 else session_id
+
+
 def _cells(session: dict[str, Any]) -> dict[str, str]:
     return {
         **{key: str(session[key]) or "-" for key in ("local", "remote", "state", "role",
-                                                      "tep", "aead", "session_id")},
+                                                      "tep", "aead")},
+        "session_id": compact_id(session["session_id"]) or "-",
         "traffic": f"{_human_bytes(session['bytes_out'])}/{session['packets_out']}",
         "traffic_in": f"{_human_bytes(session['bytes_in'])}/{session['packets_in']}",
         "age": _age(session["age"]),
     }
 
 
-def render(status: dict[str, Any]) -> str:
-    """The ``tcpcryptd status`` text: daemon line, counters, session table."""
+PEER_COLUMNS = (("peer", "PEER"), ("connections", "CONNECTIONS"), ("encrypted", "ENCRYPTED"),
+                ("out", "OUT"), ("in", "IN"), ("handshake", "LATEST HANDSHAKE"))
+
+
+def peers(sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One summary per remote address (like ``wg show``): connections, encrypted ones,
+    application bytes each way, age of the newest session (None: none has keys yet);
+    the most recent handshake first."""
+    by_peer: dict[str, dict[str, Any]] = {}
+    for session in sessions:
+        address = split_endpoint(session["remote"])[0]
+        peer = by_peer.setdefault(address, {"peer": address, "connections": 0, "encrypted": 0,
+                                            "out": 0, "in": 0, "handshake": None})
+        peer["connections"] += 1
+        peer["encrypted"] += session["state"] == "encrypted"
+        peer["out"] += session["bytes_out"]
+        peer["in"] += session["bytes_in"]
+        if session["session_id"] and (peer["handshake"] is None
+                                      or session["age"] < peer["handshake"]):
+            peer["handshake"] = session["age"]
+    return sorted(by_peer.values(), key=lambda p: (p["handshake"] is None,
+                                                   p["handshake"] or 0.0, p["peer"]))
+
+
+def _table(columns: tuple[tuple[str, str], ...], cells: list[dict[str, str]]) -> list[str]:
+    rows = [dict(columns)] + cells
+    widths = {key: max(len(row[key]) for row in rows) for key, _ in columns}
+    return ["  ".join(row[key].ljust(widths[key]) for key, _ in columns).rstrip()
+            for row in rows]
+
+
+def render(status: dict[str, Any], full: bool = False) -> str:
+    """The ``tcpcryptd status`` text: daemon line, counters, then the session table, or
+    with more than :data:`PEER_SUMMARY_ROWS` sessions (and not ``full``) one line per peer."""
     daemon = status["daemon"]
     lines = [
         f"tcpcryptd {daemon['version']} (pid {daemon['pid']}): encryption of new "
@@ -265,11 +325,19 @@ def render(status: dict[str, Any]) -> str:
     sessions = status["sessions"]
     if not sessions:
         lines.append("no sessions")
+    elif full or len(sessions) <= PEER_SUMMARY_ROWS:
+        lines += _table(COLUMNS, [_cells(s) for s in sessions])
     else:
-        rows = [dict((key, title) for key, title in COLUMNS)] + [_cells(s) for s in sessions]
-        widths = {key: max(len(row[key]) for row in rows) for key, _ in COLUMNS}
-        for row in rows:
-            lines.append("  ".join(row[key].ljust(widths[key]) for key, _ in COLUMNS).rstrip())
+        summary = peers(sessions)
+        lines += _table(PEER_COLUMNS, [
+            {"peer": p["peer"], "connections": str(p["connections"]),
+             "encrypted": str(p["encrypted"]), "out": _human_bytes(p["out"]),
+             "in": _human_bytes(p["in"]),
+             "handshake": "-" if p["handshake"] is None else f"{_age(p['handshake'])} ago"}
+            for p in summary])
+        lines.append(f"{len(sessions)} sessions with {len(summary)} peer"
+                     f"{'' if len(summary) == 1 else 's'}; "
+                     f"`tcpcryptd status --all` lists every session")
     matched = status.get("matched", len(sessions))   # absent from a daemon before filters
     if matched > len(sessions):
         lines.append(f"{len(sessions)} of {matched} matching sessions shown")

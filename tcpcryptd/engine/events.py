@@ -22,7 +22,9 @@ class SessionEstablished:
 
     ``role`` is this host's role, ``"A"`` or ``"B"`` (RFC 8547 §4.5); ``tep`` the TEP
     identifier byte of the negotiated TEP (RFC 8548 §7); ``session_id`` the full session ID
-    (§3.4); ``k_ab``/``k_ba`` the generation-0 traffic keys (§3.3), each K then NR (§4.2).
+    (§3.4); ``k_ab``/``k_ba`` the generation-0 traffic keys (§3.3), each K then NR (§4.2);
+    ``handshake_seconds`` the engine time from the connection's first SYN to its keys (None
+    when not known).
     """
 
     local: str
@@ -34,6 +36,7 @@ class SessionEstablished:
     resumed: bool
     k_ab: bytes
     k_ba: bytes
+    handshake_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

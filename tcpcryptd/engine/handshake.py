@@ -571,7 +571,7 @@ def keys_made(ctx: Context, flow: Flow, init2: bytes, now: float, result: Result
     local, remote = flow.addresses()
     k_ab, k_ba = session.traffic_keys(0)
     result.events.append(SessionEstablished(
-        local, remote, str(flow.role), session.tep_byte, flow.aead_name, session.session_id,
-        False, k_ab, k_ba))
+        local, remote, str(flow.role), flow.tep, flow.aead_name, session.session_id, False,
+        k_ab, k_ba, now - flow.created))
     if init2:
         inject(ctx, flow, init2, now, result)

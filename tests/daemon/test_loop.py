@@ -485,7 +485,8 @@ def test_each_results_events_go_to_the_event_sink_in_order():
             self.events.append(event)
 
     engine, sink = ScriptedEngine(), Sink()
-    path = PacketPath(engine, FakeSender(), Verdicts(SEEN, ENCRYPTED, PLAIN), events=sink)
+    path = PacketPath(engine, FakeSender(), Verdicts(SEEN, ENCRYPTED, PLAIN),
+                      events=sink.record)
     first, second = FellBack("a", "b", "no-eno"), Aborted("a", "b", "idle")
     engine.script += [Result(Verdict.ACCEPT, events=[first]), Result(None, events=[second]),
                       Result(Verdict.ACCEPT, events=[Aborted("a", "b", "boom")]),

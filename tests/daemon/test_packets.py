@@ -7,7 +7,9 @@ import stat
 
 import pytest
 
-from tcpcryptd.daemon.keylog import KeyLog, format_line
+from tcpcryptd.daemon import keylog as keylog_module
+from tcpcryptd.daemon.keylog import KeyLog
+from tcpcryptd.engine.events import FellBack, Rekeyed, SessionEstablished
 from tcpcryptd.daemon.nfqueue import MAX_COPY, direction, truncated
 from tcpcryptd.daemon.rawsock import InjectError, destination
 from tcpcryptd.engine.actions import Direction
@@ -44,26 +46,41 @@ def test_destination_of_injected_packets():
             destination(garbage)
 
 
-class _Session:
-    role = "B"
-    session_id = bytes([0x23]) + bytes(range(32))
-
-    def traffic_keys(self, generation):
-        assert generation == 0
-        return b"\xaa" * 28, b"\xbb" * 28
+SID = bytes([0x23]) + bytes(range(32))
 
 
-def test_keylog_line_format_and_private_file(tmp_path):
-    line = format_line(_Session())
-    assert line == ("TCPCRYPT 23" + bytes(range(32)).hex() + " B " + "aa" * 28 + " "
-                    + "bb" * 28 + "\n")
+def test_keylog_v2_lines_for_session_and_rekey_and_private_file(tmp_path):
     path = tmp_path / "keys.log"
     keylog = KeyLog(str(path))
-    keylog.write(_Session())
-    keylog.write(_Session())
+    keylog.record(SessionEstablished("10.0.0.1:40000", "10.0.0.2:80", "B", 0x23,
+                                     "AES-128-GCM", SID, False, b"\xaa" * 28, b"\xbb" * 28))
+    keylog.record(Rekeyed("10.0.0.1:40000", "10.0.0.2:80", SID, 1, b"\xcc" * 28, b"\xdd" * 28))
+    keylog.record(FellBack("10.0.0.1:40001", "10.0.0.2:80", "no-eno"))   # no keys: no line
+    keylog.record(Rekeyed("[fd00::1]:5", "[fd00::2]:6", b"\x21" * 33, 3, b"\x01" * 28,
+                          b"\x02" * 28))                                  # session not seen
     keylog.close()
-    assert path.read_text() == line * 2
+    assert path.read_text().splitlines() == [
+        f"TCPCRYPT_KEYS 10.0.0.1:40000 10.0.0.2:80 B 23 AES-128-GCM {SID.hex()} 0 "
+        f"{'aa' * 28} {'bb' * 28} new",
+        f"TCPCRYPT_KEYS 10.0.0.1:40000 10.0.0.2:80 B 23 AES-128-GCM {SID.hex()} 1 "
+        f"{'cc' * 28} {'dd' * 28} new",
+        f"TCPCRYPT_KEYS [fd00::1]:5 [fd00::2]:6 - - - {'21' * 33} 3 {'01' * 28} {'02' * 28} -",
+    ]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_keylog_remembers_a_bounded_number_of_sessions(tmp_path, monkeypatch):
+    monkeypatch.setattr(keylog_module, "REMEMBERED_SESSIONS", 2)
+    keylog = KeyLog(str(tmp_path / "keys.log"))
+    for n in range(3):
+        keylog.record(SessionEstablished("10.0.0.1:1", "10.0.0.2:2", "A", 0x23, "AES-128-GCM",
+                                         bytes([0xa3, n]) * 16 + b"\x00", True, b"k" * 28,
+                                         b"l" * 28))
+    keylog.record(Rekeyed("10.0.0.1:1", "10.0.0.2:2", bytes([0xa3, 0]) * 16 + b"\x00", 1,
+                          b"m" * 28, b"n" * 28))
+    keylog.close()
+    lines = (tmp_path / "keys.log").read_text().splitlines()
+    assert [line.split()[-1] for line in lines] == ["resumed"] * 3 + ["-"]
 
 
 def test_keylog_unwritable_path_is_a_config_error(tmp_path):

@@ -8,6 +8,11 @@ from tcpcryptd.daemon.status import (
     join_endpoint,
     matches,
     parse_peer,
+    PEER_SUMMARY_ROWS,
+    STATE_MEANINGS,
+    STATES,
+    compact_id,
+    peers,
     render,
     render_summary,
     session_json,
@@ -65,7 +70,7 @@ def test_render_table():
     assert lines[2].split() == ["LOCAL", "REMOTE", "STATE", "ROLE", "TEP", "AEAD", "SESSION",
                                 "ID", "OUT", "B/PKT", "IN", "B/PKT", "AGE"]
     assert lines[3].split() == ["10.0.0.1:40000", "10.0.0.2:80", "encrypted", "A", "X25519",
-                                "AES-128-GCM", "23" + "ab" * 32, "1000B/5", "200B/4", "2s"]
+                                "AES-128-GCM", "23ababab...abab", "1000B/5", "200B/4", "2s"]
     assert lines[4].split() == ["10.0.0.1:40000", "10.0.0.9:22", "keying", "A", "-", "-", "-",
                                 "1000B/5", "200B/4", "1m15s"]
     # columns line up
@@ -113,3 +118,48 @@ def test_parse_peer(text, peer):
 def test_parse_peer_rejects(text):
     with pytest.raises(ValueError):
         parse_peer(text)
+
+
+def test_compact_session_id():
+    assert compact_id("23" + "0123456789abcdef" * 4) == "23012345...cdef"
+    assert compact_id("") == ""
+
+
+def _many(count: int) -> list[dict]:
+    """``count`` sessions: most with 10.0.0.2 (one still keying), three with fd00::9."""
+    rows = [session_json(flow_status(local=f"10.0.0.1:{40000 + n}", age=10.0 + n))
+            for n in range(count - 4)]
+    rows.append(session_json(flow_status(local="10.0.0.1:39999", state="keying",
+                                         session_id="", tep="", aead="", age=0.5)))
+    rows += [session_json(flow_status(local=f"[fd00::1]:{n}", remote="[fd00::9]:443",
+                                      age=200.0 + n)) for n in range(1, 4)]
+    return rows
+
+
+def test_many_sessions_one_line_per_peer():
+    rows = _many(PEER_SUMMARY_ROWS + 5)
+    text = render({**STATUS, "sessions": rows})
+    lines = text.splitlines()
+    assert lines[2].split() == ["PEER", "CONNECTIONS", "ENCRYPTED", "OUT", "IN", "LATEST",
+                                "HANDSHAKE"]
+    # 10.0.0.2: the newest session with keys is 10 s old (the keying one has none)
+    assert lines[3].split() == ["10.0.0.2", str(PEER_SUMMARY_ROWS + 2),
+                                str(PEER_SUMMARY_ROWS + 1), "21.5K", "4.3K", "10s", "ago"]
+    assert lines[4].split() == ["fd00::9", "3", "3", "2.9K", "600B", "3m21s", "ago"]
+    assert lines[5] == (f"{PEER_SUMMARY_ROWS + 5} sessions with 2 peers; "
+                        f"`tcpcryptd status --all` lists every session")
+    assert "SESSION ID" in render({**STATUS, "sessions": rows}, full=True)
+    assert "PEER" not in render({**STATUS, "sessions": rows[:PEER_SUMMARY_ROWS]})
+
+
+def test_peer_without_any_handshake_comes_last():
+    summary = peers([session_json(flow_status(remote="10.0.0.7:1", session_id="",
+                                              state="syn-sent")),
+                     session_json(flow_status(remote="10.0.0.8:1", age=99))])
+    assert [(p["peer"], p["handshake"]) for p in summary] == [("10.0.0.8", 99),
+                                                              ("10.0.0.7", None)]
+
+
+def test_every_state_is_documented():
+    assert tuple(STATE_MEANINGS) == STATES
+    assert "tombstone" in STATES

@@ -10,7 +10,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _hand import ISN_A, ISN_B, Pair, syn_options, tcp_options  # noqa: E402
 
-from tcpcryptd.core.session import TEP_BYTE_V  # noqa: E402
 from tcpcryptd.daemon.keylog import KeyLog  # noqa: E402
 from tcpcryptd.engine import Direction, Engine, EngineConfig  # noqa: E402
 from tcpcryptd.engine.events import Aborted, FellBack, SessionEstablished  # noqa: E402
@@ -28,11 +27,12 @@ def test_both_ends_report_the_same_session_with_their_own_role() -> None:
     assert (ea.local, ea.remote, ea.role) == (A_ADDR, B_ADDR, "A")
     assert (eb.local, eb.remote, eb.role) == (B_ADDR, A_ADDR, "B")
     assert ea.session_id == eb.session_id and ea.session_id.hex() == fa.session_id == fb.session_id
-    assert ea.tep == eb.tep == ea.session_id[0] and not ea.tep & TEP_BYTE_V
+    assert ea.tep == eb.tep == ea.session_id[0] == 0x23     # X25519, not resumed (no v bit)
     assert (ea.k_ab, ea.k_ba) == (eb.k_ab, eb.k_ba) and ea.k_ab != ea.k_ba
     assert len(ea.k_ab) == 16 + 12                      # AES-128-GCM: K | NR (RFC 8548 §4.2)
     assert ea.aead == eb.aead == fa.aead == "AES-128-GCM"
     assert not ea.resumed and not eb.resumed
+    assert ea.handshake_seconds == eb.handshake_seconds == 0.0   # Pair's clock stands still
     (flow,) = pair.a.engine._flows.values()
     assert (ea.k_ab, ea.k_ba) == flow.session.traffic_keys(0)
 
@@ -104,28 +104,31 @@ def test_an_idle_timeout_abort_comes_from_the_timer() -> None:
 
 def test_the_key_log_writes_each_session_from_its_event(tmp_path: Path) -> None:
     """KeyLog.record, fed the events as the daemon loop feeds it: one line per session per
-    host, the same session and keys at both ends; other events write nothing."""
+    host, the same session and keys at both ends; events without keys write nothing."""
     pair = Pair()
     pair.handshake()
-    pair.a.engine.shutdown(1.0)   # an Aborted event besides
     logs = {}
     for host in (pair.a, pair.b):
         path = tmp_path / f"{host.name}.keys"
         keylog = KeyLog(str(path))
-        for event in host.events + pair.a.engine.shutdown(1.0).events:
+        for event in host.events + host.engine.shutdown(1.0).events:
             keylog.record(event)
         keylog.record(FellBack(A_ADDR, B_ADDR, "no-eno"))
         keylog.close()
         logs[host.name] = path
+    assert len(logs["A"].read_text().splitlines()) == len(logs["B"].read_text().splitlines()) == 1
     (fa,), (fb,) = pair.a.engine.flows(), pair.b.engine.flows()
     line_a = logs["A"].read_text().split()
     line_b = logs["B"].read_text().split()
-    assert len(logs["A"].read_text().splitlines()) == 1
-    assert line_a[0] == line_b[0] == "TCPCRYPT"
-    assert line_a[1] == line_b[1] == fa.session_id == fb.session_id
-    assert (line_a[2], line_b[2]) == ("A", "B")
-    assert line_a[3:] == line_b[3:]                      # k_ab[0], k_ba[0]
-    assert len(bytes.fromhex(line_a[3])) == 16 + 12      # AES-128-GCM: K | NR
+    assert line_a[0] == line_b[0] == "TCPCRYPT_KEYS"
+    assert (line_a[1], line_a[2]) == (fa.local, fa.remote) == (A_ADDR, B_ADDR)
+    assert (line_b[1], line_b[2]) == (fb.local, fb.remote) == (B_ADDR, A_ADDR)
+    assert (line_a[3], line_b[3]) == ("A", "B")
+    assert line_a[4:8] == line_b[4:8] == ["23", "AES-128-GCM", fa.session_id, "0"]
+    assert fa.session_id == fb.session_id
+    assert line_a[8:] == line_b[8:]                      # k_ab[0], k_ba[0], new
+    assert len(bytes.fromhex(line_a[8])) == 16 + 12      # AES-128-GCM: K | NR
+    assert line_a[10] == "new"
     assert logs["A"].stat().st_mode & 0o777 == 0o600
 
 
