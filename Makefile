@@ -33,12 +33,8 @@ test: setup lint
 	bash tools/run-tests.sh
 
 # ruff with the rule set of pyproject.toml ([tool.ruff.lint]).
-# LINT_PENDING: paths another branch of issue 11 rewrites; lint skips them until that branch
-# is merged and their findings are fixed. TO BE DELETED by the integrator (with the
-# --extend-exclude below).
-LINT_PENDING := tcpcryptd/engine tcpcryptd/core tcpcryptd/packet tests/engine tests/core tests/packet
 lint: setup
-	$(VENV)/bin/ruff check $(addprefix --extend-exclude ,$(LINT_PENDING)) .
+	$(VENV)/bin/ruff check .
 
 test-slow: setup
 	bash tools/run-tests.sh --slow
