@@ -21,7 +21,7 @@ from tcpcryptd.daemon.errors import ControlError, DaemonTimeoutError, NoDaemonEr
 from .fakes import ControlThread
 
 
-def echo(message):
+def echo(message, caller=None):
     if message["command"] == "enable":
         raise RuntimeError("handler bug")
     if message["command"] == "disable":
@@ -87,7 +87,7 @@ def test_socket_is_private_and_removed_on_close(sock_path):
     server = ControlServer(sock_path, echo)
     server.open()
     try:
-        assert stat.S_IMODE(os.stat(sock_path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(sock_path).st_mode) == 0o666
         assert open(f"{sock_path}.lock").read().strip() == str(os.getpid())
     finally:
         server.close()
@@ -145,7 +145,7 @@ def test_request_errors_are_readable(sock_path, tmp_path):
 
 def test_large_answer_arrives_whole(sock_path):
     sessions = [{"local": f"10.0.{i >> 8}.{i & 255}:443", "n": i} for i in range(20_000)]
-    with ControlThread(ControlServer(sock_path, lambda _: {"ok": True, "sessions": sessions})):
+    with ControlThread(ControlServer(sock_path, lambda *_: {"ok": True, "sessions": sessions})):
         assert request(sock_path, {"command": "status"})["sessions"] == sessions
 
 
@@ -218,7 +218,7 @@ def test_deep_request_over_the_socket_is_answered_and_the_server_lives(sock_path
 
 
 def test_unencodable_answer_becomes_an_error_answer(sock_path):
-    with ControlThread(ControlServer(sock_path, lambda _: {"ok": True, "x": object()})):
+    with ControlThread(ControlServer(sock_path, lambda *_: {"ok": True, "x": object()})):
         assert request(sock_path, {"command": "ping"}) == {
             "ok": False, "error": "internal error: the answer could not be encoded"}
 
