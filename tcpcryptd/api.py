@@ -52,7 +52,7 @@ from tcpcryptd.daemon.config import DEFAULT_CONTROL_PATH
 from tcpcryptd.daemon.control import request
 from tcpcryptd.daemon.errors import ControlError
 
-__all__ = ["HANDSHAKE_STATES", "Session", "TcpincError", "session", "session_for",
+__all__ = ["DEFAULT_CONTROL_PATH", "HANDSHAKE_STATES", "Session", "TcpincError", "session", "session_for",
            "wait_session"]
 
 #: States in which the outcome (encrypted or plain) is not known yet.
