@@ -8,6 +8,7 @@ names the key (``marks.seen: must be an integer, got 'x'``), never a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Callable
 from tcpcryptd.core.constants import TEP, AEADId
 from tcpcryptd.daemon.errors import ConfigError
 from tcpcryptd.engine.config import EngineConfig
+from tcpcryptd.engine.policy import Mode, Policy, Rule
 
 #: Where ``tcpcryptd`` looks for its configuration when no ``--config`` is given.
 DEFAULT_CONFIG_PATH = Path("/etc/tcpcryptd/tcpcryptd.toml")
@@ -89,6 +91,15 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """``[policy]``: the mode of connections no rule matches, and the rules
+    (:mod:`tcpcryptd.engine.policy`)."""
+
+    default: Mode = Mode.PREFER
+    rules: tuple[Rule, ...] = ()
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     keylog: str = ""
@@ -104,6 +115,7 @@ class Config:
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -197,6 +209,56 @@ def _port_list(key: str, value: Any) -> tuple[int, ...]:
 
 
 _MARK = _integer(1, 0xFFFFFFFF)
+MODES = tuple(str(mode) for mode in Mode)
+_PORT = _integer(1, 65535)
+#: Keys of one ``policy.rules`` entry (``mode`` required, at least one selector).
+RULE_KEYS = ("mode", "peer", "local_port", "remote_port")
+
+
+def _mode(key: str, value: Any) -> Mode:
+    return Mode(_choice(MODES)(key, value))
+
+
+def _prefix(key: str, value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    text = _string(key, value)
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: not an address or prefix ({exc})") from None
+
+
+def _rules(key: str, value: Any) -> tuple[Rule, ...]:
+    """``policy.rules``: a list of tables ``{mode, peer?, local_port?, remote_port?}``."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be a list of tables ([[policy.rules]]), got {value!r}")
+    rules: list[Rule] = []
+    seen: dict[tuple, int] = {}
+    for index, entry in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a table with mode and selectors, got {entry!r}")
+        unknown = sorted(set(entry) - set(RULE_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: "
+                              f"{', '.join(RULE_KEYS)})")
+        if "mode" not in entry:
+            raise ConfigError(f"{where}: needs a mode ({', '.join(MODES)})")
+        if len(entry) == 1:
+            raise ConfigError(f"{where}: needs peer, local_port or remote_port (policy.default "
+                              f"sets the mode of every other connection)")
+        rule = Rule(mode=_mode(f"{where}.mode", entry["mode"]),
+                    peer=_prefix(f"{where}.peer", entry["peer"]) if "peer" in entry else None,
+                    local_port=(_PORT(f"{where}.local_port", entry["local_port"])
+                                if "local_port" in entry else None),
+                    remote_port=(_PORT(f"{where}.remote_port", entry["remote_port"])
+                                 if "remote_port" in entry else None))
+        selectors = (rule.peer, rule.local_port, rule.remote_port)
+        if selectors in seen:
+            raise ConfigError(f"{where}: selects the same connections as {key}[{seen[selectors]}]")
+        seen[selectors] = index
+        rules.append(rule)
+    return tuple(rules)
+
 
 #: section -> key -> validator. Section and key names are the TOML names.
 SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
@@ -227,6 +289,10 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
         "idle_timeout": _seconds(1.0, 30 * 86400.0),
         "handshake_timeout": _seconds(1.0, 3600.0),
         "aead_idle_release": _seconds(0.0, 86400.0),
+    }),
+    "policy": (PolicyConfig, {
+        "default": _mode,
+        "rules": _rules,
     }),
     "log": (LogConfig, {"level": _choice(LOG_LEVELS), "keylog": _string}),
 }
@@ -308,4 +374,5 @@ def engine_config(config: Config) -> EngineConfig:
         idle_timeout=limits.idle_timeout,
         handshake_timeout=limits.handshake_timeout,
         aead_idle_release=limits.aead_idle_release,
+        policy=Policy(config.policy.rules, config.policy.default),
     )

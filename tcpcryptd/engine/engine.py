@@ -63,6 +63,7 @@ from tcpcryptd.engine.inbound import (
     rst_position,
 )
 from tcpcryptd.engine.outbound import fast_outbound, handle_outbound, release_held
+from tcpcryptd.engine.policy import Mode, resets
 from tcpcryptd.engine.reassembly import Reassembly
 from tcpcryptd.engine.sendmap import SendMap
 from tcpcryptd.packet import options as tcp_options
@@ -147,8 +148,8 @@ class Engine:
         flow = self._flows.get(key)
         if flow is None:
             if pkt.flags & (SYN | ACK | RST) == SYN:
-                return self._new_flow(pkt, outbound, now, data)
-            return Result(Verdict.ACCEPT, plain=True)
+                return self._required(pkt, outbound, self._new_flow(pkt, outbound, now, data))
+            return self._required(pkt, outbound, Result(Verdict.ACCEPT, plain=True))
         result = Result(None)
         flow.last_activity = now
         handshaking = flow.state in _HANDSHAKE_STATES
@@ -184,7 +185,7 @@ class Engine:
             result.plain = True
         if result.verdict is None:
             result.verdict = Verdict.DROP
-        return result
+        return self._required(pkt, outbound, result)
 
     def _fast(self, flow: Flow, data: bytes, outbound: bool, tcp_start: int,
               fields: tuple[int, ...], now: float) -> Result | None:
@@ -467,10 +468,24 @@ class Engine:
         result.verdict, result.plain = Verdict.ACCEPT, True
         return result
 
+    def _required(self, pkt: TCPPacket, outbound: bool, result: Result) -> Result:
+        """Policy ``require`` (engine/policy.py): a connection left plain is reset both ways
+        instead (its packet dropped), counted as ``require_resets``."""
+        if result.plain and self.config.policy.require and (
+                self.config.policy.of_packet(pkt, outbound) is Mode.REQUIRE):
+            transmit = resets(pkt, outbound)
+            if transmit:
+                self.count("require_resets")
+                result.verdict, result.data, result.plain = Verdict.DROP, None, False
+                result.transmit.extend(transmit)
+        return result
+
     def _new_flow(self, pkt: TCPPacket, outbound: bool, now: float,
                   raw: bytes | None = None) -> Result:
         """A SYN on an untracked 4-tuple (``raw``: the packet as it arrived, else rebuilt)."""
         cfg = self.config
+        if cfg.policy.of_packet(pkt, outbound) is Mode.SKIP:
+            return self._plain("policy-skip")
         refusal = syn_refusal(cfg, pkt)
         if refusal is not None:
             return self._plain(refusal)
