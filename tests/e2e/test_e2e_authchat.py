@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from capture_wait import stop_when_closed
 from e2e_support import MB, E2E, session_ids
 
-from tcpcryptd.packet.tcp import FIN
-from tcpcryptd.testbed import BedError, Capture, Daemon, Namespace, pcap_segments, sha256_file
+from tcpcryptd.testbed import Daemon, Namespace, sha256_file
 
 pytestmark = pytest.mark.e2e
 
@@ -62,27 +61,6 @@ def _client(ns: Namespace, daemon: Daemon, key: Path, host: str,
                   "--input", str(payload), check=False, timeout=90)
 
 
-def _stop_when_closed(capture: Capture, timeout: float = 20.0) -> None:
-    """Stop ``capture`` once it holds both FINs of the connection on :data:`PORT`.
-
-    tcpdump hands packets over in blocks (up to a second late without immediate mode) and
-    a SIGINT drops what is still in the kernel's ring: waiting for both FINs to be written
-    makes the capture hold every segment that carries data (after them only the last ACK).
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            fins = {(segment.sport, segment.dport) for segment in pcap_segments(capture.path)
-                    if segment is not None and segment.flags & FIN
-                    and PORT in (segment.sport, segment.dport)}
-        except BedError:   # the file header is not written yet
-            fins = set()
-        if len(fins) >= 2:
-            break
-        time.sleep(0.1)
-    capture.stop()
-
-
 def _session_in(output: str) -> str:
     """The session ID (hex) an authchat run printed in its ``authenticated`` line."""
     for line in output.splitlines():
@@ -100,7 +78,7 @@ def test_authchat_authenticates_the_session_through_the_daemons(e2e: E2E) -> Non
     server = _server(bed.b, daemons["B"], key, out, bed.workdir / "authchat-server.log")
     client = _client(bed.a, daemons["A"], key, bed.addr("B"), payload)
     server.wait(timeout=60)
-    _stop_when_closed(capture)
+    stop_when_closed(capture, PORT)
     client_out = client.stdout.decode()
     server_out = (bed.workdir / "authchat-server.log").read_text()
     assert client.returncode == 0, client_out + client.stderr.decode()
@@ -127,7 +105,7 @@ def test_authchat_wrong_passphrase_fails_on_both_ends(e2e: E2E) -> None:
     server = _server(bed.b, daemons["B"], other, bed.workdir / "never.bin", log)
     client = _client(bed.a, daemons["A"], key, bed.addr("B"), payload)
     server.wait(timeout=60)
-    _stop_when_closed(capture)
+    stop_when_closed(capture, PORT)
     assert client.returncode == AUTH_FAILED, client.stdout + client.stderr
     assert b"authentication FAILED" in client.stderr
     assert server.returncode == AUTH_FAILED, log.read_text()
@@ -156,8 +134,8 @@ def test_authchat_detects_a_man_in_the_middle(e2e: E2E) -> None:
     server = _server(bed.b, daemons["B"], key, bed.workdir / "never.bin", log)
     client = _client(bed.a, daemons["A"], key, bed.addr("B"), payload)
     server.wait(timeout=60)
-    _stop_when_closed(near)
-    _stop_when_closed(far)
+    stop_when_closed(near, PORT)
+    stop_when_closed(far, PORT)
 
     assert client.returncode == AUTH_FAILED, client.stdout + client.stderr
     assert b"authentication FAILED" in client.stderr
