@@ -469,14 +469,16 @@ class Engine:
         return result
 
     def _required(self, pkt: TCPPacket, outbound: bool, result: Result) -> Result:
-        """Policy ``require`` (engine/policy.py): a connection left plain is reset both ways
-        instead (its packet dropped), counted as ``require_resets``."""
+        """Policy ``require`` (engine/policy.py): a connection left plain is never handed to
+        the kernel as plain, and is reset both ways (its packet dropped) where
+        :func:`~tcpcryptd.engine.policy.resets` says, counted as ``require_resets``."""
         if result.plain and self.config.policy.require and (
                 self.config.policy.of_packet(pkt, outbound) is Mode.REQUIRE):
+            result.plain = False
             transmit = resets(pkt, outbound)
             if transmit:
                 self.count("require_resets")
-                result.verdict, result.data, result.plain = Verdict.DROP, None, False
+                result.verdict, result.data = Verdict.DROP, None
                 result.transmit.extend(transmit)
         return result
 

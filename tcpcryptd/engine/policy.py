@@ -12,7 +12,7 @@ Each connection gets one :class:`Mode`, from its 4-tuple alone:
     Encrypted or nothing, the TCPINC API's "mandatory encryption" (TCP_ENO_TEP_MANDATORY):
     a connection the engine would leave plain (peer without ENO, fallback, flow limit,
     encryption disabled, ...) is reset both ways instead (:func:`resets`), counted as
-    ``require_resets``.
+    ``require_resets``, and never handed to the kernel as plain.
 
 A :class:`Rule` selects connections by any of: the peer's address within a prefix
 (``peer``), the local port, the remote port. A connection takes the mode of the most
@@ -119,10 +119,14 @@ def resets(pkt: TCPPacket, outbound: bool) -> list[Transmit]:
     destination, from the sender, unless ``pkt`` is a SYN without ACK (the destination never
     heard of the connection): ``<SEQ=SEG.SEQ (+1 after a SYN)><ACK=SEG.ACK><CTL=RST,ACK>``,
     exactly the next sequence number the destination expects, so it is taken (RFC 5961 §3.2).
-    Nothing answers a RST.
+
+    Nothing answers a RST, nor a peer's SYN without ACK (``outbound`` False): that one
+    goes on to the local stack, whose SYN-ACK is then reset both ways. A RST sent for a
+    SYN that was dropped would belong to no connection the firewall knows (conntrack
+    calls it INVALID, and a common rule drops such packets); after the SYN it does.
     """
     flags = pkt.flags
-    if flags & RST:
+    if flags & RST or (not outbound and flags & (SYN | ACK) == SYN):
         return []
     back = Direction.INBOUND if outbound else Direction.OUTBOUND
     forth = Direction.OUTBOUND if outbound else Direction.INBOUND

@@ -107,6 +107,29 @@ def test_resets_of_a_syn_answer_only_its_sender():
     assert not resets(TCPPacket.parse(Pair().a.seg(ISN_A, 0, RST)), outbound=True)
 
 
+def test_a_peers_syn_reaches_the_stack_and_its_syn_ack_is_reset():
+    """The passive side: the peer's SYN without ENO passes (unmarked: never offloaded),
+    the stack's answer is dropped and both ends get a RST at their expected numbers."""
+    engine = Engine(config(default=Mode.REQUIRE))
+    pair = Pair()
+    a, b = pair.a, pair.b
+    syn = a.seg(ISN_A, 0, SYN, options=syn_options())
+    result = engine.handle_packet(1, syn, Direction.INBOUND, 0.0)
+    assert result.verdict is Verdict.ACCEPT and not result.plain and not result.transmit
+    assert engine.counters["fallback_no-eno"] == 1 and engine.flows() == []
+    syn_ack = b.seg(ISN_B, ISN_A + 1, SYN | ACK, options=syn_options())
+    result = engine.handle_packet(2, syn_ack, Direction.OUTBOUND, 0.0)
+    assert result.verdict is Verdict.DROP and not result.plain
+    to_stack, to_peer = result.transmit
+    assert to_stack.direction is Direction.INBOUND and to_peer.direction is Direction.OUTBOUND
+    stack_rst, peer_rst = TCPPacket.parse(to_stack.data), TCPPacket.parse(to_peer.data)
+    assert stack_rst.flags == RST and stack_rst.seq == (ISN_A + 1) & M32
+    assert (stack_rst.src, stack_rst.dst) == (A_IP, B_IP)
+    assert peer_rst.flags == RST | ACK and peer_rst.seq == ISN_B + 1
+    assert peer_rst.ack == (ISN_A + 1) & M32 and (peer_rst.src, peer_rst.dst) == (B_IP, A_IP)
+    assert engine.counters["require_resets"] == 1
+
+
 # ---- the engine -------------------------------------------------------------------------
 
 
@@ -175,9 +198,9 @@ def test_require_resets_what_would_be_left_plain_for_any_reason():
     unknown = pair.a.seg(ISN_A + 1, ISN_B + 1, ACK | PSH, b"plain")
     result = engine.handle_packet(2, unknown, Direction.OUTBOUND, 0.0)
     assert result.verdict is Verdict.DROP and len(result.transmit) == 2
-    # a RST of an unknown connection passes (nothing answers a RST)
+    # a RST of an unknown connection passes (nothing answers a RST), not offloaded
     result = engine.handle_packet(3, pair.a.seg(ISN_A + 1, 0, RST), Direction.OUTBOUND, 0.0)
-    assert result.verdict is Verdict.ACCEPT and not result.transmit
+    assert result.verdict is Verdict.ACCEPT and not result.transmit and not result.plain
     assert engine.counters["require_resets"] == 2
 
 
