@@ -8,6 +8,7 @@ verdicts, deferred verdicts and raw-socket sends, and passes ``time.monotonic()`
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import selectors
@@ -36,6 +37,7 @@ from tcpcryptd.daemon.rawsock import InjectError
 from tcpcryptd.daemon.sockdiag import DiagError, socket_owner
 from tcpcryptd.engine.actions import Direction, Result, Verdict
 from tcpcryptd.engine.config import EngineConfig
+from tcpcryptd.packet.tcp import FlowKey
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class FlowEngine(Protocol):
     def shutdown(self, now: float) -> Result: ...
     def next_deadline(self) -> float | None: ...
     def flows(self, now: float | None = None) -> list[Any]: ...
+    def flow_status(self, key: FlowKey, now: float | None = None) -> Any: ...
 
 
 class Sender(Protocol):
@@ -298,12 +301,13 @@ class Daemon:
             raise ControlError(f"permission denied: no connection "
                                f"{status_view.join_endpoint(*local)} -> "
                                f"{status_view.join_endpoint(*remote)} owned by uid {caller.uid}")
-        wanted = (status_view.join_endpoint(*local), status_view.join_endpoint(*remote))
-        found = [flow for flow in self.engine.flows(self.clock())
-                 if status_view.endpoints(flow) == wanted]
-        if not found and uid is None:
+        local_ip, remote_ip = ipaddress.ip_address(local[0]), ipaddress.ip_address(remote[0])
+        flow = self.engine.flow_status((local_ip.version, local_ip.packed, local[1],
+                                        remote_ip.packed, remote[1]), self.clock())
+        if flow is None and uid is None:
             raise ControlError("no such connection")
-        return {"ok": True, **status_view.tcpinc_json(wanted, found[0] if found else None)}
+        wanted = (status_view.join_endpoint(*local), status_view.join_endpoint(*remote))
+        return {"ok": True, **status_view.tcpinc_json(wanted, flow)}
 
     # ---- the loop
 

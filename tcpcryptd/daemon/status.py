@@ -103,11 +103,6 @@ HANDSHAKE_STATES = tuple(str(state) for state in (State.SYN_SENT, State.SYN_RECE
                                                    State.NEGOTIATED, State.KEYING))
 
 
-def endpoints(flow: FlowStatus) -> tuple[str, str]:
-    """A flow's ``(local, remote)`` text, canonical as :func:`join_endpoint` makes it."""
-    return _normalize(flow.local), _normalize(flow.remote)
-
-
 def _endpoint_fields(request: dict[str, Any], end: str) -> tuple[str, int]:
     address, port = request.get(f"{end}_addr"), request.get(f"{end}_port")
     if not isinstance(address, str) or len(address) > 64:

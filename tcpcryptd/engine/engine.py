@@ -76,6 +76,7 @@ from tcpcryptd.packet.tcp import (
     TCP_HEADER as _TCP_FIXED,
     URG,
     PacketError,
+    FlowKey,
     TCPPacket,
 )
 
@@ -185,7 +186,7 @@ class Engine:
             result.plain = True
         if result.verdict is None:
             result.verdict = Verdict.DROP
-        return self._required(pkt, outbound, result)
+        return self._required(pkt, outbound, result) if result.plain else result
 
     def _fast(self, flow: Flow, data: bytes, outbound: bool, tcp_start: int,
               fields: tuple[int, ...], now: float) -> Result | None:
@@ -255,6 +256,13 @@ class Engine:
         """
         at = self._now if now is None else now
         return [flow.status(at) for flow in self._flows.values()]
+
+    def flow_status(self, key: FlowKey, now: float | None = None) -> FlowStatus | None:
+        """Status of the flow ``key`` (version, local address, local port, remote address,
+        remote port; addresses packed), None when the engine does not track it: one
+        connection for the TCPINC API request, without building every flow's status."""
+        flow = self._flows.get(key)
+        return None if flow is None else flow.status(self._now if now is None else now)
 
     def shutdown(self, now: float) -> Result:
         """The daemon is stopping: abort every connection that has or is making a session.

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -257,3 +259,26 @@ def test_root_may_query_every_connection_and_the_api_reads_a_socket(served):
         assert (info.negotiated_tep, info.tep, info.aead_id) == (0x23, "X25519", 1)
         # the accepted end has no flow in this stand-in engine: plain
         assert api.wait_session(accepted, control=path, wait=0.1).state == "plain"
+
+
+def test_a_real_engine_answers_by_flow_key():
+    """The engine's own lookup (not the stand-in's): both ends of a handshake, each from
+    its own side, and an unknown 4-tuple."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+    from _hand import A_PORT, B_PORT, Pair
+
+    pair = Pair()
+    pair.handshake()
+    a_end, b_end = ("10.0.0.1", A_PORT), ("10.0.0.2", B_PORT)
+    answers = []
+    for host, local, remote in ((pair.a, a_end, b_end), (pair.b, b_end, a_end)):
+        daemon = Daemon(Config(), host.engine, PacketPath(host.engine, FakeSender(),
+                                                          Verdicts(2, 1, 8)), "nft",
+                        owner=lambda local, remote: 0)
+        answers.append(ask(daemon, ROOT, local, remote))
+        [flow] = host.engine.flows()
+        assert answers[-1]["session_id"] == flow.session_id
+        assert ask(daemon, ROOT, local, (remote[0], remote[1] + 1))["state"] == "plain"
+    assert [answer["role"] for answer in answers] == ["A", "B"]
+    assert answers[0]["session_id"] == answers[1]["session_id"]
+    assert all(answer["encrypted"] and answer["tep"] == "X25519" for answer in answers)
