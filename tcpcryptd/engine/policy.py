@@ -56,12 +56,6 @@ class Rule:
         ports = (self.local_port is not None) + (self.remote_port is not None)
         return ports, -1 if self.peer is None else self.peer.prefixlen
 
-    def describe(self) -> str:
-        parts = [f"peer {self.peer}" if self.peer is not None else "",
-                 f"local port {self.local_port}" if self.local_port is not None else "",
-                 f"remote port {self.remote_port}" if self.remote_port is not None else ""]
-        return f"{self.mode} " + (", ".join(part for part in parts if part) or "everything")
-
 
 class Policy:
     """The rules and the default, ready for :meth:`mode` lookups."""
