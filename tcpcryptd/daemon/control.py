@@ -204,7 +204,10 @@ class ControlServer:
     def open(self) -> None:
         """Take the instance lock, replace a stale socket, listen (mode :data:`SOCKET_MODE`)."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.parent.is_dir():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # every user reaches the socket; its callers' credentials decide the rest
+                self.path.parent.chmod(0o755)
             self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise ControlError(f"cannot create {self.lock_path}: {exc.strerror}") from exc

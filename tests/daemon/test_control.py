@@ -83,11 +83,17 @@ def test_oversized_request_gets_an_error_and_is_skipped(sock_path):
                            {"ok": True, "echo": {"command": "ping"}}]
 
 
-def test_socket_is_private_and_removed_on_close(sock_path):
+def test_socket_is_reachable_by_every_user_and_removed_on_close(sock_path):
     server = ControlServer(sock_path, echo)
-    server.open()
+    old_umask = os.umask(0o077)
+    try:
+        server.open()
+    finally:
+        os.umask(old_umask)
     try:
         assert stat.S_IMODE(os.stat(sock_path).st_mode) == 0o666
+        # the directory it made for the socket, whatever the umask (systemd: UMask=0077)
+        assert stat.S_IMODE(os.stat(os.path.dirname(sock_path)).st_mode) == 0o755
         assert open(f"{sock_path}.lock").read().strip() == str(os.getpid())
     finally:
         server.close()
