@@ -75,8 +75,8 @@ from tcpcryptd.packet.tcp import (
     SYN,
     TCP_HEADER as _TCP_FIXED,
     URG,
-    PacketError,
     FlowKey,
+    PacketError,
     TCPPacket,
 )
 
