@@ -25,6 +25,7 @@ from typing import Any
 from tcpcryptd.core.constants import TEP, AEADId
 from tcpcryptd.daemon.errors import ConfigError
 from tcpcryptd.engine.config import EngineConfig
+from tcpcryptd.engine.policy import Mode, Policy, Rule
 
 #: Where ``tcpcryptd`` looks for its configuration when no ``--config`` is given.
 DEFAULT_CONFIG_PATH = Path("/etc/tcpcryptd/tcpcryptd.toml")
@@ -80,6 +81,15 @@ class FirewallConfig:
 @dataclass(frozen=True)
 class ControlConfig:
     socket: str = DEFAULT_CONTROL_PATH
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """``[policy]``: the mode of connections no rule matches, and the rules
+    (:mod:`tcpcryptd.engine.policy`)."""
+
+    default: Mode = Mode.PREFER
+    rules: tuple[Rule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -207,6 +217,56 @@ def _listen(key: str, value: Any) -> str:
 
 
 _MARK = _integer(1, 0xFFFFFFFF)
+MODES = tuple(str(mode) for mode in Mode)
+_PORT = _integer(1, 65535)
+#: Keys of one ``policy.rules`` entry (``mode`` required, at least one selector).
+RULE_KEYS = ("mode", "peer", "local_port", "remote_port")
+
+
+def _mode(key: str, value: Any) -> Mode:
+    return Mode(_choice(MODES)(key, value))
+
+
+def _prefix(key: str, value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    text = _string(key, value)
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: not an address or prefix ({exc})") from None
+
+
+def _rules(key: str, value: Any) -> tuple[Rule, ...]:
+    """``policy.rules``: a list of tables ``{mode, peer?, local_port?, remote_port?}``."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be a list of tables ([[policy.rules]]), got {value!r}")
+    rules: list[Rule] = []
+    seen: dict[tuple, int] = {}
+    for index, entry in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a table with mode and selectors, got {entry!r}")
+        unknown = sorted(set(entry) - set(RULE_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: "
+                              f"{', '.join(RULE_KEYS)})")
+        if "mode" not in entry:
+            raise ConfigError(f"{where}: needs a mode ({', '.join(MODES)})")
+        if len(entry) == 1:
+            raise ConfigError(f"{where}: needs peer, local_port or remote_port (policy.default "
+                              f"sets the mode of every other connection)")
+        rule = Rule(mode=_mode(f"{where}.mode", entry["mode"]),
+                    peer=_prefix(f"{where}.peer", entry["peer"]) if "peer" in entry else None,
+                    local_port=(_PORT(f"{where}.local_port", entry["local_port"])
+                                if "local_port" in entry else None),
+                    remote_port=(_PORT(f"{where}.remote_port", entry["remote_port"])
+                                 if "remote_port" in entry else None))
+        selectors = (rule.peer, rule.local_port, rule.remote_port)
+        if selectors in seen:
+            raise ConfigError(f"{where}: selects the same connections as {key}[{seen[selectors]}]")
+        seen[selectors] = index
+        rules.append(rule)
+    return tuple(rules)
+
 
 #: The ``[limits]`` keys: the EngineConfig fields a user may set, each with the range it
 #: accepts. Name, type and default are EngineConfig's; conf/tcpcryptd.toml documents them.
@@ -238,6 +298,7 @@ class Config:
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
@@ -263,6 +324,10 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
     }),
     "control": (ControlConfig, {"socket": _path}),
     "limits": (LimitsConfig, LIMITS),
+    "policy": (PolicyConfig, {
+        "default": _mode,
+        "rules": _rules,
+    }),
     "log": (LogConfig, {"level": _choice(LOG_LEVELS), "keylog": _string}),
     "metrics": (MetricsConfig, {"listen": _listen}),
 }
@@ -336,4 +401,5 @@ def engine_config(config: Config) -> EngineConfig:
         aeads=tuple(int(aead) for aead in config.encryption.aeads),
         aead_preference=tuple(int(aead) for aead in reversed(config.encryption.aeads)),
         **{name: getattr(config.limits, name) for name in LIMITS},
+        policy=Policy(config.policy.rules, config.policy.default),
     )
