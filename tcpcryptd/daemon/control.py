@@ -7,7 +7,8 @@ answer, never a crash; an oversized line is skipped without being buffered. The 
 non-blocking and driven by the daemon's event loop, which also calls :meth:`ControlServer.
 expire`: a connection without a complete request (or answer progress) for
 :data:`IDLE_TIMEOUT` seconds is closed, and at :data:`MAX_CLIENTS` connections a new one
-evicts the longest idle one, so idle clients can never lock out a fresh ``status``.
+evicts the longest idle one (an unprivileged caller's first), so idle clients can never lock
+out a fresh ``status``.
 One instance per socket path: an exclusive ``flock`` on ``PATH.lock`` (holding the pid)
 plus a probe of an existing socket, so a stale socket after a crash is replaced and a live
 one is never stolen.
@@ -345,11 +346,14 @@ class ControlServer:
     # ---- internals
 
     def _make_room(self) -> None:
-        """At the connection cap, mark the longest idle connection evicted."""
+        """At the connection cap, mark the longest idle connection evicted: an unprivileged
+        one while there is any, so that every local user may connect (the socket is open to
+        all, :data:`SOCKET_MODE`) but none can push out root's clients."""
         serving = [c for c in self.connections.values() if not c.evicted]
         if len(serving) < MAX_CLIENTS:
             return
-        min(serving, key=lambda connection: connection.active).evicted = True
+        unprivileged = [c for c in serving if not c.caller.privileged]
+        min(unprivileged or serving, key=lambda connection: connection.active).evicted = True
         now = self.clock()
         if now - self._evict_logged >= IDLE_TIMEOUT:   # one line per period under a flood
             self._evict_logged = now

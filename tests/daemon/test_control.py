@@ -341,6 +341,22 @@ def test_at_the_cap_the_longest_idle_connection_is_evicted(served):
     assert len(server.connections) == control.MAX_CLIENTS
 
 
+def test_at_the_cap_unprivileged_connections_are_evicted_before_root_ones(served):
+    """Every user may connect; a user filling the cap pushes out only unprivileged
+    connections, never an idle root client (the oldest here)."""
+    server, clock, connect = served
+    clients = []
+    for _ in range(control.MAX_CLIENTS):
+        clock.now += 0.01
+        clients.append(connect())
+    root_fd = clients[0][1]
+    for _, fd in clients[1:]:
+        server.connections[fd].caller = control.Caller(4242, 65534)
+    connect()
+    assert server.expire(clock.now) == [clients[1][1]]
+    assert not server.connections[root_fd].evicted
+
+
 def test_failing_accept_is_not_fatal(served):
     server, _, _ = served
 
