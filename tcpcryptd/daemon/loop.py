@@ -29,6 +29,7 @@ from tcpcryptd.daemon.nfqueue import (
     PacketQueue,
     QueuedPacket,
     Verdicts,
+    complete_checksum,
     direction,
     truncated,
 )
@@ -37,6 +38,11 @@ from tcpcryptd.engine.actions import Direction, Result, Verdict
 from tcpcryptd.engine.config import EngineConfig
 
 log = logging.getLogger(__name__)
+
+#: Packets up to this size whose TCP checksum the stack left to the NIC get it completed
+#: before the engine sees them (it edits ACKs and SYNs in place, RFC 1624); larger ones
+#: leave unchanged or with a new payload and a full checksum (daemon/nfqueue.py).
+CHECKSUM_COMPLETE_MAX = 2048
 
 
 class FlowEngine(Protocol):
@@ -58,7 +64,7 @@ class Sender(Protocol):
 
 
 class PacketPath:
-    """Engine results -> verdicts and injections; never raises into NetfilterQueue.
+    """Engine results -> verdicts and injections; never raises into the queue binding.
 
     Packets of plain connections are accepted with the plain mark and without the seen mark
     (see :meth:`_accept_plain`). A packet the daemon cannot process (the engine raised, or it
@@ -80,13 +86,15 @@ class PacketPath:
         self.counters: Counter[str] = Counter()
 
     def on_packet(self, packet: QueuedPacket) -> None:
-        """NetfilterQueue callback: one verdict (now or deferred) for every packet."""
+        """Queue callback: one verdict (now or deferred) for every packet."""
         try:
             data = packet.get_payload()
             if len(data) >= MAX_COPY and truncated(data):
                 self.counters["daemon_truncated"] += 1
                 self._unprocessable(packet)
                 return
+            if packet.csum_not_ready and len(data) <= CHECKSUM_COMPLETE_MAX:
+                data = complete_checksum(data)
             result = self.engine.handle_packet(packet.id, data, direction(packet),
                                                self.clock())
         except Exception:
@@ -311,6 +319,7 @@ class Daemon:
                 deadline = self.engine.next_deadline()
                 if deadline is not None and deadline <= self.clock():
                     self.path.on_timer()
+                    queue.flush()   # releases of held packets
         finally:
             selector.close()
 

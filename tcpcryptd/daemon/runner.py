@@ -66,7 +66,8 @@ def run_daemon(config: Config) -> None:
         control = ControlServer(config.control.socket, daemon.handle, clock=daemon.clock)
         control.open()
         stack.callback(control.close)
-        queue = PacketQueue(config.queue.number, config.queue.max_len, path.on_packet)
+        queue = PacketQueue(config.queue.number, config.queue.max_len, path.on_packet,
+                            held=lambda: verdicts.held, counters=path.counters)
         stack.callback(queue.close)
         stack.callback(_drop_held, verdicts)
         stack.callback(_remove_rules, firewall, config)  # also after a partial install
