@@ -50,6 +50,7 @@ from tcpcryptd.engine.flow import (
 )
 from tcpcryptd.engine.handshake import consume_init
 from tcpcryptd.engine.reassembly import disagrees
+from tcpcryptd.engine.superpacket import MAX_PACKET
 from tcpcryptd.packet import options as tcp_options
 from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, URG, TCPPacket, rewrite_header, rewrite_segment
 
@@ -58,9 +59,9 @@ if TYPE_CHECKING:
 
 #: the largest frame on the wire: header and the largest clen (RFC 8548 §4.2)
 _MAX_FRAME_WIRE = HEADER_LEN + MAX_CLEN
-#: most plaintext bytes in one segment toward the local stack: well inside a 65535-byte IP
-#: packet with any IP and TCP header (the stack takes segments above its MSS, as from GRO)
-MAX_DELIVERY = 32768
+#: most plaintext bytes in one segment toward the local stack: a packet the verdict can carry
+#: with any IP and TCP header (the stack takes segments above its MSS, as from GRO)
+MAX_DELIVERY = MAX_PACKET - 120
 
 def note_peer(flow: Flow, tsval: int | None, ttl: int, df: bool, tos: int,
               window: int) -> None:
