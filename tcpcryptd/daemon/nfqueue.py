@@ -209,9 +209,11 @@ class PacketQueue:
 
     def __init__(self, queue_num: int, max_len: int, callback: Callable[[Packet], None],
                  *, gso: bool = True, held: Callable[[], Collection[int]] = tuple,
-                 counters: Counter[str] | None = None) -> None:
+                 counters: Counter[str] | None = None,
+                 sock: socket.socket | None = None) -> None:
         """``held`` returns the ids of packets kept for a later verdict (no batch verdict may
-        cover them); ``counters`` receives the ``daemon_*`` counts of the binding."""
+        cover them); ``counters`` receives the ``daemon_*`` counts of the binding; ``sock``
+        replaces the netlink socket, already bound and configured (tests)."""
         self.queue_num = queue_num
         self.callback = callback
         self.held = held
@@ -223,6 +225,10 @@ class PacketQueue:
         self._run_first = self._run_last = -1
         self._run_mark: int | None = None
         self._buffer = bytearray(MAX_COPY + 4096)
+        if sock is not None:
+            self._sock = sock
+            sock.setblocking(False)
+            return
         try:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         except OSError as exc:
