@@ -40,6 +40,8 @@ class Mode:
     kind: str
     tep: str = "X25519"
     aead: str = "AES-128-GCM"
+    #: tcpcryptd's ``queue.workers`` (0: one per CPU)
+    workers: int = 1
 
     @property
     def label(self) -> str:
@@ -49,7 +51,9 @@ class Mode:
             return "SYN-only pass-through in A"
         if self.kind != "tcpcryptd":
             return self.kind
-        return f"tcpcryptd {self.tep} {self.aead}"
+        workers = "" if self.workers == 1 else (
+            ", a worker per CPU" if self.workers == 0 else f", {self.workers} workers")
+        return f"tcpcryptd {self.tep} {self.aead}{workers}"
 
 
 PLAIN = Mode("plain")
@@ -64,6 +68,7 @@ def daemon_config(mode: Mode, control: Path) -> str:
     """The TOML given to both daemons: only the chosen TEP and AEAD are offered/accepted, so
     A's Init1 offer and B's preference can only agree on them (RFC 8548 §3.3)."""
     return (f'[encryption]\nteps = ["{mode.tep}"]\naeads = ["{mode.aead}"]\n'
+            f'[queue]\nworkers = {mode.workers}\n'
             f'[control]\nsocket = "{control}"\n[log]\nlevel = "warning"\n')
 
 
@@ -77,10 +82,33 @@ def read_vmrss(pid: int) -> int:
 
 
 def read_cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (/proc/PID/stat fields 14 and 15)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """utime + stime of ``pid`` and its live children (a supervisor's workers) in seconds
+    (/proc/PID/stat fields 14 and 15)."""
+    total = 0.0
+    for one in (pid, *children(pid)):
+        try:
+            with open(f"/proc/{one}/stat", encoding="ascii") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:   # a child that just ended
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (/proc/PID/task/*/children)."""
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as listing:
+                found += [int(word) for word in listing.read().split()]
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def parse_queued(text: str) -> int:

@@ -23,9 +23,12 @@ THROUGHPUT_ROWS: dict[str, str] = {
     "chacha20": "tcpcryptd ChaCha20-Poly1305",
     "aes256gcm": "tcpcryptd AES-256-GCM",
     "parallel4_aes128gcm": "tcpcryptd AES-128-GCM, 4 flows",
+    "aes128gcm_workers": "tcpcryptd AES-128-GCM, a worker per CPU",
+    "parallel4_aes128gcm_workers": "tcpcryptd AES-128-GCM, a worker per CPU, 4 flows",
 }
 #: The tcpcryptd throughput rows (compared with pass-through and plain).
-ENCRYPTED_ROWS = ("aes128gcm", "chacha20", "aes256gcm", "parallel4_aes128gcm")
+ENCRYPTED_ROWS = ("aes128gcm", "chacha20", "aes256gcm", "parallel4_aes128gcm",
+                  "aes128gcm_workers", "parallel4_aes128gcm_workers")
 #: Connection-rate modes: key -> label.
 CONNECTION_ROWS: dict[str, str] = {
     "plain": "plain TCP",

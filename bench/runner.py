@@ -51,6 +51,8 @@ THROUGHPUT_PLAN: dict[str, tuple[Mode, int]] = {
     "chacha20": (Mode("tcpcryptd", "X25519", "CHACHA20-POLY1305"), 1),
     "aes256gcm": (Mode("tcpcryptd", "X25519", "AES-256-GCM"), 1),
     "parallel4_aes128gcm": (Mode("tcpcryptd", "X25519", "AES-128-GCM"), 4),
+    "aes128gcm_workers": (Mode("tcpcryptd", "X25519", "AES-128-GCM", workers=0), 1),
+    "parallel4_aes128gcm_workers": (Mode("tcpcryptd", "X25519", "AES-128-GCM", workers=0), 4),
 }
 AES128 = THROUGHPUT_PLAN["aes128gcm"][0]
 CONNECTION_PLAN: dict[str, Mode] = {

@@ -8,6 +8,7 @@ names the key (``marks.seen: must be an integer, got 'x'``), never a traceback.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +47,23 @@ class EncryptionConfig:
                                  AEADId.CHACHA20_POLY1305)
 
 
+#: Most worker processes ``queue.workers = 0`` (one per CPU) starts.
+MAX_AUTO_WORKERS = 8
+
+
 @dataclass(frozen=True)
 class QueueConfig:
     number: int = 0
     max_len: int = 1024
+    #: worker processes, each on its own queue ``number + k``; 0: one per CPU, at most
+    #: :data:`MAX_AUTO_WORKERS`
+    workers: int = 0
+
+    def worker_count(self) -> int:
+        """How many workers run: ``workers``, or for 0 the CPUs this process may use."""
+        if self.workers:
+            return self.workers
+        return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
 
 
 @dataclass(frozen=True)
@@ -208,6 +222,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
     "queue": (QueueConfig, {
         "number": _integer(0, 65535),
         "max_len": _integer(1, 65535),
+        "workers": _integer(0, 64),
     }),
     "marks": (MarksConfig, {"injected": _MARK, "seen": _MARK, "encrypted": _MARK,
                             "plain": _MARK}),

@@ -266,14 +266,14 @@ class PacketQueue:
             reply = self._sock.recv(8192)
             if len(reply) < _NLMSGHDR.size + 4:
                 continue
-            length, kind = _NLMSGHDR.unpack_from(reply)[:2]
-            if kind != NLMSG_ERROR:
+            if _NLMSGHDR.unpack_from(reply)[1] != NLMSG_ERROR:
                 continue
             error = -_ERRNO.unpack_from(reply, _NLMSGHDR.size)[0]
             if error:
-                raise QueueError(
-                    f"cannot bind NFQUEUE {self.queue_num}: {errno.errorcode.get(error, error)} "
-                    f"({'another program is bound to it' if error == errno.EBUSY else 'does the kernel have nfnetlink_queue and GSO queueing?'})")
+                hint = ("is another program bound to it?" if error == errno.EBUSY
+                        else "does the kernel have nfnetlink_queue with GSO queueing?")
+                raise QueueError(f"cannot bind NFQUEUE {self.queue_num}: "
+                                 f"{errno.errorcode.get(error, error)} ({hint})")
             return
 
     def _message(self, kind: int, flags: int, attributes: bytes) -> bytes:
