@@ -33,9 +33,10 @@ STATUS_TIMEOUT = 120.0
 
 @dataclass(frozen=True)
 class Mode:
-    """What carries the traffic: ``kind`` is plain, passthrough, tcpcryptd (both ends),
-    one_daemon (tcpcryptd in A only) or syn_passthrough (A queues only its SYN segments to a
-    pass-through)."""
+    """What carries the traffic: ``kind`` is plain, passthrough (NetfilterQueue),
+    passthrough_own / passthrough_gso (the daemon's binding without / with
+    ``NFQA_CFG_F_GSO``), tcpcryptd (both ends), one_daemon (tcpcryptd in A only) or
+    syn_passthrough (A queues only its SYN segments to a pass-through)."""
 
     kind: str
     tep: str = "X25519"
@@ -164,6 +165,10 @@ class BenchBed:
             if self.mode.kind == "passthrough":
                 for ns in (self.bed.a, self.bed.b):
                     self._start_passthrough(ns)
+            elif self.mode.kind in ("passthrough_own", "passthrough_gso"):
+                extra = ("--gso",) if self.mode.kind == "passthrough_gso" else ()
+                for ns in (self.bed.a, self.bed.b):
+                    self._start_passthrough(ns, "--binding", "own", *extra)
             elif self.mode.kind == "tcpcryptd":
                 for label in ("A", "B"):
                     self.daemons[label] = self._start_daemon(label)
