@@ -195,9 +195,11 @@ class Wire:
 
     def arrivals_now(self, direction: str, now: float) -> list[bytes]:
         """The packets of ``direction`` next in arrival order that arrive by ``now`` (GRO)."""
+        due = sorted((item for item in self._queue if item.arrival <= now),
+                     key=lambda item: (item.arrival, item.order))
         out = []
-        for item in sorted(self._queue):
-            if item.arrival > now or item.direction != direction:
+        for item in due:
+            if item.direction != direction:
                 break
             out.append(item.data)
         return out
