@@ -195,6 +195,24 @@ class ConnectionRun:
         return self.connections / self.seconds
 
 
+def _conntool_result(client: subprocess.Popen, server: subprocess.Popen, what: str,
+                     timeout: float) -> dict:
+    """The JSON a bench.conntool ``what`` run printed; the server is stopped either way."""
+    try:
+        out, _ = client.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        client.kill()
+        raise BedError(f"bench.conntool {what} did not finish") from exc
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    try:
+        return json.loads(out)
+    except json.JSONDecodeError as exc:
+        raise BedError(f"bench.conntool {what} printed no JSON (exit {client.returncode})"
+                       ) from exc
+
+
 def connection_rate(bed: BenchBed, count: int, seconds: float,
                     client: str = "A") -> ConnectionRun:
     """Sequential connect + 1-byte request/response + close from ``client`` to the other
@@ -203,18 +221,7 @@ def connection_rate(bed: BenchBed, count: int, seconds: float,
     rr = _conntool(bed.bed.ns(client), "rr", "--host", bed.address(_other(client)), "--port",
                    str(RR_PORT), "--count", str(count), "--seconds", str(seconds),
                    stdout=subprocess.PIPE)
-    try:
-        out, _ = rr.communicate(timeout=seconds + 120)
-    except subprocess.TimeoutExpired as exc:
-        rr.kill()
-        raise BedError("bench.conntool rr did not finish") from exc
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-    try:
-        result = json.loads(out)
-    except json.JSONDecodeError as exc:
-        raise BedError(f"bench.conntool rr printed no JSON (exit {rr.returncode})") from exc
+    result = _conntool_result(rr, server, "rr", seconds + 120)
     return ConnectionRun(result["connections"], result["failures"], result["seconds"],
                          result["latencies_ms"])
 
@@ -227,19 +234,7 @@ def exchange_rate(bed: BenchBed, seconds: float, connections: int = 4, size: int
     client = _conntool(bed.a, "exchange", "--host", bed.server_address, "--port", str(RR_PORT),
                        "--connections", str(connections), "--size", str(size), "--seconds",
                        str(seconds), stdout=subprocess.PIPE)
-    try:
-        out, _ = client.communicate(timeout=seconds + 60)
-    except subprocess.TimeoutExpired as exc:
-        client.kill()
-        raise BedError("bench.conntool exchange did not finish") from exc
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-    try:
-        result = json.loads(out)
-    except json.JSONDecodeError as exc:
-        raise BedError(f"bench.conntool exchange printed no JSON (exit {client.returncode})"
-                       ) from exc
+    result = _conntool_result(client, server, "exchange", seconds + 60)
     if result["mismatches"]:
         raise BedError(f"{result['mismatches']} answers differed from their requests")
     return result["exchanges"] / result["seconds"]

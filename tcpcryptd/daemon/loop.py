@@ -399,21 +399,6 @@ class Daemon:
                 key.fileobj.recv(512)  # type: ignore[union-attr]
             except BlockingIOError:
                 pass
-        elif key.data == "listen":
-            sock = control.accept()
-            if sock is not None:
-                selector.register(sock, selectors.EVENT_READ, "client")
         else:
-            fd = key.fd
-            if events & selectors.EVENT_READ:
-                control.readable(fd)
-            if events & selectors.EVENT_WRITE:
-                control.writable(fd)
-            if control.finished(fd):
-                selector.unregister(key.fileobj)
-                control.drop(fd)
-            else:   # reading waits while an answer or a buffered request is pending
-                wanted = selectors.EVENT_WRITE if control.wants_write(fd) else selectors.EVENT_READ
-                if wanted != key.events:
-                    selector.modify(key.fileobj, wanted, "client")
+            control.on_event(key, events, selector)
 
