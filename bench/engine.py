@@ -14,6 +14,12 @@ each measured operation runs on an established X25519/AES-128-GCM flow:
   part of outbound/inbound that is not the engine's), parse + seq/ack edit + incremental
   checksum ("codec: header", the same for ACK translation).
 
+Connection setup, per complete connection between the two engines (``--connections``, in
+batches of ``--connection-batch``): SYN, SYN-ACK, ACK + Init1, Init2, one data byte each way,
+FIN/ACK close (RFC 8547 §4, RFC 8548 §3.3-3.5), split into host A (the client) and host B,
+beside the X25519 key agreement the two hosts cannot avoid (each generates an ephemeral key
+pair and runs one exchange, RFC 8548 §5): the floor cryptography sets.
+
 Each figure is the best batch average (``--batch`` packets), so a busy machine shows less.
 
 Targets on the test machine (docs/benchmarks.md, "What is measured", item 5): outbound
@@ -27,8 +33,10 @@ import struct
 import time
 from collections.abc import Callable
 
+from tcpcryptd.core.constants import TEP
+from tcpcryptd.core.tep import key_agreement
 from tcpcryptd.engine import Direction, Engine, EngineConfig, Verdict
-from tcpcryptd.packet.tcp import ACK, PSH, SYN, TCPPacket, build
+from tcpcryptd.packet.tcp import ACK, FIN, PSH, SYN, TCPPacket, build
 
 _A, _B = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 _ISN_A, _ISN_B = 1_000_000, 5_000_000
@@ -92,6 +100,84 @@ class _Bed:
         return out
 
 
+class _Connections:
+    """Host A's and host B's engines running whole connections, each engine's time summed.
+
+    Every connection has its own client port; the stacks' packets are hand-built as in
+    :class:`_Bed` and everything the engines send is bounced until quiet.
+    """
+
+    def __init__(self) -> None:
+        config = EngineConfig()
+        self.a, self.b = Engine(config), Engine(config)
+        self.spent = {self.a: 0.0, self.b: 0.0}
+        self.now = 0.0
+
+    def _handle(self, engine: Engine, data: bytes, direction: Direction):
+        began = time.perf_counter()
+        result = engine.handle_packet(0, data, direction, self.now)
+        self.spent[engine] += time.perf_counter() - began
+        return result
+
+    def _exchange(self, sender: Engine, data: bytes) -> None:
+        """``data`` from ``sender``'s stack, and everything it causes, until quiet."""
+        receiver = self.b if sender is self.a else self.a
+        queue = [(receiver, r) for r in _Bed._wire(
+            self._handle(sender, data, Direction.OUTBOUND), data)]
+        while queue:
+            engine, packet = queue.pop(0)
+            result = self._handle(engine, packet, Direction.INBOUND)
+            other = self.a if engine is self.b else self.b
+            queue += [(other, t.data) for t in result.transmit
+                      if t.direction is Direction.OUTBOUND]
+            queue += [(other, r.data) for r in result.releases if r.accept and r.data]
+
+    def connection(self, port: int) -> None:
+        """One connection from A's ``port``: handshake, a byte each way, close."""
+        a, b, isn_a, isn_b = self.a, self.b, _ISN_A + port, _ISN_B + port
+        self._exchange(a, _seg(_A, _B, port, 80, isn_a, 0, SYN, options=_syn_options(1)))
+        self._exchange(b, _seg(_B, _A, 80, port, isn_b, isn_a + 1, SYN | ACK,
+                               options=_syn_options(1)))
+        self._exchange(a, _seg(_A, _B, port, 80, isn_a + 1, isn_b + 1, ACK))
+        self._exchange(a, _seg(_A, _B, port, 80, isn_a + 1, isn_b + 1, ACK | PSH, b"?"))
+        self._exchange(b, _seg(_B, _A, 80, port, isn_b + 1, isn_a + 2, ACK | PSH, b"!"))
+        self._exchange(a, _seg(_A, _B, port, 80, isn_a + 2, isn_b + 2, ACK | FIN))
+        self._exchange(b, _seg(_B, _A, 80, port, isn_b + 2, isn_a + 3, ACK | FIN))
+        self._exchange(a, _seg(_A, _B, port, 80, isn_a + 3, isn_b + 3, ACK))
+
+
+def _key_agreement(i: int, data: bytes) -> None:
+    """Both hosts' X25519 work for one connection: two key pairs, two exchanges."""
+    scheme = key_agreement(TEP.ECDHE_CURVE25519)
+    key_a, key_b = scheme.generate(), scheme.generate()
+    key_a.exchange(key_b.pub)
+    key_b.exchange(key_a.pub)
+
+
+def handshakes(count: int, batch: int) -> dict[str, float]:
+    """Microseconds per connection (best batch): both hosts, A, B and the key agreement."""
+    bed = _Connections()
+    best: dict[str, float] = {}
+    for first in range(0, count, batch):
+        before = dict(bed.spent)
+        for port in range(first, first + batch):
+            bed.connection(10000 + port)
+        per = {"host A": (bed.spent[bed.a] - before[bed.a]) / batch,
+               "host B": (bed.spent[bed.b] - before[bed.b]) / batch}
+        per["both hosts"] = per["host A"] + per["host B"]
+        per["key agreement"] = _timed([b""] * batch, _key_agreement)
+        for name, seconds in per.items():
+            best[name] = min(best.get(name, seconds), seconds)
+    if any(flow.state != "closed" for engine in (bed.a, bed.b) for flow in engine.flows()):
+        raise SystemExit("handshake benchmark: a connection did not close: "
+                         f"{[flow.state for flow in bed.a.flows()]}")
+    us = {name: seconds * 1e6 for name, seconds in best.items()}
+    for name in ("both hosts", "host A", "host B", "key agreement"):
+        print(f"{us[name]:9.1f} us  handshake per connection: {name}")
+    print(f"key agreement share {us['key agreement'] / us['both hosts']:.0%} of the connection")
+    return us
+
+
 def _report(label: str, seconds: list[float]) -> float:
     """Microseconds per packet: the best batch, robust against a busy machine."""
     elapsed = min(seconds) * 1e6
@@ -128,6 +214,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--count", type=int, default=20000, help="packets per measurement")
     parser.add_argument("--batch", type=int, default=200, help="packets per timed batch")
+    parser.add_argument("--connections", type=int, default=300,
+                        help="connections for the handshake figures")
+    parser.add_argument("--connection-batch", type=int, default=20,
+                        help="connections per timed batch")
     args = parser.parse_args(argv)
     bed = _Bed()
     a, b = bed.a, bed.b
@@ -171,7 +261,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             assert a.handle_packet(i, data, Direction.INBOUND, 1.0).verdict is Verdict.ACCEPT
 
         timings["ack translation"].append(_timed(acks, translate))
-    return {label: _report(label, seconds) for label, seconds in timings.items()}
+    costs = {label: _report(label, seconds) for label, seconds in timings.items()}
+    if args.connections:
+        costs.update({f"handshake: {name}": value for name, value in
+                      handshakes(args.connections, args.connection_batch).items()})
+    return costs
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ _SACK_BLOCK_LEN = 8
 # Kinds whose data are 32-bit numbers: added at an offset of 2 mod 4, so the numbers are
 # 32-bit aligned (the layout of RFC 7323 Appendix A and RFC 2018 §3).
 _WORD_ALIGNED_KINDS = frozenset((TS, SACK))
+#: The kinds the getters read, with the lengths :func:`_is_well_formed` checks.
+_READ_KINDS = frozenset((MSS, WS, SACK_PERM, TS, SACK, TFO))
 
 
 class OptionError(PacketError):
@@ -108,13 +110,32 @@ def _is_well_formed(kind: int, length: int) -> bool:
     return length == 2 or 6 <= length <= 18
 
 
-def _scan(raw: Buffer) -> tuple[list[tuple[int, int, int, int]], int]:
-    """Locate the options: ``[(kind, group_start, start, end)]`` and the end of the content.
+#: One walk of an option list: ``[(kind, group_start, start, end)]`` of every option, the end
+#: of the content, and ``{kind: [(start, end)]}`` of the well-formed ones the getters read.
+_Scan = tuple[list[tuple[int, int, int, int]], int, dict[int, list[tuple[int, int]]]]
+
+#: Walks of recent option lists, by their bytes: the engine reads several options of one
+#: packet (MSS, window scale, SACK-permitted, timestamps of a SYN) and edits them, so each
+#: list is walked once (docs/ARCHITECTURE.md "Hot path"). Emptied when full; a malformed
+#: list is never stored, so it raises again on every call.
+_SCANS: dict[bytes, _Scan] = {}
+_SCANS_MAX = 64
+
+
+def _scan(raw: Buffer) -> _Scan:
+    """Locate the options, checking the whole list (OptionError if malformed).
 
     ``group_start`` includes the NOPs right before the option; the content ends after the
-    last option (trailing NOPs, an EOL and what follows it are padding).
+    last option (trailing NOPs, an EOL and what follows it are padding). The result is
+    shared (cached for ``bytes``): callers never mutate it.
     """
+    cacheable = type(raw) is bytes
+    if cacheable:
+        scanned = _SCANS.get(raw)  # type: ignore[call-overload]
+        if scanned is not None:
+            return scanned
     items: list[tuple[int, int, int, int]] = []
+    found: dict[int, list[tuple[int, int]]] = {}
     n = len(raw)
     i = 0
     group_start = 0
@@ -131,10 +152,17 @@ def _scan(raw: Buffer) -> tuple[list[tuple[int, int, int, int]], int]:
         length = raw[i + 1]
         if length < 2 or i + length > n:
             raise OptionError(f"option kind {kind} with bad length {length}")
-        items.append((kind, group_start, i, i + length))
-        i += length
-        group_start = content_end = i
-    return items, content_end
+        end = i + length
+        items.append((kind, group_start, i, end))
+        if kind in _READ_KINDS and _is_well_formed(kind, length):
+            found.setdefault(kind, []).append((i, end))
+        i = group_start = content_end = end
+    scanned = (items, content_end, found)
+    if cacheable:
+        if len(_SCANS) >= _SCANS_MAX:
+            _SCANS.clear()
+        _SCANS[raw] = scanned  # type: ignore[index]
+    return scanned
 
 
 def parse(raw: Buffer) -> list[tuple[int, bytes]]:
@@ -142,35 +170,18 @@ def parse(raw: Buffer) -> list[tuple[int, bytes]]:
 
     ``data`` excludes the kind and length bytes.
     """
-    items, _ = _scan(raw)
-    return [(kind, bytes(raw[start + 2 : end])) for kind, _, start, end in items]
+    return [(kind, bytes(raw[start + 2 : end])) for kind, _, start, end in _scan(raw)[0]]
+
+
+_NONE_FOUND: list[tuple[int, int]] = []
 
 
 def _find(raw: Buffer, kind: int) -> list[tuple[int, int]]:
-    """(start, end) of every well-formed option of ``kind``, in order.
+    """(start, end) of every well-formed option of ``kind``, in order (shared: not mutated).
 
-    The whole list is checked (OptionError if malformed). A walk of its own rather than
-    :func:`_scan`, because getters run per packet.
+    The whole list is checked (OptionError if malformed).
     """
-    found = []
-    n = len(raw)
-    i = 0
-    while i < n:
-        k = raw[i]
-        if k == EOL:
-            break
-        if k == NOP:
-            i += 1
-            continue
-        if i + 1 >= n:
-            raise OptionError(f"option kind {k} without a length byte")
-        length = raw[i + 1]
-        if length < 2 or i + length > n:
-            raise OptionError(f"option kind {k} with bad length {length}")
-        if k == kind and _is_well_formed(k, length):
-            found.append((i, i + length))
-        i += length
-    return found
+    return _scan(raw)[2].get(kind, _NONE_FOUND)
 
 
 def mss(raw: Buffer) -> int | None:
@@ -224,8 +235,7 @@ def eno_options(raw: Buffer) -> list[bytes]:
     All of them, because a SYN with more than one ENO option disables ENO (RFC 8547 §4.1);
     each is the exact bytes the transcript needs (RFC 8547 §4.8).
     """
-    items, _ = _scan(raw)
-    return [bytes(raw[start:end]) for kind, _, start, end in items if kind == ENO]
+    return [bytes(raw[start:end]) for kind, _, start, end in _scan(raw)[0] if kind == ENO]
 
 
 def _pad(content: bytes) -> bytes:
@@ -256,14 +266,14 @@ def add(raw: Buffer, option: bytes) -> bytes:
     """
     if len(option) < 2 or option[0] in (EOL, NOP) or option[1] != len(option):
         raise ValueError("not a single TCP option with a matching length byte")
-    _, content_end = _scan(raw)
+    content_end = _scan(raw)[1]
     return _pad(_append(bytes(raw[:content_end]), option))
 
 
 def _without(raw: Buffer, kind: int) -> bytes:
     """The option content of ``raw`` (no trailing padding) without any option of ``kind``."""
-    items, _ = _scan(raw)
-    return b"".join(bytes(raw[group_start:end]) for k, group_start, _, end in items if k != kind)
+    return b"".join(bytes(raw[group_start:end])
+                    for k, group_start, _, end in _scan(raw)[0] if k != kind)
 
 
 def remove(raw: Buffer, kind: int) -> bytes:
@@ -294,7 +304,7 @@ def replace_sack(raw: Buffer, blocks: Sequence[tuple[int, int]]) -> bytes:
     RFC 2018 §4 has the first block report the most recent segment and lets a receiver send
     fewer blocks than it holds. So this never raises OptionSpaceError.
     """
-    items, _ = _scan(raw)
+    items = _scan(raw)[0]
     sacks = [(start, end) for kind, _, start, end in items if kind == SACK]
     if len(sacks) == 1 and sacks[0][1] - sacks[0][0] == 2 + len(blocks) * _SACK_BLOCK_LEN:
         # The common case of ACK translation: every block mapped, rewrite in place.

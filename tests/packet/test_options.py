@@ -299,3 +299,28 @@ def test_fuzz_any_bytes_parse_or_option_error(raw: bytes) -> None:
     options.sack_blocks(raw)
     options.timestamps(raw)
     options.eno_options(raw)
+
+
+def _readings(raw: bytes | bytearray | memoryview) -> tuple[object, ...]:
+    return (options.parse(raw), options.mss(raw), options.wscale(raw),
+            options.sack_permitted(raw), options.sack_blocks(raw), options.timestamps(raw),
+            options.tfo(raw), options.eno_options(raw), options.set_mss(raw, 1000),
+            options.remove(raw, options.TS))
+
+
+@SETTINGS
+@given(st.lists(option_lists.map(padded), min_size=1, max_size=80))
+def test_walks_reused_per_list_read_as_fresh_ones(lists: list[bytes]) -> None:
+    """A list's walk is kept and reused (bytes only): every reading equals the one from an
+    uncached buffer of the same bytes, whatever was read before, also past the cache size."""
+    for raw in lists + lists[::-1]:
+        assert _readings(raw) == _readings(bytearray(raw)) == _readings(memoryview(raw))
+
+
+def test_malformed_list_raises_on_every_read() -> None:
+    raw = b"\x02\x04\x05\xb4\x08\x0b" + bytes(6)
+    for _ in range(2):
+        with pytest.raises(OptionError):
+            options.mss(raw)
+        with pytest.raises(OptionError):
+            options.add(raw, b"\x45\x02")
