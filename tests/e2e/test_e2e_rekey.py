@@ -1,0 +1,163 @@
+"""Rekeying on real connections (RFC 8548 §3.8): a duplex transfer through two daemons with
+a small ``rekey.bytes``, under 1% loss (iptables statistic DROP in the router).
+
+Both ends send 3 MB at once over one connection; each must receive the other's bytes intact
+(sha256 both ends). The capture must show the rekey bit in both directions, at least twice
+each on frames that carry data (each host starting generations itself) -- read straight from
+the wire stream, Init message then frames -- the key generations must be the same at both
+ends' status counters, and ``tcpcryptd decode`` with either daemon's key log (one line per
+generation) decrypts the whole capture across the rekeys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from e2e_support import TRANSFER_TIMEOUT, E2E, counter
+from test_e2e_decode import stop_when_captured
+
+from tcpcryptd.core.frame import CONTROL_REKEY, HEADER_LEN, MIN_CLEN
+from tcpcryptd.packet.tcp import SYN
+from testbed import make_payload, pcap_segments, sha256_file, tcpcryptd_command
+
+pytestmark = pytest.mark.e2e
+
+PORT = 5301
+SIZE = 3_000_000
+REKEY_BYTES = 400_000
+
+#: One end of the duplex transfer: sends ``send`` while it receives into ``recv`` until EOF.
+DUPLEX = r"""
+import socket, sys, threading
+role, host, port, send, recv = sys.argv[1:6]
+if role == "serve":
+    listener = socket.create_server((host, int(port)))
+    sock, _ = listener.accept()
+else:
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    sock.settimeout(None)
+def sender():
+    with open(send, "rb") as f:
+        sock.sendall(f.read())
+    sock.shutdown(socket.SHUT_WR)
+thread = threading.Thread(target=sender)
+thread.start()
+with open(recv, "wb") as out:
+    while chunk := sock.recv(65536):
+        out.write(chunk)
+thread.join()
+sock.close()
+"""
+
+
+def _keylog_daemons(e2e: E2E) -> dict[str, Path]:
+    keylogs = {}
+    for label in ("A", "B"):
+        keylogs[label] = e2e.bed.workdir / f"{label}.keys"
+        config = e2e.bed.workdir / f"{label}-rekey.toml"
+        config.write_text(f'[rekey]\nbytes = {REKEY_BYTES}\n\n'
+                          f'[log]\nkeylog = "{keylogs[label]}"\n')
+        e2e.bed.daemon(label, ["--config", str(config)])
+    return keylogs
+
+
+def _wire_streams(pcap: Path) -> dict[int, bytes]:
+    """Each direction's wire stream on PORT (keyed by source port), first copy of each byte."""
+    isn: dict[int, int] = {}
+    bytes_at: dict[int, dict[int, int]] = {}
+    for seg in pcap_segments(pcap):
+        if seg is None or PORT not in (seg.sport, seg.dport):
+            continue
+        if seg.flags & SYN:
+            isn.setdefault(seg.sport, seg.seq)
+            continue
+        if seg.sport not in isn:
+            continue
+        stream = bytes_at.setdefault(seg.sport, {})
+        offset = (seg.seq - isn[seg.sport] - 1) & 0xFFFFFFFF
+        for k, byte in enumerate(bytes(seg.payload)):
+            stream.setdefault(offset + k, byte)
+    out = {}
+    for sport, stream in bytes_at.items():
+        data = bytearray()
+        while len(data) in stream:
+            data.append(stream[len(data)])
+        out[sport] = bytes(data)
+    return out
+
+
+def _rekey_frames(wire: bytes) -> tuple[int, int, int]:
+    """(frames, rekey frames with data, empty rekey frames) of one wire stream."""
+    pos = struct.unpack_from("!I", wire, 4)[0]   # Init message: magic, message_len
+    frames = with_data = empty = 0
+    while pos + HEADER_LEN <= len(wire):
+        clen = struct.unpack_from("!H", wire, pos + 1)[0]
+        frames += 1
+        if wire[pos] & CONTROL_REKEY:
+            if clen > MIN_CLEN:
+                with_data += 1
+            else:
+                empty += 1
+        pos += HEADER_LEN + clen
+    return frames, with_data, empty
+
+
+def test_duplex_transfer_crosses_rekeys_in_both_directions_under_loss(e2e: E2E) -> None:
+    keylogs = _keylog_daemons(e2e)
+    daemon_a, daemon_b = e2e.bed.daemons
+    e2e.bed.forward_loss(0.01)
+    work = e2e.bed.workdir
+    sources = {}
+    for label, seed in (("A", 1), ("B", 2)):
+        sources[label] = work / f"duplex-{label}.bin"
+        sources[label].write_bytes(make_payload(SIZE, e2e.marker, seed=seed))
+    capture = e2e.bed.capture("rekey")
+    server = e2e.bed.ns("B").popen(
+        [sys.executable, "-c", DUPLEX, "serve", "0.0.0.0", str(PORT), str(sources["B"]),
+         str(work / "B-got.bin")])
+    e2e.bed.ns("B").wait_listening(PORT)
+    started = time.monotonic()
+    client = e2e.bed.ns("A").run(
+        sys.executable, "-c", DUPLEX, "connect", e2e.bed.addr("B"), str(PORT),
+        str(sources["A"]), str(work / "A-got.bin"), check=False, timeout=TRANSFER_TIMEOUT)
+    assert client.returncode == 0, client.stderr.decode(errors="replace")
+    assert server.wait(timeout=TRANSFER_TIMEOUT - (time.monotonic() - started)) == 0
+    stop_when_captured(capture, fins=2)
+    # intact both ways, sha256 at both ends
+    assert sha256_file(work / "B-got.bin") == sha256_file(sources["A"])
+    assert sha256_file(work / "A-got.bin") == sha256_file(sources["B"])
+    e2e.assert_encrypted(capture.analyze(e2e.marker, ports=(PORT,)))
+    assert e2e.bed.loss_drops() > 0
+    # the rekey bit on the wire, both directions, each host starting generations itself
+    streams = _wire_streams(capture.path)
+    assert len(streams) == 2
+    for sport, wire in streams.items():
+        frames, with_data, empty = _rekey_frames(wire)
+        assert with_data >= 2, (sport, frames, with_data, empty)
+    generations = counter(daemon_a, "rekeys")
+    assert generations >= 4 and counter(daemon_b, "rekeys") == generations
+    for daemon in (daemon_a, daemon_b):
+        assert counter(daemon, "aborts") == 0
+    # the key logs: a line per generation, and decode follows the capture across the rekeys
+    for label, keylog in keylogs.items():
+        lines = keylog.read_text().splitlines()
+        assert sorted(int(line.split()[7]) for line in lines) == list(range(generations + 1))
+        done = subprocess.run([*tcpcryptd_command(), "decode", str(capture.path), "--keylog",
+                               str(keylog), "--json"], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        (conn,) = [c for c in json.loads(done.stdout)["connections"]
+                   if c["server"].endswith(f":{PORT}")]
+        assert conn["status"] == "decrypted"
+        for direction in conn["directions"]:
+            assert direction["frames_failed"] == 0 and direction["rekeys"] >= 2, direction
+            sent_by = "A" if direction["from"].startswith(e2e.bed.addr("A") + ":") else "B"
+            assert direction["sha256"] == hashlib.sha256(
+                sources[sent_by].read_bytes()).hexdigest()
