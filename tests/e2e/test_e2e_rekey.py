@@ -146,7 +146,7 @@ def test_duplex_transfer_crosses_rekeys_in_both_directions_under_loss(e2e: E2E) 
     for daemon in (daemon_a, daemon_b):
         assert counter(daemon, "aborts") == 0
     # the key logs: a line per generation, and decode follows the capture across the rekeys
-    for label, keylog in keylogs.items():
+    for keylog in keylogs.values():
         lines = keylog.read_text().splitlines()
         assert sorted(int(line.split()[7]) for line in lines) == list(range(generations + 1))
         done = subprocess.run([*tcpcryptd_command(), "decode", str(capture.path), "--keylog",

@@ -113,7 +113,8 @@ def test_rekey_fast_path_gives_the_same_bytes() -> None:
     for fast_path in (True, False):
         log: list = []
         config = EngineConfig(rekey_bytes=REKEY_BYTES, random=random.Random(1).randbytes)
-        assert not check(run(scenario, engine_factory=lambda: _Recorder(log, config, fast_path)))
+        assert not check(run(scenario, engine_factory=lambda log=log, config=config, fast=fast_path:
+                                 _Recorder(log, config, fast)))
         logs.append(log)
     assert len(logs[0]) == len(logs[1])
     for k, (fast, full) in enumerate(zip(*logs)):
