@@ -197,3 +197,40 @@ def test_zero_window_probe_stays_a_plain_probe():
     assert not len(pkt.payload)
     assert pkt.seq == (ISN_A + 1 + INIT1_LEN + 30 - 1) & M32
     assert _flow(a).session.local_generation == 0
+
+
+def test_keepalive_announces_a_pending_generation_without_starting_another():
+    """A generation started by data that never got sealed (the segment was dropped) is
+    announced by the keep-alive's empty frame: one new generation, not two."""
+    config = EngineConfig(rekey_bytes=50)
+    pair = Pair(config, config)
+    pair.handshake()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK | PSH, b"p" * 40))
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 41, ACK))
+    # new data beyond a gap: the limit is reached, generation 1 starts, the segment is dropped
+    result, wire = pair.send(a, a.seg(ISN_A + 51, ISN_B + 1, ACK | PSH, b"q" * 10))
+    assert wire == [] and a.engine.counters["drops_local-gap"] == 1
+    assert _flow(a).session.rekey_pending
+    pair.send(a, a.seg(ISN_A + 40, ISN_B + 1, ACK))   # the stack's keep-alive
+    for host in (a, b):
+        session = _flow(host).session
+        assert (session.local_generation, session.remote_generation) == (1, 1)
+        assert [e.generation for e in _rekeyed(host)] == [1]
+    assert [bit for _, bit, length in _frames(pair.wire, a.port)] == [False, True]
+
+
+def test_keepalive_after_our_finp_frame_stays_a_tcp_keepalive():
+    """No frame may follow the FINp frame (§3.7): a probe at snd.una - 1 then passes as a
+    plain TCP keep-alive (translated, no payload), which §3.9 allows."""
+    pair = Pair()
+    pair.handshake()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK | PSH, b"f" * 10))
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 11, ACK))
+    pair.send(a, a.seg(ISN_A + 11, ISN_B + 1, ACK | 0x01))   # bare FIN: an empty FINp frame
+    assert _flow(a).session.fin_sent
+    result, (probe,) = pair.send(a, a.seg(ISN_A + 10, ISN_B + 1, ACK), deliver=False)
+    pkt = TCPPacket.parse(probe)
+    assert not len(pkt.payload) and _flow(a).session.local_generation == 0
+    assert a.engine.counters["keepalive_rekeys"] == 0
