@@ -9,8 +9,9 @@ The ``[limits]`` section is the engine's own limits: :data:`LIMITS` names which
 :class:`~tcpcryptd.engine.config.EngineConfig` fields a user may set and the range accepted;
 their types and defaults are EngineConfig's (``LimitsConfig`` is made from its fields). The
 other EngineConfig fields are no config key: the algorithms come from ``[encryption]``
-(:func:`engine_config`), the rekeying limits from ``[rekey]``, the protocol timers (RTO bounds, linger, challenge-ACK rate) and
-injected objects keep the engine's defaults.
+(:func:`engine_config`), the rekeying limits from ``[rekey]``, the policy from
+``[policy]``; the protocol timers (RTO bounds, linger, challenge-ACK rate) and injected
+objects keep the engine's defaults.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from tcpcryptd.core.constants import TEP, AEADId
 from tcpcryptd.daemon.errors import ConfigError
 from tcpcryptd.engine.config import EngineConfig
+from tcpcryptd.engine.policy import Mode, Policy, Rule
 
 #: Where ``tcpcryptd`` looks for its configuration when no ``--config`` is given.
 DEFAULT_CONFIG_PATH = Path("/etc/tcpcryptd/tcpcryptd.toml")
@@ -88,6 +90,15 @@ class RekeyConfig:
 @dataclass(frozen=True)
 class ControlConfig:
     socket: str = DEFAULT_CONTROL_PATH
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """``[policy]``: the mode of connections no rule matches, and the rules
+    (:mod:`tcpcryptd.engine.policy`)."""
+
+    default: Mode = Mode.PREFER
+    rules: tuple[Rule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -215,6 +226,56 @@ def _listen(key: str, value: Any) -> str:
 
 
 _MARK = _integer(1, 0xFFFFFFFF)
+MODES = tuple(str(mode) for mode in Mode)
+_PORT = _integer(1, 65535)
+#: Keys of one ``policy.rules`` entry (``mode`` required, at least one selector).
+RULE_KEYS = ("mode", "peer", "local_port", "remote_port")
+
+
+def _mode(key: str, value: Any) -> Mode:
+    return Mode(_choice(MODES)(key, value))
+
+
+def _prefix(key: str, value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    text = _string(key, value)
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: not an address or prefix ({exc})") from None
+
+
+def _rules(key: str, value: Any) -> tuple[Rule, ...]:
+    """``policy.rules``: a list of tables ``{mode, peer?, local_port?, remote_port?}``."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be a list of tables ([[policy.rules]]), got {value!r}")
+    rules: list[Rule] = []
+    seen: dict[tuple, int] = {}
+    for index, entry in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a table with mode and selectors, got {entry!r}")
+        unknown = sorted(set(entry) - set(RULE_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: "
+                              f"{', '.join(RULE_KEYS)})")
+        if "mode" not in entry:
+            raise ConfigError(f"{where}: needs a mode ({', '.join(MODES)})")
+        if len(entry) == 1:
+            raise ConfigError(f"{where}: needs peer, local_port or remote_port (policy.default "
+                              f"sets the mode of every other connection)")
+        rule = Rule(mode=_mode(f"{where}.mode", entry["mode"]),
+                    peer=_prefix(f"{where}.peer", entry["peer"]) if "peer" in entry else None,
+                    local_port=(_PORT(f"{where}.local_port", entry["local_port"])
+                                if "local_port" in entry else None),
+                    remote_port=(_PORT(f"{where}.remote_port", entry["remote_port"])
+                                 if "remote_port" in entry else None))
+        selectors = (rule.peer, rule.local_port, rule.remote_port)
+        if selectors in seen:
+            raise ConfigError(f"{where}: selects the same connections as {key}[{seen[selectors]}]")
+        seen[selectors] = index
+        rules.append(rule)
+    return tuple(rules)
+
 
 #: The ``[limits]`` keys: the EngineConfig fields a user may set, each with the range it
 #: accepts. Name, type and default are EngineConfig's; conf/tcpcryptd.toml documents them.
@@ -247,6 +308,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rekey: RekeyConfig = field(default_factory=RekeyConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
@@ -273,6 +335,10 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
     "control": (ControlConfig, {"socket": _path}),
     "limits": (LimitsConfig, LIMITS),
     "rekey": (RekeyConfig, {"bytes": _integer(0, 1 << 62), "interval": _seconds(0.0, 365 * 86400.0)}),
+    "policy": (PolicyConfig, {
+        "default": _mode,
+        "rules": _rules,
+    }),
     "log": (LogConfig, {"level": _choice(LOG_LEVELS), "keylog": _string}),
     "metrics": (MetricsConfig, {"listen": _listen}),
 }
@@ -348,4 +414,5 @@ def engine_config(config: Config) -> EngineConfig:
         rekey_bytes=config.rekey.bytes,
         rekey_interval=config.rekey.interval,
         **{name: getattr(config.limits, name) for name in LIMITS},
+        policy=Policy(config.policy.rules, config.policy.default),
     )

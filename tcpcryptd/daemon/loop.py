@@ -8,6 +8,7 @@ verdicts, deferred verdicts and raw-socket sends, and passes ``time.monotonic()`
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import selectors
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 from tcpcryptd import __version__
 from tcpcryptd.daemon import status as status_view
 from tcpcryptd.daemon.config import Config
-from tcpcryptd.daemon.control import ControlServer, Request, Response
+from tcpcryptd.daemon.control import Caller, ControlServer, Request, Response
 from tcpcryptd.daemon.errors import ControlError
 from tcpcryptd.daemon.heap import HeapTrimmer
 from tcpcryptd.daemon.nfqueue import (
@@ -33,9 +34,11 @@ from tcpcryptd.daemon.nfqueue import (
     truncated,
 )
 from tcpcryptd.daemon.rawsock import InjectError
+from tcpcryptd.daemon.sockdiag import DiagError, socket_owner
 from tcpcryptd.engine.actions import Direction, Result, Verdict
 from tcpcryptd.engine.config import EngineConfig
 from tcpcryptd.engine.events import Event
+from tcpcryptd.packet.tcp import FlowKey
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ class FlowEngine(Protocol):
     def shutdown(self, now: float) -> Result: ...
     def next_deadline(self) -> float | None: ...
     def flows(self, now: float | None = None) -> list[Any]: ...
+    def flow_status(self, key: FlowKey, now: float | None = None) -> Any: ...
 
 
 class Sender(Protocol):
@@ -205,14 +209,18 @@ class Daemon:
 
     def __init__(self, config: Config, engine: FlowEngine, path: PacketPath,
                  firewall_backend: str, clock: Callable[[], float] = time.monotonic,
-                 kernel_counters: Callable[[], dict[str, int]] = dict) -> None:
+                 kernel_counters: Callable[[], dict[str, int]] = dict,
+                 owner: Callable[[tuple[str, int], tuple[str, int]], int | None] = socket_owner
+                 ) -> None:
         """``kernel_counters`` reads what the firewall counted without the daemon (added to
-        the status counters)."""
+        the status counters); ``owner`` finds the uid owning a local TCP socket by 4-tuple
+        (None: no such socket), for the ``session`` request."""
         self.config = config
         self.engine = engine
         self.path = path
         self.firewall_backend = firewall_backend
         self.kernel_counters = kernel_counters
+        self.owner = owner
         self.enabled = engine.config.enabled
         self.clock = clock
         self.started = clock()
@@ -221,7 +229,10 @@ class Daemon:
 
     # ---- control requests
 
-    def handle(self, request: Request) -> Response:
+    def handle(self, request: Request, caller: Caller | None = None) -> Response:
+        """Answer one control request; ``caller`` is the control connection's peer (None: an
+        in-process call, trusted). Which commands a caller may send at all is the control
+        server's check (:data:`~tcpcryptd.daemon.control.OPEN_COMMANDS`)."""
         command = request["command"]
         if command == "ping":
             return {"ok": True, "pid": os.getpid(), "version": __version__}
@@ -234,6 +245,8 @@ class Daemon:
             return {"ok": True, "enabled": self.enabled}
         if command == "status":
             return {"ok": True, **self.status(status_view.StatusQuery.from_request(request))}
+        if command == "session":
+            return self._session(request, caller)
         return self._session_id(request)
 
     def status(self, query: status_view.StatusQuery = status_view.StatusQuery()
@@ -282,6 +295,32 @@ class Daemon:
         flow = with_id[0]
         return {"ok": True, "session_id": flow["session_id"], "local": flow["local"],
                 "remote": flow["remote"]}
+
+    def _session(self, request: Request, caller: Caller | None) -> Response:
+        """The TCPINC API request: the tcpcrypt state of one connection by its 4-tuple.
+
+        A caller that is not privileged gets an answer only for a connection whose local
+        socket it owns (the socket's uid, found with sock_diag); root gets one for any
+        connection the engine or the kernel knows. A connection the kernel has but the
+        engine does not track was left plain (plain connections cost the engine no state).
+        """
+        local, remote = status_view.four_tuple(request)
+        try:
+            uid = self.owner(local, remote)
+        except (DiagError, OSError) as exc:
+            raise ControlError(f"cannot look up the socket's owner: {exc.strerror or exc}"
+                               ) from None
+        if caller is not None and not caller.privileged and (uid is None or uid != caller.uid):
+            raise ControlError(f"permission denied: no connection "
+                               f"{status_view.join_endpoint(*local)} -> "
+                               f"{status_view.join_endpoint(*remote)} owned by uid {caller.uid}")
+        local_ip, remote_ip = ipaddress.ip_address(local[0]), ipaddress.ip_address(remote[0])
+        flow = self.engine.flow_status((local_ip.version, local_ip.packed, local[1],
+                                        remote_ip.packed, remote[1]), self.clock())
+        if flow is None and uid is None:
+            raise ControlError("no such connection")
+        wanted = (status_view.join_endpoint(*local), status_view.join_endpoint(*remote))
+        return {"ok": True, **status_view.tcpinc_json(wanted, flow)}
 
     # ---- the loop
 

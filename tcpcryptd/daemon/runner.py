@@ -12,7 +12,7 @@ from tcpcryptd.daemon.control import ControlServer
 from tcpcryptd.daemon.errors import DaemonError
 from tcpcryptd.daemon.firewall import Firewall, Removal, RuleSpec, detect_backend
 from tcpcryptd.daemon import nftables
-from tcpcryptd.daemon.nftables import OffloadSpec
+from tcpcryptd.daemon.nftables import OffloadSpec, require_selectors
 from tcpcryptd.daemon.heap import HeapTrimmer, glibc_malloc_trim
 from tcpcryptd.daemon.keylog import KeyLog
 from tcpcryptd.daemon.logsetup import setup_logging
@@ -31,7 +31,9 @@ def rule_spec(config: Config) -> RuleSpec:
     marks = config.marks
     offload = OffloadSpec(marks.injected, marks.seen, marks.encrypted, marks.plain,
                           timeout=max(1, round(config.limits.idle_timeout)),
-                          max_elements=config.firewall.offload_max)
+                          max_elements=config.firewall.offload_max,
+                          queued_syns=require_selectors(config.policy.rules,
+                                                        config.policy.default))
     return RuleSpec(config.queue.number, offload, config.firewall.skip_ports)
 
 
