@@ -33,7 +33,9 @@ A host has one local generation (the key set it encrypts with) and one remote ge
   retransmission give up (``max_retransmits``) and the connection is aborted.  At most one
   such empty-frame rekey is outstanding (§3.8 "MUST NOT initiate ... more than once while
   its record of the remote generation number is less than its own"): further probes while
-  it waits are dropped, the outstanding frame's own retransmission probes for them.
+  it waits are dropped, the outstanding frame's own retransmission probes for them.  Once
+  either end's FINp frame is out no rekey can be answered (§3.7, §3.8): keep-alives then
+  pass as plain TCP keep-alives.
 """
 
 from __future__ import annotations
@@ -110,14 +112,15 @@ def on_rekey_frame(ctx: Context, flow: Flow, frame: Frame, followed: bool, now: 
 def keepalive(ctx: Context, flow: Flow, now: float, result: Result) -> bool:
     """The stack's keep-alive probe (§3.9): probe with an empty rekey frame instead.
 
-    False when the probe cannot be replaced (our FINp frame is out: no frame may follow it,
-    §3.7); the caller then passes the TCP keep-alive as it is (§3.9 allows TCP keep-alives
-    where endpoint authentication is not needed).  True otherwise: the stack's segment is
+    False when the probe cannot be replaced: our FINp frame is out (no frame may follow it,
+    §3.7), or the peer's is in (a host that sent its FIN does not answer a rekey, §3.8).
+    The caller then passes the TCP keep-alive as it is (§3.9 allows TCP keep-alives where
+    endpoint authentication is not needed).  True otherwise: the stack's segment is
     to be dropped (an empty-frame rekey already waits for its answer, or one went out now).
     """
     session = flow.session
     assert session is not None
-    if session.fin_sent:
+    if session.fin_sent or flow.rx_finp:
         return False
     if session.rekey_pending or session.may_initiate_empty_rekey:
         initiate(ctx, flow, now, result)

@@ -222,7 +222,8 @@ def test_keepalive_announces_a_pending_generation_without_starting_another():
 
 def test_keepalive_after_our_finp_frame_stays_a_tcp_keepalive():
     """No frame may follow the FINp frame (§3.7): a probe at snd.una - 1 then passes as a
-    plain TCP keep-alive (translated, no payload), which §3.9 allows."""
+    plain TCP keep-alive (translated, no payload), which §3.9 allows.  The same after the
+    peer's FINp frame: the peer would not answer a rekey (§3.8)."""
     pair = Pair()
     pair.handshake()
     a, b = pair.a, pair.b
@@ -234,3 +235,9 @@ def test_keepalive_after_our_finp_frame_stays_a_tcp_keepalive():
     pkt = TCPPacket.parse(probe)
     assert not len(pkt.payload) and _flow(a).session.local_generation == 0
     assert a.engine.counters["keepalive_rekeys"] == 0
+    # B, which received A's FINp frame, probes in plain TCP as well
+    pair.send(b, b.seg(ISN_B + 1, ISN_A + 12, ACK | PSH, b"g" * 5))
+    pair.send(a, a.seg(ISN_A + 12, ISN_B + 6, ACK))
+    result, (probe,) = pair.send(b, b.seg(ISN_B + 5, ISN_A + 12, ACK), deliver=False)
+    assert not len(TCPPacket.parse(probe).payload)
+    assert b.engine.counters["keepalive_rekeys"] == 0 and _flow(b).rx_finp
