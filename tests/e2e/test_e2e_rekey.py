@@ -1,4 +1,6 @@
-"""Rekeying on real connections (RFC 8548 §3.8): a duplex transfer through two daemons with
+"""Rekeying (RFC 8548 §3.8) and keep-alive (§3.9) on real connections.
+
+Rekeying: a duplex transfer through two daemons with
 a small ``rekey.bytes``, under 1% loss (iptables statistic DROP in the router).
 
 Both ends send 3 MB at once over one connection; each must receive the other's bytes intact
@@ -7,6 +9,9 @@ each on frames that carry data (each host starting generations itself) -- read s
 the wire stream, Init message then frames -- the key generations must be the same at both
 ends' status counters, and ``tcpcryptd decode`` with either daemon's key log (one line per
 generation) decrypts the whole capture across the rekeys.
+
+Keep-alive: both kernels probe an idle encrypted connection with TCP keep-alives; the
+daemons turn them into empty-frame rekeys whose answers keep the connection alive.
 """
 
 from __future__ import annotations
@@ -32,17 +37,25 @@ PORT = 5301
 SIZE = 3_000_000
 REKEY_BYTES = 400_000
 
-#: One end of the duplex transfer: sends ``send`` while it receives into ``recv`` until EOF.
+#: One end of the duplex transfer: sends ``send`` while it receives into ``recv`` until EOF;
+#: with ``idle`` > 0 it first keeps the connection idle that many seconds with TCP
+#: keep-alives every second (the kernel's probes, nothing the program writes).
 DUPLEX = r"""
-import socket, sys, threading
-role, host, port, send, recv = sys.argv[1:6]
+import socket, sys, threading, time
+role, host, port, send, recv, idle = sys.argv[1:7]
 if role == "serve":
     listener = socket.create_server((host, int(port)))
     sock, _ = listener.accept()
 else:
     sock = socket.create_connection((host, int(port)), timeout=60)
     sock.settimeout(None)
+if float(idle):
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2)
 def sender():
+    time.sleep(float(idle))
     with open(send, "rb") as f:
         sock.sendall(f.read())
     sock.shutdown(socket.SHUT_WR)
@@ -54,6 +67,30 @@ with open(recv, "wb") as out:
 thread.join()
 sock.close()
 """
+
+
+def _duplex(e2e: E2E, size: int, idle: float = 0.0) -> dict[str, Path]:
+    """A duplex transfer A <-> B of ``size`` bytes each way; intact both ways (sha256 both
+    ends). Returns what each end sent."""
+    work = e2e.bed.workdir
+    sources = {}
+    for label, seed in (("A", 1), ("B", 2)):
+        sources[label] = work / f"duplex-{label}.bin"
+        sources[label].write_bytes(make_payload(size, e2e.marker, seed=seed))
+    server = e2e.bed.ns("B").popen(
+        [sys.executable, "-c", DUPLEX, "serve", "0.0.0.0", str(PORT), str(sources["B"]),
+         str(work / "B-got.bin"), str(idle)])
+    e2e.bed.ns("B").wait_listening(PORT)
+    started = time.monotonic()
+    client = e2e.bed.ns("A").run(
+        sys.executable, "-c", DUPLEX, "connect", e2e.bed.addr("B"), str(PORT),
+        str(sources["A"]), str(work / "A-got.bin"), str(idle), check=False,
+        timeout=TRANSFER_TIMEOUT)
+    assert client.returncode == 0, client.stderr.decode(errors="replace")
+    assert server.wait(timeout=TRANSFER_TIMEOUT - (time.monotonic() - started)) == 0
+    assert sha256_file(work / "B-got.bin") == sha256_file(sources["A"])
+    assert sha256_file(work / "A-got.bin") == sha256_file(sources["B"])
+    return sources
 
 
 def _keylog_daemons(e2e: E2E) -> dict[str, Path]:
@@ -125,26 +162,9 @@ def test_duplex_transfer_crosses_rekeys_in_both_directions_under_loss(e2e: E2E) 
     keylogs = _keylog_daemons(e2e)
     daemon_a, daemon_b = e2e.bed.daemons
     e2e.bed.forward_loss(0.01)
-    work = e2e.bed.workdir
-    sources = {}
-    for label, seed in (("A", 1), ("B", 2)):
-        sources[label] = work / f"duplex-{label}.bin"
-        sources[label].write_bytes(make_payload(SIZE, e2e.marker, seed=seed))
     capture = e2e.bed.capture("rekey")
-    server = e2e.bed.ns("B").popen(
-        [sys.executable, "-c", DUPLEX, "serve", "0.0.0.0", str(PORT), str(sources["B"]),
-         str(work / "B-got.bin")])
-    e2e.bed.ns("B").wait_listening(PORT)
-    started = time.monotonic()
-    client = e2e.bed.ns("A").run(
-        sys.executable, "-c", DUPLEX, "connect", e2e.bed.addr("B"), str(PORT),
-        str(sources["A"]), str(work / "A-got.bin"), check=False, timeout=TRANSFER_TIMEOUT)
-    assert client.returncode == 0, client.stderr.decode(errors="replace")
-    assert server.wait(timeout=TRANSFER_TIMEOUT - (time.monotonic() - started)) == 0
+    sources = _duplex(e2e, SIZE)   # intact both ways, sha256 at both ends
     _stop_after_both_fins(capture)
-    # intact both ways, sha256 at both ends
-    assert sha256_file(work / "B-got.bin") == sha256_file(sources["A"])
-    assert sha256_file(work / "A-got.bin") == sha256_file(sources["B"])
     e2e.assert_encrypted(capture.analyze(e2e.marker, ports=(PORT,)))
     assert e2e.bed.loss_drops() > 0
     # the rekey bit on the wire, both directions, each host starting generations itself
@@ -175,3 +195,22 @@ def test_duplex_transfer_crosses_rekeys_in_both_directions_under_loss(e2e: E2E) 
             sent_by = "A" if direction["from"].startswith(e2e.bed.addr("A") + ":") else "B"
             assert direction["sha256"] == hashlib.sha256(
                 sources[sent_by].read_bytes()).hexdigest(), (direction, capture.kernel_drops)
+
+
+def test_linux_keepalives_become_authenticated_rekeys(e2e: E2E) -> None:
+    """Both kernels send TCP keep-alives (every second, given up after two unanswered) on an
+    idle encrypted connection: each daemon turns them into empty-frame rekeys (RFC 8548
+    §3.9) and the peer's answering rekey frame satisfies the kernel -- the connection
+    outlives many probe rounds and then carries data intact both ways."""
+    daemon_a, daemon_b = e2e.daemons("A", "B").values()
+    capture = e2e.bed.capture("keepalive")
+    _duplex(e2e, 200_000, idle=8.0)
+    _stop_after_both_fins(capture)
+    e2e.assert_encrypted(capture.analyze(e2e.marker, ports=(PORT,)))
+    for daemon in (daemon_a, daemon_b):
+        assert counter(daemon, "keepalive_rekeys") >= 3
+        assert counter(daemon, "aborts") == 0
+    assert counter(daemon_a, "rekeys") == counter(daemon_b, "rekeys") >= 6
+    for sport, wire in _wire_streams(capture.path).items():
+        _, _, empty = _rekey_frames(wire)
+        assert empty >= 3, (sport, empty)
