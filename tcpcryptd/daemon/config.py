@@ -17,6 +17,7 @@ objects keep the engine's defaults.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, make_dataclass
@@ -57,10 +58,23 @@ class EncryptionConfig:
                                  AEADId.CHACHA20_POLY1305)
 
 
+#: Most worker processes ``queue.workers = 0`` (one per CPU) starts.
+MAX_AUTO_WORKERS = 8
+
+
 @dataclass(frozen=True)
 class QueueConfig:
     number: int = 0
     max_len: int = 1024
+    #: worker processes, each on its own queue ``number + k``; 0: one per CPU, at most
+    #: :data:`MAX_AUTO_WORKERS`
+    workers: int = 0
+
+    def worker_count(self) -> int:
+        """How many workers run: ``workers``, or for 0 the CPUs this process may use."""
+        if self.workers:
+            return self.workers
+        return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
 
 
 @dataclass(frozen=True)
@@ -295,6 +309,7 @@ LimitsConfig = make_dataclass(
     "LimitsConfig",
     [(f.name, f.type, field(default=f.default)) for f in fields(EngineConfig) if f.name in LIMITS],
     frozen=True)
+LimitsConfig.__module__ = __name__   # picklable (the worker processes get the config)
 
 
 @dataclass(frozen=True)
@@ -323,6 +338,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
     "queue": (QueueConfig, {
         "number": _integer(0, 65535),
         "max_len": _integer(1, 65535),
+        "workers": _integer(0, 64),
     }),
     "marks": (MarksConfig, {"injected": _MARK, "seen": _MARK, "encrypted": _MARK,
                             "plain": _MARK}),

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import selectors
 import socket
 import struct
 import time
@@ -342,6 +343,30 @@ class ControlServer:
         """When :meth:`expire` has something to close next (None: no connections)."""
         return min((-math.inf if connection.evicted else connection.active + IDLE_TIMEOUT
                     for connection in self.connections.values()), default=None)
+
+    def on_event(self, key: selectors.SelectorKey, events: int,
+                 selector: selectors.BaseSelector) -> None:
+        """One selector event of the listener (``data`` "listen") or of a client connection
+        (``data`` "client"): accept, read, write, drop when finished, and keep the client's
+        registration on the one event it waits for (reading waits while an answer or a
+        buffered request is pending)."""
+        if key.data == "listen":
+            sock = self.accept()
+            if sock is not None:
+                selector.register(sock, selectors.EVENT_READ, "client")
+            return
+        fd = key.fd
+        if events & selectors.EVENT_READ:
+            self.readable(fd)
+        if events & selectors.EVENT_WRITE:
+            self.writable(fd)
+        if self.finished(fd):
+            selector.unregister(key.fileobj)
+            self.drop(fd)
+            return
+        wanted = selectors.EVENT_WRITE if self.wants_write(fd) else selectors.EVENT_READ
+        if wanted != key.events:
+            selector.modify(key.fileobj, wanted, "client")
 
     # ---- internals
 

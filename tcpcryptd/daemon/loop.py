@@ -30,6 +30,7 @@ from tcpcryptd.daemon.nfqueue import (
     PacketQueue,
     QueuedPacket,
     Verdicts,
+    complete_checksum,
     direction,
     truncated,
 )
@@ -41,6 +42,11 @@ from tcpcryptd.engine.events import Event
 from tcpcryptd.packet.tcp import FlowKey
 
 log = logging.getLogger(__name__)
+
+#: Packets up to this size whose TCP checksum the stack left to the NIC get it completed
+#: before the engine sees them (it edits ACKs and SYNs in place, RFC 1624); larger ones
+#: leave unchanged or with a new payload and a full checksum (daemon/nfqueue.py).
+CHECKSUM_COMPLETE_MAX = 2048
 
 
 class FlowEngine(Protocol):
@@ -64,8 +70,27 @@ class Sender(Protocol):
 
 
 
+def authorize_session(request: Request, caller: Caller | None,
+                      owner: Callable[[tuple[str, int], tuple[str, int]], int | None]
+                      ) -> tuple[tuple[str, int], tuple[str, int], int | None]:
+    """The ``session`` request's 4-tuple and the uid owning that local socket (None: the
+    kernel has no such socket), after the access check: a caller that is not privileged
+    may ask only about its own sockets (``caller`` None: an in-process call, trusted)."""
+    local, remote = status_view.four_tuple(request)
+    try:
+        uid = owner(local, remote)
+    except (DiagError, OSError) as exc:
+        raise ControlError(f"cannot look up the socket's owner: {exc.strerror or exc}"
+                           ) from None
+    if caller is not None and not caller.privileged and (uid is None or uid != caller.uid):
+        raise ControlError(f"permission denied: no connection "
+                           f"{status_view.join_endpoint(*local)} -> "
+                           f"{status_view.join_endpoint(*remote)} owned by uid {caller.uid}")
+    return local, remote, uid
+
+
 class PacketPath:
-    """Engine results -> verdicts and injections; never raises into NetfilterQueue.
+    """Engine results -> verdicts and injections; never raises into the queue binding.
 
     Packets of plain connections are accepted with the plain mark and without the seen mark
     (see :meth:`_accept_plain`). A packet the daemon cannot process (the engine raised, or it
@@ -90,13 +115,15 @@ class PacketPath:
         self.counters: Counter[str] = Counter()
 
     def on_packet(self, packet: QueuedPacket) -> None:
-        """NetfilterQueue callback: one verdict (now or deferred) for every packet."""
+        """Queue callback: one verdict (now or deferred) for every packet."""
         try:
             data = packet.get_payload()
             if len(data) >= MAX_COPY and truncated(data):
                 self.counters["daemon_truncated"] += 1
                 self._unprocessable(packet)
                 return
+            if packet.csum_not_ready and len(data) <= CHECKSUM_COMPLETE_MAX:
+                data = complete_checksum(data)
             result = self.engine.handle_packet(packet.id, data, direction(packet),
                                                self.clock())
         except Exception:
@@ -304,16 +331,7 @@ class Daemon:
         connection the engine or the kernel knows. A connection the kernel has but the
         engine does not track was left plain (plain connections cost the engine no state).
         """
-        local, remote = status_view.four_tuple(request)
-        try:
-            uid = self.owner(local, remote)
-        except (DiagError, OSError) as exc:
-            raise ControlError(f"cannot look up the socket's owner: {exc.strerror or exc}"
-                               ) from None
-        if caller is not None and not caller.privileged and (uid is None or uid != caller.uid):
-            raise ControlError(f"permission denied: no connection "
-                               f"{status_view.join_endpoint(*local)} -> "
-                               f"{status_view.join_endpoint(*remote)} owned by uid {caller.uid}")
+        local, remote, uid = authorize_session(request, caller, self.owner)
         local_ip, remote_ip = ipaddress.ip_address(local[0]), ipaddress.ip_address(remote[0])
         flow = self.engine.flow_status((local_ip.version, local_ip.packed, local[1],
                                         remote_ip.packed, remote[1]), self.clock())
@@ -363,6 +381,7 @@ class Daemon:
                 deadline = self.engine.next_deadline()
                 if deadline is not None and deadline <= self.clock():
                     self.path.on_timer()
+                    queue.flush()   # releases of held packets
         finally:
             selector.close()
 
@@ -380,21 +399,6 @@ class Daemon:
                 key.fileobj.recv(512)  # type: ignore[union-attr]
             except BlockingIOError:
                 pass
-        elif key.data == "listen":
-            sock = control.accept()
-            if sock is not None:
-                selector.register(sock, selectors.EVENT_READ, "client")
         else:
-            fd = key.fd
-            if events & selectors.EVENT_READ:
-                control.readable(fd)
-            if events & selectors.EVENT_WRITE:
-                control.writable(fd)
-            if control.finished(fd):
-                selector.unregister(key.fileobj)
-                control.drop(fd)
-            else:   # reading waits while an answer or a buffered request is pending
-                wanted = selectors.EVENT_WRITE if control.wants_write(fd) else selectors.EVENT_READ
-                if wanted != key.events:
-                    selector.modify(key.fileobj, wanted, "client")
+            control.on_event(key, events, selector)
 

@@ -33,6 +33,7 @@ class FakePacket:
     new_payload: bytes | None = None
     new_mark: int | None = None
     retained: bool = False
+    csum_not_ready: bool = False
 
     @classmethod
     def inbound(cls, packet_id: int, mark: int = 0) -> FakePacket:
