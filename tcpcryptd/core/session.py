@@ -234,9 +234,11 @@ class Session:
     def discard_generations_below(self, generation: int) -> None:
         """Delete keys of generations below ``generation`` (RFC 8548 §3.8 SHOULD).
 
-        Keys still in use (the current send and remote generations) are never deleted.
+        Keys still in use are never deleted: the remote generation's, and the send
+        generation's until the FINp frame is sealed (no frame follows it, §3.7).
         """
-        floor = min(generation, self.send_generation, self.remote_generation)
+        sending = self.remote_generation if self.fin_sent else self.send_generation
+        floor = min(generation, sending, self.remote_generation)
         for cache in (self._send_keys, self._recv_keys):
             for old in [g for g in cache if g < floor]:
                 del cache[old]  # type: ignore[attr-defined]

@@ -9,8 +9,9 @@ The ``[limits]`` section is the engine's own limits: :data:`LIMITS` names which
 :class:`~tcpcryptd.engine.config.EngineConfig` fields a user may set and the range accepted;
 their types and defaults are EngineConfig's (``LimitsConfig`` is made from its fields). The
 other EngineConfig fields are no config key: the algorithms come from ``[encryption]``
-(:func:`engine_config`), the protocol timers (RTO bounds, linger, challenge-ACK rate) and
-injected objects keep the engine's defaults.
+(:func:`engine_config`), the rekeying limits from ``[rekey]``, the policy from
+``[policy]``; the protocol timers (RTO bounds, linger, challenge-ACK rate) and injected
+objects keep the engine's defaults.
 """
 
 from __future__ import annotations
@@ -90,6 +91,14 @@ class FirewallConfig:
     ipv6: bool = True
     skip_ports: tuple[int, ...] = ()
     offload_max: int = 65536
+
+
+@dataclass(frozen=True)
+class RekeyConfig:
+    """``[rekey]``: when a connection starts a new key generation (RFC 8548 §3.8)."""
+
+    bytes: int = EngineConfig.rekey_bytes           #: wire bytes sealed per generation; 0: off
+    interval: float = EngineConfig.rekey_interval   #: seconds per generation; 0: off
 
 
 @dataclass(frozen=True)
@@ -313,6 +322,7 @@ class Config:
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    rekey: RekeyConfig = field(default_factory=RekeyConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -340,6 +350,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
     }),
     "control": (ControlConfig, {"socket": _path}),
     "limits": (LimitsConfig, LIMITS),
+    "rekey": (RekeyConfig, {"bytes": _integer(0, 1 << 62), "interval": _seconds(0.0, 365 * 86400.0)}),
     "policy": (PolicyConfig, {
         "default": _mode,
         "rules": _rules,
@@ -416,6 +427,8 @@ def engine_config(config: Config) -> EngineConfig:
         teps=tuple(int(tep) for tep in config.encryption.teps),
         aeads=tuple(int(aead) for aead in config.encryption.aeads),
         aead_preference=tuple(int(aead) for aead in reversed(config.encryption.aeads)),
+        rekey_bytes=config.rekey.bytes,
+        rekey_interval=config.rekey.interval,
         **{name: getattr(config.limits, name) for name in LIMITS},
         policy=Policy(config.policy.rules, config.policy.default),
     )

@@ -69,6 +69,15 @@ class EngineConfig:
     #: pay the rebuild, and short enough that idle flows shed the memory soon.  The check
     #: costs one timer event per flow every 5 s at most.  0 keeps the objects for good.
     aead_idle_release: float = 5.0
+    #: rekeying (RFC 8548 §3.8): a new key generation starts with the next new data once the
+    #: frames sealed under the current one reach this many wire bytes (0: no byte limit).
+    #: 1 GiB: far below what AES-GCM or ChaCha20-Poly1305 may seal under one key with
+    #: counter nonces, and rare enough that its cost (one key derivation, one empty frame
+    #: from the peer) does not show in a transfer
+    rekey_bytes: int = 1 << 30
+    #: ... or once the current generation is this many seconds old (0: no time limit), so
+    #: keys that decrypt a long-lived connection's past traffic are wiped (§3.8)
+    rekey_interval: float = 3600.0
     #: the random source of the key exchange: ``random(n)`` returns n random bytes, for the
     #: ephemeral key pairs and the nonces N_A/N_B (RFC 8548 §3.3); the sans-IO engine takes
     #: randomness only from here (tests pass a seeded generator)

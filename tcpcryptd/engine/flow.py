@@ -140,7 +140,7 @@ class Flow:
         "srtt", "rttvar", "rto", "rtx_deadline", "rtx_count", "rtt_probe", "syn_time", "syn_sends",
         "syn_rtt", "held", "closed_at", "final_local_ack", "final_wire_ack", "final_wire_seq",
         "scheduled", "challenge_at", "stale", "packets_out", "packets_in", "bytes_out_plain", "bytes_out_wire",
-        "bytes_in_wire", "bytes_in_plain",
+        "bytes_in_wire", "bytes_in_plain", "rekey_wire", "rekey_time",
     )
 
     def __init__(self, key: FlowKey, role: Role, eno: ENOEndpoint, now: float) -> None:
@@ -243,6 +243,10 @@ class Flow:
         #: the old connection's numbers: those are translated through it; RFC 9293
         #: §3.10.7.4).  Only a host-B flow in syn-received has one.
         self.stale: Flow | None = None
+        #: the current key generation's limits (RFC 8548 §3.8, engine/rekey.py): the wire
+        #: offset and the time at which the next new data starts a new generation
+        self.rekey_wire = 0
+        self.rekey_time = 0.0
         # counters for status
         self.packets_out = self.packets_in = 0
         self.bytes_out_plain = self.bytes_out_wire = 0

@@ -36,6 +36,7 @@ from tcpcryptd.engine.actions import Direction, Result, Transmit, Verdict
 from tcpcryptd.engine.context import Context, FlowTable
 from tcpcryptd.engine.events import SessionEstablished
 from tcpcryptd.engine.flow import DEFAULT_MSS, MASK32, MSS_CLAMP, Flow, HalfOpen, State
+from tcpcryptd.engine.rekey import begin_generation
 from tcpcryptd.engine.timers import arm_injected, inject
 from tcpcryptd.packet import options as tcp_options
 from tcpcryptd.packet.tcp import ACK, FIN, RST, SYN, PacketError, TCPPacket
@@ -575,3 +576,4 @@ def keys_made(ctx: Context, flow: Flow, init2: bytes, now: float, result: Result
         k_ab, k_ba, now - flow.created))
     if init2:
         inject(ctx, flow, init2, now, result)
+    begin_generation(ctx, flow, now)   # the rekey limits count frames only (RFC 8548 §3.8)

@@ -59,7 +59,8 @@ from tcpcryptd.engine.flow import (
 from tcpcryptd.engine.handshake import consume_init, keys_made
 from tcpcryptd.engine.outbound import release_held
 from tcpcryptd.engine.reassembly import disagrees
-from tcpcryptd.engine.timers import inject, on_peer_ack
+from tcpcryptd.engine.rekey import on_rekey_frame
+from tcpcryptd.engine.timers import on_peer_ack
 from tcpcryptd.packet import options as tcp_options
 from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, URG, TCPPacket, rewrite_header, rewrite_segment
 
@@ -92,6 +93,7 @@ def _consume_frames(ctx: Context, flow: Flow, chunk: bytes | memoryview, now: fl
     if flow.rx_finp and total >= HEADER_LEN:
         raise FlowAbort("data-after-finp")   # nothing may follow the FINp frame (§3.7)
     for start, length in whole_frames(data):
+        generation = session.local_generation
         frame = session.open(flow.rx_frame_offset, data[start:start + length])
         flow.rx_frame_offset += length
         pos = start + length
@@ -101,9 +103,8 @@ def _consume_frames(ctx: Context, flow: Flow, chunk: bytes | memoryview, now: fl
             flow.dl_buf += frame.data
         if frame.fin:
             flow.rx_finp = True
-        if frame.needs_rekey_reply:
-            # an empty frame (RFC 8548 §3.8 rekey reply), with our own retransmission
-            inject(ctx, flow, session.seal(flow.smap.wire_end, b""), now, result)
+        if frame.rekey:
+            on_rekey_frame(ctx, flow, frame, session.local_generation > generation, now, result)
         if flow.rx_finp and total - pos >= HEADER_LEN:
             raise FlowAbort("data-after-finp")
     if partial:

@@ -16,8 +16,12 @@ For every non-SYN segment the local stack sends on an ENO flow:
 * URG: the stack's urgent pointer becomes the frame's URGp + urgent field, the offset of the
   last urgent byte from the frame's first data byte in the application stream
   (README.md "Readings of the RFCs"); URG is cleared on the wire;
-* keep-alives and zero-window probes (``snd.una - 1``, 0 or 1 byte) pass with a translated
-  sequence number and no payload: they are not framed and leak no byte;
+* zero-window probes (``snd.una - 1``, 0 or 1 byte) pass with a translated sequence number
+  and no payload: they are not framed and leak no byte; a keep-alive of an encrypted flow
+  becomes an empty-frame rekey instead, which the peer must answer (RFC 8548 §3.9,
+  :func:`~tcpcryptd.engine.rekey.keepalive`);
+* new data after the key generation reached ``rekey_bytes``/``rekey_interval`` starts a new
+  generation (RFC 8548 §3.8, :mod:`~tcpcryptd.engine.rekey`);
 * until keys exist, data segments are HELD (bounded) and released in order, encrypted;
 * host A's third ACK carries Init1 (:func:`~tcpcryptd.engine.handshake.start_init1`).
 
@@ -45,6 +49,7 @@ from tcpcryptd.engine.flow import (
     unwrap,
 )
 from tcpcryptd.engine.handshake import start_init1
+from tcpcryptd.engine.rekey import due, initiate, keepalive
 from tcpcryptd.engine.superpacket import first_payload_limit, header_length
 from tcpcryptd.packet import options as tcp_options
 from tcpcryptd.packet.tcp import (
@@ -153,14 +158,30 @@ def _split(flow: Flow, pkt: TCPPacket, wire_lo: int, payload: bytes, max_payload
     return pkt.to_bytes(), extra
 
 
-def process_data(ctx: Context, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None, list[Transmit]]:
-    """Frame or replay one data/FIN segment of the stack; None = drop (counted)."""
+def _stack_keepalive(flow: Flow, start: int, end: int) -> bool:
+    """A TCP keep-alive of the local stack: ``snd.una - 1`` with no data or one byte while
+    nothing is in flight, the peer's window open (else it is a zero-window probe)."""
+    smap = flow.smap
+    return (flow.state is State.ENCRYPTED and start == smap.local_acked - 1
+            and end <= smap.local_acked
+            and smap.local_acked == smap.local_end and flow.stack_seen_window != 0)
+
+
+def process_data(ctx: Context, flow: Flow, pkt: TCPPacket, now: float,
+                 result: Result) -> tuple[bytes | None, list[Transmit]]:
+    """Frame or replay one data/FIN segment of the stack; None = drop (counted).
+
+    New data after the current key generation reached its limits starts a new one
+    (:func:`~tcpcryptd.engine.rekey.due`, RFC 8548 §3.8).
+    """
     smap = flow.smap
     payload = pkt.payload
     n = len(payload)
     fin = bool(pkt.flags & FIN)
     urg_ptr = pkt.urg_ptr if pkt.flags & URG else 0
     start = unwrap(pkt.seq, flow.local_isn, smap.local_end)
+    if start + n > smap.local_end and due(flow, now):
+        initiate(ctx, flow, now, result)
     header_done = False
     if start == smap.local_end and not pkt.flags & (FIN | URG) and smap.fin_local is None:
         # the common case: new data, one frame, one packet
@@ -186,7 +207,9 @@ def process_data(ctx: Context, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None
     flow.stack_seen_ack = None
     if end + fin <= smap.wire_to_local_ack(smap.peer_wire_ack):
         if not fin and n <= 1 and end >= smap.local_acked - 1:
-            # keep-alive / zero-window probe: snd.una - 1 on the wire, no payload
+            if _stack_keepalive(flow, start, end) and keepalive(ctx, flow, now, result):
+                return None, []   # an authenticated probe instead (RFC 8548 §3.9)
+            # zero-window probe: snd.una - 1 on the wire, no payload
             _wire_header(flow, pkt, smap.wire_acked - 1, data=False)
             pkt.payload = b""
             pkt.flags &= ~PSH
@@ -281,7 +304,7 @@ def handle_outbound(ctx: Context, flow: Flow, pkt: TCPPacket, packet_id: int, no
         if not flow.keyed or flow.held:
             _hold(ctx, flow, packet_id, pkt, result)
             return
-        data, extra = process_data(ctx, flow, pkt)
+        data, extra = process_data(ctx, flow, pkt, now, result)
         result.verdict = Verdict.DROP if data is None else Verdict.ACCEPT
         result.data = data
         result.transmit.extend(extra)
@@ -291,7 +314,10 @@ def handle_outbound(ctx: Context, flow: Flow, pkt: TCPPacket, packet_id: int, no
     # a pure ACK or window update
     start = unwrap(pkt.seq, flow.local_isn, flow.smap.local_end)
     if start < flow.smap.local_acked:
-        flow.stack_seen_ack = None  # a keep-alive or probe: let the answer through
+        if _stack_keepalive(flow, start, start) and keepalive(ctx, flow, now, result):
+            result.verdict = Verdict.DROP   # an authenticated probe instead (RFC 8548 §3.9)
+            return
+        flow.stack_seen_ack = None  # a zero-window probe: let the answer through
     _wire_header(flow, pkt, flow.smap.local_to_wire(start), data=False)
     flow.packets_out += 1
     result.verdict, result.data = Verdict.ACCEPT, pkt.to_bytes_incremental()
@@ -324,9 +350,10 @@ def fast_outbound(ctx: Context, flow: Flow, data: bytes, tcp_start: int,
             or seq != (flow.local_isn + 1 + smap.local_end + local_fin) & MASK32):
         return None
     if n:
-        if local_fin or n > MAX_FRAME_DATA or n + FRAME_OVERHEAD > first_payload_limit(
-                n, flow.peer_mss - (header_end - tcp_start - 20), header_end):
-            return None
+        if (local_fin or n > MAX_FRAME_DATA or n + FRAME_OVERHEAD > first_payload_limit(
+                n, flow.peer_mss - (header_end - tcp_start - 20), header_end)
+                or smap.wire_end >= flow.rekey_wire or now >= flow.rekey_time):
+            return None   # (the last two: rekey.due, a new generation starts)
     elif flow.rx.buffered:
         return None   # SACK blocks to add
     result = Result(Verdict.ACCEPT)
@@ -366,7 +393,7 @@ def release_held(ctx: Context, flow: Flow, now: float, result: Result) -> None:
     for k, (packet_id, pkt) in enumerate(held):
         assert isinstance(pkt, TCPPacket)
         try:
-            data, extra = process_data(ctx, flow, pkt)
+            data, extra = process_data(ctx, flow, pkt, now, result)
         except Exception:
             flow.held = held[k:]   # the abort that follows drops them: each gets its verdict
             raise

@@ -64,14 +64,23 @@ def test_shipped_file_holds_every_engine_limit_with_the_engine_default():
 
 def test_every_engine_field_is_a_config_key_or_named_internal():
     """A new EngineConfig field must be decided on: a [limits] key (LIMITS), set from
-    [encryption] or [policy] by engine_config, or internal (protocol timers, injected
-    objects)."""
-    from_encryption = {"enabled", "teps", "aeads", "aead_preference", "policy"}
+    [encryption], [rekey] or [policy] by engine_config, or internal (protocol timers,
+    injected objects)."""
+    from_encryption = {"enabled", "teps", "aeads", "aead_preference", "policy",
+                       "rekey_bytes", "rekey_interval"}
     internal = {"linger", "tombstone", "challenge_ack_interval", "initial_rto", "min_rto",
                 "max_rto", "max_retransmits", "local_rto", "random"}
     engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
     assert engine_fields == set(LIMITS) | from_encryption | internal
     assert not set(LIMITS) & (from_encryption | internal)
+
+
+def test_rekey_keys_reach_the_engine():
+    engine = engine_config(parse_config({"rekey": {"bytes": 4096, "interval": 0}}))
+    assert (engine.rekey_bytes, engine.rekey_interval) == (4096, 0.0)
+    assert engine_config(Config()).rekey_bytes == EngineConfig().rekey_bytes == 1 << 30
+    with pytest.raises(ConfigError, match="rekey.bytes"):
+        parse_config({"rekey": {"bytes": -1}})
 
 
 def test_every_limit_reaches_the_engine():

@@ -478,17 +478,6 @@ def test_injected_bytes_give_up_after_the_retransmission_limit():
     assert any(TCPPacket.parse(t.data).flags & RST for t in results[-1].transmit)
 
 
-def test_keepalive_carries_no_plaintext_byte():
-    pair = established()
-    a, b = pair.a, pair.b
-    pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK, b"k" * 10))
-    pair.send(b, b.seg(ISN_B + 1, ISN_A + 11, ACK))
-    _, (probe,) = pair.send(a, a.seg(ISN_A + 10, ISN_B + 1, ACK, b"k"), deliver=False)
-    pkt = TCPPacket.parse(probe)
-    assert not len(pkt.payload)
-    assert pkt.seq == (ISN_A + 1 + INIT1_LEN + 30 - 1) & M32
-
-
 def test_urgent_pointer_maps_through_urgp():
     pair = established()
     a, b = pair.a, pair.b
