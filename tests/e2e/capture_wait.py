@@ -46,6 +46,14 @@ def stop_when_closed(capture: Capture, port: int, timeout: float = 20.0) -> None
     stop_when(capture, lambda segments: len(fins(segments)) >= 2, timeout)
 
 
+def stop_when_fins(capture: Capture, directions: int, timeout: float = 120.0) -> None:
+    """... once FINs of ``directions`` distinct (sport, dport) directions are in the file:
+    both ends of ``directions // 2`` connections closed (a FIN sent again counts once)."""
+    def closed(segments: list[TCPPacket]) -> bool:
+        return len({(s.sport, s.dport) for s in segments if s.flags & FIN}) >= directions
+    stop_when(capture, closed, timeout)
+
+
 def stop_when_reset(capture: Capture, port: int, timeout: float = 20.0) -> None:
     """... once a RST on ``port`` is in the file."""
     resets = on_port(port, RST)

@@ -11,15 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from capture_wait import stop_when_fins
 from e2e_support import HTTP_PORT, NC_PORT, E2E
 
 from tcpcryptd import decode as decoder
-from tcpcryptd.packet.tcp import FIN
-from testbed import Capture, pcap_segments, tcpcryptd_command
+from testbed import tcpcryptd_command
 
 pytestmark = pytest.mark.e2e
 
@@ -38,18 +37,6 @@ def _keylog_daemons(e2e: E2E) -> dict[str, Path]:
     return keylogs
 
 
-def stop_when_captured(capture: Capture, fins: int, timeout: float = 120.0) -> None:
-    """Stop tcpdump once ``fins`` FIN segments are in the file: tcpdump writes behind the
-    wire, and a connection cut short in the capture would not decode to the whole stream."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen = sum(1 for seg in pcap_segments(capture.path) if seg is not None and seg.flags & FIN)
-        if seen >= fins:
-            break
-        time.sleep(0.2)
-    capture.stop()
-
-
 def _decode(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*tcpcryptd_command(), "decode", *args], capture_output=True,
                           text=True, timeout=300)
@@ -60,7 +47,7 @@ def test_decode_http_and_nc_with_either_key_log(e2e: E2E) -> None:
     capture = e2e.bed.capture("decode")
     download = e2e.curl("A", "B", SIZE)
     upload = e2e.nc_send("A", "B", SIZE)
-    stop_when_captured(capture, fins=4)
+    stop_when_fins(capture, directions=4)
     assert download.intact, download.describe()
     assert upload.intact, upload.describe()
     e2e.assert_encrypted(capture.analyze(e2e.marker), connections=2)

@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 import pytest
+from capture_wait import stop_when_closed
 from e2e_support import TRANSFER_TIMEOUT, E2E, counter
 
 from tcpcryptd.core.frame import CONTROL_REKEY, HEADER_LEN, MIN_CLEN
-from tcpcryptd.packet.tcp import FIN, SYN
-from testbed import Capture, make_payload, pcap_segments, sha256_file, tcpcryptd_command
+from tcpcryptd.packet.tcp import SYN
+from testbed import make_payload, pcap_segments, sha256_file, tcpcryptd_command
 
 pytestmark = pytest.mark.e2e
 
@@ -104,19 +105,6 @@ def _keylog_daemons(e2e: E2E) -> dict[str, Path]:
     return keylogs
 
 
-def _stop_after_both_fins(capture: Capture, timeout: float = 120.0) -> None:
-    """Stop tcpdump once both ends' FINs are in the file (tcpdump writes behind the wire; a
-    FIN lost in the router and sent again shows twice, so FINs are told apart by sender)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        senders = {seg.sport for seg in pcap_segments(capture.path)
-                   if seg is not None and seg.flags & FIN and PORT in (seg.sport, seg.dport)}
-        if len(senders) == 2:
-            break
-        time.sleep(0.2)
-    capture.stop()
-
-
 def _wire_streams(pcap: Path) -> dict[int, bytes]:
     """Each direction's wire stream on PORT (keyed by source port), first copy of each byte."""
     isn: dict[int, int] = {}
@@ -164,7 +152,7 @@ def test_duplex_transfer_crosses_rekeys_in_both_directions_under_loss(e2e: E2E) 
     e2e.bed.forward_loss(0.01)
     capture = e2e.bed.capture("rekey")
     sources = _duplex(e2e, SIZE)   # intact both ways, sha256 at both ends
-    _stop_after_both_fins(capture)
+    stop_when_closed(capture, PORT, timeout=120.0)
     e2e.assert_encrypted(capture.analyze(e2e.marker, ports=(PORT,)))
     assert e2e.bed.loss_drops() > 0
     # the rekey bit on the wire, both directions, each host starting generations itself
@@ -205,7 +193,7 @@ def test_linux_keepalives_become_authenticated_rekeys(e2e: E2E) -> None:
     daemon_a, daemon_b = e2e.daemons("A", "B").values()
     capture = e2e.bed.capture("keepalive")
     _duplex(e2e, 200_000, idle=8.0)
-    _stop_after_both_fins(capture)
+    stop_when_closed(capture, PORT, timeout=120.0)
     e2e.assert_encrypted(capture.analyze(e2e.marker, ports=(PORT,)))
     for daemon in (daemon_a, daemon_b):
         assert counter(daemon, "keepalive_rekeys") >= 3
