@@ -19,7 +19,8 @@ For every non-SYN segment the local stack sends on an ENO flow:
 * keep-alives and zero-window probes (``snd.una - 1``, 0 or 1 byte) pass with a translated
   sequence number and no payload: they are not framed and leak no byte;
 * until keys exist, data segments are HELD (bounded) and released in order, encrypted;
-* host A's third ACK carries Init1 (:func:`~tcpcryptd.engine.handshake.start_init1`).
+* host A's third ACK carries Init1 (:func:`~tcpcryptd.engine.handshake.start_init1`), or
+  makes the resumed session (:func:`~tcpcryptd.engine.handshake.resume`, RFC 8548 §3.5).
 
 :func:`fast_outbound` is the same path for the segments of a bulk transfer -- new in-order
 data that fits one frame, and pure ACKs -- read with one ``struct`` call instead of a full
@@ -44,7 +45,7 @@ from tcpcryptd.engine.flow import (
     segment_shape,
     unwrap,
 )
-from tcpcryptd.engine.handshake import start_init1
+from tcpcryptd.engine.handshake import resume, start_init1
 from tcpcryptd.packet import options as tcp_options
 from tcpcryptd.packet.tcp import (
     ACK,
@@ -266,8 +267,10 @@ def handle_outbound(ctx: Context, flow: Flow, pkt: TCPPacket, packet_id: int, no
         close(flow, now, result)
         return
     if flow.state is State.NEGOTIATED:
-        _send_init1(ctx, flow, pkt, packet_id, now, result)
-        return
+        if flow.resume_entry is None:
+            _send_init1(ctx, flow, pkt, packet_id, now, result)
+            return
+        resume(ctx, flow, now, result)   # no Init1: the segment goes on encrypted
     if flow.undelivered():
         deliver_pending(ctx, flow, now, None, result)   # the stack's window may have opened
     if len(pkt.payload) or flags & FIN:
