@@ -83,6 +83,15 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class ResumptionConfig:
+    """``[resumption]``: session resumption (RFC 8548 §3.5), EngineConfig's defaults."""
+
+    enabled: bool = EngineConfig.resumption_enabled
+    cache_size: int = EngineConfig.resumption_cache_size
+    lifetime: float = EngineConfig.resumption_lifetime
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     keylog: str = ""
@@ -238,6 +247,7 @@ class Config:
     firewall: FirewallConfig = field(default_factory=FirewallConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    resumption: ResumptionConfig = field(default_factory=ResumptionConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
@@ -263,6 +273,11 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
     }),
     "control": (ControlConfig, {"socket": _path}),
     "limits": (LimitsConfig, LIMITS),
+    "resumption": (ResumptionConfig, {
+        "enabled": _boolean,
+        "cache_size": _integer(1, 10_000_000),
+        "lifetime": _seconds(1.0, 7 * 86400.0),
+    }),
     "log": (LogConfig, {"level": _choice(LOG_LEVELS), "keylog": _string}),
     "metrics": (MetricsConfig, {"listen": _listen}),
 }
@@ -335,5 +350,8 @@ def engine_config(config: Config) -> EngineConfig:
         teps=tuple(int(tep) for tep in config.encryption.teps),
         aeads=tuple(int(aead) for aead in config.encryption.aeads),
         aead_preference=tuple(int(aead) for aead in reversed(config.encryption.aeads)),
+        resumption_enabled=config.resumption.enabled,
+        resumption_cache_size=config.resumption.cache_size,
+        resumption_lifetime=config.resumption.lifetime,
         **{name: getattr(config.limits, name) for name in LIMITS},
     )
