@@ -53,6 +53,7 @@ class EncryptionConfig:
     teps: tuple[TEP, ...] = (TEP.ECDHE_CURVE25519, TEP.ECDHE_CURVE448, TEP.ECDHE_P256)
     aeads: tuple[AEADId, ...] = (AEADId.AES_128_GCM, AEADId.AES_256_GCM,
                                  AEADId.CHACHA20_POLY1305)
+    passive_role_ports: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
         "enabled": _boolean,
         "teps": _name_list(TEP_NAMES),
         "aeads": _name_list(AEAD_NAMES),
+        "passive_role_ports": _port_list,
     }),
     "queue": (QueueConfig, {
         "number": _integer(0, 65535),
@@ -350,6 +352,7 @@ def engine_config(config: Config) -> EngineConfig:
         teps=tuple(int(tep) for tep in config.encryption.teps),
         aeads=tuple(int(aead) for aead in config.encryption.aeads),
         aead_preference=tuple(int(aead) for aead in reversed(config.encryption.aeads)),
+        passive_role_ports=frozenset(config.encryption.passive_role_ports),
         resumption_enabled=config.resumption.enabled,
         resumption_cache_size=config.resumption.cache_size,
         resumption_lifetime=config.resumption.lifetime,

@@ -66,6 +66,11 @@ class EngineConfig:
     #: pay the rebuild, and short enough that idle flows shed the memory soon.  The check
     #: costs one timer event per flow every 5 s at most.  0 keeps the objects for good.
     aead_idle_release: float = 5.0
+    #: local ports whose outbound SYNs set the passive role bit b = 1 (RFC 8547 §4.2: the
+    #: setting an active opener needs for a simultaneous open, where both hosts open actively
+    #: and one of them must be host B); a SYN with b = 1 to a listening peer falls back
+    #: (role-conflict), so list only ports used for simultaneous opens, on one of the hosts
+    passive_role_ports: frozenset[int] = frozenset()
     #: session resumption (RFC 8548 §3.5): after a session both ends cache the next session
     #: secret for the peer, and a later connection between the two offers it in its SYN
     #: (no Init messages, no key agreement); off: neither offered nor accepted

@@ -142,8 +142,12 @@ def clamp_mss(flow: Flow | HalfOpen, pkt: TCPPacket) -> None:
 
 
 @lru_cache(maxsize=16)
-def _active_syn_option(teps: tuple[int, ...]) -> SynOption:
-    """Host A's SYN-form option for a TEP list: immutable, one object shared by its flows."""
+def _active_syn_option(teps: tuple[int, ...], passive_role: bool = False) -> SynOption:
+    """An active opener's SYN-form option for a TEP list: immutable, one object shared by its
+    flows.  With ``passive_role`` the global suboption sets b = 1 and the TEPs go in
+    increasing priority, as host B lists them (RFC 8547 §4.2, §4.5)."""
+    if passive_role:
+        return build_syn_option(0x01, [Suboption(tep) for tep in reversed(teps)])
     return build_syn_option(None, [Suboption(tep) for tep in teps])
 
 
@@ -194,9 +198,10 @@ def open_active(ctx: Context, pkt: TCPPacket, now: float) -> Flow:
     With a cached secret for the peer the SYN offers resumption (:func:`_resumption_offer`);
     only a resumption answer naming that secret's identifier is valid then (RFC 8548 §3.5).
     """
-    offer = _resumption_offer(ctx, pkt, now)
+    passive_role = pkt.sport in ctx.config.passive_role_ports
+    offer = None if passive_role else _resumption_offer(ctx, pkt, now)
     if offer is None:
-        eno = ENOEndpoint.active(_active_syn_option(tuple(ctx.config.teps)))
+        eno = ENOEndpoint.active(_active_syn_option(tuple(ctx.config.teps), passive_role))
     else:
         eno = ENOEndpoint.active(offer[0], is_valid=TcpcryptValidity(resume_id=offer[1].resume_id))
     flow = Flow(pkt.flow_key(), Role.A, eno, now)
@@ -242,14 +247,46 @@ def on_syn_ack(ctx: Context, flow: Flow, pkt: TCPPacket, now: float) -> Fallback
         return flow.eno.outcome if isinstance(flow.eno.outcome, Fallback) else Fallback(
             FallbackReason.NO_ENO)
     flow.negotiated = flow.eno.negotiated
+    flow.role = flow.negotiated.role
     flow.tep = flow.negotiated.tep
     flow.peer_isn = pkt.seq
     _record_syn(flow, pkt, local=False)
     flow.peer_wscale_sent = tcp_options.wscale(pkt.options) is not None
     _finish_syn_exchange(flow)
-    flow.state = State.NEGOTIATED
+    # host B of a simultaneous open: its SYN-ACK and the peer's carried ENO, so encryption
+    # is on (RFC 8547 §4.6) and host A's Init1 comes next
+    flow.state = State.KEYING if flow.role is Role.B else State.NEGOTIATED
     flow.syn_rtt = _syn_rtt(flow, now)
     clamp_mss(flow, pkt)
+    return None
+
+
+def on_simultaneous_syn(ctx: Context, flow: Flow, pkt: TCPPacket) -> Fallback | None:
+    """The peer's SYN (no ACK) reaches a flow in syn-sent: a simultaneous open, both hosts
+    active openers (RFC 8547 §4.5, §4.6).  The SYNs' b bits decide the roles: the host that
+    set b = 1 (``EngineConfig.passive_role_ports``) is host B, and the negotiation is the
+    usual one on the two SYN options; both b = 0 (or both 1) is a role conflict and the
+    connection stays plain (counted ``fallback_simultaneous-open``).  Each stack then
+    answers with a SYN-ACK carrying its host's unchanged SYN option (§4.6)."""
+    opts = _options(pkt)
+    if opts is None:
+        return Fallback(FallbackReason.MALFORMED)
+    flow.eno.on_received(syn=True, ack=False, options=opts)
+    negotiated = flow.eno.negotiated
+    if negotiated is None:
+        outcome = flow.eno.outcome
+        if not isinstance(outcome, Fallback) or outcome.reason is FallbackReason.ROLE_CONFLICT:
+            return Fallback(FallbackReason.SIMULTANEOUS_OPEN)
+        return outcome
+    if flow.resume_entry is not None and not negotiated.resumed:
+        flow.resume_entry = None
+        ctx.count("resume_declined")
+    flow.negotiated = negotiated
+    flow.role = negotiated.role
+    flow.tep = negotiated.tep
+    flow.peer_isn = pkt.seq
+    _record_syn(flow, pkt, local=False)
+    flow.peer_wscale_sent = tcp_options.wscale(pkt.options) is not None
     return None
 
 
@@ -447,6 +484,11 @@ def outbound_syn_phase(ctx: Context, table: FlowTable, flow: Flow, pkt: TCPPacke
             ctx.count("drops_stale-syn-ack")
             result.verdict = Verdict.DROP
             return True
+        elif flow.eno is not None and not flow.eno.is_passive:
+            # simultaneous open: the stack's SYN-ACK carries our SYN option unchanged
+            # (RFC 8547 §4.6), which counts as an ACK sent with ENO
+            _finish_syn_exchange(flow)
+            add_syn_option(flow, pkt)
         elif flow.role is Role.B and flags & ACK and flow.state is not State.SYN_RECEIVED:
             # a SYN-ACK retransmitted after the peer's ACK arrived: the stack missed that
             # ACK (local loss); same ENO bytes to the wire, and a fresh ACK to the stack
@@ -506,19 +548,26 @@ def inbound_syn_phase(ctx: Context, table: FlowTable, flow: Flow, pkt: TCPPacket
                     # and the flow waits for the real SYN-ACK
                     result.verdict = Verdict.ACCEPT
                     return True
+                simultaneous = flow.negotiated is not None   # the peer's SYN came first
                 fallback = on_syn_ack(ctx, flow, pkt, now)
                 if fallback is not None:
                     table.fall_back(flow, fallback, result)
                     return True
                 flow.stack_seen_ack = 0
                 flow.stack_seen_window = flow.peer_window_field
+                if simultaneous and flow.role is Role.A:
+                    # host A of a simultaneous open: its stack owes no third segment to
+                    # carry Init1 (both SYNs are acknowledged by the SYN-ACKs): the engine
+                    # sends it now, with its own retransmission
+                    result.transmit.extend(flow.wire_pieces(0, start_init1(ctx, flow, now)))
             else:
                 clamp_mss(flow, pkt)
-        elif flow.state is State.SYN_SENT:
-            # simultaneous open (RFC 8547 §4.6: no ENO)
-            table.forget(flow, result)
-            table.fall_back(flow, Fallback(FallbackReason.SIMULTANEOUS_OPEN), result)
-            return True
+        elif flow.state is State.SYN_SENT and pkt.seq != flow.peer_isn:
+            fallback = on_simultaneous_syn(ctx, flow, pkt)
+            if fallback is not None:
+                table.fall_back(flow, fallback, result)
+                return True
+            clamp_mss(flow, pkt)
         elif pkt.seq == flow.peer_isn and flow.role is Role.B:
             if flow.closed_at is not None:
                 # an old duplicate of the ended connection's SYN (no higher ISN: a
@@ -546,6 +595,12 @@ def inbound_syn_phase(ctx: Context, table: FlowTable, flow: Flow, pkt: TCPPacket
                 result.verdict = Verdict.DROP
                 return True
             table.forget(flow, result)
+        elif len(pkt.payload) or flags & FIN:
+            # the peer's Init1 after a simultaneous open, ahead of its SYN-ACK: never to
+            # the stack; the peer sends it again (its retransmission timer)
+            ctx.count("drops_before-established")
+            result.verdict = Verdict.DROP
+            return True
         result.verdict = Verdict.ACCEPT
         return True
     if flow.state is State.SYN_RECEIVED:

@@ -65,7 +65,7 @@ def test_every_engine_field_is_a_config_key_or_named_internal():
     """A new EngineConfig field must be decided on: a [limits] key (LIMITS), set from
     [encryption] or [resumption] by engine_config, or internal (protocol timers, injected
     objects)."""
-    from_encryption = {"enabled", "teps", "aeads", "aead_preference"}
+    from_encryption = {"enabled", "teps", "aeads", "aead_preference", "passive_role_ports"}
     from_resumption = {"resumption_enabled", "resumption_cache_size", "resumption_lifetime"}
     internal = {"linger", "tombstone", "challenge_ack_interval", "initial_rto", "min_rto",
                 "max_rto", "max_retransmits", "local_rto", "random"}

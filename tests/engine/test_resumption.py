@@ -218,3 +218,73 @@ def test_the_cache_is_bounded_and_secrets_expire() -> None:
     x = net.end(IP_X, 42000, IP_Y, 90)
     syn = net.send(x, x.seg(100, 0, SYN, options=syn_options()), deliver=False)[0]
     assert not any(sub.v for sub in eno_of(syn).suboptions)
+
+
+# -- simultaneous open (RFC 8547 §4.5, §4.6) ------------------------------------------------
+
+
+def simultaneous_open(net: Net, x: Host, y: Host, *, x_synack_first: bool = True) -> None:
+    """Both stacks send a SYN, each gets the other's, answers with a SYN-ACK (its own ISN,
+    the option unchanged), then gets the other's SYN-ACK."""
+    syn_x = net.send(x, x.seg(100, 0, SYN, options=syn_options(tsval=1000)), deliver=False)
+    syn_y = net.send(y, y.seg(300, 0, SYN, options=syn_options(tsval=2000)), deliver=False)
+    for packet in syn_x + syn_y:
+        net.arrive(packet)
+    synack_x = net.send(x, x.seg(100, 301, SYN | ACK, options=syn_options(1001, 2000)),
+                        deliver=False)
+    synack_y = net.send(y, y.seg(300, 101, SYN | ACK, options=syn_options(2001, 1000)),
+                        deliver=False)
+    assert eno_of(synack_x[0]).raw == eno_of(syn_x[0]).raw     # unchanged (§4.6)
+    assert eno_of(synack_y[0]).raw == eno_of(syn_y[0]).raw
+    for packet in (synack_x + synack_y if x_synack_first else synack_y + synack_x):
+        net.arrive(packet)
+
+
+def test_simultaneous_open_with_one_host_set_to_b_is_encrypted() -> None:
+    """Y sets b = 1 on its port (``passive_role_ports``): Y is host B, X host A; the TEP is
+    the last valid one of Y's list; X's engine sends Init1 itself (no third segment carries
+    it), Y answers Init2, and data flows encrypted both ways."""
+    net = Net(None, EngineConfig(passive_role_ports=frozenset({50000})))
+    x, y = net.end(IP_X, 40000, IP_Y, 50000), net.end(IP_Y, 50000, IP_X, 40000)
+    simultaneous_open(net, x, y)
+    ex, ey = established(x), established(y)
+    assert (ex.role, ey.role) == ("A", "B") and ex.session_id == ey.session_id
+    assert ex.tep == 0x23 and not ex.resumed
+    assert payloads(net, 40000)[0][:4] == INIT1_MAGIC.to_bytes(4, "big")
+    assert payloads(net, 50000)[0][:4] == INIT2_MAGIC.to_bytes(4, "big")
+    net.send(x, x.seg(101, 301, ACK, b"hello from x"))
+    net.send(y, y.seg(301, 113, ACK, b"hello from y"))
+    got_y = b"".join(bytes(p.payload) for p in y.to_stack)
+    got_x = b"".join(bytes(p.payload) for p in x.to_stack)
+    assert got_y == b"hello from x" and got_x == b"hello from y"
+    assert all(b"hello" not in packet for packet in net.wire)
+    status = {f.local: f for e in net.engines.values() for f in e.flows()}
+    assert status["10.0.0.1:40000"].role == "A" and status["10.0.0.2:50000"].role == "B"
+    assert status["10.0.0.1:40000"].state == status["10.0.0.2:50000"].state == "encrypted"
+
+
+def test_simultaneous_open_init1_ahead_of_the_synack_is_dropped_then_resent() -> None:
+    """Y's SYN-ACK reaches X first: X (host A) sends Init1 before Y has seen X's SYN-ACK.
+    Y, still in syn-sent, drops it (never to its stack); after the SYN-ACK, the Init1
+    retransmission completes the exchange."""
+    net = Net(None, EngineConfig(passive_role_ports=frozenset({50000})))
+    x, y = net.end(IP_X, 40000, IP_Y, 50000), net.end(IP_Y, 50000, IP_X, 40000)
+    simultaneous_open(net, x, y, x_synack_first=False)
+    assert net.engines[IP_Y].counters["drops_before-established"] == 1
+    assert not any(len(p.payload) for p in y.to_stack)
+    net.now = 5.0
+    result = net.engines[IP_X].handle_timer(net.now)
+    for transmit in result.transmit:
+        net.arrive(transmit.data)
+    assert established(x).session_id == established(y).session_id
+
+
+def test_simultaneous_open_with_both_b_zero_stays_plain() -> None:
+    net = Net()
+    x, y = net.end(IP_X, 40000, IP_Y, 50000), net.end(IP_Y, 50000, IP_X, 40000)
+    syn_x = net.send(x, x.seg(100, 0, SYN, options=syn_options()), deliver=False)
+    syn_y = net.send(y, y.seg(300, 0, SYN, options=syn_options()), deliver=False)
+    for packet in syn_x + syn_y:
+        net.arrive(packet)
+    for engine in net.engines.values():
+        assert engine.counters["fallback_simultaneous-open"] == 1 and not engine.flows()
