@@ -265,6 +265,7 @@ def _matrix() -> list[Scenario]:
                         impairments=Impairments(loss=0.01, jitter=0.002, resegment=0.05)))
     out += reuse_scenarios()
     out += resumption_scenarios()
+    out += simultaneous_open_scenarios()
     out.append(Scenario("isn-wrap-v4-s1", 1, 4, c2s_bytes=50_000, s2c_bytes=50_000, client_iss=(1 << 32) - 5000,
                         impairments=Impairments(loss=0.02, jitter=0.005)))
     return out
@@ -335,6 +336,25 @@ def resumption_scenarios() -> list[Scenario]:
     return out
 
 
+def simultaneous_open_scenarios() -> list[Scenario]:
+    """Simultaneous open (RFC 8547 §4.5, §4.6): both ends connect at once.  The server's
+    engine sets b = 1 on its port (``passive_role_ports``), so it is host B and the
+    connection is encrypted (its Init1 sent by the client's engine itself, an Init1 ahead of
+    the SYN-ACK dropped and resent); without that, both b = 0: plain, as RFC 8547 requires."""
+    out = []
+    b_role = EngineConfig(passive_role_ports=frozenset({443}))
+    for v in (4, 6):
+        for seed, loss in ((1, 0.0), (2, 0.02), (3, 0.05)):
+            imp = Impairments(loss=loss, duplicate=0.02, jitter=0.002)
+            tag = f"v{v}-loss{_pct(loss)}-s{seed}"
+            out.append(Scenario(f"simultaneous-open-{tag}", seed, v, impairments=imp,
+                                simultaneous_open=True, server_config=b_role,
+                                c2s_bytes=8000, s2c_bytes=6000))
+    out.append(Scenario("simultaneous-open-plain-v4-s1", 1, 4, simultaneous_open=True,
+                        c2s_bytes=8000, s2c_bytes=6000))
+    return out
+
+
 SCENARIOS = _matrix()
 
 
@@ -375,3 +395,19 @@ def test_resumption_scenarios_do_what_they_name(scenario: Scenario) -> None:
         assert server["resume_miss"] == client["resume_declined"] == scenario.reuse
     if scenario.client_config is not None:
         assert server["resume_miss"] == client["resume_declined"] == 0
+
+
+@pytest.mark.parametrize("scenario", simultaneous_open_scenarios(), ids=lambda s: s.name)
+def test_simultaneous_open_scenarios_are_what_they_name(scenario: Scenario) -> None:
+    """Both stacks went through SYN-RECEIVED (each sent a SYN and a SYN-ACK); the engines
+    count one encrypted connection each, or, without b = 1, one simultaneous-open fallback."""
+    result = run(scenario)
+    assert not check(result)
+    for record in result.conns[0].log.records.values():
+        assert record.syn_acked
+    for side in result.sides:
+        counters = side.engine.counters
+        if scenario.expect_encrypted:
+            assert counters["encrypted"] == 1 and not counters["fallback"]
+        else:
+            assert counters["fallback_simultaneous-open"] == 1 and not counters["encrypted"]

@@ -92,6 +92,9 @@ class Scenario:
     reuse_gap: float = 0.5
     reuse_isn: str = "higher"
     reuse_abort: bool = False
+    #: simultaneous open (RFC 9293 §3.5): the server connects to the client's port at the
+    #: moment the client connects to the server's, instead of listening
+    simultaneous_open: bool = False
     #: each side's engine configuration (the real engine only; default EngineConfig())
     client_config: EngineConfig | None = None
     server_config: EngineConfig | None = None
@@ -104,8 +107,11 @@ class Scenario:
 
     @property
     def expect_encrypted(self) -> bool:
-        """Both ends run an engine and no middlebox interferes: the flow must end up ENO."""
-        return self.client_engine and self.server_engine and not self.strip_synack_eno
+        """Both ends run an engine and no middlebox interferes: the flow must end up ENO
+        (a simultaneous open only when one host sets b = 1, RFC 8547 §4.5)."""
+        return (self.client_engine and self.server_engine and not self.strip_synack_eno
+                and not (self.simultaneous_open and not (
+                    self.server_config and self.server_config.passive_role_ports)))
 
     @property
     def expect_abort(self) -> bool:
@@ -337,7 +343,8 @@ class Simulation:
     # ------------------------------------------------------------------ run loop
     def run(self) -> SimResult:
         for conn in self.conns:
-            conn.server.stack.listen()
+            if not self.sc.simultaneous_open:
+                conn.server.stack.listen()
         while not self._done():
             self.events += 1
             when = self._next_event_time()
@@ -438,6 +445,9 @@ class Simulation:
         while self._pending_connects and self._connect_time(self._pending_connects[0]) <= now:
             conn = self._pending_connects.pop(0)
             conn.client.stack.connect(now)
+            if self.sc.simultaneous_open:
+                conn.server.stack.connect(now)
+                self._collect(conn.server)
             self._collect(conn.client)
         for side in (self.client_side, self.server_side):
             if side.engine is not None:

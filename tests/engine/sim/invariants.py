@@ -40,6 +40,8 @@ class StreamRecord:
 
     isn: int | None = None
     syn_options: bytes | None = None
+    #: a SYN-ACK was sent in this direction (after a SYN, in a simultaneous open)
+    syn_acked: bool = False
     stream: bytearray = field(default_factory=bytearray)
     known: bytearray = field(default_factory=bytearray)
     high: int = 0
@@ -104,6 +106,13 @@ class WireLog:
         if pkt.flags & SYN:
             if rec.isn is not None and rec.isn != pkt.seq:
                 rec.conflicts.append(f"SYN with a new ISN {pkt.seq} after {rec.isn}")
+            if (pkt.flags & ACK and rec.syn_options is not None and not _eno(pkt.options)
+                    and not rec.syn_acked):
+                # a simultaneous open's SYN-ACK after a SYN that already disabled ENO may
+                # omit the option (RFC 8547 §4.6); the SYN's stays on record
+                rec.syn_acked = True
+                return
+            rec.syn_acked |= bool(pkt.flags & ACK)
             if rec.syn_options is not None and rec.syn_options != pkt.options and _eno(pkt.options) != _eno(
                 rec.syn_options
             ):
