@@ -595,6 +595,22 @@ def inbound_syn_phase(ctx: Context, table: FlowTable, flow: Flow, pkt: TCPPacket
                 result.verdict = Verdict.DROP
                 return True
             table.forget(flow, result)
+        elif (flow.negotiated is not None and flags & ACK
+              and pkt.ack == (flow.local_isn + 1) & MASK32):
+            # a simultaneous open only we saw (the peer got our SYN-ACK as the answer to
+            # its SYN, before our SYN): its ACK of our SYN-ACK decides ENO as host B's first
+            # ACK does (RFC 8547 §4.6), whichever role the b bits gave us
+            fallback = on_first_ack(ctx, flow, pkt, now, result)
+            if fallback is not None:
+                table.fall_back(flow, fallback, result)
+                return True
+            if flow.state is State.SYN_SENT:
+                ctx.count("drops_before-ack")
+                result.verdict = Verdict.DROP
+                return True
+            if flow.role is Role.A:
+                result.transmit.extend(flow.wire_pieces(0, start_init1(ctx, flow, now)))
+            return False
         elif len(pkt.payload) or flags & FIN:
             # the peer's Init1 after a simultaneous open, ahead of its SYN-ACK: never to
             # the stack; the peer sends it again (its retransmission timer)

@@ -9,6 +9,7 @@ cache's bounds.
 
 from __future__ import annotations
 
+import pytest
 from _hand import ACK, SYN, EngineConfig, Host, TCPPacket, syn_options, tcp_options
 
 from tcpcryptd.core.constants import INIT1_MAGIC, INIT2_MAGIC
@@ -263,20 +264,17 @@ def test_simultaneous_open_with_one_host_set_to_b_is_encrypted() -> None:
     assert status["10.0.0.1:40000"].state == status["10.0.0.2:50000"].state == "encrypted"
 
 
-def test_simultaneous_open_init1_ahead_of_the_synack_is_dropped_then_resent() -> None:
+def test_simultaneous_open_init1_ahead_of_the_synack_completes_the_exchange() -> None:
     """Y's SYN-ACK reaches X first: X (host A) sends Init1 before Y has seen X's SYN-ACK.
-    Y, still in syn-sent, drops it (never to its stack); after the SYN-ACK, the Init1
-    retransmission completes the exchange."""
+    The segment carrying it acknowledges Y's SYN with ENO, which turns encryption on at Y
+    (host B, RFC 8547 §4.6): Y takes Init1 (never to its stack) and answers Init2."""
     net = Net(None, EngineConfig(passive_role_ports=frozenset({50000})))
     x, y = net.end(IP_X, 40000, IP_Y, 50000), net.end(IP_Y, 50000, IP_X, 40000)
     simultaneous_open(net, x, y, x_synack_first=False)
-    assert net.engines[IP_Y].counters["drops_before-established"] == 1
-    assert not any(len(p.payload) for p in y.to_stack)
-    net.now = 5.0
-    result = net.engines[IP_X].handle_timer(net.now)
-    for transmit in result.transmit:
-        net.arrive(transmit.data)
+    assert not any(len(p.payload) for p in y.to_stack + x.to_stack)
     assert established(x).session_id == established(y).session_id
+    net.send(y, y.seg(301, 101, ACK, b"hello from y"))
+    assert b"".join(bytes(p.payload) for p in x.to_stack) == b"hello from y"
 
 
 def test_simultaneous_open_with_both_b_zero_stays_plain() -> None:
@@ -288,3 +286,23 @@ def test_simultaneous_open_with_both_b_zero_stays_plain() -> None:
         net.arrive(packet)
     for engine in net.engines.values():
         assert engine.counters["fallback_simultaneous-open"] == 1 and not engine.flows()
+
+
+@pytest.mark.parametrize("b_host", ["x", "y"])
+def test_a_simultaneous_open_only_one_end_saw(b_host: str) -> None:
+    """X's SYN is lost; Y's SYN reaches X in syn-sent (a simultaneous open for X), X's
+    SYN-ACK reaches Y, which takes it as the answer to its own SYN (a normal open for Y),
+    and Y's ACK completes X's.  Whichever host set b = 1 is host B; the other's engine
+    sends Init1 (on Y's third segment, or on its own when X is host A)."""
+    b_role = EngineConfig(passive_role_ports=frozenset({40000 if b_host == "x" else 50000}))
+    net = Net(b_role if b_host == "x" else None, b_role if b_host == "y" else None)
+    x, y = net.end(IP_X, 40000, IP_Y, 50000), net.end(IP_Y, 50000, IP_X, 40000)
+    net.send(x, x.seg(100, 0, SYN, options=syn_options(tsval=1000)), deliver=False)   # lost
+    net.send(y, y.seg(300, 0, SYN, options=syn_options(tsval=2000)))
+    net.send(x, x.seg(100, 301, SYN | ACK, options=syn_options(1001, 2000)))
+    net.send(y, y.seg(301, 101, ACK))
+    ex, ey = established(x), established(y)
+    assert ex.session_id == ey.session_id
+    assert (ex.role, ey.role) == (("B", "A") if b_host == "x" else ("A", "B"))
+    net.send(x, x.seg(101, 301, ACK, b"hello from x"))
+    assert b"".join(bytes(p.payload) for p in y.to_stack) == b"hello from x"
