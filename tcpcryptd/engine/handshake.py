@@ -162,13 +162,11 @@ def _nonce_room(options: bytes, answer: bool, fresh: int) -> int | None:
     fits next to ``options``: A's offer after ``fresh`` fresh TEP bytes, or B's answer
     (global suboption first); None if not even an empty one fits."""
     fixed = 2 + fresh + int(answer) + 10    # kind, length, TEP bytes, global, TEP, half
-    for length in range(MAX_RESUME_NONCE_LEN, -1, -1):
-        try:
-            tcp_options.add(options, bytes((ENO_KIND, fixed + length)) + bytes(fixed + length - 2))
-        except PacketError:
-            continue
-        return length
-    return None
+    try:
+        length = min(tcp_options.room(options) - fixed, MAX_RESUME_NONCE_LEN)
+    except PacketError:
+        return None
+    return length if length >= 0 else None
 
 
 def _resumption_offer(ctx: Context, pkt: TCPPacket, now: float
@@ -336,8 +334,9 @@ def _resume_answer(ctx: Context, pkt: TCPPacket, now: float, taken: list[CacheEn
     def answer(offer: Suboption) -> Suboption | None:
         parsed = parse_resumption(offer)
         entry = None if parsed is None else cache.by_peer_half(parsed[0], offer.tep, now)
-        length = _nonce_room(tcp_options.remove(pkt.options, ENO_KIND), True, 0)
-        if entry is None or entry.peer != _peer(pkt.reverse_flow_key()) or length is None:
+        length = (None if entry is None or entry.peer != _peer(pkt.reverse_flow_key())
+                  else _nonce_room(tcp_options.remove(pkt.options, ENO_KIND), True, 0))
+        if length is None:
             ctx.count("resume_miss")
             return None
         cache.take(entry)
