@@ -33,15 +33,18 @@ STATUS_TIMEOUT = 120.0
 
 @dataclass(frozen=True)
 class Mode:
-    """What carries the traffic: ``kind`` is plain, passthrough, tcpcryptd (both ends),
-    one_daemon (tcpcryptd in A only) or syn_passthrough (A queues only its SYN segments to a
-    pass-through)."""
+    """What carries the traffic: ``kind`` is plain, passthrough (NetfilterQueue),
+    passthrough_own / passthrough_gso (the daemon's binding without / with
+    ``NFQA_CFG_F_GSO``), tcpcryptd (both ends), one_daemon (tcpcryptd in A only) or
+    syn_passthrough (A queues only its SYN segments to a pass-through)."""
 
     kind: str
     tep: str = "X25519"
     aead: str = "AES-128-GCM"
     #: session resumption (RFC 8548 §3.5) in both daemons; None: the daemon's default (on)
     resumption: bool | None = None
+    #: tcpcryptd's ``queue.workers`` (0: one per CPU)
+    workers: int = 1
 
     @property
     def label(self) -> str:
@@ -52,7 +55,9 @@ class Mode:
         if self.kind != "tcpcryptd":
             return self.kind
         resumed = {True: ", resumed", False: ", fresh", None: ""}[self.resumption]
-        return f"tcpcryptd {self.tep} {self.aead}{resumed}"
+        workers = "" if self.workers == 1 else (
+            ", a worker per CPU" if self.workers == 0 else f", {self.workers} workers")
+        return f"tcpcryptd {self.tep} {self.aead}{resumed}{workers}"
 
 
 PLAIN = Mode("plain")
@@ -70,6 +75,7 @@ def daemon_config(mode: Mode, control: Path) -> str:
     resumption = ("" if mode.resumption is None
                   else f"[resumption]\nenabled = {str(mode.resumption).lower()}\n")
     return (f'[encryption]\nteps = ["{mode.tep}"]\naeads = ["{mode.aead}"]\n'
+            f'[queue]\nworkers = {mode.workers}\n'
             f'[control]\nsocket = "{control}"\n[log]\nlevel = "warning"\n{resumption}')
 
 
@@ -83,10 +89,33 @@ def read_vmrss(pid: int) -> int:
 
 
 def read_cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (/proc/PID/stat fields 14 and 15)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """utime + stime of ``pid`` and its live children (a supervisor's workers) in seconds
+    (/proc/PID/stat fields 14 and 15)."""
+    total = 0.0
+    for one in (pid, *children(pid)):
+        try:
+            with open(f"/proc/{one}/stat", encoding="ascii") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:   # a child that just ended
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (/proc/PID/task/*/children)."""
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as listing:
+                found += [int(word) for word in listing.read().split()]
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def parse_queued(text: str) -> int:
@@ -142,6 +171,10 @@ class BenchBed:
             if self.mode.kind == "passthrough":
                 for ns in (self.bed.a, self.bed.b):
                     self._start_passthrough(ns)
+            elif self.mode.kind in ("passthrough_own", "passthrough_gso"):
+                extra = ("--gso",) if self.mode.kind == "passthrough_gso" else ()
+                for ns in (self.bed.a, self.bed.b):
+                    self._start_passthrough(ns, "--binding", "own", *extra)
             elif self.mode.kind == "tcpcryptd":
                 for label in ("A", "B"):
                     self.daemons[label] = self._start_daemon(label)

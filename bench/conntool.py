@@ -7,6 +7,11 @@
     Sequential connect + 1-byte request/response + close, up to N connections or S seconds;
     prints one JSON line: connections, failures, seconds, latencies_ms (connect() start to the
     first response byte, one per connection).
+``python -m bench.conntool exchange --host H --port P --connections C --size N --seconds S``
+    A request/response loop as a key-value client runs it: C connections, each sends an
+    N-byte request and waits for the server's N-byte answer (``serve --echo``), again and
+    again for S seconds; prints one JSON line: exchanges, mismatches (an answer that is not
+    the request), seconds.
 ``python -m bench.conntool hold --host H --port P --checkpoints 1000,10000``
     Opens connections (a window of non-blocking connects), makes each exchange 1 byte so
     the key exchange is complete, and keeps them idle. At each checkpoint it prints
@@ -41,8 +46,9 @@ def raise_fd_limit(wanted: int = FD_LIMIT) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def serve(port: int, hold: bool) -> None:
-    """Accept loop answering each request byte with :data:`RESPONSE`."""
+def serve(port: int, hold: bool, echo: bool = False) -> None:
+    """Accept loop answering each request byte with :data:`RESPONSE` (``echo``: sending
+    back every byte received, until the peer closes)."""
     raise_fd_limit()
     listener = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True,
                                     backlog=4096)
@@ -62,9 +68,14 @@ def serve(port: int, hold: bool) -> None:
                 continue
             conn = key.fileobj
             try:
-                data = conn.recv(64)
+                data = conn.recv(65536 if echo else 64)
             except OSError:
                 data = b""
+            if data and echo:
+                conn.setblocking(True)    # a short answer: the send buffer takes it at once
+                conn.sendall(data)
+                conn.setblocking(False)
+                continue
             if data and key.data == "request":
                 conn.send(RESPONSE)
                 if hold:
@@ -100,6 +111,36 @@ def request_response(host: str, port: int, count: int, seconds: float,
     elapsed = time.perf_counter() - started
     return {"connections": len(latencies_ms), "failures": failures, "seconds": elapsed,
             "latencies_ms": latencies_ms}
+
+
+def exchange(host: str, port: int, connections: int, size: int, seconds: float) -> dict:
+    """``connections`` clients each doing request/response round trips of ``size`` bytes."""
+    selector = selectors.DefaultSelector()
+    request = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    for _ in range(connections):
+        conn = socket.create_connection((host, port), timeout=10)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sendall(request)
+        conn.setblocking(False)
+        selector.register(conn, selectors.EVENT_READ, bytearray())
+    exchanges = mismatches = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for key, _ in selector.select(timeout=1.0):
+            answer = key.data
+            answer += key.fileobj.recv(65536)
+            if len(answer) < size:
+                continue
+            exchanges += 1
+            mismatches += bytes(answer[:size]) != request
+            del answer[:size]
+            key.fileobj.setblocking(True)
+            key.fileobj.sendall(request)
+            key.fileobj.setblocking(False)
+    elapsed = time.perf_counter() - started
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()
+    return {"exchanges": exchanges, "mismatches": mismatches, "seconds": elapsed}
 
 
 class Holder:
@@ -172,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve")
     p_serve.add_argument("--port", type=int, required=True)
     p_serve.add_argument("--hold", action="store_true")
+    p_serve.add_argument("--echo", action="store_true")
+    p_ex = sub.add_parser("exchange")
+    p_ex.add_argument("--host", required=True)
+    p_ex.add_argument("--port", type=int, required=True)
+    p_ex.add_argument("--connections", type=int, default=4)
+    p_ex.add_argument("--size", type=int, default=100)
+    p_ex.add_argument("--seconds", type=float, required=True)
     p_rr = sub.add_parser("rr")
     p_rr.add_argument("--host", required=True)
     p_rr.add_argument("--port", type=int, required=True)
@@ -187,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds allowed to reach each checkpoint")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        serve(args.port, args.hold)
+        serve(args.port, args.hold, args.echo)
+    elif args.command == "exchange":
+        print(json.dumps(exchange(args.host, args.port, args.connections, args.size,
+                                  args.seconds)))
     elif args.command == "rr":
         print(json.dumps(request_response(args.host, args.port, args.count, args.seconds)))
     else:

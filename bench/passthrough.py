@@ -8,6 +8,10 @@ packet unchanged until SIGTERM/SIGINT, when it removes the rules and prints
 queue itself (two kernel/user crossings per packet); the difference between this and
 tcpcryptd is the cost of the daemon's work.
 
+``--binding own`` reads the queue through the daemon's own binding
+(:mod:`tcpcryptd.daemon.nfqueue`) instead of NetfilterQueue, the MTU-sized baseline of the
+issue; ``--gso`` adds ``NFQA_CFG_F_GSO`` to it (super-packets accepted whole).
+
 ``--syn-only`` queues only the segments with SYN set (SYN and SYN-ACK, both directions, not
 loopback; IPv4) with two plain iptables rules instead of the daemon's: what a plain
 connection costs when its SYN phase alone crosses userspace and the consumer does nothing,
@@ -25,7 +29,7 @@ import subprocess
 import sys
 from types import FrameType
 
-from netfilterqueue import NetfilterQueue, Packet
+from typing import Any
 
 from tcpcryptd.daemon.config import Config
 from tcpcryptd.daemon.firewall import Firewall, detect_backend
@@ -46,7 +50,7 @@ class AcceptAll:
     def __init__(self) -> None:
         self.accepted = 0
 
-    def __call__(self, packet: Packet) -> None:
+    def __call__(self, packet: Any) -> None:
         packet.accept()
         self.accepted += 1
 
@@ -69,6 +73,8 @@ def _syn_rules(queue: int, action: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queue", type=int, default=Config().queue.number)
+    parser.add_argument("--binding", choices=("netfilterqueue", "own"), default="netfilterqueue")
+    parser.add_argument("--gso", action="store_true", help="own binding: NFQA_CFG_F_GSO")
     parser.add_argument("--syn-only", action="store_true",
                         help="queue only segments with SYN set (own rules, IPv4)")
     args = parser.parse_args(argv)
@@ -76,22 +82,32 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     consumer = AcceptAll()
-    queue = NetfilterQueue()
-    queue.bind(args.queue, consumer, max_len=config.queue.max_len)
+    if args.binding == "own":
+        from tcpcryptd.daemon.nfqueue import PacketQueue
+
+        own = PacketQueue(args.queue, config.queue.max_len, consumer, gso=args.gso)
+        fd, drain, unbind = own.fileno(), own.process, own.close
+    else:
+        from netfilterqueue import NetfilterQueue
+
+        queue = NetfilterQueue()
+        queue.bind(args.queue, consumer, max_len=config.queue.max_len)
+        fd, drain, unbind = queue.get_fd(), lambda: queue.run(block=False), queue.unbind
     firewall = Firewall(detect_backend(config.firewall.backend), ipv6=config.firewall.ipv6)
     selector = selectors.DefaultSelector()
-    selector.register(queue.get_fd(), selectors.EVENT_READ)
+    selector.register(fd, selectors.EVENT_READ)
     try:
         if args.syn_only:
             _syn_rules(args.queue, "-I")
         else:
             # the daemon's rules for this queue; nothing is ever marked plain: all is queued
-            firewall.install(dataclasses.replace(rule_spec(config), queue_num=args.queue))
+            firewall.install(dataclasses.replace(rule_spec(config), queue_num=args.queue,
+                                                 workers=1))
         print("passthrough: ready", flush=True)
         while True:
             # The same I/O pattern as the daemon's loop: wait, then drain without blocking.
             selector.select()
-            queue.run(block=False)
+            drain()
     except _Stop:
         pass
     finally:
@@ -99,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             _syn_rules(args.queue, "-D")
         else:
             firewall.remove(config.marks.encrypted)
-        queue.unbind()
+        unbind()
     print(f"passthrough: accepted {consumer.accepted}", flush=True)
     return 0
 

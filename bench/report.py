@@ -23,9 +23,12 @@ THROUGHPUT_ROWS: dict[str, str] = {
     "chacha20": "tcpcryptd ChaCha20-Poly1305",
     "aes256gcm": "tcpcryptd AES-256-GCM",
     "parallel4_aes128gcm": "tcpcryptd AES-128-GCM, 4 flows",
+    "aes128gcm_workers": "tcpcryptd AES-128-GCM, a worker per CPU",
+    "parallel4_aes128gcm_workers": "tcpcryptd AES-128-GCM, a worker per CPU, 4 flows",
 }
 #: The tcpcryptd throughput rows (compared with pass-through and plain).
-ENCRYPTED_ROWS = ("aes128gcm", "chacha20", "aes256gcm", "parallel4_aes128gcm")
+ENCRYPTED_ROWS = ("aes128gcm", "chacha20", "aes256gcm", "parallel4_aes128gcm",
+                  "aes128gcm_workers", "parallel4_aes128gcm_workers")
 #: Connection-rate modes: key -> label.
 CONNECTION_ROWS: dict[str, str] = {
     "plain": "plain TCP",
@@ -33,6 +36,14 @@ CONNECTION_ROWS: dict[str, str] = {
     "x25519": "tcpcryptd X25519",
     "p256": "tcpcryptd P-256",
     "x25519_resumed": "tcpcryptd X25519, resumed",
+}
+
+#: Request/response modes (bench.conntool exchange): key -> label.
+EXCHANGE_ROWS: dict[str, str] = {
+    "plain": "plain TCP",
+    "passthrough": "NFQUEUE pass-through",
+    "aes128gcm": "tcpcryptd AES-128-GCM",
+    "aes128gcm_workers": "tcpcryptd AES-128-GCM, a worker per CPU",
 }
 
 #: Plain TCP with tcpcryptd in A only vs no daemon: who connects -> label. The client sends.
@@ -163,6 +174,8 @@ class Samples:
     diagnostics: dict[str, list[dict]] = field(default_factory=dict)
     #: :data:`OFFLOAD_DIRECTIONS` key -> plain TCP with the daemon on one end vs none
     offload: dict[str, OffloadSamples] = field(default_factory=dict)
+    #: :data:`EXCHANGE_ROWS` key -> request/response round trips per second, per run
+    exchanges: dict[str, list[float]] = field(default_factory=dict)
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -266,6 +279,11 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, float | None]:
     for key in ("x25519", "p256", "x25519_resumed"):
         ratios[f"{key}_connections_vs_passthrough"] = ratio(conn[f"{key}_per_s"],
                                                             conn["passthrough_per_s"])
+    exchanges = results.get("exchanges_per_s", {})
+    for key in EXCHANGE_ROWS:
+        if key != "plain":
+            ratios[f"{key}_exchanges_vs_plain"] = ratio(exchanges.get(key),
+                                                        exchanges.get("plain"))
     offload = results.get("offload", {})
     for key in OFFLOAD_DIRECTIONS:
         for metric, name in (("throughput_mbps", "throughput"),
@@ -364,6 +382,8 @@ def build_results(samples: Samples, *, machine: dict[str, Any], date: str,
         "memory": _memory(samples),
         "cpu_s_per_gb": _rounded(median(samples.cpu_s_per_gb), 2),
         "offload": _offload(samples),
+        "exchanges_per_s": {key: _rounded(median(samples.exchanges.get(key, [])), 1)
+                            for key in EXCHANGE_ROWS},
     }
     results["ratios"] = compute_ratios(results)
     results["targets"] = [{"target": t.name, "value": t.value, "verdict": t.verdict,
@@ -443,6 +463,13 @@ def format_table(results: dict[str, Any]) -> str:
     lines.append(f"| added connect-to-first-byte latency, X25519 vs plain | median "
                  f"{_fmt(conn['added_latency_ms_median'], ' ms', 2)}, p99 "
                  f"{_fmt(conn['added_latency_ms_p99'], ' ms', 2)} | |")
+    if results.get("exchanges_per_s"):
+        lines += ["", "| request/response (4 connections, 100-byte request and answer) | "
+                      "per s | vs plain |", "|---|---:|---:|"]
+        for key, label in EXCHANGE_ROWS.items():
+            vs_plain = ratios.get(f"{key}_exchanges_vs_plain")
+            lines.append(f"| {label} | {_fmt(results['exchanges_per_s'].get(key))} | "
+                         f"{_fmt_ratio(vs_plain) if key != 'plain' else ''} |")
     if results.get("offload"):
         lines += ["", *format_offload(results["offload"], ratios)]
     memory = results["memory"]

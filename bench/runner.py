@@ -37,6 +37,7 @@ from bench.workloads import (
     IPERF_PORT,
     ConnectionRun,
     connection_rate,
+    exchange_rate,
     idle_flows,
     iperf3,
     nc_transfer,
@@ -51,6 +52,8 @@ THROUGHPUT_PLAN: dict[str, tuple[Mode, int]] = {
     "chacha20": (Mode("tcpcryptd", "X25519", "CHACHA20-POLY1305"), 1),
     "aes256gcm": (Mode("tcpcryptd", "X25519", "AES-256-GCM"), 1),
     "parallel4_aes128gcm": (Mode("tcpcryptd", "X25519", "AES-128-GCM"), 4),
+    "aes128gcm_workers": (Mode("tcpcryptd", "X25519", "AES-128-GCM", workers=0), 1),
+    "parallel4_aes128gcm_workers": (Mode("tcpcryptd", "X25519", "AES-128-GCM", workers=0), 4),
 }
 AES128 = THROUGHPUT_PLAN["aes128gcm"][0]
 #: Connection rates: every tcpcryptd connection a fresh key exchange (resumption off), then
@@ -61,6 +64,13 @@ CONNECTION_PLAN: dict[str, Mode] = {
     "x25519": Mode("tcpcryptd", "X25519", "AES-128-GCM", resumption=False),
     "p256": Mode("tcpcryptd", "P-256", "AES-128-GCM", resumption=False),
     "x25519_resumed": Mode("tcpcryptd", "X25519", "AES-128-GCM", resumption=True),
+}
+#: Request/response row -> mode.
+EXCHANGE_PLAN: dict[str, Mode] = {
+    "plain": PLAIN,
+    "passthrough": PASSTHROUGH,
+    "aes128gcm": AES128,
+    "aes128gcm_workers": THROUGHPUT_PLAN["aes128gcm_workers"][0],
 }
 #: Offload direction -> the namespace that connects (and sends); the daemon runs in A.
 OFFLOAD_CLIENTS = {"daemon_client": "A", "daemon_server": "B"}
@@ -106,7 +116,8 @@ class Runner:
     def step_count(self) -> int:
         s = self.settings
         return (len(THROUGHPUT_PLAN) * s.repetitions + len(s.loss_sizes) * 2 * s.repetitions
-                + len(CONNECTION_PLAN) + 1 + 1 + self.offload_step_count())
+                + len(CONNECTION_PLAN) + len(EXCHANGE_PLAN) * s.repetitions + 1 + 1
+                + self.offload_step_count())
 
     def offload_step_count(self) -> int:
         return len(OFFLOAD_CLIENTS) * 2 * self.settings.repetitions
@@ -120,6 +131,7 @@ class Runner:
         self.throughput()
         self.loss()
         self.connections()
+        self.exchanges()
         self.memory()
         return self.samples
 
@@ -362,6 +374,21 @@ class Runner:
                                   f"{run.connections} connections resumed, expected {want}")
                 return
         self.samples.connections[key] = ConnectionSamples(run.per_s, run.latencies_ms)
+
+    # ---- request/response
+
+    def exchanges(self) -> None:
+        s = self.settings
+        for key, mode in EXCHANGE_PLAN.items():
+            what = f"request/response {key}"
+            with self._bed(what, mode) as bed:
+                for rep in range(s.repetitions):
+                    self.progress.step(f"{what} (4 connections, {s.seconds:g} s), run "
+                                       f"{rep + 1}/{s.repetitions}")
+                    if bed is None:
+                        continue
+                    self._guarded(what, lambda: self.samples.exchanges.setdefault(
+                        key, []).append(exchange_rate(bed, s.seconds)))
 
     # ---- 4. idle flows and memory
 

@@ -173,9 +173,11 @@ def _conntool(ns: Namespace, *args: str, **kwargs) -> subprocess.Popen:
                     **kwargs)
 
 
-def _start_server(bed: BenchBed, port: int, hold: bool, label: str = "B") -> subprocess.Popen:
+def _start_server(bed: BenchBed, port: int, hold: bool, label: str = "B",
+                  echo: bool = False) -> subprocess.Popen:
     server = _conntool(bed.bed.ns(label), "serve", "--port", str(port),
-                       *(["--hold"] if hold else []), stdout=subprocess.PIPE)
+                       *(["--hold"] if hold else []), *(["--echo"] if echo else []),
+                       stdout=subprocess.PIPE)
     if not read_line(server, 15.0).startswith("serve: ready"):
         raise BedError("bench.conntool serve did not start")
     return server
@@ -193,6 +195,24 @@ class ConnectionRun:
         return self.connections / self.seconds
 
 
+def _conntool_result(client: subprocess.Popen, server: subprocess.Popen, what: str,
+                     timeout: float) -> dict:
+    """The JSON a bench.conntool ``what`` run printed; the server is stopped either way."""
+    try:
+        out, _ = client.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        client.kill()
+        raise BedError(f"bench.conntool {what} did not finish") from exc
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    try:
+        return json.loads(out)
+    except json.JSONDecodeError as exc:
+        raise BedError(f"bench.conntool {what} printed no JSON (exit {client.returncode})"
+                       ) from exc
+
+
 def connection_rate(bed: BenchBed, count: int, seconds: float,
                     client: str = "A") -> ConnectionRun:
     """Sequential connect + 1-byte request/response + close from ``client`` to the other
@@ -201,20 +221,23 @@ def connection_rate(bed: BenchBed, count: int, seconds: float,
     rr = _conntool(bed.bed.ns(client), "rr", "--host", bed.address(_other(client)), "--port",
                    str(RR_PORT), "--count", str(count), "--seconds", str(seconds),
                    stdout=subprocess.PIPE)
-    try:
-        out, _ = rr.communicate(timeout=seconds + 120)
-    except subprocess.TimeoutExpired as exc:
-        rr.kill()
-        raise BedError("bench.conntool rr did not finish") from exc
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-    try:
-        result = json.loads(out)
-    except json.JSONDecodeError as exc:
-        raise BedError(f"bench.conntool rr printed no JSON (exit {rr.returncode})") from exc
+    result = _conntool_result(rr, server, "rr", seconds + 120)
     return ConnectionRun(result["connections"], result["failures"], result["seconds"],
                          result["latencies_ms"])
+
+
+def exchange_rate(bed: BenchBed, seconds: float, connections: int = 4, size: int = 100
+                  ) -> float:
+    """Request/response round trips per second (bench.conntool exchange), A -> B; a wrong
+    answer fails the run."""
+    server = _start_server(bed, RR_PORT, hold=False, echo=True)
+    client = _conntool(bed.a, "exchange", "--host", bed.server_address, "--port", str(RR_PORT),
+                       "--connections", str(connections), "--size", str(size), "--seconds",
+                       str(seconds), stdout=subprocess.PIPE)
+    result = _conntool_result(client, server, "exchange", seconds + 60)
+    if result["mismatches"]:
+        raise BedError(f"{result['mismatches']} answers differed from their requests")
+    return result["exchanges"] / result["seconds"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ injected objects keep the engine's defaults.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, make_dataclass
@@ -25,6 +26,7 @@ from typing import Any
 from tcpcryptd.core.constants import TEP, AEADId
 from tcpcryptd.daemon.errors import ConfigError
 from tcpcryptd.engine.config import EngineConfig
+from tcpcryptd.engine.policy import Mode, Policy, Rule
 
 #: Where ``tcpcryptd`` looks for its configuration when no ``--config`` is given.
 DEFAULT_CONFIG_PATH = Path("/etc/tcpcryptd/tcpcryptd.toml")
@@ -56,10 +58,23 @@ class EncryptionConfig:
     passive_role_ports: tuple[int, ...] = ()
 
 
+#: Most worker processes ``queue.workers = 0`` (one per CPU) starts.
+MAX_AUTO_WORKERS = 8
+
+
 @dataclass(frozen=True)
 class QueueConfig:
     number: int = 0
     max_len: int = 1024
+    #: worker processes, each on its own queue ``number + k``; 0: one per CPU, at most
+    #: :data:`MAX_AUTO_WORKERS`
+    workers: int = 0
+
+    def worker_count(self) -> int:
+        """How many workers run: ``workers``, or for 0 the CPUs this process may use."""
+        if self.workers:
+            return self.workers
+        return max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS))
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,15 @@ class ResumptionConfig:
     enabled: bool = EngineConfig.resumption_enabled
     cache_size: int = EngineConfig.resumption_cache_size
     lifetime: float = EngineConfig.resumption_lifetime
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """``[policy]``: the mode of connections no rule matches, and the rules
+    (:mod:`tcpcryptd.engine.policy`)."""
+
+    default: Mode = Mode.PREFER
+    rules: tuple[Rule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -217,6 +241,56 @@ def _listen(key: str, value: Any) -> str:
 
 
 _MARK = _integer(1, 0xFFFFFFFF)
+MODES = tuple(str(mode) for mode in Mode)
+_PORT = _integer(1, 65535)
+#: Keys of one ``policy.rules`` entry (``mode`` required, at least one selector).
+RULE_KEYS = ("mode", "peer", "local_port", "remote_port")
+
+
+def _mode(key: str, value: Any) -> Mode:
+    return Mode(_choice(MODES)(key, value))
+
+
+def _prefix(key: str, value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    text = _string(key, value)
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: not an address or prefix ({exc})") from None
+
+
+def _rules(key: str, value: Any) -> tuple[Rule, ...]:
+    """``policy.rules``: a list of tables ``{mode, peer?, local_port?, remote_port?}``."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be a list of tables ([[policy.rules]]), got {value!r}")
+    rules: list[Rule] = []
+    seen: dict[tuple, int] = {}
+    for index, entry in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a table with mode and selectors, got {entry!r}")
+        unknown = sorted(set(entry) - set(RULE_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: "
+                              f"{', '.join(RULE_KEYS)})")
+        if "mode" not in entry:
+            raise ConfigError(f"{where}: needs a mode ({', '.join(MODES)})")
+        if len(entry) == 1:
+            raise ConfigError(f"{where}: needs peer, local_port or remote_port (policy.default "
+                              f"sets the mode of every other connection)")
+        rule = Rule(mode=_mode(f"{where}.mode", entry["mode"]),
+                    peer=_prefix(f"{where}.peer", entry["peer"]) if "peer" in entry else None,
+                    local_port=(_PORT(f"{where}.local_port", entry["local_port"])
+                                if "local_port" in entry else None),
+                    remote_port=(_PORT(f"{where}.remote_port", entry["remote_port"])
+                                 if "remote_port" in entry else None))
+        selectors = (rule.peer, rule.local_port, rule.remote_port)
+        if selectors in seen:
+            raise ConfigError(f"{where}: selects the same connections as {key}[{seen[selectors]}]")
+        seen[selectors] = index
+        rules.append(rule)
+    return tuple(rules)
+
 
 #: The ``[limits]`` keys: the EngineConfig fields a user may set, each with the range it
 #: accepts. Name, type and default are EngineConfig's; conf/tcpcryptd.toml documents them.
@@ -236,6 +310,7 @@ LimitsConfig = make_dataclass(
     "LimitsConfig",
     [(f.name, f.type, field(default=f.default)) for f in fields(EngineConfig) if f.name in LIMITS],
     frozen=True)
+LimitsConfig.__module__ = __name__   # picklable (the worker processes get the config)
 
 
 @dataclass(frozen=True)
@@ -249,6 +324,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     resumption: ResumptionConfig = field(default_factory=ResumptionConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
@@ -264,6 +340,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
     "queue": (QueueConfig, {
         "number": _integer(0, 65535),
         "max_len": _integer(1, 65535),
+        "workers": _integer(0, 64),
     }),
     "marks": (MarksConfig, {"injected": _MARK, "seen": _MARK, "encrypted": _MARK,
                             "plain": _MARK}),
@@ -279,6 +356,10 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
         "enabled": _boolean,
         "cache_size": _integer(1, 10_000_000),
         "lifetime": _seconds(1.0, 7 * 86400.0),
+    }),
+    "policy": (PolicyConfig, {
+        "default": _mode,
+        "rules": _rules,
     }),
     "log": (LogConfig, {"level": _choice(LOG_LEVELS), "keylog": _string}),
     "metrics": (MetricsConfig, {"listen": _listen}),
@@ -357,4 +438,5 @@ def engine_config(config: Config) -> EngineConfig:
         resumption_cache_size=config.resumption.cache_size,
         resumption_lifetime=config.resumption.lifetime,
         **{name: getattr(config.limits, name) for name in LIMITS},
+        policy=Policy(config.policy.rules, config.policy.default),
     )

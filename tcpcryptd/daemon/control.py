@@ -1,16 +1,23 @@
 """The control socket: a unix stream socket, one JSON request per line, one JSON answer each.
 
 Requests are objects with a ``command`` (``ping``, ``status``, ``enable``, ``disable``,
-``session-id``) and that command's fields; answers are objects with ``ok`` (true/false) and,
-when false, ``error``. Malformed, oversized or too deeply nested requests get an error
+``session-id``, ``session``) and that command's fields; answers are objects with ``ok``
+(true/false) and, when false, ``error``. Malformed, oversized or too deeply nested requests get an error
 answer, never a crash; an oversized line is skipped without being buffered. The server is
 non-blocking and driven by the daemon's event loop, which also calls :meth:`ControlServer.
 expire`: a connection without a complete request (or answer progress) for
 :data:`IDLE_TIMEOUT` seconds is closed, and at :data:`MAX_CLIENTS` connections a new one
-evicts the longest idle one, so idle clients can never lock out a fresh ``status``.
+evicts the longest idle one (an unprivileged caller's first), so idle clients can never lock
+out a fresh ``status``.
 One instance per socket path: an exclusive ``flock`` on ``PATH.lock`` (holding the pid)
 plus a probe of an existing socket, so a stale socket after a crash is replaced and a live
 one is never stolen.
+
+Access: the socket is mode 0666 so that every local user can reach it, and each connection's
+peer credentials (``SO_PEERCRED``, taken at accept) decide what it may ask: a
+:class:`Caller` that is root (or the daemon's own uid) may send every command, any other
+only the :data:`OPEN_COMMANDS` (``ping`` and ``session``, which the handler answers only for
+connections the caller owns); the rest get ``permission denied``.
 """
 
 from __future__ import annotations
@@ -22,9 +29,12 @@ import logging
 import math
 import os
 import re
+import selectors
 import socket
+import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -51,14 +61,51 @@ COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "enable": (),
     "disable": (),
     "session-id": ("remote_addr", "remote_port", "local_port"),
+    "session": ("local_addr", "local_port", "remote_addr", "remote_port"),
 }
 COMMANDS = tuple(COMMAND_FIELDS)
+#: Commands every local user may send (the others need root or the daemon's uid).
+OPEN_COMMANDS = frozenset({"ping", "session"})
+#: Mode of the control socket: reachable by every user; :class:`Caller` limits what each asks.
+SOCKET_MODE = 0o666
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 
 Request = dict[str, Any]
 Response = dict[str, Any]
+
+_UCRED = struct.Struct("=iII")   # struct ucred: pid, uid, gid
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The process at the other end of a control connection (``SO_PEERCRED`` at connect).
+
+    ``uid`` is None when the kernel did not say (never on Linux unix sockets): such a caller
+    is unprivileged and owns nothing.
+    """
+
+    pid: int
+    uid: int | None
+
+    @property
+    def privileged(self) -> bool:
+        """Root, or the user the daemon runs as: may send every command."""
+        return self.uid is not None and self.uid in (0, os.geteuid())
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> Caller:
+        try:
+            pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET,
+                                                           socket.SO_PEERCRED, _UCRED.size))
+        except OSError:
+            return cls(0, None)
+        return cls(pid, uid)
+
+
+#: What a handler answers: ``handle(request, caller) -> response``.
+Handler = Callable[[Request, Caller], Response]
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -126,6 +173,7 @@ class _Connection:
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
+        self.caller = Caller.of(sock)
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.closing = False
@@ -135,13 +183,14 @@ class _Connection:
 
 
 class ControlServer:
-    """Listens on ``path``; ``handle(request) -> response`` answers each valid request.
+    """Listens on ``path``; ``handle(request, caller) -> response`` answers each valid
+    request the caller may send (:data:`OPEN_COMMANDS`, or all when privileged).
 
     ``clock`` (seconds, monotonic) times idle connections; :meth:`expire` and
     :meth:`next_deadline` use the same clock.
     """
 
-    def __init__(self, path: str, handle: Callable[[Request], Response],
+    def __init__(self, path: str, handle: Handler,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
         self.lock_path = Path(f"{path}.lock")
@@ -155,9 +204,12 @@ class ControlServer:
     # ---- lifecycle
 
     def open(self) -> None:
-        """Take the instance lock, replace a stale socket, listen (mode 0600)."""
+        """Take the instance lock, replace a stale socket, listen (mode :data:`SOCKET_MODE`)."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.parent.is_dir():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # every user reaches the socket; its callers' credentials decide the rest
+                self.path.parent.chmod(0o755)
             self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise ControlError(f"cannot create {self.lock_path}: {exc.strerror}") from exc
@@ -177,7 +229,7 @@ class ControlServer:
             self.path.unlink()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            old_umask = os.umask(0o177)
+            old_umask = os.umask(0o777 & ~SOCKET_MODE)
             try:
                 listener.bind(str(self.path))
             finally:
@@ -292,14 +344,41 @@ class ControlServer:
         return min((-math.inf if connection.evicted else connection.active + IDLE_TIMEOUT
                     for connection in self.connections.values()), default=None)
 
+    def on_event(self, key: selectors.SelectorKey, events: int,
+                 selector: selectors.BaseSelector) -> None:
+        """One selector event of the listener (``data`` "listen") or of a client connection
+        (``data`` "client"): accept, read, write, drop when finished, and keep the client's
+        registration on the one event it waits for (reading waits while an answer or a
+        buffered request is pending)."""
+        if key.data == "listen":
+            sock = self.accept()
+            if sock is not None:
+                selector.register(sock, selectors.EVENT_READ, "client")
+            return
+        fd = key.fd
+        if events & selectors.EVENT_READ:
+            self.readable(fd)
+        if events & selectors.EVENT_WRITE:
+            self.writable(fd)
+        if self.finished(fd):
+            selector.unregister(key.fileobj)
+            self.drop(fd)
+            return
+        wanted = selectors.EVENT_WRITE if self.wants_write(fd) else selectors.EVENT_READ
+        if wanted != key.events:
+            selector.modify(key.fileobj, wanted, "client")
+
     # ---- internals
 
     def _make_room(self) -> None:
-        """At the connection cap, mark the longest idle connection evicted."""
+        """At the connection cap, mark the longest idle connection evicted: an unprivileged
+        one while there is any, so that every local user may connect (the socket is open to
+        all, :data:`SOCKET_MODE`) but none can push out root's clients."""
         serving = [c for c in self.connections.values() if not c.evicted]
         if len(serving) < MAX_CLIENTS:
             return
-        min(serving, key=lambda connection: connection.active).evicted = True
+        unprivileged = [c for c in serving if not c.caller.privileged]
+        min(unprivileged or serving, key=lambda connection: connection.active).evicted = True
         now = self.clock()
         if now - self._evict_logged >= IDLE_TIMEOUT:   # one line per period under a flood
             self._evict_logged = now
@@ -334,15 +413,18 @@ class ControlServer:
         if len(line) >= MAX_REQUEST:
             self._reply(connection, error(f"request longer than {MAX_REQUEST} bytes"))
         else:
-            self._reply(connection, self._answer(line))
+            self._reply(connection, self._answer(line, connection.caller))
 
-    def _answer(self, line: bytes) -> Response:
+    def _answer(self, line: bytes, caller: Caller) -> Response:
         """The answer to one request line; never raises (a bug costs one error answer)."""
         command = None
         try:
             request = parse_request(line)
             command = request["command"]
-            return self._handle(request)
+            if command not in OPEN_COMMANDS and not caller.privileged:
+                raise ControlError(f"permission denied: {command} needs root (other users "
+                                   f"may send {' and '.join(sorted(OPEN_COMMANDS))})")
+            return self._handle(request, caller)
         except ControlError as exc:
             return error(str(exc))
         except Exception:  # a bug must cost one answer, never the daemon

@@ -10,6 +10,15 @@ IPv6::
     mangle PREROUTING -> TCPCRYPT_IN     queue wire -> local; encrypted connections WITHOUT
                                          bypass
 
+With several workers (``queue.workers``) worker ``k`` reads queue ``queue.number + k``;
+one rule per worker sends it the connections whose symmetric hash of addresses and ports
+falls in its bucket (:func:`spread_program`, a classic BPF program in an ``-m bpf`` match),
+so both directions of a connection reach the same worker and connections between one pair
+of hosts spread over all of them (the kernel's ``--queue-balance`` hashes the addresses and
+protocol only). The bypass rules are the single queue's, per worker: while a worker is down
+(its supervisor restarts it) inbound packets of encrypted connections are dropped, outbound
+ones pass unseen and the guard resets them; plain connections go on.
+
 Loopback, configured ports, non-local destinations, packets the daemon injected itself
 (``marks.injected``, set with SO_MARK) and packets of offloaded plain connections
 (``marks.plain``, set by the nftables table just before these chains) are skipped. Inbound,
@@ -57,6 +66,53 @@ class RuleSpec:
     queue_num: int
     offload: OffloadSpec
     skip_ports: tuple[int, ...] = ()
+    workers: int = 1
+
+
+# classic BPF (linux/filter.h): the instruction classes, sizes, modes and operations used
+_LD, _LDX, _ST, _ALU, _JMP, _RET = 0x00, 0x01, 0x02, 0x04, 0x05, 0x06
+_W, _H, _B = 0x00, 0x08, 0x10
+_ABS, _IND, _MEM, _MSH = 0x20, 0x40, 0x60, 0xA0
+_XOR_X, _MUL_K, _RSH_K, _MOD_K, _JEQ_K = 0xA8, 0x20, 0x70, 0x90, 0x10
+#: the multiplier that mixes the folded tuple (2^32 / golden ratio)
+_MIX = 0x9E3779B1
+
+
+def spread_program(family: int, bucket: int, buckets: int) -> str:
+    """``-m bpf --bytecode`` text matching the TCP packets of one worker's bucket.
+
+    The hash XORs the two addresses and the two ports (so it is the same in both
+    directions), mixes the result by a multiplication and takes its upper half modulo
+    ``buckets``. The program sees the packet from its IP header: IPv4 finds the ports after
+    a header of any length (``4*([0]&0xf)``), IPv6 right after the fixed header (with
+    extension headers other bytes stand in for the ports: both directions still agree when
+    they carry the same headers).
+    """
+    code: list[tuple[int, int, int, int]] = []
+
+    def xor_into_m0(load: tuple[int, int, int, int]) -> None:
+        code.extend([load, (_LDX | _W | _MEM, 0, 0, 0), (_ALU | _XOR_X, 0, 0, 0),
+                     (_ST, 0, 0, 0)])
+
+    if family == 4:
+        code += [(_LD | _W | _ABS, 0, 0, 12), (_ST, 0, 0, 0)]
+        xor_into_m0((_LD | _W | _ABS, 0, 0, 16))
+        code.append((_LDX | _B | _MSH, 0, 0, 0))     # X = IP header length
+        # A = source port ^ destination port ^ M[0]
+        code += [(_LD | _H | _IND, 0, 0, 0), (_ST, 0, 0, 1), (_LD | _H | _IND, 0, 0, 2),
+                 (_LDX | _W | _MEM, 0, 0, 1), (_ALU | _XOR_X, 0, 0, 0),
+                 (_LDX | _W | _MEM, 0, 0, 0), (_ALU | _XOR_X, 0, 0, 0)]
+    else:
+        code += [(_LD | _W | _ABS, 0, 0, 8), (_ST, 0, 0, 0)]
+        for offset in range(12, 40, 4):
+            xor_into_m0((_LD | _W | _ABS, 0, 0, offset))
+        code += [(_LD | _H | _ABS, 0, 0, 40), (_ST, 0, 0, 1), (_LD | _H | _ABS, 0, 0, 42),
+                 (_LDX | _W | _MEM, 0, 0, 1), (_ALU | _XOR_X, 0, 0, 0),
+                 (_LDX | _W | _MEM, 0, 0, 0), (_ALU | _XOR_X, 0, 0, 0)]
+    code += [(_ALU | _MUL_K, 0, 0, _MIX), (_ALU | _RSH_K, 0, 0, 16),
+             (_ALU | _MOD_K, 0, 0, buckets), (_JMP | _JEQ_K, 0, 1, bucket),
+             (_RET, 0, 0, 0xFFFF), (_RET, 0, 0, 0)]
+    return ",".join([str(len(code))] + [f"{c} {jt} {jf} {k}" for c, jt, jf, k in code])
 
 
 def _jump_rule(builtin: str, chain: str) -> str:
@@ -74,10 +130,23 @@ def _skip_rules(chain: str, spec: RuleSpec, device_flag: str) -> list[str]:
     return rules
 
 
-def chain_rules(spec: RuleSpec) -> dict[str, list[str]]:
-    """table -> the ``-A`` lines filling the own chains (the same for IPv4 and IPv6)."""
+def _queue_rules(chain: str, spec: RuleSpec, family: int, match: str, bypass: bool
+                 ) -> list[str]:
+    """The rule sending ``match``'s packets to the queue, or with several workers one rule
+    per worker (:func:`spread_program`), the last worker's catching the rest."""
+    tail = " --queue-bypass" if bypass else ""
+    last = spec.workers - 1
+    rules = [f'-A {chain} {match}-m bpf --bytecode '
+             f'"{spread_program(family, k, spec.workers)}" -j NFQUEUE --queue-num '
+             f"{spec.queue_num + k}{tail}" for k in range(last)]
+    return rules + [f"-A {chain} {match}-j NFQUEUE --queue-num "
+                    f"{spec.queue_num + last}{tail}"]
+
+
+def chain_rules(spec: RuleSpec, family: int = 4) -> dict[str, list[str]]:
+    """table -> the ``-A`` lines filling the own chains (IPv4 and IPv6 differ only in the
+    workers' spread programs)."""
     marks = spec.offload
-    queue = f"-j NFQUEUE --queue-num {spec.queue_num}"
     injected = f"{marks.mark_injected:#x}/{marks.mark_injected:#x}"
     plain = f"-m mark --mark {marks.mark_plain:#x}/{marks.mark_plain:#x} -j RETURN"
     encrypted = f"{marks.mark_encrypted:#x}/{marks.mark_encrypted:#x}"
@@ -90,7 +159,7 @@ def chain_rules(spec: RuleSpec) -> dict[str, list[str]]:
         f"-A {CHAIN_OUT} -o lo -m mark --mark {injected} -j CT --notrack",
         *_skip_rules(CHAIN_OUT, spec, "-o"),
         f"-A {CHAIN_OUT} -m mark --mark {injected} -j RETURN",
-        f"-A {CHAIN_OUT} -p tcp {queue} --queue-bypass",
+        *_queue_rules(CHAIN_OUT, spec, family, "-p tcp ", bypass=True),
     ]
     inbound = [
         f"-A {CHAIN_IN} {plain}",
@@ -99,8 +168,8 @@ def chain_rules(spec: RuleSpec) -> dict[str, list[str]]:
         # packet it cannot process).
         f"-A {CHAIN_IN} -j CONNMARK --restore-mark --nfmask {marks.mark_encrypted:#x} "
         f"--ctmask {marks.mark_encrypted:#x}",
-        f"-A {CHAIN_IN} -m connmark --mark {encrypted} {queue}",
-        f"-A {CHAIN_IN} -p tcp {queue} --queue-bypass",
+        *_queue_rules(CHAIN_IN, spec, family, f"-m connmark --mark {encrypted} ", bypass=False),
+        *_queue_rules(CHAIN_IN, spec, family, "-p tcp ", bypass=True),
     ]
     return {"raw": out, "mangle": inbound}
 
@@ -132,13 +201,13 @@ def parse_save(text: str) -> TableState:
     return TableState(frozenset(chains), tuple(jumps))
 
 
-def install_text(spec: RuleSpec, state: dict[str, TableState]) -> str:
+def install_text(spec: RuleSpec, state: dict[str, TableState], family: int = 4) -> str:
     """``iptables-restore --noflush`` input that (re)creates our chains and adds missing jumps.
 
     Declaring a chain (``:NAME - [0:0]``) under --noflush creates it or flushes it, so running
     this twice leaves the same rules as running it once.
     """
-    rules = chain_rules(spec)
+    rules = chain_rules(spec, family)
     lines: list[str] = []
     for table in TABLES:
         lines.append(f"*{table}")
@@ -236,7 +305,7 @@ class Firewall:
         """The nftables table (replaced atomically), then our chains and jumps per family."""
         nftables.install_table(spec.offload)
         for family in self.families:
-            self._restore(family, install_text(spec, self.state(family)))
+            self._restore(family, install_text(spec, self.state(family), family))
 
     def remove_queue(self) -> bool:
         """Delete our iptables jumps and chains in every family; True when any was there."""

@@ -8,6 +8,7 @@ verdicts, deferred verdicts and raw-socket sends, and passes ``time.monotonic()`
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import selectors
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 from tcpcryptd import __version__
 from tcpcryptd.daemon import status as status_view
 from tcpcryptd.daemon.config import Config
-from tcpcryptd.daemon.control import ControlServer, Request, Response
+from tcpcryptd.daemon.control import Caller, ControlServer, Request, Response
 from tcpcryptd.daemon.errors import ControlError
 from tcpcryptd.daemon.heap import HeapTrimmer
 from tcpcryptd.daemon.nfqueue import (
@@ -29,15 +30,23 @@ from tcpcryptd.daemon.nfqueue import (
     PacketQueue,
     QueuedPacket,
     Verdicts,
+    complete_checksum,
     direction,
     truncated,
 )
 from tcpcryptd.daemon.rawsock import InjectError
+from tcpcryptd.daemon.sockdiag import DiagError, socket_owner
 from tcpcryptd.engine.actions import Direction, Result, Verdict
 from tcpcryptd.engine.config import EngineConfig
 from tcpcryptd.engine.events import Event
+from tcpcryptd.packet.tcp import FlowKey
 
 log = logging.getLogger(__name__)
+
+#: Packets up to this size whose TCP checksum the stack left to the NIC get it completed
+#: before the engine sees them (it edits ACKs and SYNs in place, RFC 1624); larger ones
+#: leave unchanged or with a new payload and a full checksum (daemon/nfqueue.py).
+CHECKSUM_COMPLETE_MAX = 2048
 
 
 class FlowEngine(Protocol):
@@ -52,6 +61,7 @@ class FlowEngine(Protocol):
     def shutdown(self, now: float) -> Result: ...
     def next_deadline(self) -> float | None: ...
     def flows(self, now: float | None = None) -> list[Any]: ...
+    def flow_status(self, key: FlowKey, now: float | None = None) -> Any: ...
 
 
 class Sender(Protocol):
@@ -60,8 +70,27 @@ class Sender(Protocol):
 
 
 
+def authorize_session(request: Request, caller: Caller | None,
+                      owner: Callable[[tuple[str, int], tuple[str, int]], int | None]
+                      ) -> tuple[tuple[str, int], tuple[str, int], int | None]:
+    """The ``session`` request's 4-tuple and the uid owning that local socket (None: the
+    kernel has no such socket), after the access check: a caller that is not privileged
+    may ask only about its own sockets (``caller`` None: an in-process call, trusted)."""
+    local, remote = status_view.four_tuple(request)
+    try:
+        uid = owner(local, remote)
+    except (DiagError, OSError) as exc:
+        raise ControlError(f"cannot look up the socket's owner: {exc.strerror or exc}"
+                           ) from None
+    if caller is not None and not caller.privileged and (uid is None or uid != caller.uid):
+        raise ControlError(f"permission denied: no connection "
+                           f"{status_view.join_endpoint(*local)} -> "
+                           f"{status_view.join_endpoint(*remote)} owned by uid {caller.uid}")
+    return local, remote, uid
+
+
 class PacketPath:
-    """Engine results -> verdicts and injections; never raises into NetfilterQueue.
+    """Engine results -> verdicts and injections; never raises into the queue binding.
 
     Packets of plain connections are accepted with the plain mark and without the seen mark
     (see :meth:`_accept_plain`). A packet the daemon cannot process (the engine raised, or it
@@ -86,13 +115,15 @@ class PacketPath:
         self.counters: Counter[str] = Counter()
 
     def on_packet(self, packet: QueuedPacket) -> None:
-        """NetfilterQueue callback: one verdict (now or deferred) for every packet."""
+        """Queue callback: one verdict (now or deferred) for every packet."""
         try:
             data = packet.get_payload()
             if len(data) >= MAX_COPY and truncated(data):
                 self.counters["daemon_truncated"] += 1
                 self._unprocessable(packet)
                 return
+            if packet.csum_not_ready and len(data) <= CHECKSUM_COMPLETE_MAX:
+                data = complete_checksum(data)
             result = self.engine.handle_packet(packet.id, data, direction(packet),
                                                self.clock())
         except Exception:
@@ -205,14 +236,18 @@ class Daemon:
 
     def __init__(self, config: Config, engine: FlowEngine, path: PacketPath,
                  firewall_backend: str, clock: Callable[[], float] = time.monotonic,
-                 kernel_counters: Callable[[], dict[str, int]] = dict) -> None:
+                 kernel_counters: Callable[[], dict[str, int]] = dict,
+                 owner: Callable[[tuple[str, int], tuple[str, int]], int | None] = socket_owner
+                 ) -> None:
         """``kernel_counters`` reads what the firewall counted without the daemon (added to
-        the status counters)."""
+        the status counters); ``owner`` finds the uid owning a local TCP socket by 4-tuple
+        (None: no such socket), for the ``session`` request."""
         self.config = config
         self.engine = engine
         self.path = path
         self.firewall_backend = firewall_backend
         self.kernel_counters = kernel_counters
+        self.owner = owner
         self.enabled = engine.config.enabled
         self.clock = clock
         self.started = clock()
@@ -221,7 +256,10 @@ class Daemon:
 
     # ---- control requests
 
-    def handle(self, request: Request) -> Response:
+    def handle(self, request: Request, caller: Caller | None = None) -> Response:
+        """Answer one control request; ``caller`` is the control connection's peer (None: an
+        in-process call, trusted). Which commands a caller may send at all is the control
+        server's check (:data:`~tcpcryptd.daemon.control.OPEN_COMMANDS`)."""
         command = request["command"]
         if command == "ping":
             return {"ok": True, "pid": os.getpid(), "version": __version__}
@@ -234,6 +272,8 @@ class Daemon:
             return {"ok": True, "enabled": self.enabled}
         if command == "status":
             return {"ok": True, **self.status(status_view.StatusQuery.from_request(request))}
+        if command == "session":
+            return self._session(request, caller)
         return self._session_id(request)
 
     def status(self, query: status_view.StatusQuery = status_view.StatusQuery()
@@ -283,6 +323,23 @@ class Daemon:
         return {"ok": True, "session_id": flow["session_id"], "local": flow["local"],
                 "remote": flow["remote"]}
 
+    def _session(self, request: Request, caller: Caller | None) -> Response:
+        """The TCPINC API request: the tcpcrypt state of one connection by its 4-tuple.
+
+        A caller that is not privileged gets an answer only for a connection whose local
+        socket it owns (the socket's uid, found with sock_diag); root gets one for any
+        connection the engine or the kernel knows. A connection the kernel has but the
+        engine does not track was left plain (plain connections cost the engine no state).
+        """
+        local, remote, uid = authorize_session(request, caller, self.owner)
+        local_ip, remote_ip = ipaddress.ip_address(local[0]), ipaddress.ip_address(remote[0])
+        flow = self.engine.flow_status((local_ip.version, local_ip.packed, local[1],
+                                        remote_ip.packed, remote[1]), self.clock())
+        if flow is None and uid is None:
+            raise ControlError("no such connection")
+        wanted = (status_view.join_endpoint(*local), status_view.join_endpoint(*remote))
+        return {"ok": True, **status_view.tcpinc_json(wanted, flow)}
+
     # ---- the loop
 
     def catch_signals(self) -> Callable[[], None]:
@@ -324,6 +381,7 @@ class Daemon:
                 deadline = self.engine.next_deadline()
                 if deadline is not None and deadline <= self.clock():
                     self.path.on_timer()
+                    queue.flush()   # releases of held packets
         finally:
             selector.close()
 
@@ -341,21 +399,6 @@ class Daemon:
                 key.fileobj.recv(512)  # type: ignore[union-attr]
             except BlockingIOError:
                 pass
-        elif key.data == "listen":
-            sock = control.accept()
-            if sock is not None:
-                selector.register(sock, selectors.EVENT_READ, "client")
         else:
-            fd = key.fd
-            if events & selectors.EVENT_READ:
-                control.readable(fd)
-            if events & selectors.EVENT_WRITE:
-                control.writable(fd)
-            if control.finished(fd):
-                selector.unregister(key.fileobj)
-                control.drop(fd)
-            else:   # reading waits while an answer or a buffered request is pending
-                wanted = selectors.EVENT_WRITE if control.wants_write(fd) else selectors.EVENT_READ
-                if wanted != key.events:
-                    selector.modify(key.fileobj, wanted, "client")
+            control.on_event(key, events, selector)
 

@@ -113,10 +113,10 @@ class Traffic:
 class StatusCollector(Collector):
     """Turns one ``status`` answer of the daemon into metrics, at each scrape."""
 
-    def __init__(self, socket_path: str, queue: int,
+    def __init__(self, socket_path: str, queues: range,
                  sessions: Callable[[], dict[str, int]]) -> None:
         self.socket_path = socket_path
-        self.queue = queue
+        self.queues = queues
         self.sessions = sessions
         self.traffic = Traffic()
 
@@ -172,7 +172,8 @@ class StatusCollector(Collector):
         yield packets
         dropped = CounterMetricFamily("tcpcryptd_queue_dropped", "Packets the kernel dropped "
                                       "before the daemon saw them", labels=["cause"])
-        queue_full, netlink = queue_drops(self.queue)
+        drops = [queue_drops(queue) for queue in self.queues]
+        queue_full, netlink = sum(d[0] for d in drops), sum(d[1] for d in drops)
         dropped.add_metric(["queue_full"], queue_full)
         dropped.add_metric(["netlink"], netlink)
         yield dropped
@@ -190,11 +191,16 @@ class StatusCollector(Collector):
 class Metrics:
     """The metrics endpoint and the two histograms the daemon's thread feeds."""
 
-    def __init__(self, listen: str, control_socket: str, queue: int) -> None:
+    def __init__(self, listen: str, control_socket: str, queue: int, workers: int = 1) -> None:
+        """``queue``..``queue + workers - 1``: the queues whose kernel drops are counted.
+        With several workers the supervisor serves the endpoint: the status counters are
+        merged, but the histograms and the resumed-session counts (fed by a worker's own
+        thread) stay empty."""
         self.host, self.port = parse_hostport(listen)
         self.registry = CollectorRegistry()
         self._sessions = {"false": 0, "true": 0}
-        self.registry.register(StatusCollector(control_socket, queue, self._sessions.copy))
+        self.registry.register(StatusCollector(control_socket, range(queue, queue + workers),
+                                               self._sessions.copy))
         self.handshake = Histogram(
             "tcpcryptd_handshake_duration_seconds", "From a connection's SYN to its "
             "session keys", buckets=HANDSHAKE_BUCKETS, registry=self.registry)

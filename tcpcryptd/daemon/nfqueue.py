@@ -1,40 +1,115 @@
-"""The NetfilterQueue binding and verdicts, including deferred ones for held packets.
+"""The daemon's own NFQUEUE binding (nfnetlink_queue over a raw netlink socket) and verdicts.
 
-NetfilterQueue 1.1.0 calls our callback from ``run(block=False)`` for every queued packet
-(IPv4 and IPv6 share one queue number); a packet that must wait for keys is kept with
-``retain()`` (copies its payload) and given ``accept()``/``drop()`` later, in any order.
-``set_payload`` replaces the packet's bytes and ``set_mark`` its nfmark for the verdict.
-At most 4016 bytes of a packet are copied to userspace (NetfilterQueue's 4096-byte buffer
-less metadata), so links with an MTU above that (jumbo frames) are not supported;
-:func:`truncated` detects such packets.
+The queue is bound with ``NFQA_CFG_F_GSO`` and the largest copy range (:data:`MAX_COPY`):
+the kernel hands over the local stack's GSO super-packets and GRO-merged inbound packets
+whole (up to ~64 KB) instead of segmenting them first, and takes them back with a new
+payload (it segments a mangled super-packet itself on the way out). One readable event
+reads every waiting packet message (:meth:`PacketQueue.process`, up to :data:`RECV_BUDGET`
+per round) and all the verdicts they produced leave in one ``sendmsg`` of several netlink
+messages; a run of consecutive packet ids accepted unchanged with the same mark becomes one
+``NFQNL_MSG_VERDICT_BATCH`` when no held packet has a lower id (a batch verdict covers every
+queued id up to its own). A packet that waits for keys is kept (its payload is already a
+copy) and given its verdict later, in any order; a verdict carries the packet's new nfmark
+(``NFQA_MARK``) and, when rewritten, its new bytes (``NFQA_PAYLOAD``). IPv4 and IPv6 share
+the queue.
+
+With ``NFQA_CFG_F_GSO`` the kernel no longer completes a checksum the local stack left to
+the NIC (``NFQA_SKB_CSUMNOTREADY``: the TCP checksum field holds only the pseudo-header
+sum): :func:`complete_checksum` finishes it for the small packets (ACKs, SYNs) the engine
+edits in place with RFC 1624 updates; larger ones only ever leave unchanged (the kernel
+completes the checksum) or with a new payload and a full checksum.
+
+The protocol (``linux/netfilter/nfnetlink_queue.h``): every message is a netlink header, a
+``nfgenmsg`` (family, version 0, queue number big-endian) and attributes whose values are
+big-endian. Malformed input from the socket is counted (:attr:`PacketQueue.counters`) and
+skipped, never raised; a packet that is longer than :data:`MAX_COPY` arrives cut and is
+recognised by :func:`truncated`.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import struct
-import warnings
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from tcpcryptd.daemon.errors import QueueError
 from tcpcryptd.engine.actions import Direction
+from tcpcryptd.packet.checksum import internet_checksum
 
 log = logging.getLogger(__name__)
 
 #: Netfilter hook numbers (linux/netfilter.h) of the two hooks our rules queue from.
 NF_INET_PRE_ROUTING = 0
 NF_INET_LOCAL_OUT = 3
-#: Largest packet NetfilterQueue copies whole (4096-byte buffer less 80 bytes of metadata).
-MAX_COPY = 4016
+#: The kernel's largest copy range (``NFQNL_MAX_COPY_RANGE``: an attribute length is 16 bits,
+#: less its 4-byte header); also the largest payload a verdict can carry.
+MAX_COPY = 0xFFFF - 4
+#: Packet messages read per :meth:`PacketQueue.process` round before the verdicts are sent.
+RECV_BUDGET = 256
+#: Verdict bytes (or iovec entries) that make :meth:`PacketQueue.flush` send early.
+SEND_FLUSH_BYTES = 1 << 20
+SEND_FLUSH_IOVECS = 900
+#: Socket buffers (``SO_RCVBUFFORCE``/``SO_SNDBUFFORCE`` as root, else the plain options).
+RCVBUF = 32 << 20
+SNDBUF = 8 << 20
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_PACKET = NFNL_SUBSYS_QUEUE << 8 | 0
+NFQNL_MSG_VERDICT = NFNL_SUBSYS_QUEUE << 8 | 1
+NFQNL_MSG_CONFIG = NFNL_SUBSYS_QUEUE << 8 | 2
+NFQNL_MSG_VERDICT_BATCH = NFNL_SUBSYS_QUEUE << 8 | 3
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 1
+NLM_F_ACK = 4
+# attributes of a packet message / a verdict
+NFQA_PACKET_HDR = 1
+NFQA_VERDICT_HDR = 2
+NFQA_MARK = 3
+NFQA_PAYLOAD = 10
+NFQA_SKB_INFO = 14
+NFQA_SKB_CSUMNOTREADY = 1 << 0
+NFQA_SKB_GSO = 1 << 1
+# attributes of a config message
+NFQA_CFG_CMD = 1
+NFQA_CFG_PARAMS = 2
+NFQA_CFG_QUEUE_MAXLEN = 3
+NFQA_CFG_MASK = 4
+NFQA_CFG_FLAGS = 5
+NFQNL_CFG_CMD_BIND = 1
+NFQNL_CFG_CMD_UNBIND = 2
+NFQNL_COPY_PACKET = 2
+NFQA_CFG_F_GSO = 1 << 2
+NF_DROP = 0
+NF_ACCEPT = 1
+_NLA_TYPE_MASK = 0x3FFF
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_NFGEN_LEN = 4
+_HEADERS = _NLMSGHDR.size + _NFGEN_LEN
+_NLA = struct.Struct("=HH")
+_BE32 = struct.Struct(">I")
+_PACKET_HDR = struct.Struct(">IHB")
+_ERRNO = struct.Struct("=i")
+#: nlmsghdr | nfgenmsg | NFQA_VERDICT_HDR (verdict, id) -- every verdict message starts so
+_VERDICT = struct.Struct("=IHHII BBH HHII")
+#: ... then NFQA_MARK
+_MARK_ATTR = struct.Struct("=HHI")
+_PAYLOAD_ATTR = struct.Struct("=HH")
+_PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
 
 
 class QueuedPacket(Protocol):
-    """What the daemon uses of ``netfilterqueue.Packet`` (test doubles implement the same)."""
+    """What the daemon uses of a queued packet (:class:`Packet`; test doubles the same)."""
 
     id: int
     hook: int
     mark: int
+    csum_not_ready: bool    #: the TCP checksum holds only the pseudo-header sum
 
     def get_payload(self) -> bytes: ...
     def set_payload(self, payload: bytes) -> None: ...
@@ -50,7 +125,7 @@ def direction(packet: QueuedPacket) -> Direction:
 
 
 def truncated(data: bytes) -> bool:
-    """True when the IP header announces more bytes than NetfilterQueue copied to us.
+    """True when the IP header announces more bytes than the queue copied to us.
 
     Only a packet of at least :data:`MAX_COPY` bytes can have been cut, so shorter ones cost
     one comparison; garbage is left to the engine's parser.
@@ -62,6 +137,310 @@ def truncated(data: bytes) -> bool:
     if data[0] >> 4 == 6:
         return 40 + struct.unpack_from("!H", data, 4)[0] > len(data)
     return False
+
+
+def complete_checksum(data: bytes) -> bytes:
+    """``data`` with the TCP checksum the local stack left to the NIC filled in (RFC 9293 §3.1).
+
+    The field holds the pseudo-header sum (``CHECKSUM_PARTIAL``), so the ones' complement
+    of the sum over the TCP segment as it is gives the checksum. Only IPv4 and IPv6 with TCP
+    right after the fixed header; anything else is returned unchanged.
+    """
+    if len(data) >= 40 and data[0] >> 4 == 4 and data[9] == socket.IPPROTO_TCP:
+        start = (data[0] & 0xF) << 2
+    elif len(data) >= 60 and data[0] >> 4 == 6 and data[6] == socket.IPPROTO_TCP:
+        start = 40
+    else:
+        return data
+    if len(data) < start + 20:
+        return data
+    checksum = internet_checksum(memoryview(data)[start:])
+    return b"".join((data[:start + 16], checksum.to_bytes(2, "big"), data[start + 18:]))
+
+
+class Packet:
+    """One queued packet: its metadata, a copy of its bytes, and its (single) verdict."""
+
+    __slots__ = ("id", "hook", "mark", "payload", "gso", "csum_not_ready", "_queue",
+                 "_new_payload", "_new_mark", "_done")
+
+    def __init__(self, queue: PacketQueue, packet_id: int, hook: int, mark: int,
+                 payload: bytes, skb_info: int) -> None:
+        self.id = packet_id
+        self.hook = hook
+        self.mark = mark
+        self.payload = payload
+        self.gso = bool(skb_info & NFQA_SKB_GSO)
+        self.csum_not_ready = bool(skb_info & NFQA_SKB_CSUMNOTREADY)
+        self._queue = queue
+        self._new_payload: bytes | None = None
+        self._new_mark: int | None = None
+        self._done = False
+
+    def get_payload(self) -> bytes:
+        return self.payload
+
+    def set_payload(self, payload: bytes) -> None:
+        self._new_payload = payload
+
+    def set_mark(self, mark: int) -> None:
+        self._new_mark = mark
+
+    def retain(self) -> None:
+        """Nothing to do: the payload is already a copy of the receive buffer."""
+
+    def accept(self) -> None:
+        self._give(NF_ACCEPT)
+
+    def drop(self) -> None:
+        self._give(NF_DROP)
+
+    def _give(self, verdict: int) -> None:
+        if self._done:
+            raise RuntimeError("Verdict already given for this packet")
+        self._done = True
+        self._queue.verdict(self.id, verdict, self._new_mark, self._new_payload)
+
+
+class PacketQueue:
+    """One bound NFQUEUE: ``fileno()`` for the event loop, ``process()`` when readable,
+    ``flush()`` after verdicts given outside ``process`` (timers, shutdown)."""
+
+    def __init__(self, queue_num: int, max_len: int, callback: Callable[[Packet], None],
+                 *, gso: bool = True, held: Callable[[], Collection[int]] = tuple,
+                 counters: Counter[str] | None = None,
+                 sock: socket.socket | None = None) -> None:
+        """``held`` returns the ids of packets kept for a later verdict (no batch verdict may
+        cover them); ``counters`` receives the ``daemon_*`` counts of the binding; ``sock``
+        replaces the netlink socket, already bound and configured (tests)."""
+        self.queue_num = queue_num
+        self.callback = callback
+        self.held = held
+        self.counters: Counter[str] = Counter() if counters is None else counters
+        self._res_id = socket.htons(queue_num)
+        self._iov: list[bytes] = []
+        self._iov_bytes = 0
+        # a run of consecutive ids accepted unchanged with one mark, not yet in _iov
+        self._run_first = self._run_last = -1
+        self._run_mark: int | None = None
+        self._buffer = bytearray(MAX_COPY + 4096)
+        if sock is not None:
+            self._sock = sock
+            sock.setblocking(False)
+            return
+        try:
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        except OSError as exc:
+            raise QueueError(f"cannot open NFQUEUE: {exc} (needs CAP_NET_ADMIN)") from exc
+        try:
+            self._sock.bind((0, 0))
+            self._buffers()
+            self._configure(max_len, gso)
+        except (OSError, QueueError) as exc:
+            self._sock.close()
+            if isinstance(exc, QueueError):
+                raise
+            raise QueueError(f"cannot bind NFQUEUE {queue_num}: {exc}") from exc
+        self._sock.setblocking(False)
+
+    # ---- setup
+
+    def _buffers(self) -> None:
+        for force, plain, size in ((getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF,
+                                    RCVBUF),
+                                   (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF,
+                                    SNDBUF)):
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, force, size)
+            except OSError:
+                self._sock.setsockopt(socket.SOL_SOCKET, plain, size)
+                log.info("NFQUEUE %d: socket buffer limited by net.core.[rw]mem_max "
+                         "(raise it for bursts)", self.queue_num)
+
+    def _config(self, attributes: bytes) -> None:
+        """Send one config message and wait for the kernel's acknowledgment."""
+        message = self._message(NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, attributes)
+        self._sock.send(message)
+        while True:
+            reply = self._sock.recv(8192)
+            if len(reply) < _NLMSGHDR.size + 4:
+                continue
+            if _NLMSGHDR.unpack_from(reply)[1] != NLMSG_ERROR:
+                continue
+            error = -_ERRNO.unpack_from(reply, _NLMSGHDR.size)[0]
+            if error:
+                hint = ("is another program bound to it?" if error == errno.EBUSY
+                        else "does the kernel have nfnetlink_queue with GSO queueing?")
+                raise QueueError(f"cannot bind NFQUEUE {self.queue_num}: "
+                                 f"{errno.errorcode.get(error, error)} ({hint})")
+            return
+
+    def _message(self, kind: int, flags: int, attributes: bytes) -> bytes:
+        return (_NLMSGHDR.pack(_HEADERS + len(attributes), kind, flags, 0, 0)
+                + struct.pack("=BBH", socket.AF_UNSPEC, 0, self._res_id) + attributes)
+
+    def _configure(self, max_len: int, gso: bool) -> None:
+        def attr(kind: int, value: bytes) -> bytes:
+            return _NLA.pack(4 + len(value), kind) + value + _PADDING[len(value) & 3]
+
+        self._config(attr(NFQA_CFG_CMD, struct.pack(">BxH", NFQNL_CFG_CMD_BIND, 0)))
+        self._config(attr(NFQA_CFG_PARAMS, struct.pack(">IB", MAX_COPY, NFQNL_COPY_PACKET)))
+        self._config(attr(NFQA_CFG_QUEUE_MAXLEN, _BE32.pack(max_len)))
+        if gso:
+            self._config(attr(NFQA_CFG_MASK, _BE32.pack(NFQA_CFG_F_GSO))
+                         + attr(NFQA_CFG_FLAGS, _BE32.pack(NFQA_CFG_F_GSO)))
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    # ---- receiving
+
+    def process(self) -> None:
+        """Handle the packets waiting on the socket (up to :data:`RECV_BUDGET`), then send
+        their verdicts."""
+        sock, buffer, counters = self._sock, self._buffer, self.counters
+        view = memoryview(buffer)
+        for _ in range(RECV_BUDGET):
+            try:
+                size = sock.recv_into(buffer)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:   # the socket buffer overflowed: packets lost
+                    counters["daemon_queue_overrun"] += 1
+                    continue
+                raise
+            self._messages(view, size)
+        self.flush()
+
+    def _messages(self, view: memoryview, size: int) -> None:
+        pos = 0
+        while size - pos >= _NLMSGHDR.size:
+            length, kind = _NLMSGHDR.unpack_from(view, pos)[:2]
+            if length < _NLMSGHDR.size or pos + length > size:
+                self.counters["daemon_netlink_bad"] += 1
+                return
+            if kind == NFQNL_MSG_PACKET:
+                self._packet(view, pos + _HEADERS, pos + length)
+            elif kind == NLMSG_ERROR and length >= _NLMSGHDR.size + 4:
+                if _ERRNO.unpack_from(view, pos + _NLMSGHDR.size)[0]:
+                    self.counters["daemon_netlink_errors"] += 1   # e.g. a verdict's id unknown
+            pos += (length + 3) & ~3
+
+    def _packet(self, view: memoryview, pos: int, end: int) -> None:
+        header = None
+        mark = skb_info = 0
+        payload = b""
+        while end - pos >= 4:
+            length, kind = _NLA.unpack_from(view, pos)
+            if length < 4 or pos + length > end:
+                break
+            kind &= _NLA_TYPE_MASK
+            if kind == NFQA_PACKET_HDR and length >= 11:
+                header = _PACKET_HDR.unpack_from(view, pos + 4)
+            elif kind == NFQA_PAYLOAD:
+                payload = bytes(view[pos + 4:pos + length])
+            elif kind == NFQA_MARK and length >= 8:
+                mark = _BE32.unpack_from(view, pos + 4)[0]
+            elif kind == NFQA_SKB_INFO and length >= 8:
+                skb_info = _BE32.unpack_from(view, pos + 4)[0]
+            pos += (length + 3) & ~3
+        if header is None:   # no packet id: nothing to give a verdict to
+            self.counters["daemon_netlink_bad"] += 1
+            return
+        self.callback(Packet(self, header[0], header[2], mark, payload, skb_info))
+
+    # ---- verdicts
+
+    def verdict(self, packet_id: int, verdict: int, mark: int | None,
+                payload: bytes | None) -> None:
+        """Queue one verdict message for the next :meth:`flush`.
+
+        A payload too long for a verdict turns the verdict into a drop (counted): the packet
+        must not go on with its old bytes.
+        """
+        if payload is not None and len(payload) > MAX_COPY:
+            self.counters["daemon_verdict_too_long"] += 1
+            verdict, payload = NF_DROP, None
+        if payload is None and verdict == NF_ACCEPT:
+            if self._run_first >= 0 and mark == self._run_mark and \
+                    packet_id == (self._run_last + 1) & 0xFFFFFFFF:
+                self._run_last = packet_id
+                return
+            self._end_run()
+            self._run_first = self._run_last = packet_id
+            self._run_mark = mark
+            return
+        self._end_run()
+        self._append(NFQNL_MSG_VERDICT, packet_id, verdict, mark, payload)
+
+    def _append(self, kind: int, packet_id: int, verdict: int, mark: int | None,
+                payload: bytes | None) -> None:
+        length = _VERDICT.size + (_MARK_ATTR.size if mark is not None else 0)
+        pad = b""
+        if payload is not None:
+            pad = _PADDING[len(payload) & 3]
+            length += 4 + len(payload) + len(pad)
+        iov = self._iov
+        iov.append(_VERDICT.pack(length, kind, NLM_F_REQUEST, 0, 0, socket.AF_UNSPEC, 0,
+                                 self._res_id, 12, NFQA_VERDICT_HDR, socket.htonl(verdict),
+                                 socket.htonl(packet_id)))
+        if mark is not None:
+            iov.append(_MARK_ATTR.pack(8, NFQA_MARK, socket.htonl(mark)))
+        if payload is not None:
+            iov.append(_PAYLOAD_ATTR.pack(4 + len(payload), NFQA_PAYLOAD))
+            iov.append(payload)
+            if pad:
+                iov.append(pad)
+        self._iov_bytes += length
+        if self._iov_bytes >= SEND_FLUSH_BYTES or len(iov) >= SEND_FLUSH_IOVECS:
+            self._send()
+
+    def _end_run(self) -> None:
+        first, last = self._run_first, self._run_last
+        if first < 0:
+            return
+        self._run_first = self._run_last = -1
+        mark = self._run_mark
+        if first != last:
+            held = self.held()
+            # a batch verdict covers every queued id up to ``last``: only when none is held
+            if not held or not any(_id_before(h, last) for h in held):
+                self.counters["daemon_verdict_batches"] += 1
+                self._append(NFQNL_MSG_VERDICT_BATCH, last, NF_ACCEPT, mark, None)
+                return
+        for packet_id in range(first, last + 1 if last >= first else last + 0x1_0000_0001):
+            self._append(NFQNL_MSG_VERDICT, packet_id & 0xFFFFFFFF, NF_ACCEPT, mark, None)
+
+    def flush(self) -> None:
+        """Send every verdict given so far, in one ``sendmsg`` when they fit."""
+        self._end_run()
+        if self._iov:
+            self._send()
+
+    def _send(self) -> None:
+        iov, self._iov, self._iov_bytes = self._iov, [], 0
+        try:
+            self._sock.sendmsg(iov)
+        except OSError as exc:   # the kernel drops what gets no verdict when we unbind
+            self.counters["daemon_verdict_send_errors"] += 1
+            log.debug("sending %d verdict parts failed: %s", len(iov), exc)
+
+    def close(self) -> None:
+        """Unbind; the kernel drops packets still waiting for a verdict."""
+        try:
+            self.flush()
+            self._sock.setblocking(True)
+            self._config(_NLA.pack(8, NFQA_CFG_CMD)
+                         + struct.pack(">BxH", NFQNL_CFG_CMD_UNBIND, 0))
+        except (OSError, QueueError) as exc:
+            log.debug("unbinding NFQUEUE %d: %s", self.queue_num, exc)
+        self._sock.close()
+
+
+def _id_before(a: int, b: int) -> bool:
+    """``a`` precedes ``b`` in the kernel's wrapping 32-bit packet id order."""
+    return a != b and ((b - a) & 0xFFFFFFFF) < 0x80000000
 
 
 class Verdicts:
@@ -125,39 +504,3 @@ class Verdicts:
             packet.drop()
         self.held.clear()
         return count
-
-
-class PacketQueue:
-    """One bound NFQUEUE: ``fileno()`` for the event loop, ``process()`` when readable."""
-
-    def __init__(self, queue_num: int, max_len: int,
-                 callback: Callable[[QueuedPacket], None]) -> None:
-        from netfilterqueue import NetfilterQueue  # C extension: imported only when binding
-
-        try:
-            self._nfq = NetfilterQueue()
-        except OSError as exc:
-            raise QueueError(f"cannot open NFQUEUE: {exc} (needs CAP_NET_ADMIN)") from exc
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                self._nfq.bind(queue_num, callback, max_len=max_len)
-            except OSError as exc:
-                raise QueueError(
-                    f"cannot bind NFQUEUE {queue_num}: {exc} (is another program bound to "
-                    f"queue {queue_num}? does the kernel have nfnetlink_queue?)") from exc
-        for warning in caught:
-            log.info("NFQUEUE %d: %s (raise net.core.rmem_max for bursts)", queue_num,
-                     warning.message)
-        self.queue_num = queue_num
-
-    def fileno(self) -> int:
-        return self._nfq.get_fd()
-
-    def process(self) -> None:
-        """Handle every packet waiting on the queue socket, without blocking."""
-        self._nfq.run(block=False)
-
-    def close(self) -> None:
-        """Unbind; the kernel drops packets still waiting for a verdict."""
-        self._nfq.unbind()

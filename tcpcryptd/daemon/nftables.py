@@ -12,7 +12,8 @@ pass without it lives in one ``inet`` table, ``tcpcryptd``, with four base chain
     always reaches the daemon. But a peer's SYN to a local address without an ENO option
     can only start a plain connection (RFC 8547 §4.6), so ``in_offload`` marks it plain by
     itself (counted in the named counter ``plain_no_eno_syn``): such connections never
-    reach the daemon at all.
+    reach the daemon at all, except those policy ``require`` may select
+    (:func:`require_selectors`): the daemon must see their SYN to reset them.
 ``out_record`` (output, priority -190: after conntrack) and ``in_record`` (prerouting,
 priority -149: after the iptables mangle chain that queues)
     Run on every packet after the daemon's verdict (or the queue was bypassed):
@@ -57,6 +58,7 @@ from dataclasses import dataclass
 
 from tcpcryptd.core.constants import ENO_KIND
 from tcpcryptd.daemon.errors import FirewallError
+from tcpcryptd.engine.policy import Mode, Rule
 
 TABLE = "tcpcryptd"
 COMMAND_TIMEOUT = 30.0
@@ -81,6 +83,31 @@ class OffloadSpec:
     mark_plain: int
     timeout: int            #: seconds without a packet before an offloaded connection is queued again
     max_elements: int       #: per set (IPv4, IPv6)
+    #: peers' SYNs queued even without ENO (:func:`require_selectors`)
+    queued_syns: tuple[str, ...] = ()
+
+
+def require_selectors(rules: tuple[Rule, ...], default: Mode) -> tuple[str, ...]:
+    """nft matches of the peers' SYNs that policy ``require`` may select: one per
+    ``require`` rule (its peer prefix, local port, remote port), or one matching every SYN
+    when ``require`` is the default. A superset is harmless (a more specific rule that is
+    not ``require`` only costs the queue that SYN; the engine decides by the exact policy).
+    """
+    if default is Mode.REQUIRE:
+        return ("",)
+    selectors = []
+    for rule in rules:
+        if rule.mode is not Mode.REQUIRE:
+            continue
+        parts = []
+        if rule.peer is not None:
+            parts.append(f"{'ip' if rule.peer.version == 4 else 'ip6'} saddr {rule.peer}")
+        if rule.local_port is not None:
+            parts.append(f"tcp dport {rule.local_port}")
+        if rule.remote_port is not None:
+            parts.append(f"tcp sport {rule.remote_port}")
+        selectors.append(" ".join(parts))
+    return tuple(selectors)
 
 
 def _tuple(ip: str, outbound: bool) -> str:
@@ -96,8 +123,10 @@ def _offload_chain(spec: OffloadSpec, name: str, hook: str, outbound: bool) -> l
     if not outbound:
         # a peer's SYN without ENO can only make a plain connection (RFC 8547 §4.6): the
         # kernel decides it alone, so the connection never reaches the queue
-        rules += ['iifname "lo" return',
-                  f"tcp flags & (syn | ack) == syn tcp option {ENO_KIND} missing fib daddr "
+        rules += ['iifname "lo" return']
+        rules += [" ".join(filter(None, ("tcp flags & (syn | ack) == syn", selector, "return")))
+                  for selector in spec.queued_syns]
+        rules += [f"tcp flags & (syn | ack) == syn tcp option {ENO_KIND} missing fib daddr "
                   f'type local {plain} counter name "{COUNTER_NO_ENO_SYN}"']
     for set_name, _, ip, _ in _FAMILIES:
         rules.append(f"tcp flags & (syn | ack) != syn {_tuple(ip, outbound)} @{set_name} "

@@ -12,7 +12,7 @@ from tcpcryptd.daemon.control import ControlServer
 from tcpcryptd.daemon.errors import DaemonError
 from tcpcryptd.daemon.firewall import Firewall, Removal, RuleSpec, detect_backend
 from tcpcryptd.daemon import nftables
-from tcpcryptd.daemon.nftables import OffloadSpec
+from tcpcryptd.daemon.nftables import OffloadSpec, require_selectors
 from tcpcryptd.daemon.heap import HeapTrimmer, glibc_malloc_trim
 from tcpcryptd.daemon.keylog import KeyLog
 from tcpcryptd.daemon.logsetup import setup_logging
@@ -31,8 +31,11 @@ def rule_spec(config: Config) -> RuleSpec:
     marks = config.marks
     offload = OffloadSpec(marks.injected, marks.seen, marks.encrypted, marks.plain,
                           timeout=max(1, round(config.limits.idle_timeout)),
-                          max_elements=config.firewall.offload_max)
-    return RuleSpec(config.queue.number, offload, config.firewall.skip_ports)
+                          max_elements=config.firewall.offload_max,
+                          queued_syns=require_selectors(config.policy.rules,
+                                                        config.policy.default))
+    return RuleSpec(config.queue.number, offload, config.firewall.skip_ports,
+                    config.queue.worker_count())
 
 
 def run_daemon(config: Config) -> None:
@@ -48,6 +51,18 @@ def run_daemon(config: Config) -> None:
     setup_logging(config.log.level)
     backend = detect_backend(config.firewall.backend)
     firewall = Firewall(backend, ipv6=config.firewall.ipv6)
+    workers = config.queue.worker_count()
+    if workers > 1:
+        from tcpcryptd.daemon.workers import run_supervisor
+
+        run_supervisor(config, workers, firewall, _remove_rules, rule_spec)
+        return
+    serve(config, firewall, backend.name)
+
+
+def serve(config: Config, firewall: Firewall | None, backend_name: str) -> None:
+    """One instance on queue ``config.queue.number``; ``firewall`` None: a worker of
+    :mod:`tcpcryptd.daemon.workers` (its supervisor owns the rules)."""
     with contextlib.ExitStack() as stack:
         # every engine-made packet belongs to a connection with a session or key exchange:
         # the encrypted mark makes the kernel record it as encrypted (daemon/nftables.py)
@@ -67,8 +82,8 @@ def run_daemon(config: Config) -> None:
         verdicts = Verdicts(config.marks.seen, config.marks.encrypted, config.marks.plain)
         path = PacketPath(engine, sender, verdicts, heap=HeapTrimmer(glibc_malloc_trim()),
                           events=_event_sink(keylog, metrics))
-        daemon = Daemon(config, engine, path, backend.name,
-                        kernel_counters=nftables.kernel_counters)
+        daemon = Daemon(config, engine, path, backend_name,
+                        kernel_counters=nftables.kernel_counters if firewall else dict)
         stack.callback(daemon.catch_signals())
         control = ControlServer(config.control.socket, daemon.handle, clock=daemon.clock)
         control.open()
@@ -77,19 +92,23 @@ def run_daemon(config: Config) -> None:
             metrics.start()
             stack.callback(metrics.stop)
         queue = PacketQueue(config.queue.number, config.queue.max_len,
-                            path.on_packet if metrics is None else metrics.timed(path.on_packet))
+                            path.on_packet if metrics is None else metrics.timed(path.on_packet),
+                            held=lambda: verdicts.held, counters=path.counters)
         stack.callback(queue.close)
         stack.callback(_drop_held, verdicts)
-        stack.callback(_remove_rules, firewall, config)  # also after a partial install
-        firewall.install(rule_spec(config))
+        if firewall is not None:
+            stack.callback(_remove_rules, firewall, config)  # also after a partial install
+            firewall.install(rule_spec(config))
         stack.callback(path.shutdown)
-        log.info("tcpcryptd %s running: queue %d, iptables-%s rules, control %s, "
-                 "encryption of new connections %s", __version__, config.queue.number,
-                 backend.name, config.control.socket,
+        log.info("tcpcryptd %s %s: queue %d, iptables-%s rules, control %s, "
+                 "encryption of new connections %s", __version__,
+                 "running" if firewall else "worker", config.queue.number,
+                 backend_name, config.control.socket,
                  "enabled" if daemon.enabled else "disabled")
-        notify("READY=1")
-        stack.callback(log.info, "stopping: removing the firewall rules")
-        stack.callback(notify, "STOPPING=1")
+        if firewall is not None:
+            notify("READY=1")
+            stack.callback(log.info, "stopping: removing the firewall rules")
+            stack.callback(notify, "STOPPING=1")
         daemon.run(queue, control)
 
 

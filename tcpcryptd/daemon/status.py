@@ -34,7 +34,8 @@ from typing import Any
 
 from tcpcryptd.engine.flow import FlowStatus, State
 
-from tcpcryptd.daemon.config import TEP_NAMES
+from tcpcryptd.daemon.config import AEAD_NAMES, TEP_NAMES
+from tcpcryptd.daemon.control import shown
 from tcpcryptd.daemon.errors import ControlError
 
 _TEP_DISPLAY = {tep.name: name for name, tep in TEP_NAMES.items()}
@@ -117,6 +118,66 @@ def session_json(flow: FlowStatus) -> dict[str, Any]:
         "age": round(flow.age, 3),
         "abort_reason": flow.abort_reason,
         "resumed": flow.resumed,
+    }
+
+
+#: Session states in which the connection is protected by its tcpcrypt session.
+_SESSION_STATES = (str(State.ENCRYPTED), str(State.CLOSED))
+#: Session states before the outcome (encrypted or plain) is known.
+HANDSHAKE_STATES = tuple(str(state) for state in (State.SYN_SENT, State.SYN_RECEIVED,
+                                                   State.NEGOTIATED, State.KEYING))
+
+
+def _endpoint_fields(request: dict[str, Any], end: str) -> tuple[str, int]:
+    address, port = request.get(f"{end}_addr"), request.get(f"{end}_port")
+    if not isinstance(address, str) or len(address) > 64:
+        raise ControlError(f"{end}_addr must be an IP address string")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ControlError(f"{end}_port must be a port number (1..65535)")
+    try:
+        parsed = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        raise ControlError(f"{end}_addr: {shown(address)} is not an IP address") from None
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped   # a dual-stack socket's view of an IPv4 connection
+    return str(parsed), port
+
+
+def four_tuple(request: dict[str, Any]) -> tuple[tuple[str, int], tuple[str, int]]:
+    """``(local, remote)`` (canonical address, port) of a ``session`` request; all four
+    fields are required and both addresses must be of one IP version."""
+    local, remote = _endpoint_fields(request, "local"), _endpoint_fields(request, "remote")
+    if (":" in local[0]) != (":" in remote[0]):
+        raise ControlError("local_addr and remote_addr must be of one IP version")
+    return local, remote
+
+
+def tcpinc_json(wanted: tuple[str, str], flow: FlowStatus | None) -> dict[str, Any]:
+    """The ``session`` answer for the connection ``wanted`` (``local``, ``remote``), whose
+    engine flow is ``flow`` (None: untracked, so plain).
+
+    Field names follow the TCPINC API (draft-ietf-tcpinc-api §2.1, §3.1): ``session_id`` is
+    TCP_ENO_SESSID (RFC 8548 §3.4, hex), ``negotiated_tep`` TCP_ENO_NEGTEP (the TEP byte as B
+    sent it, v bit included: the session ID's first byte), ``role`` TCP_ENO_ROLE as ``A``/``B``
+    (RFC 8547 §4.5), ``aead_id`` TCP_CRYPT_CONF (RFC 8548 §7, Table 5). They are null unless
+    ``encrypted``; ``state`` is the status state, or ``plain``.
+    """
+    state = "plain" if flow is None else flow.state
+    encrypted = flow is not None and bool(flow.session_id) and state in _SESSION_STATES
+    session_id = flow.session_id if encrypted else ""
+    aead = flow.aead.upper() if encrypted else ""
+    return {
+        "local": wanted[0],
+        "remote": wanted[1],
+        "state": state,
+        "encrypted": encrypted,
+        "resumed": encrypted and flow.resumed,
+        "session_id": session_id or None,
+        "negotiated_tep": int(session_id[:2], 16) if encrypted else None,
+        "tep": _TEP_DISPLAY.get(flow.tep, flow.tep) if encrypted else None,
+        "aead": aead or None,
+        "aead_id": int(AEAD_NAMES[aead]) if aead in AEAD_NAMES else None,
+        "role": flow.role if encrypted else None,
     }
 
 

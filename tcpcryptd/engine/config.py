@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tcpcryptd.core.constants import DEFAULT_MAX_INIT_LEN, TEP, AEADId
+from tcpcryptd.engine.policy import Policy
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,8 @@ class EngineConfig:
 
     #: encrypt new flows (off: every new flow is left plain; existing ones continue)
     enabled: bool = True
+    #: skip / prefer / require per connection (engine/policy.py)
+    policy: Policy = Policy()
     #: TEPs offered in our SYNs, most preferred first (as host A); as host B we pick the first
     #: of this list the peer offered (RFC 8547 §4.5: B lists the chosen TEP last = alone)
     teps: tuple[int, ...] = (TEP.ECDHE_CURVE25519, TEP.ECDHE_CURVE448, TEP.ECDHE_P256)

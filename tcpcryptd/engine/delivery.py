@@ -15,12 +15,13 @@ from __future__ import annotations
 from tcpcryptd.engine.actions import Direction, Result, Transmit, Verdict
 from tcpcryptd.engine.context import Context
 from tcpcryptd.engine.flow import MASK32, Flow, refresh_tsval, ts_newer, unwrap
+from tcpcryptd.engine.superpacket import MAX_PACKET
 from tcpcryptd.packet import options as tcp_options
 from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, URG, TCPPacket
 
-#: most plaintext bytes in one segment toward the local stack: well inside a 65535-byte IP
-#: packet with any IP and TCP header (the stack takes segments above its MSS, as from GRO)
-MAX_DELIVERY = 32768
+#: most plaintext bytes in one segment toward the local stack: a packet the verdict can carry
+#: with any IP and TCP header (the stack takes segments above its MSS, as from GRO)
+MAX_DELIVERY = MAX_PACKET - 120
 
 
 def local_sack(flow: Flow, raw: bytes) -> bytes:

@@ -69,11 +69,13 @@ from tcpcryptd.engine.handshake import (
 from tcpcryptd.engine.inbound import fast_inbound, handle_inbound
 from tcpcryptd.engine.outbound import fast_outbound, handle_outbound
 from tcpcryptd.engine.timers import Deadlines, expire
+from tcpcryptd.engine.policy import Mode, resets
 from tcpcryptd.packet.tcp import (
     ACK,
     RST,
     SYN,
     TCP_HEADER as _TCP_FIXED,
+    FlowKey,
     PacketError,
     TCPPacket,
 )
@@ -142,8 +144,8 @@ class Engine:
         flow = self._flows.get(key)
         if flow is None:
             if pkt.flags & (SYN | ACK | RST) == SYN:
-                return self.open_flow(pkt, outbound, now, data)
-            return Result(Verdict.ACCEPT, plain=True)
+                return self._required(pkt, outbound, self.open_flow(pkt, outbound, now, data))
+            return self._required(pkt, outbound, Result(Verdict.ACCEPT, plain=True))
         result = Result(None)
         flow.last_activity = now
         handshaking = flow.state in HANDSHAKE_STATES
@@ -188,7 +190,7 @@ class Engine:
             result.plain = True
         if result.verdict is None:
             result.verdict = Verdict.DROP
-        return result
+        return self._required(pkt, outbound, result) if result.plain else result
 
     def _fast(self, flow: Flow, data: bytes, outbound: bool, tcp_start: int,
               fields: tuple[int, ...], now: float) -> Result | None:
@@ -238,6 +240,13 @@ class Engine:
         """
         at = self._ctx.now if now is None else now
         return [flow.status(at) for flow in self._flows.values()]
+
+    def flow_status(self, key: FlowKey, now: float | None = None) -> FlowStatus | None:
+        """Status of the flow ``key`` (version, local address, local port, remote address,
+        remote port; addresses packed), None when the engine does not track it: one
+        connection for the TCPINC API request, without building every flow's status."""
+        flow = self._flows.get(key)
+        return None if flow is None else flow.status(self._ctx.now if now is None else now)
 
     def shutdown(self, now: float) -> Result:
         """The daemon is stopping: abort every connection that has or is making a session.
@@ -295,10 +304,26 @@ class Engine:
         result.verdict, result.plain = Verdict.ACCEPT, True
         return result
 
+    def _required(self, pkt: TCPPacket, outbound: bool, result: Result) -> Result:
+        """Policy ``require`` (engine/policy.py): a connection left plain is never handed to
+        the kernel as plain, and is reset both ways (its packet dropped) where
+        :func:`~tcpcryptd.engine.policy.resets` says, counted as ``require_resets``."""
+        if result.plain and self._ctx.config.policy.require and (
+                self._ctx.config.policy.of_packet(pkt, outbound) is Mode.REQUIRE):
+            result.plain = False
+            transmit = resets(pkt, outbound)
+            if transmit:
+                self._ctx.count("require_resets")
+                result.verdict, result.data = Verdict.DROP, None
+                result.transmit.extend(transmit)
+        return result
+
     def open_flow(self, pkt: TCPPacket, outbound: bool, now: float,
                   raw: bytes | None = None) -> Result:
         """A SYN on an untracked 4-tuple (``raw``: the packet as it arrived, else rebuilt)."""
         cfg = self._ctx.config
+        if cfg.policy.of_packet(pkt, outbound) is Mode.SKIP:
+            return self.plain("policy-skip")
         refusal = syn_refusal(cfg, pkt)
         if refusal is not None:
             return self.plain(refusal)

@@ -46,6 +46,7 @@ from tcpcryptd.engine.flow import (
     unwrap,
 )
 from tcpcryptd.engine.handshake import resume, start_init1
+from tcpcryptd.engine.superpacket import first_payload_limit, header_length
 from tcpcryptd.packet import options as tcp_options
 from tcpcryptd.packet.tcp import (
     ACK,
@@ -125,9 +126,12 @@ def _frame_new(flow: Flow, data: memoryview | bytes, urgent_last: int | None, fi
 
 
 def _split(flow: Flow, pkt: TCPPacket, wire_lo: int, payload: bytes, max_payload: int,
-           flags: int, fin: bool) -> tuple[bytes, list[Transmit]]:
-    """The rewritten packet (first piece) and engine-made packets for the rest."""
-    pieces = [payload[i:i + max_payload] for i in range(0, len(payload), max_payload)] or [b""]
+           flags: int, fin: bool, first: int | None = None) -> tuple[bytes, list[Transmit]]:
+    """The rewritten packet (first piece, up to ``first`` bytes: a super-packet's limit)
+    and engine-made packets of at most ``max_payload`` bytes for the rest."""
+    first = max_payload if first is None else first
+    pieces = [payload[:first]] + [payload[i:i + max_payload]
+                                  for i in range(first, len(payload), max_payload)]
     flags &= ~(FIN | URG)
     extra: list[Transmit] = []
     offset = wire_lo + len(pieces[0])
@@ -163,7 +167,9 @@ def process_data(ctx: Context, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None
         # the common case: new data, one frame, one packet
         _wire_header(flow, pkt, 0, data=True)
         header_done = True
-        if n + FRAME_OVERHEAD <= flow.peer_mss - len(pkt.options):
+        mss_payload = flow.peer_mss - len(pkt.options)
+        if n + FRAME_OVERHEAD <= first_payload_limit(n, mss_payload, header_length(pkt)) \
+                and n <= MAX_FRAME_DATA:
             wire_start = smap.wire_end
             wire = flow.session.seal(wire_start, payload)  # type: ignore[union-attr]
             smap.append(n, wire)
@@ -198,6 +204,7 @@ def process_data(ctx: Context, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None
     if not header_done:
         _wire_header(flow, pkt, 0, data=True)
     max_payload = max(flow.peer_mss - len(pkt.options), 64)
+    first = first_payload_limit(n, max_payload, header_length(pkt))
     if end > smap.local_end:
         if smap.fin_local is not None:
             ctx.count("drops_data-after-fin")
@@ -205,7 +212,7 @@ def process_data(ctx: Context, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None
         # 0xFFFF is Linux's "the urgent byte lies further than this": position unknown yet
         urgent_last = start + urg_ptr - 1 if 0 < urg_ptr < 0xFFFF else None
         new = payload[smap.local_end - start:]
-        _frame_new(flow, new, urgent_last, fin, max_payload)
+        _frame_new(flow, new, urgent_last, fin, first)
         if fin:
             smap.close()
     elif fin and smap.fin_local is None:
@@ -227,7 +234,7 @@ def process_data(ctx: Context, flow: Flow, pkt: TCPPacket) -> tuple[bytes | None
         wire_lo = min(wire_lo, wire_hi)
     pkt.seq = (flow.local_isn + 1 + wire_lo) & MASK32
     return _split(flow, pkt, wire_lo, smap.read(wire_lo, wire_hi), max_payload, pkt.flags,
-                  wire_fin)
+                  wire_fin, first)
 
 
 def _send_init1(ctx: Context, flow: Flow, pkt: TCPPacket, packet_id: int, now: float,
@@ -320,7 +327,8 @@ def fast_outbound(ctx: Context, flow: Flow, data: bytes, tcp_start: int,
             or seq != (flow.local_isn + 1 + smap.local_end + local_fin) & MASK32):
         return None
     if n:
-        if local_fin or n + FRAME_OVERHEAD > flow.peer_mss - (header_end - tcp_start - 20):
+        if local_fin or n > MAX_FRAME_DATA or n + FRAME_OVERHEAD > first_payload_limit(
+                n, flow.peer_mss - (header_end - tcp_start - 20), header_end):
             return None
     elif flow.rx.buffered:
         return None   # SACK blocks to add

@@ -25,7 +25,7 @@ from bench.runner import parse_us_lines
 SCHEMA_KEYS = {"machine", "date", "throughput_mbps", "loss", "connections", "memory",
                "cpu_s_per_gb", "ratios", "targets", "notes"}
 THROUGHPUT_KEYS = {"plain", "passthrough", "aes128gcm", "chacha20", "aes256gcm",
-                   "parallel4_aes128gcm"}
+                   "parallel4_aes128gcm", "aes128gcm_workers", "parallel4_aes128gcm_workers"}
 CONNECTION_KEYS = {"plain_per_s", "passthrough_per_s", "x25519_per_s", "p256_per_s",
                    "x25519_resumed_per_s", "added_latency_ms_median", "added_latency_ms_p99"}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from dataclasses import dataclass, field
 
 from tcpcryptd.daemon.nfqueue import NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING
@@ -31,6 +33,7 @@ class FakePacket:
     new_payload: bytes | None = None
     new_mark: int | None = None
     retained: bool = False
+    csum_not_ready: bool = False
 
     @classmethod
     def inbound(cls, packet_id: int, mark: int = 0) -> FakePacket:
@@ -101,6 +104,21 @@ class ScriptedEngine:
     def flows(self, now=None):
         self.flows_now = now
         return list(self._flows)
+
+    def flow_status(self, key, now=None):
+        """The engine's lookup by flow key, over the scripted statuses' text."""
+        version, local, local_port, remote, remote_port = key
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
+        wanted = [socket.inet_ntop(family, local), local_port,
+                  socket.inet_ntop(family, remote), remote_port]
+        for flow in self._flows:
+            (l_host, _, l_port), (r_host, _, r_port) = (flow.local.rpartition(":"),
+                                                        flow.remote.rpartition(":"))
+            if [str(ipaddress.ip_address(l_host.strip("[]"))), int(l_port),
+                    str(ipaddress.ip_address(r_host.strip("[]"))), int(r_port)] == wanted:
+                self.flows_now = now
+                return flow
+        return None
 
 
 class FakeSender:

@@ -20,6 +20,7 @@ from tcpcryptd.daemon.config import (
 )
 from tcpcryptd.daemon.errors import ConfigError
 from tcpcryptd.engine.config import EngineConfig
+from tcpcryptd.engine.policy import Mode, Policy
 
 SHIPPED = Path(__file__).resolve().parents[2] / "conf" / "tcpcryptd.toml"
 
@@ -63,9 +64,10 @@ def test_shipped_file_holds_every_engine_limit_with_the_engine_default():
 
 def test_every_engine_field_is_a_config_key_or_named_internal():
     """A new EngineConfig field must be decided on: a [limits] key (LIMITS), set from
-    [encryption] or [resumption] by engine_config, or internal (protocol timers, injected
-    objects)."""
-    from_encryption = {"enabled", "teps", "aeads", "aead_preference", "passive_role_ports"}
+    [encryption], [resumption] or [policy] by engine_config, or internal (protocol timers,
+    injected objects)."""
+    from_encryption = {"enabled", "teps", "aeads", "aead_preference", "passive_role_ports",
+                       "policy"}
     from_resumption = {"resumption_enabled", "resumption_cache_size", "resumption_lifetime"}
     internal = {"linger", "tombstone", "challenge_ack_interval", "initial_rto", "min_rto",
                 "max_rto", "max_retransmits", "local_rto", "random"}
@@ -180,3 +182,40 @@ def test_engine_config_follows_the_preferences():
     assert engine.max_half_open == 7
     assert engine.idle_timeout == 30.0
     assert engine.aead_idle_release == 0.0
+
+
+def test_policy_rules_reach_the_engine():
+    config = parse_config(tomllib.loads(
+        "[policy]\ndefault = 'Require'\n"
+        "[[policy.rules]]\nmode = 'skip'\nremote_port = 443\n"
+        "[[policy.rules]]\nmode = 'prefer'\npeer = 'fd00::/16'\nlocal_port = 22\n"
+        "[[policy.rules]]\nmode = 'require'\npeer = '192.0.2.1'\n"))
+    policy = engine_config(config).policy
+    assert policy.default is Mode.REQUIRE and policy.require
+    assert policy.mode(4, bytes([198, 51, 100, 1]), 40000, 443) is Mode.SKIP
+    assert policy.mode(6, bytes([0xFD, 0]) + bytes(14), 22, 5000) is Mode.PREFER
+    assert policy.mode(4, bytes([192, 0, 2, 1]), 40000, 443) is Mode.SKIP     # port first
+    assert policy.mode(4, bytes([192, 0, 2, 1]), 40000, 80) is Mode.REQUIRE
+    assert engine_config(Config()).policy == Policy()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[policy]\ndefault = 'maybe'\n", "policy.default: must be one of skip, prefer, require"),
+    ("[policy]\nrules = {mode = 'skip'}\n", "policy.rules: must be a list of tables"),
+    ("[policy]\nrules = [5]\n", r"policy.rules\[0\]: must be a table"),
+    ("[policy]\nrules = [{peer = '10.0.0.0/8'}]\n", r"policy.rules\[0\]: needs a mode"),
+    ("[policy]\nrules = [{mode = 'skip'}]\n", r"policy.rules\[0\]: needs peer, local_port"),
+    ("[policy]\nrules = [{mode = 'skip', port = 1}]\n", r"policy.rules\[0\].port: unknown key"),
+    ("[policy]\nrules = [{mode = 'skip', peer = '10.0.0.1/8'}]\n",
+     r"policy.rules\[0\].peer: not an address or prefix .*has host bits set"),
+    ("[policy]\nrules = [{mode = 'skip', peer = 'example.org'}]\n",
+     r"policy.rules\[0\].peer: not an address or prefix"),
+    ("[policy]\nrules = [{mode = 'skip', local_port = 0}]\n",
+     r"policy.rules\[0\].local_port: must be in 1..65535"),
+    ("[policy]\nrules = [{mode = 'skip', remote_port = 22},"
+     " {mode = 'require', remote_port = 22}]\n",
+     r"policy.rules\[1\]: selects the same connections as policy.rules\[0\]"),
+])
+def test_bad_policy_gives_one_error_naming_the_key(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(tomllib.loads(text))

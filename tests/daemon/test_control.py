@@ -21,7 +21,7 @@ from tcpcryptd.daemon.errors import ControlError, DaemonTimeoutError, NoDaemonEr
 from .fakes import ControlThread
 
 
-def echo(message):
+def echo(message, caller=None):
     if message["command"] == "enable":
         raise RuntimeError("handler bug")
     if message["command"] == "disable":
@@ -83,11 +83,17 @@ def test_oversized_request_gets_an_error_and_is_skipped(sock_path):
                            {"ok": True, "echo": {"command": "ping"}}]
 
 
-def test_socket_is_private_and_removed_on_close(sock_path):
+def test_socket_is_reachable_by_every_user_and_removed_on_close(sock_path):
     server = ControlServer(sock_path, echo)
-    server.open()
+    old_umask = os.umask(0o077)
     try:
-        assert stat.S_IMODE(os.stat(sock_path).st_mode) == 0o600
+        server.open()
+    finally:
+        os.umask(old_umask)
+    try:
+        assert stat.S_IMODE(os.stat(sock_path).st_mode) == 0o666
+        # the directory it made for the socket, whatever the umask (systemd: UMask=0077)
+        assert stat.S_IMODE(os.stat(os.path.dirname(sock_path)).st_mode) == 0o755
         assert open(f"{sock_path}.lock").read().strip() == str(os.getpid())
     finally:
         server.close()
@@ -145,7 +151,7 @@ def test_request_errors_are_readable(sock_path, tmp_path):
 
 def test_large_answer_arrives_whole(sock_path):
     sessions = [{"local": f"10.0.{i >> 8}.{i & 255}:443", "n": i} for i in range(20_000)]
-    with ControlThread(ControlServer(sock_path, lambda _: {"ok": True, "sessions": sessions})):
+    with ControlThread(ControlServer(sock_path, lambda *_: {"ok": True, "sessions": sessions})):
         assert request(sock_path, {"command": "status"})["sessions"] == sessions
 
 
@@ -218,7 +224,7 @@ def test_deep_request_over_the_socket_is_answered_and_the_server_lives(sock_path
 
 
 def test_unencodable_answer_becomes_an_error_answer(sock_path):
-    with ControlThread(ControlServer(sock_path, lambda _: {"ok": True, "x": object()})):
+    with ControlThread(ControlServer(sock_path, lambda *_: {"ok": True, "x": object()})):
         assert request(sock_path, {"command": "ping"}) == {
             "ok": False, "error": "internal error: the answer could not be encoded"}
 
@@ -333,6 +339,22 @@ def test_at_the_cap_the_longest_idle_connection_is_evicted(served):
     server.readable(newest_fd)
     assert _lines(newest_client)[0]["ok"] is True
     assert len(server.connections) == control.MAX_CLIENTS
+
+
+def test_at_the_cap_unprivileged_connections_are_evicted_before_root_ones(served):
+    """Every user may connect; a user filling the cap pushes out only unprivileged
+    connections, never an idle root client (the oldest here)."""
+    server, clock, connect = served
+    clients = []
+    for _ in range(control.MAX_CLIENTS):
+        clock.now += 0.01
+        clients.append(connect())
+    root_fd = clients[0][1]
+    for _, fd in clients[1:]:
+        server.connections[fd].caller = control.Caller(4242, 65534)
+    connect()
+    assert server.expire(clock.now) == [clients[1][1]]
+    assert not server.connections[root_fd].evicted
 
 
 def test_failing_accept_is_not_fatal(served):

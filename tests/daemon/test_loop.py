@@ -14,7 +14,7 @@ from tcpcryptd.daemon.config import Config
 from tcpcryptd.daemon.control import ControlServer, request
 from tcpcryptd.daemon.errors import ControlError
 from tcpcryptd.daemon.loop import Daemon, PacketPath
-from tcpcryptd.daemon.nfqueue import Verdicts
+from tcpcryptd.daemon.nfqueue import MAX_COPY, Verdicts
 from tcpcryptd.engine.actions import Direction, Release, Result, Transmit, Verdict
 
 from .fakes import FakePacket, FakeSender, ScriptedEngine, flow_status, ipv4_packet
@@ -126,7 +126,7 @@ def test_engine_error_inbound_drops_on_encrypted_connections_only(parts):
 
 def test_truncated_packet_never_reaches_the_engine(parts):
     engine, _, path = parts
-    packet = FakePacket(1, payload=ipv4_packet(4100, total_len=9000))
+    packet = FakePacket(1, payload=ipv4_packet(MAX_COPY - 20, total_len=0xFFFF))
     path.on_packet(packet)
     assert engine.calls == [] and packet.verdict == "accept"
     assert path.counters["daemon_truncated"] == 1
@@ -399,6 +399,9 @@ class _IdleQueue:
 
     def process(self) -> None:
         raise AssertionError("no packets in this test")
+
+    def flush(self) -> None:
+        """No verdicts to send."""
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from tcpcryptd.engine import Direction, Engine, EngineConfig, FlowStatus, Result
 from tcpcryptd.packet import options
 from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, URG, TCPPacket
 
-from . import invariants
+from . import invariants, offload
 from .stack import Endpoint, StackConfig, State, TcpStack, seq_diff
 from .wire import C2S, S2C, ByteFlip, Impairments, TargetedDrop, Wire
 
@@ -104,6 +104,10 @@ class Scenario:
     expect_resumed: tuple[bool, ...] | None = None
     max_time: float = 900.0
     max_events: int = 200_000
+    #: GSO: the stacks hand over super-packets of up to this many payload bytes (0: off)
+    gso: int = 0
+    #: GRO: in-order data segments arriving together are merged before the engine sees them
+    gro: bool = False
 
     @property
     def expect_encrypted(self) -> bool:
@@ -302,8 +306,13 @@ class Simulation:
         self.now = 0.0
         self.events = 0
         self.violations: list[str] = []
-        #: packets moving between a stack and its engine at this instant: (end, to, bytes)
-        self._work: deque[tuple[_End, str, bytes]] = deque()
+        #: packets moving between a stack and its engine at this instant: (end, to, bytes,
+        #: gso_size of a super-packet or 0)
+        self._work: deque[tuple[_End, str, bytes, int]] = deque()
+        #: gso_size of the packet being handled, and of held super-packets
+        self._gso_size = 0
+        self._held_gso: dict[tuple[str, int], int] = {}
+        self.offload_rng = random.Random(self.rng.random()) if scenario.gro else None
         self._pending_connects = list(self.conns)
         self._events_at_now = 0
         self._reuse_left = scenario.reuse
@@ -438,6 +447,8 @@ class Simulation:
         arrival = self.wire.next_arrival()
         if arrival is not None and arrival <= now:
             direction, data = self.wire.pop_arrival()
+            if self.offload_rng is not None:
+                data = self._gro(direction, data)
             self._from_wire(self.server_side if direction == C2S else self.client_side, data)
             return
         if self._reuse_at is not None and self._reuse_at <= now:
@@ -468,6 +479,14 @@ class Simulation:
                 self._close(end)
 
     # ------------------------------------------------------------------ packet path
+    def _gro(self, direction: str, data: bytes) -> bytes:
+        """Merge the packets arriving with ``data`` that continue it (sim/offload.py)."""
+        following = self.wire.arrivals_now(direction, self.now)
+        merged, taken = offload.gro_merge(data, following, self.offload_rng)
+        for _ in range(taken):
+            self.wire.pop_arrival()
+        return merged
+
     def _from_wire(self, side: _Side, data: bytes) -> None:
         self._through_engine(side, data, Direction.INBOUND)
 
@@ -479,11 +498,18 @@ class Simulation:
         inbound = direction is Direction.INBOUND
         self._note(side, "wire->" if inbound else "stack->", data)
         if side.engine is None:
-            (self._to_stack if inbound else self._to_wire)(side, data)
+            gso, self._gso_size = self._gso_size, 0
+            if inbound:
+                self._to_stack(side, data)
+            else:
+                self._forward(side, data, direction, gso)
             return
         packet_id = side.next_packet_id
         side.next_packet_id += 1
+        gso, self._gso_size = self._gso_size, 0
         result = side.engine.handle_packet(packet_id, data, direction, self.now)
+        if gso:
+            self._held_gso[(side.name, packet_id)] = gso
         self._apply(side, result, packet_id, data, direction)
 
     def _apply(self, side: _Side, result: Result, packet_id: int | None, data: bytes, direction: Direction) -> None:
@@ -493,12 +519,14 @@ class Simulation:
             if verdict is not None:
                 self.violations.append(f"{side.name}: handle_timer returned verdict {verdict!r}")
         elif verdict is Verdict.ACCEPT:
-            self._forward(side, result.data if result.data is not None else data, direction)
+            self._forward(side, result.data if result.data is not None else data, direction,
+                          self._held_gso.pop((side.name, packet_id), 0))
         elif verdict is Verdict.HOLD:
             self._note(side, f"HOLD #{packet_id}", data)
             side.held[packet_id] = (data, direction)
             side.max_held = max(side.max_held, len(side.held))
         elif verdict is Verdict.DROP:
+            self._held_gso.pop((side.name, packet_id), 0)
             self._note(side, f"DROP #{packet_id}", data)
         else:
             self.violations.append(f"{side.name}: packet {packet_id} got verdict {verdict!r}")
@@ -507,8 +535,10 @@ class Simulation:
             if held is None:
                 self.violations.append(f"{side.name}: release of packet {release.packet_id} that is not held")
                 continue
+            gso = self._held_gso.pop((side.name, release.packet_id), 0)
             if release.accept:
-                self._forward(side, release.data if release.data is not None else held[0], held[1])
+                self._forward(side, release.data if release.data is not None else held[0], held[1],
+                              gso)
         for transmit in result.transmit:
             self._forward(side, transmit.data, transmit.direction)
 
@@ -516,10 +546,11 @@ class Simulation:
         if self.trace is not None:
             self.trace.append(f"{self.now:10.4f} {side.name:6} {hop:14} {describe(data)}")
 
-    def _forward(self, side: _Side, data: bytes, direction: Direction) -> None:
+    def _forward(self, side: _Side, data: bytes, direction: Direction, gso: int = 0) -> None:
         self._note(side, "engine->" + ("wire" if direction == Direction.OUTBOUND else "stack"), data)
         if direction == Direction.OUTBOUND:
-            self._to_wire(side, data)
+            for piece in offload.gso_segment(data, gso) if gso else (data,):
+                self._to_wire(side, piece)
         elif self.local_rng.random() < self.sc.impairments.local_loss:
             side.local_drops += 1
             self._note(side, "LOCAL DROP", data)
@@ -531,7 +562,7 @@ class Simulation:
         if end is None:
             self.violations.append(f"{side.name}: a packet for no local connection: {describe(data)}")
             return
-        self._work.append((end, "stack", data))
+        self._work.append((end, "stack", data, 0))
 
     def _to_wire(self, side: _Side, data: bytes) -> None:
         pkt = TCPPacket.parse(data)
@@ -560,13 +591,18 @@ class Simulation:
                 side.flows_at_eof = side.engine.flows()
 
     def _collect(self, end: _End) -> None:
-        for data in end.stack.take_output():
-            self._work.append((end, "engine", data))
+        output = end.stack.take_output()
+        if self.sc.gso:
+            for data, gso in offload.gso_merge(output, self.sc.gso):
+                self._work.append((end, "engine", data, gso))
+            return
+        for data in output:
+            self._work.append((end, "engine", data, 0))
 
     def _drain(self) -> None:
         """Process packets moving between stacks and their engine at this instant."""
         while self._work:
-            end, where, data = self._work.popleft()
+            end, where, data, gso = self._work.popleft()
             if where == "stack":
                 had_eof = end.stack.eof
                 end.stack.receive(data, self.now)
@@ -575,6 +611,7 @@ class Simulation:
                 self._collect(end)
                 self._fast_read(end)
             else:
+                self._gso_size = gso
                 self._from_stack(end.side, data)
 
     # ------------------------------------------------------------------ applications

@@ -193,6 +193,17 @@ class Wire:
         """Arrival time of the next packet, or None if the wire is empty."""
         return self._queue[0].arrival if self._queue else None
 
+    def arrivals_now(self, direction: str, now: float) -> list[bytes]:
+        """The packets of ``direction`` next in arrival order that arrive by ``now`` (GRO)."""
+        due = sorted((item for item in self._queue if item.arrival <= now),
+                     key=lambda item: (item.arrival, item.order))
+        out = []
+        for item in due:
+            if item.direction != direction:
+                break
+            out.append(item.data)
+        return out
+
     def pop_arrival(self) -> tuple[str, bytes]:
         """The next packet to arrive: (direction, bytes)."""
         item = heapq.heappop(self._queue)
