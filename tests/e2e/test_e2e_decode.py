@@ -30,11 +30,13 @@ SIZE = 2_000_000
 
 
 def _keylog_daemons(e2e: E2E) -> dict[str, Path]:
+    """Both daemons with a key log and one worker each: each worker keeps its own
+    resumption cache, so with one the later connections resume for sure."""
     keylogs = {}
     for label in ("A", "B"):
         keylogs[label] = e2e.bed.workdir / f"{label}.keys"
         config = e2e.bed.workdir / f"{label}-keylog.toml"
-        config.write_text(f'[log]\nkeylog = "{keylogs[label]}"\n')
+        config.write_text(f'[log]\nkeylog = "{keylogs[label]}"\n[queue]\nworkers = 1\n')
         e2e.bed.daemon(label, ["--config", str(config)])
     return keylogs
 
