@@ -41,6 +41,8 @@ class Mode:
     kind: str
     tep: str = "X25519"
     aead: str = "AES-128-GCM"
+    #: session resumption (RFC 8548 §3.5) in both daemons; None: the daemon's default (on)
+    resumption: bool | None = None
     #: tcpcryptd's ``queue.workers`` (0: one per CPU)
     workers: int = 1
 
@@ -52,9 +54,10 @@ class Mode:
             return "SYN-only pass-through in A"
         if self.kind != "tcpcryptd":
             return self.kind
+        resumed = {True: ", resumed", False: ", fresh", None: ""}[self.resumption]
         workers = "" if self.workers == 1 else (
             ", a worker per CPU" if self.workers == 0 else f", {self.workers} workers")
-        return f"tcpcryptd {self.tep} {self.aead}{workers}"
+        return f"tcpcryptd {self.tep} {self.aead}{resumed}{workers}"
 
 
 PLAIN = Mode("plain")
@@ -67,10 +70,13 @@ SYN_PASSTHROUGH = Mode("syn_passthrough")
 
 def daemon_config(mode: Mode, control: Path) -> str:
     """The TOML given to both daemons: only the chosen TEP and AEAD are offered/accepted, so
-    A's Init1 offer and B's preference can only agree on them (RFC 8548 §3.3)."""
+    A's Init1 offer and B's preference can only agree on them (RFC 8548 §3.3); resumption on
+    or off when the mode says."""
+    resumption = ("" if mode.resumption is None
+                  else f"[resumption]\nenabled = {str(mode.resumption).lower()}\n")
     return (f'[encryption]\nteps = ["{mode.tep}"]\naeads = ["{mode.aead}"]\n'
             f'[queue]\nworkers = {mode.workers}\n'
-            f'[control]\nsocket = "{control}"\n[log]\nlevel = "warning"\n')
+            f'[control]\nsocket = "{control}"\n[log]\nlevel = "warning"\n{resumption}')
 
 
 def read_vmrss(pid: int) -> int:

@@ -35,6 +35,7 @@ CONNECTION_ROWS: dict[str, str] = {
     "passthrough": "NFQUEUE pass-through",
     "x25519": "tcpcryptd X25519",
     "p256": "tcpcryptd P-256",
+    "x25519_resumed": "tcpcryptd X25519, resumed",
 }
 
 #: Request/response modes (bench.conntool exchange): key -> label.
@@ -61,6 +62,8 @@ TARGET_AES_VS_PASSTHROUGH = 0.6
 TARGET_LOSS_VS_PASSTHROUGH = 0.5
 TARGET_LOSS_RATE = 0.01
 TARGET_X25519_VS_PLAIN = 0.33
+#: A resumed connection skips the key agreement and the Init messages (RFC 8548 §3.5)
+TARGET_RESUMED_VS_FRESH = 2.0
 TARGET_BYTES_PER_FLOW = 4096
 
 
@@ -269,9 +272,11 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, float | None]:
         ratios[f"loss_{entry['loss']:g}_vs_passthrough"] = ratio(entry["tcpcryptd_mbps"],
                                                                  entry["passthrough_mbps"])
     conn = results["connections"]
-    for key in ("passthrough", "x25519", "p256"):
+    for key in ("passthrough", "x25519", "p256", "x25519_resumed"):
         ratios[f"{key}_connections_vs_plain"] = ratio(conn[f"{key}_per_s"], conn["plain_per_s"])
-    for key in ("x25519", "p256"):
+    ratios["resumed_vs_fresh_connections"] = ratio(conn["x25519_resumed_per_s"],
+                                                   conn["x25519_per_s"])
+    for key in ("x25519", "p256", "x25519_resumed"):
         ratios[f"{key}_connections_vs_passthrough"] = ratio(conn[f"{key}_per_s"],
                                                             conn["passthrough_per_s"])
     exchanges = results.get("exchanges_per_s", {})
@@ -336,6 +341,12 @@ def target_verdicts(results: dict[str, Any]) -> list[Target]:
         f"X25519 connections/s >= {TARGET_X25519_VS_PLAIN}x plain", conn,
         _verdict(None if conn is None else conn >= TARGET_X25519_VS_PLAIN),
         f"{conn}x" if conn is not None else "connection rate missing"))
+
+    resumed = ratios.get("resumed_vs_fresh_connections")
+    targets.append(Target(
+        f"resumed connections/s >= {TARGET_RESUMED_VS_FRESH}x fresh (X25519)", resumed,
+        _verdict(None if resumed is None else resumed >= TARGET_RESUMED_VS_FRESH),
+        f"{resumed}x" if resumed is not None else "connection rate missing"))
 
     per_flow = results["memory"]["bytes_per_flow"]
     targets.append(Target(

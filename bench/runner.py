@@ -56,11 +56,14 @@ THROUGHPUT_PLAN: dict[str, tuple[Mode, int]] = {
     "parallel4_aes128gcm_workers": (Mode("tcpcryptd", "X25519", "AES-128-GCM", workers=0), 4),
 }
 AES128 = THROUGHPUT_PLAN["aes128gcm"][0]
+#: Connection rates: every tcpcryptd connection a fresh key exchange (resumption off), then
+#: X25519 with resumption on, where every connection after the first resumes (RFC 8548 §3.5).
 CONNECTION_PLAN: dict[str, Mode] = {
     "plain": PLAIN,
     "passthrough": PASSTHROUGH,
-    "x25519": AES128,
-    "p256": Mode("tcpcryptd", "P-256", "AES-128-GCM"),
+    "x25519": Mode("tcpcryptd", "X25519", "AES-128-GCM", resumption=False),
+    "p256": Mode("tcpcryptd", "P-256", "AES-128-GCM", resumption=False),
+    "x25519_resumed": Mode("tcpcryptd", "X25519", "AES-128-GCM", resumption=True),
 }
 #: Request/response row -> mode.
 EXCHANGE_PLAN: dict[str, Mode] = {
@@ -94,11 +97,12 @@ class Progress:
               file=self.stream, flush=True)
 
 
-def _encrypted_count(bed: BenchBed) -> tuple[int, int]:
-    """(encrypted, plain + fallback) flows counted so far by A's daemon."""
+def _encrypted_count(bed: BenchBed) -> tuple[int, int, int]:
+    """(encrypted, plain + fallback, resumed) flows counted so far by A's daemon."""
     counters = bed.status("A").get("counters", {})
     return (int(counters.get("encrypted", 0)),
-            int(counters.get("plain", 0)) + int(counters.get("fallback", 0)))
+            int(counters.get("plain", 0)) + int(counters.get("fallback", 0)),
+            int(counters.get("resumed", 0)))
 
 
 class Runner:
@@ -362,6 +366,12 @@ class Runner:
                 self.samples.note(f"{what}: discarded: not every connection was encrypted "
                                   f"(daemon counters encrypted/plain {before} -> {after}, "
                                   f"{run.connections} connections)")
+                return
+            # all resumed but the first (fresh) one, or none: what the row claims to measure
+            want = run.connections - 1 if bed.mode.resumption else 0
+            if after[2] - before[2] < want or (not bed.mode.resumption and after[2] > before[2]):
+                self.samples.note(f"{what}: discarded: {after[2] - before[2]} of "
+                                  f"{run.connections} connections resumed, expected {want}")
                 return
         self.samples.connections[key] = ConnectionSamples(run.per_s, run.latencies_ms)
 

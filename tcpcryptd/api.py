@@ -30,7 +30,8 @@ Fields of :class:`Session` and the options of the draft they stand for:
 ``aead_id``            TCP_CRYPT_CONF: the AEAD algorithm (RFC 8548 §7, Table 5);
                        ``aead`` its name
 ``encrypted``          the connection is protected by its tcpcrypt session
-``resumed``            the session was resumed (RFC 8548 §3.5); always False for now
+``resumed``            the session was resumed (RFC 8548 §3.5): no key exchange, the keys
+                       came from the previous session's cached secret
 ``state``              the daemon's state of the connection (``tcpcryptd status``), or
                        ``plain`` for one the daemon left unencrypted
 =====================  ==============================================================

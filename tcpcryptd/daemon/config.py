@@ -56,6 +56,7 @@ class EncryptionConfig:
     teps: tuple[TEP, ...] = (TEP.ECDHE_CURVE25519, TEP.ECDHE_CURVE448, TEP.ECDHE_P256)
     aeads: tuple[AEADId, ...] = (AEADId.AES_128_GCM, AEADId.AES_256_GCM,
                                  AEADId.CHACHA20_POLY1305)
+    passive_role_ports: tuple[int, ...] = ()
 
 
 #: Most worker processes ``queue.workers = 0`` (one per CPU) starts.
@@ -104,6 +105,15 @@ class RekeyConfig:
 @dataclass(frozen=True)
 class ControlConfig:
     socket: str = DEFAULT_CONTROL_PATH
+
+
+@dataclass(frozen=True)
+class ResumptionConfig:
+    """``[resumption]``: session resumption (RFC 8548 §3.5), EngineConfig's defaults."""
+
+    enabled: bool = EngineConfig.resumption_enabled
+    cache_size: int = EngineConfig.resumption_cache_size
+    lifetime: float = EngineConfig.resumption_lifetime
 
 
 @dataclass(frozen=True)
@@ -323,6 +333,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rekey: RekeyConfig = field(default_factory=RekeyConfig)
+    resumption: ResumptionConfig = field(default_factory=ResumptionConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -334,6 +345,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
         "enabled": _boolean,
         "teps": _name_list(TEP_NAMES),
         "aeads": _name_list(AEAD_NAMES),
+        "passive_role_ports": _port_list,
     }),
     "queue": (QueueConfig, {
         "number": _integer(0, 65535),
@@ -351,6 +363,11 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
     "control": (ControlConfig, {"socket": _path}),
     "limits": (LimitsConfig, LIMITS),
     "rekey": (RekeyConfig, {"bytes": _integer(0, 1 << 62), "interval": _seconds(0.0, 365 * 86400.0)}),
+    "resumption": (ResumptionConfig, {
+        "enabled": _boolean,
+        "cache_size": _integer(1, 10_000_000),
+        "lifetime": _seconds(1.0, 7 * 86400.0),
+    }),
     "policy": (PolicyConfig, {
         "default": _mode,
         "rules": _rules,
@@ -429,6 +446,10 @@ def engine_config(config: Config) -> EngineConfig:
         aead_preference=tuple(int(aead) for aead in reversed(config.encryption.aeads)),
         rekey_bytes=config.rekey.bytes,
         rekey_interval=config.rekey.interval,
+        passive_role_ports=frozenset(config.encryption.passive_role_ports),
+        resumption_enabled=config.resumption.enabled,
+        resumption_cache_size=config.resumption.cache_size,
+        resumption_lifetime=config.resumption.lifetime,
         **{name: getattr(config.limits, name) for name in LIMITS},
         policy=Policy(config.policy.rules, config.policy.default),
     )

@@ -7,8 +7,9 @@ strings in lower-case hex; docs/daemon.md "Key log format")::
     TCPCRYPT_KEYS <local> <remote> <role> <tep> <aead> <session_id> <generation> <k_ab> <k_ba> <new|resumed>
 
 ``local``/``remote`` are this host's and the peer's address and port as on the wire
-(``10.0.0.1:80``, ``[fd00::1]:80``); ``role`` this host's role ``A`` or ``B`` (RFC 8547
-§4.5; A sends with ``k_ab``); ``tep`` the TEP identifier byte (RFC 8548 §7, two hex digits);
+(``10.0.0.1:80``, ``[fd00::1]:80``); ``role`` ``A`` when this host sends with ``k_ab``,
+``B`` with ``k_ba`` (RFC 8548 §3.3): its role (RFC 8547 §4.5), or on a resumed session its
+role in the original session, which the keys follow (RFC 8548 §3.5; the event says so); ``tep`` the TEP identifier byte (RFC 8548 §7, two hex digits);
 ``aead`` the AEAD name (RFC 8548 §6: ``AES-128-GCM``, ``AES-256-GCM``,
 ``ChaCha20-Poly1305``); ``session_id`` the 33-byte session ID (§3.4); ``generation`` the key
 generation j of ``k_ab[j]``/``k_ba[j]`` (§3.3, §3.8), each the AEAD key K followed by the

@@ -5,11 +5,14 @@ A session object (one per flow the engine tracks; plain connections have none)::
     {"local": "10.0.0.1:40000", "remote": "10.0.0.2:80", "state": "encrypted",
      "role": "A", "tep": "X25519", "aead": "AES-128-GCM", "session_id": "23ab...",
      "bytes_out": 1000, "bytes_in": 200, "bytes_out_wire": 1106, "bytes_in_wire": 273,
-     "packets_out": 5, "packets_in": 4, "age": 1.52, "abort_reason": ""}
+     "packets_out": 5, "packets_in": 4, "age": 1.52, "abort_reason": "", "resumed": false}
 
 ``bytes_out``/``bytes_in`` count application (plaintext) bytes, the ``_wire`` ones what
 crossed the network (Init messages and frame overhead included). ``tep``, ``aead`` and
-``session_id`` are empty strings until the key exchange has produced them.
+``session_id`` are empty strings until the key exchange has produced them. ``resumed`` is
+true for a session resumed from a cached secret (RFC 8548 §3.5: no Init messages; its
+session ID's first byte has the v bit, 0x80); the table shows it after the state
+(``encrypted+resumed``).
 
 The text (:func:`render`) is for people: session IDs shortened (:func:`compact_id`), and
 above :data:`PEER_SUMMARY_ROWS` sessions one line per peer (:func:`peers`, like ``wg show``)
@@ -114,6 +117,7 @@ def session_json(flow: FlowStatus) -> dict[str, Any]:
         "packets_in": flow.packets_in,
         "age": round(flow.age, 3),
         "abort_reason": flow.abort_reason,
+        "resumed": flow.resumed,
     }
 
 
@@ -167,7 +171,7 @@ def tcpinc_json(wanted: tuple[str, str], flow: FlowStatus | None) -> dict[str, A
         "remote": wanted[1],
         "state": state,
         "encrypted": encrypted,
-        "resumed": False,
+        "resumed": encrypted and flow.resumed,
         "session_id": session_id or None,
         "negotiated_tep": int(session_id[:2], 16) if encrypted else None,
         "tep": _TEP_DISPLAY.get(flow.tep, flow.tep) if encrypted else None,
@@ -331,6 +335,7 @@ def _cells(session: dict[str, Any]) -> dict[str, str]:
     return {
         **{key: str(session[key]) or "-" for key in ("local", "remote", "state", "role",
                                                       "tep", "aead")},
+        "state": session["state"] + ("+resumed" if session["resumed"] else ""),
         "session_id": compact_id(session["session_id"]) or "-",
         "traffic": f"{_human_bytes(session['bytes_out'])}/{session['packets_out']}",
         "traffic_in": f"{_human_bytes(session['bytes_in'])}/{session['packets_in']}",

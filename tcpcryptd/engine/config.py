@@ -78,7 +78,23 @@ class EngineConfig:
     #: ... or once the current generation is this many seconds old (0: no time limit), so
     #: keys that decrypt a long-lived connection's past traffic are wiped (§3.8)
     rekey_interval: float = 3600.0
+    #: local ports whose outbound SYNs set the passive role bit b = 1 (RFC 8547 §4.2: the
+    #: setting an active opener needs for a simultaneous open, where both hosts open actively
+    #: and one of them must be host B); a SYN with b = 1 to a listening peer falls back
+    #: (role-conflict), so list only ports used for simultaneous opens, on one of the hosts
+    passive_role_ports: frozenset[int] = frozenset()
+    #: session resumption (RFC 8548 §3.5): after a session both ends cache the next session
+    #: secret for the peer, and a later connection between the two offers it in its SYN
+    #: (no Init messages, no key agreement); off: neither offered nor accepted
+    resumption_enabled: bool = True
+    #: cached secrets at most (one per finished session, several per peer possible); the
+    #: least recently used goes first
+    resumption_cache_size: int = 1024
+    #: seconds a cached secret may be resumed; then it is wiped (it is the bound on how long
+    #: a stolen memory image could decrypt the next session: forward secrecy, §3.5, §8)
+    resumption_lifetime: float = 3600.0
     #: the random source of the key exchange: ``random(n)`` returns n random bytes, for the
-    #: ephemeral key pairs and the nonces N_A/N_B (RFC 8548 §3.3); the sans-IO engine takes
+    #: ephemeral key pairs, the nonces N_A/N_B (RFC 8548 §3.3) and the resumption nonces
+    #: (§3.5); the sans-IO engine takes
     #: randomness only from here (tests pass a seeded generator)
     random: Callable[[int], bytes] = os.urandom

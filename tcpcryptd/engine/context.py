@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Protocol
 
+from tcpcryptd.core.resumption import SessionCache
+
 if TYPE_CHECKING:
     from tcpcryptd.core.negotiation import Fallback
     from tcpcryptd.engine.actions import Result
@@ -24,11 +26,16 @@ if TYPE_CHECKING:
 class Context:
     """Configuration, counters and clock shared by the engine and its path modules."""
 
-    __slots__ = ("config", "counters", "now")
+    __slots__ = ("config", "counters", "now", "sessions")
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.counters: Counter[str] = Counter()
+        #: the resumption cache (RFC 8548 §3.5), sized at start; ``None`` when resumption is
+        #: off in the configuration the engine started with
+        self.sessions: SessionCache | None = (
+            SessionCache(config.resumption_cache_size, config.resumption_lifetime)
+            if config.resumption_enabled else None)
         #: the ``now`` of the current (or latest) call into the engine
         self.now = 0.0
 

@@ -330,11 +330,11 @@ class Engine:
         if len(self._flows) >= cfg.max_flows:
             return self.plain("flow-limit")
         if outbound:
-            flow = open_active(cfg, pkt, now)
+            flow = open_active(self._ctx, pkt, now)
             if not add_syn_option(flow, pkt):
                 return self.plain("option-space")
         else:
-            opened = open_half_open(cfg, pkt, pkt.to_bytes() if raw is None else bytes(raw),
+            opened = open_half_open(self._ctx, pkt, pkt.to_bytes() if raw is None else bytes(raw),
                                     now)
             if isinstance(opened, Fallback):
                 result = Result(Verdict.ACCEPT, plain=True)

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 class SessionEstablished:
     """A tcpcrypt session exists (RFC 8548 §3.3 after Init1/Init2, or §3.5 when resumed).
 
-    ``role`` is this host's role, ``"A"`` or ``"B"`` (RFC 8547 §4.5); ``tep`` the TEP
+    ``role`` is ``"A"`` when this host sends with ``k_ab``, ``"B"`` with ``k_ba`` (RFC 8548
+    §3.3): its role in the connection (RFC 8547 §4.5), or on a resumed session its role in
+    the original session, which the keys follow (§3.5); ``resumed``: no Init messages, the
+    keys came from a cached secret (§3.5); ``tep`` the TEP
     identifier byte of the negotiated TEP (RFC 8548 §7); ``session_id`` the full session ID
     (§3.4); ``k_ab``/``k_ba`` the generation-0 traffic keys (§3.3), each K then NR (§4.2);
     ``handshake_seconds`` the engine time from the connection's first SYN to its keys (None

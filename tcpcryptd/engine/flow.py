@@ -24,6 +24,7 @@ from enum import StrEnum
 
 from tcpcryptd.core.constants import NON_SYN_OPTION, TEP
 from tcpcryptd.core.negotiation import ENOEndpoint, Negotiated, Role
+from tcpcryptd.core.resumption import CacheEntry
 from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake, Session
 from tcpcryptd.engine.actions import Direction, Transmit
 from tcpcryptd.engine.reassembly import Reassembly
@@ -100,6 +101,8 @@ class FlowStatus:
     bytes_in_wire: int
     bytes_in_plain: int
     abort_reason: str
+    #: the session was resumed from a cached secret (RFC 8548 §3.5)
+    resumed: bool = False
 
 
 def _address(version: int, addr: bytes, port: int) -> str:
@@ -140,7 +143,7 @@ class Flow:
         "srtt", "rttvar", "rto", "rtx_deadline", "rtx_count", "rtt_probe", "syn_time", "syn_sends",
         "syn_rtt", "held", "closed_at", "final_local_ack", "final_wire_ack", "final_wire_seq",
         "scheduled", "challenge_at", "stale", "packets_out", "packets_in", "bytes_out_plain", "bytes_out_wire",
-        "bytes_in_wire", "bytes_in_plain", "rekey_wire", "rekey_time",
+        "bytes_in_wire", "bytes_in_plain", "rekey_wire", "rekey_time", "resume_entry",
     )
 
     def __init__(self, key: FlowKey, role: Role, eno: ENOEndpoint, now: float) -> None:
@@ -158,6 +161,9 @@ class Flow:
         self.last_activity = now
         self.negotiated: Negotiated | None = None
         self.handshake: InitiatorHandshake | ResponderHandshake | None = None
+        #: the cached secret this connection resumes (offered by A, found by B) until the
+        #: session is made from it, then None: a secret secures one connection (RFC 8548 §3.5)
+        self.resume_entry: CacheEntry | None = None
         self.session: Session | None = None
         #: when the session's AEAD objects are released if the flow stays idle
         #: (``EngineConfig.aead_idle_release``); None: nothing to release or not armed
@@ -411,7 +417,12 @@ class Flow:
             packets_out=self.packets_out, packets_in=self.packets_in,
             bytes_out_plain=self.bytes_out_plain, bytes_out_wire=self.bytes_out_wire,
             bytes_in_wire=self.bytes_in_wire, bytes_in_plain=self.bytes_in_plain,
-            abort_reason=self.abort_reason)
+            abort_reason=self.abort_reason, resumed=self.resumed)
+
+    @property
+    def resumed(self) -> bool:
+        """The session was resumed: its session ID's TEP byte has v = 1 (RFC 8548 §3.4)."""
+        return bool(self.session_id) and bool(self.session_id[0] & 0x80)
 
 
 def _tep_name(tep: int) -> str:
@@ -445,7 +456,7 @@ class HalfOpen:
     """
 
     __slots__ = ("key", "syn", "syn_ack", "syn_option", "tep", "peer_isn", "created",
-                 "last_activity", "syn_time", "syn_sends", "scheduled", "stale")
+                 "last_activity", "syn_time", "syn_sends", "scheduled", "stale", "resume_entry")
 
     role = Role.B
     state = State.SYN_RECEIVED
@@ -472,6 +483,8 @@ class HalfOpen:
         self.scheduled: float | None = None
         #: as :attr:`Flow.stale`
         self.stale: Flow | None = None
+        #: the cached secret B's answer resumes (taken from the cache), or None
+        self.resume_entry: CacheEntry | None = None
 
     @property
     def peer_mss(self) -> int:

@@ -20,6 +20,20 @@ compact :class:`~tcpcryptd.engine.flow.HalfOpen` record; :func:`start_init1`,
   frame overhead and the padded ``45 02`` option, so local segments still fit once framed.
 * Keys are made only when needed (no crypto for a SYN flood): A generates its key pair when
   its third ACK leaves (Init1 rides on it), B when Init1 arrives.
+* Session resumption (RFC 8548 §3.5): every session leaves the next session secret in the
+  engine's cache (:attr:`~tcpcryptd.engine.context.Context.sessions`, keyed by the peer's
+  address; :func:`keys_made`).  A new outbound SYN to a peer with a cached secret takes it
+  out of the cache and offers it (:func:`open_active`): the resumption suboption (identifier
+  half by the original role, a random nonce) after the other TEPs as fresh offers, the nonce
+  as long as the 40 option bytes allow (8 at most; the secret is used once, so a shorter
+  nonce never repeats an (ss[i], nonce) pair).  Host B answers with the other half and its own
+  nonce when its cache holds that secret for that TEP and peer, taking it out; otherwise the
+  offer is answered fresh (a resumption offer implies willingness to do a fresh exchange) and
+  the Init messages follow.  A resumed session has no Init messages: both ends make it from
+  the secret and the two nonces when encryption turns on (A's third ACK, B's receipt of it),
+  and its first frame is at wire offset 0.  A secret offered or answered is gone from the
+  cache whatever follows, so none ever secures two connections; a failed attempt leaves
+  nothing behind (forward secrecy).
 """
 
 from __future__ import annotations
@@ -27,10 +41,25 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from tcpcryptd.core.constants import INIT1_MAGIC, INIT2_MAGIC
-from tcpcryptd.core.eno import Suboption, SynOption, build_syn_option
+from tcpcryptd.core.constants import ENO_KIND, INIT1_MAGIC, INIT2_MAGIC, MAX_RESUME_NONCE_LEN
+from tcpcryptd.core.eno import (
+    Suboption,
+    SynOption,
+    build_syn_option,
+    make_resumption_suboption,
+    parse_resumption,
+    parse_syn_option,
+)
 from tcpcryptd.core.messages import message_length
-from tcpcryptd.core.negotiation import ENOEndpoint, Fallback, FallbackReason, Role
+from tcpcryptd.core.negotiation import (
+    ENOEndpoint,
+    Fallback,
+    FallbackReason,
+    ResumeAnswer,
+    Role,
+    TcpcryptValidity,
+)
+from tcpcryptd.core.resumption import CacheEntry, new_resumption_nonce
 from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake
 from tcpcryptd.engine.actions import Direction, Result, Transmit, Verdict
 from tcpcryptd.engine.context import Context, FlowTable
@@ -39,7 +68,7 @@ from tcpcryptd.engine.flow import DEFAULT_MSS, MASK32, MSS_CLAMP, Flow, HalfOpen
 from tcpcryptd.engine.rekey import begin_generation
 from tcpcryptd.engine.timers import arm_injected, inject
 from tcpcryptd.packet import options as tcp_options
-from tcpcryptd.packet.tcp import ACK, FIN, RST, SYN, PacketError, TCPPacket
+from tcpcryptd.packet.tcp import ACK, FIN, RST, SYN, FlowKey, PacketError, TCPPacket
 
 if TYPE_CHECKING:
     from tcpcryptd.engine.config import EngineConfig
@@ -114,14 +143,69 @@ def clamp_mss(flow: Flow | HalfOpen, pkt: TCPPacket) -> None:
 
 
 @lru_cache(maxsize=16)
-def _active_syn_option(teps: tuple[int, ...]) -> SynOption:
-    """Host A's SYN-form option for a TEP list: immutable, one object shared by its flows."""
+def _active_syn_option(teps: tuple[int, ...], passive_role: bool = False) -> SynOption:
+    """An active opener's SYN-form option for a TEP list: immutable, one object shared by its
+    flows.  With ``passive_role`` the global suboption sets b = 1 and the TEPs go in
+    increasing priority, as host B lists them (RFC 8547 §4.2, §4.5)."""
+    if passive_role:
+        return build_syn_option(0x01, [Suboption(tep) for tep in reversed(teps)])
     return build_syn_option(None, [Suboption(tep) for tep in teps])
 
 
-def open_active(cfg: EngineConfig, pkt: TCPPacket, now: float) -> Flow:
-    """A new flow for an outbound SYN; we are host A (caller checked :func:`syn_refusal`)."""
-    flow = Flow(pkt.flow_key(), Role.A, ENOEndpoint.active(_active_syn_option(tuple(cfg.teps))), now)
+def _peer(key: FlowKey) -> tuple:
+    """The resumption cache's name for a flow's peer: IP version, local and remote address
+    (both ends of a session cache it under their own view of the pair)."""
+    return key[0], key[1], key[3]
+
+
+def _nonce_room(options: bytes, answer: bool, fresh: int) -> int | None:
+    """The longest resumption nonce (at most 8 bytes, RFC 8548 §3.5) whose ENO option still
+    fits next to ``options``: A's offer after ``fresh`` fresh TEP bytes, or B's answer
+    (global suboption first); None if not even an empty one fits."""
+    fixed = 2 + fresh + int(answer) + 10    # kind, length, TEP bytes, global, TEP, half
+    try:
+        length = min(tcp_options.room(options) - fixed, MAX_RESUME_NONCE_LEN)
+    except PacketError:
+        return None
+    return length if length >= 0 else None
+
+
+def _resumption_offer(ctx: Context, pkt: TCPPacket, now: float
+                      ) -> tuple[SynOption, CacheEntry] | None:
+    """Host A's SYN option offering the newest cached secret for the peer, with the other
+    TEPs fresh before it, and the entry, taken out of the cache; None without a cached
+    secret or room for the offer (RFC 8548 §3.5: the resumption suboption names ss[i] by
+    this host's original-role half of resume[i])."""
+    cache = ctx.sessions
+    entry = cache.for_peer(_peer(pkt.flow_key()), now) if cache is not None else None
+    if entry is None:
+        return None
+    fresh = [Suboption(tep) for tep in ctx.config.teps if tep != entry.tep]
+    while (length := _nonce_room(pkt.options, False, len(fresh))) is None:
+        if not fresh:
+            return None
+        fresh.pop()
+    cache.take(entry)
+    nonce = new_resumption_nonce(length, ctx.config.random)
+    return build_syn_option(None, [*fresh, make_resumption_suboption(
+        entry.tep, entry.own_half, nonce)]), entry
+
+
+def open_active(ctx: Context, pkt: TCPPacket, now: float) -> Flow:
+    """A new flow for an outbound SYN; we are host A (caller checked :func:`syn_refusal`).
+
+    With a cached secret for the peer the SYN offers resumption (:func:`_resumption_offer`);
+    only a resumption answer naming that secret's identifier is valid then (RFC 8548 §3.5).
+    """
+    passive_role = pkt.sport in ctx.config.passive_role_ports
+    offer = None if passive_role else _resumption_offer(ctx, pkt, now)
+    if offer is None:
+        eno = ENOEndpoint.active(_active_syn_option(tuple(ctx.config.teps), passive_role))
+    else:
+        eno = ENOEndpoint.active(offer[0], is_valid=TcpcryptValidity(resume_id=offer[1].resume_id))
+    flow = Flow(pkt.flow_key(), Role.A, eno, now)
+    if offer is not None:
+        flow.resume_entry = offer[1]
     flow.local_isn = pkt.seq
     _record_syn(flow, pkt, local=True)
     flow.local_wscale_sent = tcp_options.wscale(pkt.options) is not None
@@ -146,34 +230,74 @@ def add_syn_option(flow: Flow, pkt: TCPPacket) -> bool:
     return True
 
 
-def on_syn_ack(flow: Flow, pkt: TCPPacket, now: float) -> Fallback | None:
-    """Host A receives the SYN-ACK: negotiate (RFC 8547 §4.5, §4.6); clamp its MSS."""
+def on_syn_ack(ctx: Context, flow: Flow, pkt: TCPPacket, now: float) -> Fallback | None:
+    """Host A receives the SYN-ACK: negotiate (RFC 8547 §4.5, §4.6); clamp its MSS.  An
+    offered secret the peer did not resume is dropped (counted ``resume_declined``): the
+    fresh exchange follows, and the secret is never offered again (§3.5)."""
     opts = _options(pkt)
     if opts is None:
         return Fallback(FallbackReason.MALFORMED)
     flow.eno.on_received(syn=True, ack=True, options=opts)
+    if flow.resume_entry is not None and not (flow.eno.negotiated
+                                              and flow.eno.negotiated.resumed):
+        flow.resume_entry = None
+        ctx.count("resume_declined")
     if flow.eno.negotiated is None:
         return flow.eno.outcome if isinstance(flow.eno.outcome, Fallback) else Fallback(
             FallbackReason.NO_ENO)
     flow.negotiated = flow.eno.negotiated
+    flow.role = flow.negotiated.role
     flow.tep = flow.negotiated.tep
     flow.peer_isn = pkt.seq
     _record_syn(flow, pkt, local=False)
     flow.peer_wscale_sent = tcp_options.wscale(pkt.options) is not None
     _finish_syn_exchange(flow)
-    flow.state = State.NEGOTIATED
+    # host B of a simultaneous open: its SYN-ACK and the peer's carried ENO, so encryption
+    # is on (RFC 8547 §4.6) and host A's Init1 comes next
+    flow.state = State.KEYING if flow.role is Role.B else State.NEGOTIATED
     flow.syn_rtt = _syn_rtt(flow, now)
     clamp_mss(flow, pkt)
     return None
 
 
-def _negotiate_passive(cfg: EngineConfig, pkt: TCPPacket) -> ENOEndpoint | Fallback:
-    """Host B's ENO endpoint after the peer's SYN, negotiated, or why it stays plain."""
+def on_simultaneous_syn(ctx: Context, flow: Flow, pkt: TCPPacket) -> Fallback | None:
+    """The peer's SYN (no ACK) reaches a flow in syn-sent: a simultaneous open, both hosts
+    active openers (RFC 8547 §4.5, §4.6).  The SYNs' b bits decide the roles: the host that
+    set b = 1 (``EngineConfig.passive_role_ports``) is host B, and the negotiation is the
+    usual one on the two SYN options; both b = 0 (or both 1) is a role conflict and the
+    connection stays plain (counted ``fallback_simultaneous-open``).  Each stack then
+    answers with a SYN-ACK carrying its host's unchanged SYN option (§4.6)."""
+    opts = _options(pkt)
+    if opts is None:
+        return Fallback(FallbackReason.MALFORMED)
+    flow.eno.on_received(syn=True, ack=False, options=opts)
+    negotiated = flow.eno.negotiated
+    if negotiated is None:
+        outcome = flow.eno.outcome
+        if not isinstance(outcome, Fallback) or outcome.reason is FallbackReason.ROLE_CONFLICT:
+            return Fallback(FallbackReason.SIMULTANEOUS_OPEN)
+        return outcome
+    if flow.resume_entry is not None and not negotiated.resumed:
+        flow.resume_entry = None
+        ctx.count("resume_declined")
+    flow.negotiated = negotiated
+    flow.role = negotiated.role
+    flow.tep = negotiated.tep
+    flow.peer_isn = pkt.seq
+    _record_syn(flow, pkt, local=False)
+    flow.peer_wscale_sent = tcp_options.wscale(pkt.options) is not None
+    return None
+
+
+def _negotiate_passive(cfg: EngineConfig, pkt: TCPPacket, resume: ResumeAnswer | None
+                       ) -> ENOEndpoint | Fallback:
+    """Host B's ENO endpoint after the peer's SYN, negotiated, or why it stays plain;
+    ``resume`` answers a resumption offer (RFC 8548 §3.5)."""
     opts = _options(pkt)
     if opts is None:
         return Fallback(FallbackReason.MALFORMED)
     # B lists TEPs in increasing priority: our most preferred goes last (RFC 8547 §4.5)
-    eno = ENOEndpoint.passive(tuple(reversed(cfg.teps)))
+    eno = ENOEndpoint.passive(tuple(reversed(cfg.teps)), resume=resume)
     eno.on_received(syn=True, ack=False, options=opts)
     if eno.negotiated is None:
         return eno.outcome if isinstance(eno.outcome, Fallback) else Fallback(
@@ -181,9 +305,10 @@ def _negotiate_passive(cfg: EngineConfig, pkt: TCPPacket) -> ENOEndpoint | Fallb
     return eno
 
 
-def open_passive(cfg: EngineConfig, pkt: TCPPacket, now: float) -> Flow | Fallback:
+def open_passive(cfg: EngineConfig, pkt: TCPPacket, now: float,
+                 resume: ResumeAnswer | None = None) -> Flow | Fallback:
     """An inbound SYN: a flow if its ENO option negotiates with ours; we are host B."""
-    eno = _negotiate_passive(cfg, pkt)
+    eno = _negotiate_passive(cfg, pkt, resume)
     if isinstance(eno, Fallback):
         return eno
     assert eno.negotiated is not None
@@ -197,20 +322,51 @@ def open_passive(cfg: EngineConfig, pkt: TCPPacket, now: float) -> Flow | Fallba
     return flow
 
 
-def open_half_open(cfg: EngineConfig, pkt: TCPPacket, raw: bytes, now: float
+def _resume_answer(ctx: Context, pkt: TCPPacket, now: float, taken: list[CacheEntry]
+                   ) -> ResumeAnswer | None:
+    """Host B's answer to a resumption offer (RFC 8548 §3.5): when the cache holds the
+    secret the offer's identifier half names, for this TEP and this peer, the other half
+    and a fresh nonce (the entry is taken out of the cache and appended to ``taken``);
+    otherwise None (counted ``resume_miss``), and the TEP is answered fresh."""
+    cache = ctx.sessions
+    if cache is None:
+        return None
+
+    def answer(offer: Suboption) -> Suboption | None:
+        parsed = parse_resumption(offer)
+        entry = None if parsed is None else cache.by_peer_half(parsed[0], offer.tep, now)
+        length = (None if entry is None or entry.peer != _peer(pkt.reverse_flow_key())
+                  else _nonce_room(tcp_options.remove(pkt.options, ENO_KIND), True, 0))
+        if length is None:
+            ctx.count("resume_miss")
+            return None
+        cache.take(entry)
+        taken.append(entry)
+        return make_resumption_suboption(offer.tep, entry.own_half,
+                                         new_resumption_nonce(length, ctx.config.random))
+    return answer
+
+
+def open_half_open(ctx: Context, pkt: TCPPacket, raw: bytes, now: float
                    ) -> HalfOpen | Fallback:
     """An inbound SYN as :func:`open_passive` takes it, kept as a compact record.
 
     The same negotiation decides (RFC 8547 §4.5, §4.6); only B's answer option and the TEP
-    are kept of it, with the SYN itself (``raw``, unmodified): :func:`promote` builds the
-    :class:`Flow` from them when the peer's third segment arrives.
+    are kept of it, with the SYN itself (``raw``, unmodified), and the cached secret the
+    answer resumes (:func:`_resume_answer`): :func:`promote` builds the :class:`Flow` from
+    them when the peer's third segment arrives.  The SYN-ACK, which does not exist yet,
+    carries the options the SYN offered (Linux answers with a subset), so B's answer is
+    sized against the SYN's options.
     """
-    eno = _negotiate_passive(cfg, pkt)
+    taken: list[CacheEntry] = []
+    eno = _negotiate_passive(ctx.config, pkt, _resume_answer(ctx, pkt, now, taken))
     if isinstance(eno, Fallback):
         return eno
     assert eno.negotiated is not None and eno.local_option is not None
     record = HalfOpen(pkt.reverse_flow_key(), raw, eno.local_option.raw, eno.negotiated.tep,
                       pkt.seq, now)
+    if eno.negotiated.resumed:
+        record.resume_entry = taken[0]
     _clamp(pkt, tcp_options.mss(pkt.options) or DEFAULT_MSS[pkt.version])   # the SYN's own
     return record
 
@@ -232,9 +388,13 @@ def promote(cfg: EngineConfig, record: HalfOpen) -> Flow:
     """The :class:`Flow` a record stands for: :func:`open_passive` on its SYN, then
     :func:`on_local_syn_ack` on the stack's latest SYN-ACK (whose ENO answer counts as sent,
     RFC 8547 §4.6), with the record's times, SYN-ACK count and stale flow."""
-    flow = open_passive(cfg, TCPPacket.parse(record.syn), record.created)
+    entry = record.resume_entry
+    answer = parse_syn_option(record.syn_option).suboptions[0] if entry is not None else None
+    flow = open_passive(cfg, TCPPacket.parse(record.syn), record.created,
+                        None if answer is None else lambda offer: answer)
     assert isinstance(flow, Flow), flow   # the same SYN negotiated when the record was made
     flow.key = record.key
+    flow.resume_entry = entry
     if record.syn_ack is not None:
         if not on_local_syn_ack(flow, TCPPacket.parse(record.syn_ack), record.syn_time):
             raise AssertionError("B's answer fitted in this SYN-ACK before")
@@ -257,8 +417,11 @@ def on_local_syn_ack(flow: Flow, pkt: TCPPacket, now: float) -> bool:
     return add_syn_option(flow, pkt)
 
 
-def on_first_ack(flow: Flow, pkt: TCPPacket, now: float) -> Fallback | None:
-    """Host B receives A's first non-SYN segment: it must carry ENO (RFC 8547 §4.6)."""
+def on_first_ack(ctx: Context, flow: Flow, pkt: TCPPacket, now: float, result: Result
+                 ) -> Fallback | None:
+    """Host B receives A's first non-SYN segment: it must carry ENO (RFC 8547 §4.6).  With
+    it encryption is on: a resumed session exists at once (:func:`resume`), a fresh one
+    waits for Init1."""
     opts = _options(pkt) or []
     flow.eno.on_received(syn=False, ack=bool(pkt.flags & ACK), options=opts)
     if isinstance(flow.eno.outcome, Fallback):
@@ -266,6 +429,8 @@ def on_first_ack(flow: Flow, pkt: TCPPacket, now: float) -> Fallback | None:
     if flow.eno.encrypting:
         flow.state = State.KEYING
         flow.syn_rtt = _syn_rtt(flow, now)
+        if flow.resume_entry is not None:
+            resume(ctx, flow, now, result)
     return None
 
 
@@ -319,6 +484,11 @@ def outbound_syn_phase(ctx: Context, table: FlowTable, flow: Flow, pkt: TCPPacke
             ctx.count("drops_stale-syn-ack")
             result.verdict = Verdict.DROP
             return True
+        elif flow.eno is not None and not flow.eno.is_passive:
+            # simultaneous open: the stack's SYN-ACK carries our SYN option unchanged
+            # (RFC 8547 §4.6), which counts as an ACK sent with ENO
+            _finish_syn_exchange(flow)
+            add_syn_option(flow, pkt)
         elif flow.role is Role.B and flags & ACK and flow.state is not State.SYN_RECEIVED:
             # a SYN-ACK retransmitted after the peer's ACK arrived: the stack missed that
             # ACK (local loss); same ENO bytes to the wire, and a fresh ACK to the stack
@@ -378,19 +548,26 @@ def inbound_syn_phase(ctx: Context, table: FlowTable, flow: Flow, pkt: TCPPacket
                     # and the flow waits for the real SYN-ACK
                     result.verdict = Verdict.ACCEPT
                     return True
-                fallback = on_syn_ack(flow, pkt, now)
+                simultaneous = flow.negotiated is not None   # the peer's SYN came first
+                fallback = on_syn_ack(ctx, flow, pkt, now)
                 if fallback is not None:
                     table.fall_back(flow, fallback, result)
                     return True
                 flow.stack_seen_ack = 0
                 flow.stack_seen_window = flow.peer_window_field
+                if simultaneous and flow.role is Role.A:
+                    # host A of a simultaneous open: its stack owes no third segment to
+                    # carry Init1 (both SYNs are acknowledged by the SYN-ACKs): the engine
+                    # sends it now, with its own retransmission
+                    result.transmit.extend(flow.wire_pieces(0, start_init1(ctx, flow, now)))
             else:
                 clamp_mss(flow, pkt)
-        elif flow.state is State.SYN_SENT:
-            # simultaneous open (RFC 8547 §4.6: no ENO)
-            table.forget(flow, result)
-            table.fall_back(flow, Fallback(FallbackReason.SIMULTANEOUS_OPEN), result)
-            return True
+        elif flow.state is State.SYN_SENT and pkt.seq != flow.peer_isn:
+            fallback = on_simultaneous_syn(ctx, flow, pkt)
+            if fallback is not None:
+                table.fall_back(flow, fallback, result)
+                return True
+            clamp_mss(flow, pkt)
         elif pkt.seq == flow.peer_isn and flow.role is Role.B:
             if flow.closed_at is not None:
                 # an old duplicate of the ended connection's SYN (no higher ISN: a
@@ -418,13 +595,35 @@ def inbound_syn_phase(ctx: Context, table: FlowTable, flow: Flow, pkt: TCPPacket
                 result.verdict = Verdict.DROP
                 return True
             table.forget(flow, result)
+        elif (flow.negotiated is not None and flags & ACK
+              and pkt.ack == (flow.local_isn + 1) & MASK32):
+            # a simultaneous open only we saw (the peer got our SYN-ACK as the answer to
+            # its SYN, before our SYN): its ACK of our SYN-ACK decides ENO as host B's first
+            # ACK does (RFC 8547 §4.6), whichever role the b bits gave us
+            fallback = on_first_ack(ctx, flow, pkt, now, result)
+            if fallback is not None:
+                table.fall_back(flow, fallback, result)
+                return True
+            if flow.state is State.SYN_SENT:
+                ctx.count("drops_before-ack")
+                result.verdict = Verdict.DROP
+                return True
+            if flow.role is Role.A:
+                result.transmit.extend(flow.wire_pieces(0, start_init1(ctx, flow, now)))
+            return False
+        elif len(pkt.payload) or flags & FIN:
+            # the peer's Init1 after a simultaneous open, ahead of its SYN-ACK: never to
+            # the stack; the peer sends it again (its retransmission timer)
+            ctx.count("drops_before-established")
+            result.verdict = Verdict.DROP
+            return True
         result.verdict = Verdict.ACCEPT
         return True
     if flow.state is State.SYN_RECEIVED:
         if flags & RST:
             syn_received_rst(ctx, table, flow, pkt, result)
             return True
-        fallback = on_first_ack(flow, pkt, now)
+        fallback = on_first_ack(ctx, flow, pkt, now, result)
         if fallback is not None:
             table.fall_back(flow, fallback, result)
             return True
@@ -561,19 +760,49 @@ def forget_negotiation(flow: Flow) -> None:
     flow.negotiated = None
 
 
-def keys_made(ctx: Context, flow: Flow, init2: bytes, now: float, result: Result) -> None:
-    """The session exists: reported, and host B sends Init2 at once (the caller then
-    releases the held local data, encrypted)."""
+def resume(ctx: Context, flow: Flow, now: float, result: Result) -> None:
+    """Encryption is on for a connection that negotiated resumption (RFC 8548 §3.5): the
+    session is made from the cached secret and both nonces (``sn[i] = nonce_a | nonce_b`` by
+    original role), the secret is dropped; no Init message either way, the first frame of
+    each direction at wire offset 0.  Host A calls it when its third ACK leaves, host B when
+    that ACK arrives."""
+    entry, flow.resume_entry = flow.resume_entry, None
+    negotiated = flow.negotiated
+    assert entry is not None and negotiated is not None and negotiated.resumed
+    own, peer = ((negotiated.a_suboption, negotiated.b_suboption) if flow.role is Role.A
+                 else (negotiated.b_suboption, negotiated.a_suboption))
+    own_nonce, peer_nonce = parse_resumption(own)[1], parse_resumption(peer)[1]  # type: ignore[index]
+    flow.session = entry.resume_session(flow.role, own_nonce, peer_nonce)
+    flow.rx_init_done = True
+    forget_negotiation(flow)
+    flow.state = State.ENCRYPTED
+    keys_made(ctx, flow, b"", now, result, index=entry.index)
+
+
+def keys_made(ctx: Context, flow: Flow, init2: bytes, now: float, result: Result, *,
+              index: int = 0) -> None:
+    """The session on ``ss[index]`` exists: reported, ``ss[index+1]`` cached for the peer
+    (RFC 8548 §3.5), and host B sends Init2 at once (the caller then releases the held
+    local data, encrypted).
+
+    The event's role is the one whose key this host sends with (A: ``k_ab``), which for a
+    resumed session is its role in the original session, not in this connection (§3.5).
+    """
     ctx.count("encrypted")
     session = flow.session
     assert session is not None
     flow.aead_name = session.aead.name
     flow.session_id = session.session_id   # shared with the session, hex in status
+    resumed = flow.resumed
+    if resumed:
+        ctx.count("resumed")
+    if ctx.sessions is not None:
+        ctx.sessions.store_session(_peer(flow.key), session, index, now)
     local, remote = flow.addresses()
     k_ab, k_ba = session.traffic_keys(0)
     result.events.append(SessionEstablished(
-        local, remote, str(flow.role), flow.tep, flow.aead_name, session.session_id, False,
-        k_ab, k_ba, now - flow.created))
+        local, remote, "A" if session.sends_with_k_ab else "B", flow.tep, flow.aead_name,
+        session.session_id, resumed, k_ab, k_ba, now - flow.created))
     if init2:
         inject(ctx, flow, init2, now, result)
     begin_generation(ctx, flow, now)   # the rekey limits count frames only (RFC 8548 §3.8)

@@ -256,6 +256,12 @@ def _append(content: bytes, option: bytes) -> bytes:
     return content + option
 
 
+def room(raw: Buffer) -> int:
+    """Bytes left for an option :func:`add` appends that needs no alignment (such as ENO):
+    40 minus the options' content (padding does not count); OptionError if malformed."""
+    return MAX_OPTIONS_LEN - _scan(raw)[1]
+
+
 def add(raw: Buffer, option: bytes) -> bytes:
     """``raw`` with ``option`` (one whole option, kind and length bytes included) appended.
 

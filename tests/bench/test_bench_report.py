@@ -27,7 +27,7 @@ SCHEMA_KEYS = {"machine", "date", "throughput_mbps", "loss", "connections", "mem
 THROUGHPUT_KEYS = {"plain", "passthrough", "aes128gcm", "chacha20", "aes256gcm",
                    "parallel4_aes128gcm", "aes128gcm_workers", "parallel4_aes128gcm_workers"}
 CONNECTION_KEYS = {"plain_per_s", "passthrough_per_s", "x25519_per_s", "p256_per_s",
-                   "added_latency_ms_median", "added_latency_ms_p99"}
+                   "x25519_resumed_per_s", "added_latency_ms_median", "added_latency_ms_p99"}
 
 
 def full_samples() -> Samples:
@@ -42,6 +42,7 @@ def full_samples() -> Samples:
         "passthrough": ConnectionSamples(1200.0, [0.4]),
         "x25519": ConnectionSamples(1500.0, [2.2, 2.3, 2.25, 4.0]),
         "p256": ConnectionSamples(900.0, [3.0]),
+        "x25519_resumed": ConnectionSamples(3300.0, [0.9]),
     }
     samples.rss_by_flows = {0: 30_000_000, 1000: 33_000_000, 10_000: 60_000_000}
     samples.cpu_s_per_gb = [10.0, 12.0, 11.0]
@@ -117,20 +118,21 @@ def test_schema_and_values() -> None:
 
 
 def test_all_targets_met() -> None:
-    assert verdicts(results_of(full_samples())) == ["met"] * 8
+    assert verdicts(results_of(full_samples())) == ["met"] * 9
 
 
 def test_targets_missed() -> None:
     samples = full_samples()
     samples.throughput["aes128gcm"] = [100.0]
     samples.connections["x25519"] = ConnectionSamples(500.0, [5.0])
+    samples.connections["x25519_resumed"] = ConnectionSamples(600.0, [4.0])
     samples.rss_by_flows = {0: 30_000_000, 10_000: 90_000_000}
     samples.loss[0].tcpcryptd_mbps = [10.0]
     samples.offload["daemon_client"].throughput = [(10_000.0, 9_000.0)]
     samples.offload["daemon_client"].connections = [(5000.0, 3000.0)]
     samples.offload["daemon_server"].throughput = [(10_000.0, 5_000.0)]
     samples.offload["daemon_server"].connections = [(5000.0, 1000.0)]
-    assert verdicts(results_of(samples)) == ["missed"] * 8
+    assert verdicts(results_of(samples)) == ["missed"] * 9
 
 
 def test_integrity_failure_is_reported_and_misses_the_target() -> None:
@@ -151,7 +153,7 @@ def test_nothing_measured_is_null_never_invented() -> None:
     assert results["memory"] == {"bytes_per_flow": None, "rss_mb_10k": None}
     assert results["cpu_s_per_gb"] is None
     assert set(results["ratios"].values()) == {None}
-    assert verdicts(results) == ["not measured"] * 8
+    assert verdicts(results) == ["not measured"] * 9
     assert results["notes"] == ["tcpcryptd did not start"]
     assert "n/a" in format_table(results)
 

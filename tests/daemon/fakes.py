@@ -134,11 +134,11 @@ class FakeSender:
 
 def flow_status(local="10.0.0.1:40000", remote="10.0.0.2:80", state="encrypted", role="A",
                 tep="ECDHE_CURVE25519", aead="AES-128-GCM", session_id="23" + "ab" * 32,
-                age=2.5) -> FlowStatus:
+                age=2.5, resumed=False) -> FlowStatus:
     return FlowStatus(local=local, remote=remote, state=state, role=role, tep=tep, aead=aead,
                       session_id=session_id, age=age, packets_out=5, packets_in=4,
                       bytes_out_plain=1000, bytes_out_wire=1106, bytes_in_wire=273,
-                      bytes_in_plain=200, abort_reason="")
+                      bytes_in_plain=200, abort_reason="", resumed=resumed)
 
 
 class ControlThread:

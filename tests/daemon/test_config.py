@@ -64,15 +64,33 @@ def test_shipped_file_holds_every_engine_limit_with_the_engine_default():
 
 def test_every_engine_field_is_a_config_key_or_named_internal():
     """A new EngineConfig field must be decided on: a [limits] key (LIMITS), set from
-    [encryption], [rekey] or [policy] by engine_config, or internal (protocol timers,
-    injected objects)."""
-    from_encryption = {"enabled", "teps", "aeads", "aead_preference", "policy",
-                       "rekey_bytes", "rekey_interval"}
+    [encryption], [rekey], [resumption] or [policy] by engine_config, or internal (protocol
+    timers, injected objects)."""
+    from_encryption = {"enabled", "teps", "aeads", "aead_preference", "passive_role_ports",
+                       "policy", "rekey_bytes", "rekey_interval"}
+    from_resumption = {"resumption_enabled", "resumption_cache_size", "resumption_lifetime"}
     internal = {"linger", "tombstone", "challenge_ack_interval", "initial_rto", "min_rto",
                 "max_rto", "max_retransmits", "local_rto", "random"}
     engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
-    assert engine_fields == set(LIMITS) | from_encryption | internal
-    assert not set(LIMITS) & (from_encryption | internal)
+    assert engine_fields == set(LIMITS) | from_encryption | from_resumption | internal
+    assert not set(LIMITS) & (from_encryption | from_resumption | internal)
+
+
+def test_resumption_keys_reach_the_engine_and_are_checked():
+    """[resumption] defaults are EngineConfig's (the shipped file too); set values reach the
+    engine; out-of-range values name the key."""
+    shipped = tomllib.loads(SHIPPED.read_text())["resumption"]
+    defaults = EngineConfig()
+    for key, value in shipped.items():
+        default = getattr(defaults, f"resumption_{key}")
+        assert (value, type(value)) == (default, type(default)), key
+    engine = engine_config(parse_config({"resumption": {
+        "enabled": False, "cache_size": 7, "lifetime": 60}}))
+    assert (engine.resumption_enabled, engine.resumption_cache_size,
+            engine.resumption_lifetime) == (False, 7, 60.0)
+    for key, bad in (("cache_size", 0), ("lifetime", 0.5), ("enabled", 1)):
+        with pytest.raises(ConfigError, match=f"resumption.{key}"):
+            parse_config({"resumption": {key: bad}})
 
 
 def test_rekey_keys_reach_the_engine():

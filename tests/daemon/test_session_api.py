@@ -57,6 +57,12 @@ def test_encrypted_connection_answer_uses_the_tcpinc_terms():
                       "aead": "AES-128-GCM", "aead_id": 1, "role": "A"}
 
 
+def test_a_resumed_session_is_reported_resumed_with_the_v_bit_tep():
+    resumed = flow_status(session_id="a3" + SESSION_ID[2:], resumed=True)
+    answer = ask(make_daemon([resumed], {(LOCAL, REMOTE): 1000}), USER, LOCAL, REMOTE)
+    assert answer["resumed"] is True and answer["negotiated_tep"] == 0xA3
+
+
 def test_plain_and_handshaking_connections_have_no_session_fields():
     keying = flow_status(local="10.0.0.1:40001", state="keying", session_id="", aead="")
     daemon = make_daemon([keying], {(LOCAL, REMOTE): 0, (("10.0.0.1", 40001), REMOTE): 0})

@@ -28,8 +28,15 @@ def test_session_json_names_and_values():
         "local": "10.0.0.1:40000", "remote": "10.0.0.2:80", "state": "encrypted", "role": "A",
         "tep": "X25519", "aead": "CHACHA20-POLY1305", "session_id": "23" + "ab" * 32,
         "bytes_out": 1000, "bytes_in": 200, "bytes_out_wire": 1106, "bytes_in_wire": 273,
-        "packets_out": 5, "packets_in": 4, "age": 2.5, "abort_reason": "",
+        "packets_out": 5, "packets_in": 4, "age": 2.5, "abort_reason": "", "resumed": False,
     }
+
+
+def test_a_resumed_session_says_so_in_json_and_table():
+    resumed = flow_status(session_id="a3" + "ab" * 32, resumed=True)
+    assert session_json(resumed)["resumed"] is True
+    table = render({**STATUS, "sessions": [session_json(resumed), session_json(flow_status())]})
+    assert table.count("encrypted+resumed") == 1
 
 
 def test_unknown_tep_names_pass_through():

@@ -1,7 +1,8 @@
 """Key logs of both daemons decrypt a capture of real connections (``tcpcryptd decode``).
 
 A curl download (HTTP) and an nc upload through two daemons writing key logs (format 2,
-docs/daemon.md); the capture between them is decoded with each key log to exactly the bytes
+docs/daemon.md); the upload resumes the download's session (RFC 8548 §3.5: no Init
+messages, frames from offset 0). The capture between them is decoded with each key log to exactly the bytes
 the applications sent (sha256), ``--write``'s plain capture shows tshark the HTTP request and
 response, and without keys both connections are reported undecryptable (exit 1).
 """
@@ -28,11 +29,13 @@ SIZE = 2_000_000
 
 
 def _keylog_daemons(e2e: E2E) -> dict[str, Path]:
+    """Both daemons with a key log and one worker each: each worker keeps its own
+    resumption cache, so with one the later connections resume for sure."""
     keylogs = {}
     for label in ("A", "B"):
         keylogs[label] = e2e.bed.workdir / f"{label}.keys"
         config = e2e.bed.workdir / f"{label}-keylog.toml"
-        config.write_text(f'[log]\nkeylog = "{keylogs[label]}"\n')
+        config.write_text(f'[log]\nkeylog = "{keylogs[label]}"\n[queue]\nworkers = 1\n')
         e2e.bed.daemon(label, ["--config", str(config)])
     return keylogs
 
@@ -65,15 +68,16 @@ def test_decode_http_and_nc_with_either_key_log(e2e: E2E) -> None:
         report = json.loads(done.stdout)
         conns = {int(c["server"].rsplit(":", 1)[1]): c for c in report["connections"]}
         assert set(conns) == {HTTP_PORT, NC_PORT}
-        for conn in conns.values():
+        for port, conn in conns.items():
             assert conn["status"] == "decrypted"
+            assert conn["resumed"] == (port == NC_PORT)
             assert conn["tep"] == "X25519" and conn["aead"] == "AES-128-GCM"
             assert conn["host_a"].startswith(a_ip + ":") and conn["client"] == conn["host_a"]
             assert len(bytes.fromhex(conn["session_id"])) == 33
             for d in conn["directions"]:
                 assert d["frames_failed"] == 0 and d["frames_verified"] > 0, d
                 assert d["fin"] and d["finp"] and not d["problems"], d
-                assert d["init_bytes"] > 0
+                assert (d["init_bytes"] > 0) == (port == HTTP_PORT), d
         upload_dir = next(d for d in conns[NC_PORT]["directions"]
                           if d["from"].startswith(a_ip + ":"))
         assert upload_dir["sha256"] == hashlib.sha256(payload).hexdigest()
@@ -111,7 +115,8 @@ def test_decode_http_and_nc_with_either_key_log(e2e: E2E) -> None:
 
 def _check_dissector(pcap: Path, report: dict) -> None:
     """contrib/wireshark/tcpcrypt.lua names the ENO option of every SYN, SYN-ACK and first
-    ACK, both Init messages of each connection, and exactly the frames decode verified."""
+    ACK, both Init messages of the fresh connection (the resumed one has none), and exactly
+    the frames decode verified."""
     fields = ("tcp.flags.syn", "tcp.flags.ack", "tcpeno.form", "tcpeno.tep",
               "tcpcrypt.magic", "tcpcrypt.clen", "tcpcrypt.tag")
     args = ["tshark", "-X", f"lua_script:{LUA}", "-r", str(pcap), "-T", "fields",
@@ -127,7 +132,7 @@ def _check_dissector(pcap: Path, report: dict) -> None:
     assert all("0x23" in row["tcpeno.tep"] for row in syns)        # X25519 offered / chosen
     assert sum(row["tcpeno.form"] == ["non-SYN form"] for row in rows) >= 2
     magics = sorted(v for row in rows for v in row["tcpcrypt.magic"])
-    assert magics == ["0x097105e0", "0x097105e0", "0x15101a0e", "0x15101a0e"]
+    assert magics == ["0x097105e0", "0x15101a0e"]
     frames = sum(len(row["tcpcrypt.clen"]) for row in rows)
     assert frames == sum(d["frames_verified"] for c in report["connections"]
                          for d in c["directions"])

@@ -68,14 +68,23 @@ def test_inbound_syns_without_usable_eno_fall_back_as_counted() -> None:
     assert result.events == [FellBack(B_ADDR, A_ADDR, "role-conflict")]
 
 
-def test_simultaneous_open_falls_back() -> None:
+def test_simultaneous_open_without_a_passive_role_falls_back() -> None:
+    """Both SYNs with b = 0 (neither host configured as B): a role conflict, RFC 8547 §4.5."""
     pair = Pair()
     a, b = pair.a, pair.b
-    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options()))
-    pair.send(b, b.seg(ISN_B, 0, SYN, options=syn_options()), deliver=False)
-    pair.arrive(a, b.seg(ISN_B, 0, SYN, options=syn_options()))
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options()), deliver=False)
+    _, (syn_b,) = pair.send(b, b.seg(ISN_B, 0, SYN, options=syn_options()), deliver=False)
+    pair.arrive(a, syn_b)
     assert a.events == [FellBack(A_ADDR, B_ADDR, "simultaneous-open")]
     assert a.engine.counters["fallback_simultaneous-open"] == 1
+
+
+def test_simultaneous_open_with_a_peer_without_eno_falls_back() -> None:
+    pair = Pair()
+    a, b = pair.a, pair.b
+    pair.send(a, a.seg(ISN_A, 0, SYN, options=syn_options()), deliver=False)
+    pair.arrive(a, b.seg(ISN_B, 0, SYN, options=syn_options()))
+    assert a.events == [FellBack(A_ADDR, B_ADDR, "no-eno")]
 
 
 def test_abort_is_reported_with_its_reason() -> None:

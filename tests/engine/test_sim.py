@@ -264,6 +264,8 @@ def _matrix() -> list[Scenario]:
     out.append(Scenario("bulk-1MB-v6-loss1-s2", 2, 6, c2s_bytes=2000, s2c_bytes=1 << 20,
                         impairments=Impairments(loss=0.01, jitter=0.002, resegment=0.05)))
     out += reuse_scenarios()
+    out += resumption_scenarios()
+    out += simultaneous_open_scenarios()
     out.append(Scenario("isn-wrap-v4-s1", 1, 4, c2s_bytes=50_000, s2c_bytes=50_000, client_iss=(1 << 32) - 5000,
                         impairments=Impairments(loss=0.02, jitter=0.005)))
     return out
@@ -301,6 +303,58 @@ def reuse_scenarios() -> list[Scenario]:
     return out
 
 
+def resumption_scenarios() -> list[Scenario]:
+    """Session resumption (RFC 8548 §3.5): connections one after the other between the two
+    hosts; the first is fresh and leaves the next secret in both caches, each later one
+    resumes the previous one's (no Init messages, frames from offset 0).  The resumption SYN
+    or SYN-ACK lost (the retransmission carries the identical offer or answer); a cache miss
+    at the server (its secrets expire before the next connection: the offer is answered
+    fresh) or at the client (nothing to offer).  Both ends racing: tests/engine/
+    test_resumption.py."""
+    out = []
+    short = EngineConfig(resumption_lifetime=0.3)
+    for v in (4, 6):
+        for seed, loss in ((1, 0.0), (2, 0.02)):
+            imp = Impairments(loss=loss, duplicate=0.05, jitter=0.002)
+            tag = f"v{v}-loss{_pct(loss)}-s{seed}"
+            base = dict(seed=seed, version=v, impairments=imp, c2s_bytes=6000, s2c_bytes=9000,
+                        reuse_gap=1.0)
+            out += [
+                Scenario(f"resume-{tag}", reuse=2, expect_resumed=(False, True, True), **base),
+                Scenario(f"resume-miss-server-{tag}", reuse=2, server_config=short,
+                         expect_resumed=(False, False, False), **base),
+                Scenario(f"resume-miss-client-{tag}", reuse=2, client_config=short,
+                         expect_resumed=(False, False, False), **base),
+            ]
+        for direction, kind in ((C2S, "syn"), (S2C, "synack")):
+            for count in (1, 2):
+                out.append(Scenario(
+                    f"resume-drop-{direction}-{kind}x{count}-v{v}", seed=count, version=v,
+                    reuse=1, c2s_bytes=6000, s2c_bytes=9000, expect_resumed=(False, True),
+                    targeted=(TargetedDrop(direction, kind, 2, count),),
+                    impairments=Impairments(jitter=0.002)))
+    return out
+
+
+def simultaneous_open_scenarios() -> list[Scenario]:
+    """Simultaneous open (RFC 8547 §4.5, §4.6): both ends connect at once.  The server's
+    engine sets b = 1 on its port (``passive_role_ports``), so it is host B and the
+    connection is encrypted (its Init1 sent by the client's engine itself, an Init1 ahead of
+    the SYN-ACK dropped and resent); without that, both b = 0: plain, as RFC 8547 requires."""
+    out = []
+    b_role = EngineConfig(passive_role_ports=frozenset({443}))
+    for v in (4, 6):
+        for seed, loss in ((1, 0.0), (2, 0.02), (3, 0.05)):
+            imp = Impairments(loss=loss, duplicate=0.02, jitter=0.002)
+            tag = f"v{v}-loss{_pct(loss)}-s{seed}"
+            out.append(Scenario(f"simultaneous-open-{tag}", seed, v, impairments=imp,
+                                simultaneous_open=True, server_config=b_role,
+                                c2s_bytes=8000, s2c_bytes=6000))
+    out.append(Scenario("simultaneous-open-plain-v4-s1", 1, 4, simultaneous_open=True,
+                        c2s_bytes=8000, s2c_bytes=6000))
+    return out
+
+
 SCENARIOS = _matrix()
 
 
@@ -322,3 +376,38 @@ SLOW_SCENARIOS = [
 def test_engine_scenario_many_seeds(scenario: Scenario) -> None:
     """SLOW_SEEDS more random seeds per (version, loss), each its own test id."""
     _run_and_check(scenario)
+
+
+@pytest.mark.parametrize("scenario", resumption_scenarios(), ids=lambda s: s.name)
+def test_resumption_scenarios_do_what_they_name(scenario: Scenario) -> None:
+    """The drops hit the resumption SYN/SYN-ACK, a miss is a miss where the scenario puts it
+    (the server answers the client's offer fresh, or the client has nothing to offer), and
+    the engines count what the wire shows."""
+    result = run(scenario)
+    assert not check(result)
+    client, server = (side.engine.counters for side in result.sides)
+    resumed = sum(scenario.expect_resumed)
+    assert client["resumed"] == server["resumed"] == resumed
+    assert client["encrypted"] == server["encrypted"] == len(scenario.expect_resumed)
+    if scenario.targeted:
+        assert len(result.wire.stats.targeted_drops) == scenario.targeted[0].count
+    if scenario.server_config is not None:
+        assert server["resume_miss"] == client["resume_declined"] == scenario.reuse
+    if scenario.client_config is not None:
+        assert server["resume_miss"] == client["resume_declined"] == 0
+
+
+@pytest.mark.parametrize("scenario", simultaneous_open_scenarios(), ids=lambda s: s.name)
+def test_simultaneous_open_scenarios_are_what_they_name(scenario: Scenario) -> None:
+    """Both stacks went through SYN-RECEIVED (each sent a SYN and a SYN-ACK); the engines
+    count one encrypted connection each, or, without b = 1, one simultaneous-open fallback."""
+    result = run(scenario)
+    assert not check(result)
+    for record in result.conns[0].log.records.values():
+        assert record.syn_acked
+    for side in result.sides:
+        counters = side.engine.counters
+        if scenario.expect_encrypted:
+            assert counters["encrypted"] == 1 and not counters["fallback"]
+        else:
+            assert counters["fallback_simultaneous-open"] == 1 and not counters["encrypted"]

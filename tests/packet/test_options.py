@@ -324,3 +324,15 @@ def test_malformed_list_raises_on_every_read() -> None:
             options.mss(raw)
         with pytest.raises(OptionError):
             options.add(raw, b"\x45\x02")
+
+
+def test_room_is_what_an_unaligned_option_may_take() -> None:
+    """A Linux SYN's 20 option bytes leave 20; an option of exactly that size fits, one
+    byte more does not; trailing padding is no content."""
+    linux_syn = (b"\x02\x04\x05\xb4\x04\x02\x08\x0a" + bytes(8) + b"\x01\x03\x03\x07")
+    assert options.room(linux_syn) == 20
+    assert len(options.add(linux_syn, b"\x45\x14" + bytes(18))) == 40
+    with pytest.raises(options.OptionSpaceError):
+        options.add(linux_syn, b"\x45\x15" + bytes(19))
+    assert options.room(b"\x02\x04\x05\xb4\x01\x00\x00\x00") == 36
+    assert options.room(b"") == 40

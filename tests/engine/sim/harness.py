@@ -92,6 +92,16 @@ class Scenario:
     reuse_gap: float = 0.5
     reuse_isn: str = "higher"
     reuse_abort: bool = False
+    #: simultaneous open (RFC 9293 §3.5): the server connects to the client's port at the
+    #: moment the client connects to the server's, instead of listening
+    simultaneous_open: bool = False
+    #: each side's engine configuration (the real engine only; default EngineConfig())
+    client_config: EngineConfig | None = None
+    server_config: EngineConfig | None = None
+    #: per connection, in order, whether its session must be resumed (RFC 8548 §3.5), as
+    #: the wire shows it (the SYN-ACK answers with a resumption suboption) and as both
+    #: engines' flows() report it; None: not checked
+    expect_resumed: tuple[bool, ...] | None = None
     max_time: float = 900.0
     max_events: int = 200_000
     #: GSO: the stacks hand over super-packets of up to this many payload bytes (0: off)
@@ -101,8 +111,11 @@ class Scenario:
 
     @property
     def expect_encrypted(self) -> bool:
-        """Both ends run an engine and no middlebox interferes: the flow must end up ENO."""
-        return self.client_engine and self.server_engine and not self.strip_synack_eno
+        """Both ends run an engine and no middlebox interferes: the flow must end up ENO
+        (a simultaneous open only when one host sets b = 1, RFC 8547 §4.5)."""
+        return (self.client_engine and self.server_engine and not self.strip_synack_eno
+                and not (self.simultaneous_open and not (
+                    self.server_config and self.server_config.passive_role_ports)))
 
     @property
     def expect_abort(self) -> bool:
@@ -268,9 +281,13 @@ class Simulation:
         self.sc = scenario
         self.trace: list[str] | None = [] if trace else None
         self.rng = random.Random(scenario.seed)
-        make_engine = engine_factory or _real_engine
-        self.client_side = _Side("client", C2S, make_engine() if scenario.client_engine else None)
-        self.server_side = _Side("server", S2C, make_engine() if scenario.server_engine else None)
+        def make_engine(config: EngineConfig | None) -> EngineLike:
+            return engine_factory() if engine_factory else Engine(config or EngineConfig())
+
+        self.client_side = _Side("client", C2S, make_engine(scenario.client_config)
+                                 if scenario.client_engine else None)
+        self.server_side = _Side("server", S2C, make_engine(scenario.server_config)
+                                 if scenario.server_engine else None)
         self.conns: list[_Conn] = []
         first_port = 40000 + self.rng.randrange(20000)
         for index in range(scenario.connections):
@@ -335,7 +352,8 @@ class Simulation:
     # ------------------------------------------------------------------ run loop
     def run(self) -> SimResult:
         for conn in self.conns:
-            conn.server.stack.listen()
+            if not self.sc.simultaneous_open:
+                conn.server.stack.listen()
         while not self._done():
             self.events += 1
             when = self._next_event_time()
@@ -438,6 +456,9 @@ class Simulation:
         while self._pending_connects and self._connect_time(self._pending_connects[0]) <= now:
             conn = self._pending_connects.pop(0)
             conn.client.stack.connect(now)
+            if self.sc.simultaneous_open:
+                conn.server.stack.connect(now)
+                self._collect(conn.server)
             self._collect(conn.client)
         for side in (self.client_side, self.server_side):
             if side.engine is not None:
@@ -672,10 +693,6 @@ def describe(data: bytes) -> str:
     )
 
 
-def _real_engine() -> EngineLike:
-    return Engine(EngineConfig())
-
-
 def _stack_config(cfg: StackConfig, sc: Scenario) -> StackConfig:
     """The stack's own knobs plus what the scenario sets for both: MTU, keep-alive, a small
     receive buffer for a slow reader."""
@@ -720,8 +737,15 @@ def _check_conn(result: SimResult, conn: _Conn) -> list[str]:
     for end in conn.ends():
         st = end.stack.stats
         out += [f"{end.name} stack: {name} = {getattr(st, name)}" for name in _STACK_ANOMALIES if getattr(st, name)]
-    pairs = ((C2S, conn.client.app.data, conn.server.stack, c_rec, INIT1_MAGIC),
-             (S2C, conn.server.app.data, conn.client.stack, s_rec, INIT2_MAGIC))
+    resumed = invariants.resumed_on_wire(s_rec)
+    if sc.expect_resumed is not None:
+        index = result.conns.index(conn)
+        if resumed != sc.expect_resumed[index]:
+            out.append(f"connection {index}: resumed on the wire is {resumed}, expected "
+                       f"{sc.expect_resumed[index]}")
+    # a resumed session has no Init messages: frames from wire offset 0 (RFC 8548 §3.5)
+    pairs = ((C2S, conn.client.app.data, conn.server.stack, c_rec, None if resumed else INIT1_MAGIC),
+             (S2C, conn.server.app.data, conn.client.stack, s_rec, None if resumed else INIT2_MAGIC))
     if conn.app_reset:
         for label, written, receiver, _, _ in pairs:
             out += invariants.check_prefix(label, written, bytes(receiver.received))
@@ -794,6 +818,11 @@ def _check_engine_status(result: SimResult) -> list[str]:
             if not a.session_id or a.session_id != b.session_id:
                 out.append(f"flows(): {conn.client.name} session IDs differ or are empty: "
                            f"{a.session_id!r} vs {b.session_id!r}")
+            resumed = invariants.resumed_on_wire(conn.log.records[S2C])
+            latest = [c for c in result.conns if c.key == conn.key][-1]   # a reused port's
+            if latest is conn and (a.resumed != resumed or b.resumed != resumed):
+                out.append(f"flows(): {conn.client.name} resumed {a.resumed}/{b.resumed}, the "
+                           f"wire says {resumed}")
         return out
     if not sc.expect_encrypted:
         return [

@@ -40,6 +40,8 @@ class StreamRecord:
 
     isn: int | None = None
     syn_options: bytes | None = None
+    #: a SYN-ACK was sent in this direction (after a SYN, in a simultaneous open)
+    syn_acked: bool = False
     stream: bytearray = field(default_factory=bytearray)
     known: bytearray = field(default_factory=bytearray)
     high: int = 0
@@ -104,6 +106,13 @@ class WireLog:
         if pkt.flags & SYN:
             if rec.isn is not None and rec.isn != pkt.seq:
                 rec.conflicts.append(f"SYN with a new ISN {pkt.seq} after {rec.isn}")
+            if (pkt.flags & ACK and rec.syn_options is not None and not _eno(pkt.options)
+                    and not rec.syn_acked):
+                # a simultaneous open's SYN-ACK after a SYN that already disabled ENO may
+                # omit the option (RFC 8547 §4.6); the SYN's stays on record
+                rec.syn_acked = True
+                return
+            rec.syn_acked |= bool(pkt.flags & ACK)
             if rec.syn_options is not None and rec.syn_options != pkt.options and _eno(pkt.options) != _eno(
                 rec.syn_options
             ):
@@ -136,6 +145,21 @@ def check_acks_monotonic(label: str, rec: StreamRecord, peer: StreamRecord) -> l
 
 def _eno(raw: bytes) -> list[bytes]:
     return options.eno_options(raw)
+
+
+def resumed_on_wire(synack: StreamRecord) -> bool:
+    """Whether the passive opener's SYN-ACK answered with a resumption suboption: after its
+    global suboption, one TEP byte with v = 1 and 9-17 bytes of data (RFC 8548 §3.5), read
+    from the raw option bytes."""
+    if synack.syn_options is None:
+        return False
+    found = _eno(synack.syn_options)
+    if len(found) != 1:
+        return False
+    body = found[0][2:]   # after kind and length
+    if body[:1] and body[0] < 0x20:
+        body = body[1:]   # the global suboption
+    return len(body) >= 10 and bool(body[0] & 0x80) and 9 <= len(body) - 1 <= 17
 
 
 def has_syn_eno(rec: StreamRecord) -> bool:
@@ -184,24 +208,27 @@ def check_plain_wire(label: str, rec: StreamRecord, written: bytes) -> list[str]
 
 
 def check_eno_wire(
-    label: str, rec: StreamRecord, written: bytes, init_magic: int, complete: bool, urgent: bool = False
+    label: str, rec: StreamRecord, written: bytes, init_magic: int | None, complete: bool, urgent: bool = False
 ) -> list[str]:
-    """Invariant 4: Init message then frames, and no plaintext window on the wire; URG never
-    on the wire (urgent data travels inside the frames, RFC 8548 §3.7)."""
+    """Invariant 4: Init message then frames (frames only on a resumed session:
+    ``init_magic`` None), and no plaintext window on the wire; URG never on the wire (urgent
+    data travels inside the frames, RFC 8548 §3.7)."""
     out: list[str] = []
     if rec.urg_packets:
         out.append(f"{label}: {rec.urg_packets} packets with URG on an ENO wire")
     wire = rec.contiguous()
     out += _plaintext_leaks(label, wire, written)
-    if len(wire) < 8:
+    if init_magic is None:
+        pos = 0
+    elif len(wire) < 8:
         if complete:
             out.append(f"{label}: ENO wire stream of {len(wire)} bytes has no Init message")
         return out
-    magic, message_len = struct.unpack_from("!II", wire)
-    if magic != init_magic:
-        out.append(f"{label}: wire stream starts with {magic:#010x}, not the Init magic {init_magic:#010x}")
-        return out
-    pos = message_len
+    else:
+        magic, pos = struct.unpack_from("!II", wire)
+        if magic != init_magic:
+            out.append(f"{label}: wire stream starts with {magic:#010x}, not the Init magic {init_magic:#010x}")
+            return out
     frames = 0
     framed = 0
     while pos + FRAME_HEADER <= len(wire):

@@ -378,8 +378,18 @@ class TcpStack:
             if pkt.flags & ACK:
                 self._abort("connection refused (RST in SYN-SENT)", send_rst=False)
             return
-        if not pkt.flags & SYN or not pkt.flags & ACK:
-            return  # simultaneous open is not modelled
+        if pkt.flags & SYN and not pkt.flags & ACK:
+            # simultaneous open (RFC 9293 §3.5, Figure 8): SYN-RECEIVED, our SYN again with
+            # an ACK of theirs; their SYN-ACK completes the handshake
+            self._take_syn_options(pkt)
+            self.irs = pkt.seq
+            self.rcv_nxt = pkt.seq + 1
+            self.state = State.SYN_RCVD
+            self._emit(_Segment(self.iss, SYN | ACK, syn_options=True))
+            self._arm_rtx()
+            return
+        if not pkt.flags & SYN:
+            return
         self._take_syn_options(pkt)
         self.irs = pkt.seq
         self.rcv_nxt = pkt.seq + 1
@@ -424,7 +434,9 @@ class TcpStack:
                 else:
                     self._abort("connection reset by peer", send_rst=False)
             return
-        if pkt.flags & SYN:
+        simultaneous_synack = (pkt.flags & SYN and pkt.flags & ACK and self.state is State.SYN_RCVD
+                               and seg_seq == self.irs and pkt.ack == (self.iss + 1) % SEQ_MOD)
+        if pkt.flags & SYN and not simultaneous_synack:
             if self.state is State.SYN_RCVD and seg_seq == self.irs:
                 self._emit(_Segment(self.iss, SYN | ACK, syn_options=True))  # peer lost our SYN-ACK
             else:
@@ -456,6 +468,9 @@ class TcpStack:
             self._update_window(pkt, force=True)
             self._sample_rtt()
             self._enter_established()
+            if simultaneous_synack:
+                self._send_ack()   # the peer's SYN-ACK is answered (its SYN took one number)
+                return
         self._process_ack(pkt)
         if self.error is not None:
             return
