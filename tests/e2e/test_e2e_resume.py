@@ -18,7 +18,8 @@ import subprocess
 
 import pytest
 from e2e_support import HTTP_PORT, NC_PORT, E2E, counter
-from test_e2e_decode import _keylog_daemons, stop_when_captured
+from capture_wait import stop_when_fins
+from test_e2e_decode import _keylog_daemons
 
 from tcpcryptd.core.constants import INIT1_MAGIC, INIT2_MAGIC
 from testbed import pcap_segments, tcpcryptd_command
@@ -35,7 +36,7 @@ def test_second_and_third_connections_are_resumed(e2e: E2E) -> None:
     download = e2e.curl("A", "B", SIZE)
     upload = e2e.nc_send("A", "B", SIZE)
     upload_back = e2e.nc_send("B", "A", SIZE)
-    stop_when_captured(capture, fins=6)
+    stop_when_fins(capture, directions=6)
     for transfer in (download, upload, upload_back):
         assert transfer.intact, transfer.describe()
     e2e.assert_encrypted(capture.analyze(e2e.marker), connections=3)
