@@ -600,13 +600,7 @@ def inbound_syn_phase(ctx: Context, table: FlowTable, flow: Flow, pkt: TCPPacket
             # a simultaneous open only we saw (the peer got our SYN-ACK as the answer to
             # its SYN, before our SYN): its ACK of our SYN-ACK decides ENO as host B's first
             # ACK does (RFC 8547 §4.6), whichever role the b bits gave us
-            fallback = on_first_ack(ctx, flow, pkt, now, result)
-            if fallback is not None:
-                table.fall_back(flow, fallback, result)
-                return True
-            if flow.state is State.SYN_SENT:
-                ctx.count("drops_before-ack")
-                result.verdict = Verdict.DROP
+            if _deciding_ack(ctx, table, flow, pkt, now, result):
                 return True
             if flow.role is Role.A:
                 result.transmit.extend(flow.wire_pieces(0, start_init1(ctx, flow, now)))
@@ -623,14 +617,24 @@ def inbound_syn_phase(ctx: Context, table: FlowTable, flow: Flow, pkt: TCPPacket
         if flags & RST:
             syn_received_rst(ctx, table, flow, pkt, result)
             return True
-        fallback = on_first_ack(ctx, flow, pkt, now, result)
-        if fallback is not None:
-            table.fall_back(flow, fallback, result)
-            return True
-        if flow.state is State.SYN_RECEIVED:
-            ctx.count("drops_before-ack")
-            result.verdict = Verdict.DROP
-            return True
+        return _deciding_ack(ctx, table, flow, pkt, now, result)
+    return False
+
+
+def _deciding_ack(ctx: Context, table: FlowTable, flow: Flow, pkt: TCPPacket, now: float,
+                  result: Result) -> bool:
+    """The peer's first ACK of our SYN-ACK decides ENO (RFC 8547 §4.6): True when handled
+    here (the connection fell back, or the segment is dropped because the flow is still
+    waiting for an acceptable ACK); False: encryption is on, the segment goes on."""
+    waiting = flow.state
+    fallback = on_first_ack(ctx, flow, pkt, now, result)
+    if fallback is not None:
+        table.fall_back(flow, fallback, result)
+        return True
+    if flow.state is waiting:
+        ctx.count("drops_before-ack")
+        result.verdict = Verdict.DROP
+        return True
     return False
 
 
