@@ -3,8 +3,8 @@
 Everything from a flow's SYN to its session: :func:`outbound_syn_phase` and
 :func:`inbound_syn_phase` take the segments of a flow that is not synchronized yet (SYN,
 SYN-ACK, retransmissions, RSTs, the third segment), :func:`half_open_segment` those of a
-compact :class:`~tcpcryptd.engine.flow.HalfOpen` record; :func:`start_init1`,
-:func:`consume_init` and :func:`keys_made` are the Init1/Init2 exchange.
+compact :class:`~tcpcryptd.engine.flow.HalfOpen` record; the Init1/Init2 exchange (or the
+resumed session) that follows is :mod:`tcpcryptd.engine.keying`.
 
 * Outbound SYN (we are host A): the SYN-form ENO option is appended, TEPs by preference; the
   option bytes are kept in the :class:`~tcpcryptd.core.negotiation.ENOEndpoint` so every
@@ -22,7 +22,7 @@ compact :class:`~tcpcryptd.engine.flow.HalfOpen` record; :func:`start_init1`,
   its third ACK leaves (Init1 rides on it), B when Init1 arrives.
 * Session resumption (RFC 8548 §3.5): every session leaves the next session secret in the
   engine's cache (:attr:`~tcpcryptd.engine.context.Context.sessions`, keyed by the peer's
-  address; :func:`keys_made`).  A new outbound SYN to a peer with a cached secret takes it
+  address; :func:`~tcpcryptd.engine.keying.keys_made`).  A new outbound SYN to a peer with a cached secret takes it
   out of the cache and offers it (:func:`open_active`): the resumption suboption (identifier
   half by the original role, a random nonce) after the other TEPs as fresh offers, the nonce
   as long as the 40 option bytes allow (8 at most; the secret is used once, so a shorter
@@ -41,7 +41,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from tcpcryptd.core.constants import ENO_KIND, INIT1_MAGIC, INIT2_MAGIC, MAX_RESUME_NONCE_LEN
+from tcpcryptd.core.constants import ENO_KIND, MAX_RESUME_NONCE_LEN
 from tcpcryptd.core.eno import (
     Suboption,
     SynOption,
@@ -50,7 +50,6 @@ from tcpcryptd.core.eno import (
     parse_resumption,
     parse_syn_option,
 )
-from tcpcryptd.core.messages import message_length
 from tcpcryptd.core.negotiation import (
     ENOEndpoint,
     Fallback,
@@ -60,15 +59,12 @@ from tcpcryptd.core.negotiation import (
     TcpcryptValidity,
 )
 from tcpcryptd.core.resumption import CacheEntry, new_resumption_nonce
-from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake
 from tcpcryptd.engine.actions import Direction, Result, Transmit, Verdict
 from tcpcryptd.engine.context import Context, FlowTable
-from tcpcryptd.engine.events import SessionEstablished
 from tcpcryptd.engine.flow import DEFAULT_MSS, MASK32, MSS_CLAMP, Flow, HalfOpen, State
-from tcpcryptd.engine.rekey import begin_generation
-from tcpcryptd.engine.timers import arm_injected, inject
+from tcpcryptd.engine.keying import peer_of, resume, start_init1
 from tcpcryptd.packet import options as tcp_options
-from tcpcryptd.packet.tcp import ACK, FIN, RST, SYN, FlowKey, PacketError, TCPPacket
+from tcpcryptd.packet.tcp import ACK, FIN, RST, SYN, PacketError, TCPPacket
 
 if TYPE_CHECKING:
     from tcpcryptd.engine.config import EngineConfig
@@ -152,12 +148,6 @@ def _active_syn_option(teps: tuple[int, ...], passive_role: bool = False) -> Syn
     return build_syn_option(None, [Suboption(tep) for tep in teps])
 
 
-def _peer(key: FlowKey) -> tuple:
-    """The resumption cache's name for a flow's peer: IP version, local and remote address
-    (both ends of a session cache it under their own view of the pair)."""
-    return key[0], key[1], key[3]
-
-
 def _nonce_room(options: bytes, answer: bool, fresh: int) -> int | None:
     """The longest resumption nonce (at most 8 bytes, RFC 8548 §3.5) whose ENO option still
     fits next to ``options``: A's offer after ``fresh`` fresh TEP bytes, or B's answer
@@ -177,7 +167,7 @@ def _resumption_offer(ctx: Context, pkt: TCPPacket, now: float
     secret or room for the offer (RFC 8548 §3.5: the resumption suboption names ss[i] by
     this host's original-role half of resume[i])."""
     cache = ctx.sessions
-    entry = cache.for_peer(_peer(pkt.flow_key()), now) if cache is not None else None
+    entry = cache.for_peer(peer_of(pkt.flow_key()), now) if cache is not None else None
     if entry is None:
         return None
     fresh = [Suboption(tep) for tep in ctx.config.teps if tep != entry.tep]
@@ -335,7 +325,7 @@ def _resume_answer(ctx: Context, pkt: TCPPacket, now: float, taken: list[CacheEn
     def answer(offer: Suboption) -> Suboption | None:
         parsed = parse_resumption(offer)
         entry = None if parsed is None else cache.by_peer_half(parsed[0], offer.tep, now)
-        length = (None if entry is None or entry.peer != _peer(pkt.reverse_flow_key())
+        length = (None if entry is None or entry.peer != peer_of(pkt.reverse_flow_key())
                   else _nonce_room(tcp_options.remove(pkt.options, ENO_KIND), True, 0))
         if length is None:
             ctx.count("resume_miss")
@@ -694,119 +684,3 @@ def syn_received_rst(ctx: Context, table: FlowTable, flow: Flow | HalfOpen, pkt:
     if offset == 0:
         table.forget(flow, result)
     result.verdict = Verdict.ACCEPT
-
-
-# -- the Init exchange (RFC 8548 §3.3) ----------------------------------------------------
-
-def start_init1(ctx: Context, flow: Flow, now: float) -> bytes:
-    """Host A's third ACK leaves: Init1, the first bytes of A's wire stream, is made (the
-    key pair is generated here, not before) and its retransmission timer armed; the
-    caller sends it on or right before the ACK (``45 02`` is on that ACK, RFC 8547 §4.6)."""
-    flow.eno.option_for_segment(syn=False, ack=True)  # the ACK carries ``45 02``
-    assert flow.negotiated is not None
-    handshake = InitiatorHandshake(flow.negotiated.tep_byte, flow.negotiated.transcript,
-                                   ctx.config.aeads, random=ctx.config.random)
-    flow.handshake = handshake
-    flow.state = State.KEYING
-    init1 = handshake.init1
-    flow.smap.append(0, init1, injected=True)
-    arm_injected(ctx, flow, now)
-    return init1
-
-
-def consume_init(flow: Flow, cfg: EngineConfig, chunk: bytes | memoryview) -> tuple[bytes, bytes]:
-    """Collect the peer's Init message from the in-order wire stream.
-
-    Returns ``(init2_to_send, leftover)``: the Init2 host B must send at once (empty for A)
-    and the bytes after the message (the first frames).  Until the message is whole both are
-    empty.  Raises :class:`~tcpcryptd.core.errors.InitMessageError` /
-    :class:`~tcpcryptd.core.errors.KeyAgreementError`, which abort the connection.
-    """
-    flow.rx_init += chunk   # bytes: an Init message arrives in a segment or a few
-    magic = INIT2_MAGIC if flow.role is Role.A else INIT1_MAGIC
-    length = message_length(flow.rx_init, magic, cfg.max_init_len)
-    if length is None or len(flow.rx_init) < length:
-        return b"", b""
-    message = bytes(flow.rx_init[:length])
-    leftover = bytes(flow.rx_init[length:])
-    flow.rx_init = b""
-    flow.rx_init_done = True
-    flow.rx_frame_offset = length
-    init2 = b""
-    if flow.role is Role.A:
-        assert isinstance(flow.handshake, InitiatorHandshake)
-        flow.session = flow.handshake.receive_init2(message, max_len=cfg.max_init_len)
-    else:
-        assert flow.negotiated is not None
-        responder = ResponderHandshake(flow.negotiated.tep_byte, flow.negotiated.transcript,
-                                       cfg.aead_preference, random=cfg.random)
-        init2, flow.session = responder.receive_init1(message, max_len=cfg.max_init_len)
-    # The ephemeral private key, ES and PRK are not needed once the session exists: drop
-    # them now rather than at the end of the connection (RFC 8548 §3.3, forward secrecy).
-    flow.handshake = None
-    forget_negotiation(flow)
-    flow.state = State.ENCRYPTED
-    return init2, leftover
-
-
-def forget_negotiation(flow: Flow) -> None:
-    """Drop the ENO handshake state once the session exists (memory of idle flows).
-
-    Nothing reads the ENO endpoint or the negotiation outcome after the key exchange except
-    a SYN-ACK the local stack retransmits (its ACK from the peer was lost on the local path),
-    which must carry the same SYN-form option: its bytes stay in ``flow.syn_option``.  The
-    TEP stays in ``flow.tep`` for status.
-    """
-    eno = flow.eno
-    if eno is not None and eno.local_option is not None:
-        flow.syn_option = eno.local_option.raw
-    flow.eno = None
-    flow.negotiated = None
-
-
-def resume(ctx: Context, flow: Flow, now: float, result: Result) -> None:
-    """Encryption is on for a connection that negotiated resumption (RFC 8548 §3.5): the
-    session is made from the cached secret and both nonces (``sn[i] = nonce_a | nonce_b`` by
-    original role), the secret is dropped; no Init message either way, the first frame of
-    each direction at wire offset 0.  Host A calls it when its third ACK leaves, host B when
-    that ACK arrives."""
-    entry, flow.resume_entry = flow.resume_entry, None
-    negotiated = flow.negotiated
-    assert entry is not None and negotiated is not None and negotiated.resumed
-    own, peer = ((negotiated.a_suboption, negotiated.b_suboption) if flow.role is Role.A
-                 else (negotiated.b_suboption, negotiated.a_suboption))
-    own_nonce, peer_nonce = parse_resumption(own)[1], parse_resumption(peer)[1]  # type: ignore[index]
-    flow.session = entry.resume_session(flow.role, own_nonce, peer_nonce)
-    flow.rx_init_done = True
-    forget_negotiation(flow)
-    flow.state = State.ENCRYPTED
-    keys_made(ctx, flow, b"", now, result, index=entry.index)
-
-
-def keys_made(ctx: Context, flow: Flow, init2: bytes, now: float, result: Result, *,
-              index: int = 0) -> None:
-    """The session on ``ss[index]`` exists: reported, ``ss[index+1]`` cached for the peer
-    (RFC 8548 §3.5), and host B sends Init2 at once (the caller then releases the held
-    local data, encrypted).
-
-    The event's role is the one whose key this host sends with (A: ``k_ab``), which for a
-    resumed session is its role in the original session, not in this connection (§3.5).
-    """
-    ctx.count("encrypted")
-    session = flow.session
-    assert session is not None
-    flow.aead_name = session.aead.name
-    flow.session_id = session.session_id   # shared with the session, hex in status
-    resumed = flow.resumed
-    if resumed:
-        ctx.count("resumed")
-    if ctx.sessions is not None:
-        ctx.sessions.store_session(_peer(flow.key), session, index, now)
-    local, remote = flow.addresses()
-    k_ab, k_ba = session.traffic_keys(0)
-    result.events.append(SessionEstablished(
-        local, remote, "A" if session.sends_with_k_ab else "B", flow.tep, flow.aead_name,
-        session.session_id, resumed, k_ab, k_ba, now - flow.created))
-    if init2:
-        inject(ctx, flow, init2, now, result)
-    begin_generation(ctx, flow, now)   # the rekey limits count frames only (RFC 8548 §3.8)

@@ -56,7 +56,7 @@ from tcpcryptd.engine.flow import (
     ts_newer,
     unwrap,
 )
-from tcpcryptd.engine.handshake import consume_init, keys_made
+from tcpcryptd.engine.keying import consume_init, keys_made
 from tcpcryptd.engine.outbound import release_held
 from tcpcryptd.engine.reassembly import disagrees
 from tcpcryptd.engine.rekey import on_rekey_frame

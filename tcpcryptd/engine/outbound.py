@@ -23,8 +23,8 @@ For every non-SYN segment the local stack sends on an ENO flow:
 * new data after the key generation reached ``rekey_bytes``/``rekey_interval`` starts a new
   generation (RFC 8548 §3.8, :mod:`~tcpcryptd.engine.rekey`);
 * until keys exist, data segments are HELD (bounded) and released in order, encrypted;
-* host A's third ACK carries Init1 (:func:`~tcpcryptd.engine.handshake.start_init1`), or
-  makes the resumed session (:func:`~tcpcryptd.engine.handshake.resume`, RFC 8548 §3.5).
+* host A's third ACK carries Init1 (:func:`~tcpcryptd.engine.keying.start_init1`), or
+  makes the resumed session (:func:`~tcpcryptd.engine.keying.resume`, RFC 8548 §3.5).
 
 :func:`fast_outbound` is the same path for the segments of a bulk transfer -- new in-order
 data that fits one frame, and pure ACKs -- read with one ``struct`` call instead of a full
@@ -49,7 +49,7 @@ from tcpcryptd.engine.flow import (
     segment_shape,
     unwrap,
 )
-from tcpcryptd.engine.handshake import resume, start_init1
+from tcpcryptd.engine.keying import resume, start_init1
 from tcpcryptd.engine.rekey import due, initiate, keepalive
 from tcpcryptd.engine.superpacket import first_payload_limit, header_length
 from tcpcryptd.packet import options as tcp_options
