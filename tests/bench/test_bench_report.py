@@ -33,14 +33,14 @@ CONNECTION_KEYS = {"plain_per_s", "passthrough_per_s", "x25519_per_s", "p256_per
 def full_samples() -> Samples:
     samples = Samples()
     samples.throughput = {"plain": [9000, 9500, 8000], "passthrough": [400, 420, 380],
-                          "aes128gcm": [300, 250, 260], "chacha20": [200], "aes256gcm": [230],
-                          "parallel4_aes128gcm": [500]}
-    samples.loss = [LossSamples(0.01, [100.0, 90.0, 110.0], [60.0, 55.0, 40.0],
+                          "aes128gcm": [1300, 1250, 1260], "chacha20": [1200],
+                          "aes256gcm": [1230], "parallel4_aes128gcm": [1500]}
+    samples.loss = [LossSamples(0.01, [100.0, 90.0, 110.0], [160.0, 155.0, 140.0],
                                 [True] * 6)]
     samples.connections = {
         "plain": ConnectionSamples(3000.0, [0.2, 0.3, 0.25, 1.0]),
         "passthrough": ConnectionSamples(1200.0, [0.4]),
-        "x25519": ConnectionSamples(1500.0, [2.2, 2.3, 2.25, 4.0]),
+        "x25519": ConnectionSamples(1500.0, [0.45, 0.5, 0.4, 3.0]),
         "p256": ConnectionSamples(900.0, [3.0]),
         "x25519_resumed": ConnectionSamples(3300.0, [0.9]),
     }
@@ -103,27 +103,29 @@ def test_schema_and_values() -> None:
     assert set(results["memory"]) == {"bytes_per_flow", "rss_mb_10k"}
     assert set(results["loss"][0]) == {"loss", "passthrough_mbps", "tcpcryptd_mbps", "intact"}
     assert results["throughput_mbps"]["plain"] == 9000
-    assert results["throughput_mbps"]["aes128gcm"] == 260
+    assert results["throughput_mbps"]["aes128gcm"] == 1260
     assert results["loss"][0] == {"loss": 0.01, "passthrough_mbps": 100.0,
-                                  "tcpcryptd_mbps": 55.0, "intact": True}
+                                  "tcpcryptd_mbps": 155.0, "intact": True}
     assert results["memory"]["bytes_per_flow"] == 3000
     assert results["memory"]["rss_mb_10k"] == round(60_000_000 / 2**20, 1)
     assert results["cpu_s_per_gb"] == 11.0
     conn = results["connections"]
-    assert conn["added_latency_ms_median"] == pytest.approx(2.275 - 0.275)
-    assert conn["added_latency_ms_p99"] == pytest.approx(3.0)
-    assert results["ratios"]["aes128gcm_vs_passthrough"] == pytest.approx(0.65)
-    assert results["ratios"]["loss_0.01_vs_passthrough"] == pytest.approx(0.55)
+    assert conn["added_latency_ms_median"] == pytest.approx(0.475 - 0.275)
+    assert conn["added_latency_ms_p99"] == pytest.approx(2.0)
+    assert results["ratios"]["aes128gcm_vs_passthrough"] == pytest.approx(3.15)
+    assert results["ratios"]["loss_0.01_vs_passthrough"] == pytest.approx(1.55)
     json.dumps(results)      # serializable as is
 
 
 def test_all_targets_met() -> None:
-    assert verdicts(results_of(full_samples())) == ["met"] * 9
+    assert verdicts(results_of(full_samples())) == ["met"] * 12
 
 
 def test_targets_missed() -> None:
     samples = full_samples()
     samples.throughput["aes128gcm"] = [100.0]
+    samples.throughput["parallel4_aes128gcm"] = [1100.0]
+    samples.cpu_s_per_gb = [29.8]
     samples.connections["x25519"] = ConnectionSamples(500.0, [5.0])
     samples.connections["x25519_resumed"] = ConnectionSamples(600.0, [4.0])
     samples.rss_by_flows = {0: 30_000_000, 10_000: 90_000_000}
@@ -132,7 +134,7 @@ def test_targets_missed() -> None:
     samples.offload["daemon_client"].connections = [(5000.0, 3000.0)]
     samples.offload["daemon_server"].throughput = [(10_000.0, 5_000.0)]
     samples.offload["daemon_server"].connections = [(5000.0, 1000.0)]
-    assert verdicts(results_of(samples)) == ["missed"] * 9
+    assert verdicts(results_of(samples)) == ["missed"] * 12
 
 
 def test_integrity_failure_is_reported_and_misses_the_target() -> None:
@@ -140,7 +142,7 @@ def test_integrity_failure_is_reported_and_misses_the_target() -> None:
     samples.loss[0].intact[3] = False
     results = results_of(samples)
     assert results["loss"][0]["intact"] is False
-    assert verdicts(results)[1] == "missed"
+    assert verdicts(results)[2] == "missed"
     assert "**NO**" in format_table(results)
 
 
@@ -153,7 +155,7 @@ def test_nothing_measured_is_null_never_invented() -> None:
     assert results["memory"] == {"bytes_per_flow": None, "rss_mb_10k": None}
     assert results["cpu_s_per_gb"] is None
     assert set(results["ratios"].values()) == {None}
-    assert verdicts(results) == ["not measured"] * 9
+    assert verdicts(results) == ["not measured"] * 12
     assert results["notes"] == ["tcpcryptd did not start"]
     assert "n/a" in format_table(results)
 
