@@ -46,6 +46,7 @@ from tcpcryptd.core.eno import (
     Suboption,
     SynOption,
     build_syn_option,
+    has_eno_option,
     make_resumption_suboption,
     parse_resumption,
     parse_syn_option,
@@ -71,6 +72,8 @@ if TYPE_CHECKING:
 
 #: Smallest MSS the clamp leaves (RFC 9293 §3.7.1 minimum for IPv4)
 _MIN_CLAMPED_MSS = 88
+#: The outcome of a SYN without ENO (immutable: one object serves every plain SYN)
+_NO_ENO = Fallback(FallbackReason.NO_ENO)
 
 
 def _options(pkt: TCPPacket) -> list[tuple[int, bytes]] | None:
@@ -286,6 +289,8 @@ def _negotiate_passive(cfg: EngineConfig, pkt: TCPPacket, resume: ResumeAnswer |
     opts = _options(pkt)
     if opts is None:
         return Fallback(FallbackReason.MALFORMED)
+    if not has_eno_option(opts):
+        return _NO_ENO   # the endpoint would fall back at once (RFC 8547 §4.6 item 1)
     # B lists TEPs in increasing priority: our most preferred goes last (RFC 8547 §4.5)
     eno = ENOEndpoint.passive(tuple(reversed(cfg.teps)), resume=resume)
     eno.on_received(syn=True, ack=False, options=opts)
