@@ -18,7 +18,15 @@ Connection setup, per complete connection between the two engines (``--connectio
 batches of ``--connection-batch``): SYN, SYN-ACK, ACK + Init1, Init2, one data byte each way,
 FIN/ACK close (RFC 8547 §4, RFC 8548 §3.3-3.5), split into host A (the client) and host B,
 beside the X25519 key agreement the two hosts cannot avoid (each generates an ephemeral key
-pair and runs one exchange, RFC 8548 §5): the floor cryptography sets.
+pair and runs one exchange, RFC 8548 §5): the floor cryptography sets.  The default
+configuration resumes every connection after the first (RFC 8548 §3.5); the same is also
+measured with resumption off ("fresh": every connection runs the Init exchange) and on
+("resumed": every timed connection is resumed, no Init messages).
+
+Connections that end plain cost one engine only (RFC 8547 §4.6; the daemon stops queueing
+a connection once the engine says it is plain): "plain A" is host A's SYN, which gets ENO,
+answered by a SYN-ACK without ENO, and A's third ACK; "plain B" is host B receiving a SYN
+without ENO, its stack's SYN-ACK and the peer's third ACK.
 
 Each figure is the best batch average (``--batch`` packets), so a busy machine shows less.
 
@@ -107,8 +115,8 @@ class _Connections:
     :class:`_Bed` and everything the engines send is bounced until quiet.
     """
 
-    def __init__(self) -> None:
-        config = EngineConfig()
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        config = EngineConfig() if config is None else config
         self.a, self.b = Engine(config), Engine(config)
         self.spent = {self.a: 0.0, self.b: 0.0}
         self.now = 0.0
@@ -145,6 +153,23 @@ class _Connections:
         self._exchange(b, _seg(_B, _A, 80, port, isn_b + 2, isn_a + 3, ACK | FIN))
         self._exchange(a, _seg(_A, _B, port, 80, isn_a + 3, isn_b + 3, ACK))
 
+    def plain_connection(self, port: int, engine: Engine) -> None:
+        """The SYN phase of a connection from A's ``port`` that ends plain, on one engine:
+        host A's SYN with ENO answered without ENO (``engine`` is A), or a SYN without ENO
+        reaching host B (``engine`` is B); every segment must pass, the last one plain."""
+        isn_a, isn_b = _ISN_A + port, _ISN_B + port
+        syn = _seg(_A, _B, port, 80, isn_a, 0, SYN, options=_syn_options(1))
+        syn_ack = _seg(_B, _A, 80, port, isn_b, isn_a + 1, SYN | ACK, options=_syn_options(1))
+        ack = _seg(_A, _B, port, 80, isn_a + 1, isn_b + 1, ACK)
+        client = Direction.OUTBOUND if engine is self.a else Direction.INBOUND
+        server = Direction.INBOUND if engine is self.a else Direction.OUTBOUND
+        for data, direction in ((syn, client), (syn_ack, server), (ack, client)):
+            result = self._handle(engine, data, direction)
+            if result.verdict is not Verdict.ACCEPT or result.transmit:
+                raise SystemExit(f"plain connection benchmark: {result}")
+        if not result.plain:
+            raise SystemExit("plain connection benchmark: the connection did not end plain")
+
 
 def _key_agreement(i: int, data: bytes) -> None:
     """Both hosts' X25519 work for one connection: two key pairs, two exchanges."""
@@ -155,24 +180,45 @@ def _key_agreement(i: int, data: bytes) -> None:
 
 
 def handshakes(count: int, batch: int) -> dict[str, float]:
-    """Microseconds per connection (best batch): both hosts, A, B and the key agreement."""
-    bed = _Connections()
+    """Microseconds per connection (best batch): both hosts, A, B and the key agreement with
+    the default configuration; the same fresh and resumed; host A's and host B's plain
+    connections."""
+    beds = {"": _Connections(), "fresh: ": _Connections(EngineConfig(resumption_enabled=False)),
+            "resumed: ": _Connections(EngineConfig(resumption_enabled=True))}
+    # the resumed bed's first connection is fresh: it leaves the secret the next one resumes
+    beds["resumed: "].connection(9999)
+    plain = _Connections()
     best: dict[str, float] = {}
     for first in range(0, count, batch):
-        before = dict(bed.spent)
-        for port in range(first, first + batch):
-            bed.connection(10000 + port)
-        per = {"host A": (bed.spent[bed.a] - before[bed.a]) / batch,
-               "host B": (bed.spent[bed.b] - before[bed.b]) / batch}
-        per["both hosts"] = per["host A"] + per["host B"]
+        per = {}
+        for label, bed in beds.items():
+            before = dict(bed.spent)
+            for port in range(first, first + batch):
+                bed.connection(10000 + port)
+            per[f"{label}host A"] = (bed.spent[bed.a] - before[bed.a]) / batch
+            per[f"{label}host B"] = (bed.spent[bed.b] - before[bed.b]) / batch
+            per[f"{label}both hosts"] = per[f"{label}host A"] + per[f"{label}host B"]
         per["key agreement"] = _timed([b""] * batch, _key_agreement)
+        for name, engine in (("plain: host A (SYN with ENO, SYN-ACK without)", plain.a),
+                             ("plain: host B (SYN without ENO)", plain.b)):
+            before = dict(plain.spent)
+            for port in range(first, first + batch):
+                plain.plain_connection(10000 + port, engine)
+            per[name] = (plain.spent[engine] - before[engine]) / batch
         for name, seconds in per.items():
             best[name] = min(best.get(name, seconds), seconds)
-    if any(flow.state != "closed" for engine in (bed.a, bed.b) for flow in engine.flows()):
-        raise SystemExit("handshake benchmark: a connection did not close: "
-                         f"{[flow.state for flow in bed.a.flows()]}")
+    for bed in beds.values():
+        if any(flow.state != "closed" for engine in (bed.a, bed.b) for flow in engine.flows()):
+            raise SystemExit("handshake benchmark: a connection did not close: "
+                             f"{[flow.state for flow in bed.a.flows()]}")
+    resumed = beds["resumed: "]
+    if resumed.a.counters["resumed"] != count or resumed.a.counters["encrypted"] != count + 1:
+        raise SystemExit("handshake benchmark: not every timed connection was resumed: "
+                         f"{dict(resumed.a.counters)}")
+    if plain.a.flows() or plain.b.flows() or plain.a.counters["fallback"] != count:
+        raise SystemExit("handshake benchmark: a plain connection left state behind")
     us = {name: seconds * 1e6 for name, seconds in best.items()}
-    for name in ("both hosts", "host A", "host B", "key agreement"):
+    for name in us:
         print(f"{us[name]:9.1f} us  handshake per connection: {name}")
     print(f"key agreement share {us['key agreement'] / us['both hosts']:.0%} of the connection")
     return us

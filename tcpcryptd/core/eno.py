@@ -149,6 +149,14 @@ class SynOption:
         return tuple(sub for sub in self.suboptions if sub.tep == tep)
 
 
+#: Recently parsed options, by their bytes: every host running one configuration sends the
+#: same SYN-form option in every SYN (RFC 8547 §4.6: identical on retransmissions too), and
+#: the engine reads it more than once per connection.  A :class:`SynOption` is immutable, so
+#: one object serves all; emptied when full; a malformed option is never stored.
+_PARSED: dict[bytes, SynOption] = {}
+_PARSED_MAX = 64
+
+
 def parse_syn_option(raw: bytes | bytearray | memoryview) -> SynOption:
     """Parse a whole SYN-form ENO option: kind, length and contents (RFC 8547 §4.1-4.4).
 
@@ -160,6 +168,17 @@ def parse_syn_option(raw: bytes | bytearray | memoryview) -> SynOption:
     application-aware bits.
     """
     raw = bytes(raw)
+    option = _PARSED.get(raw)
+    if option is None:
+        option = _parse_syn_option(raw)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[raw] = option
+    return option
+
+
+def _parse_syn_option(raw: bytes) -> SynOption:
+    """:func:`parse_syn_option` itself."""
     if len(raw) < _HEADER_LEN:
         raise ENOParseError(f"ENO option of {len(raw)} bytes has no kind and length")
     if raw[0] != ENO_KIND:

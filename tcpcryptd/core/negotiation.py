@@ -220,6 +220,36 @@ def negotiate(
     """
     if peer is None:
         return Fallback(FallbackReason.NO_ENO)
+    if is_valid is not _DEFAULT_VALIDITY:
+        return _negotiate(local, peer, aa_mandatory, is_valid, repeatable)
+    key = (local.raw, peer.raw, aa_mandatory, repeatable)
+    outcome = _NEGOTIATED.get(key)
+    if outcome is None:
+        outcome = _negotiate(local, peer, aa_mandatory, is_valid, repeatable)
+        _remember(_NEGOTIATED, key, outcome)
+    return outcome
+
+
+#: Recent outcomes of :func:`negotiate` and :func:`passive_open` with tcpcrypt's default
+#: validity, by the options' bytes and the settings: every fresh connection between two
+#: hosts of one configuration exchanges the same SYN-form options (RFC 8547 §4.6), and the
+#: outcome depends on nothing else.  Outcomes and options are immutable, so one object
+#: serves all.  A resumption offer (its nonce is new every time) or answer is decided
+#: afresh; each cache is emptied when full.
+_NEGOTIATED: dict[tuple, Negotiated | Fallback] = {}
+_PASSIVE: dict[tuple, tuple[SynOption | None, Negotiated | Fallback]] = {}
+_OUTCOMES_MAX = 64
+
+
+def _remember(cache: dict, key: tuple, outcome: object) -> None:
+    if len(cache) >= _OUTCOMES_MAX:
+        cache.clear()
+    cache[key] = outcome
+
+
+def _negotiate(local: SynOption, peer: SynOption, aa_mandatory: bool, is_valid: IsValid,
+               repeatable: frozenset[int]) -> Negotiated | Fallback:
+    """:func:`negotiate` itself, once both options are known."""
     conflict = _globals_conflict(local, peer, aa_mandatory)
     if conflict is not None:
         return Fallback(conflict)
@@ -278,6 +308,29 @@ def passive_open(
     own_gopt = _passive_gopt(gopt, aa_mandatory)
     if received is None:
         return None, Fallback(FallbackReason.NO_ENO)
+    if is_valid is not _DEFAULT_VALIDITY or (
+            resume is not None and any(map(is_resumption_suboption, received.suboptions))):
+        return _passive_open(received, supported, own_gopt, aa_mandatory, is_valid, resume,
+                             repeatable)
+    key = (received.raw, tuple(supported), own_gopt, aa_mandatory, repeatable)
+    answered = _PASSIVE.get(key)
+    if answered is None:
+        answered = _passive_open(received, supported, own_gopt, aa_mandatory, is_valid, None,
+                                 repeatable)
+        _remember(_PASSIVE, key, answered)
+    return answered
+
+
+def _passive_open(
+    received: SynOption,
+    supported: Sequence[int],
+    own_gopt: int,
+    aa_mandatory: bool,
+    is_valid: IsValid,
+    resume: ResumeAnswer | None,
+    repeatable: frozenset[int],
+) -> tuple[SynOption | None, Negotiated | Fallback]:
+    """:func:`passive_open` itself, for a SYN with ENO; ``own_gopt`` B's global suboption."""
     if received.b:
         return None, Fallback(FallbackReason.ROLE_CONFLICT)
     if aa_mandatory and not received.a:

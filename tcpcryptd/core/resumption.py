@@ -128,9 +128,11 @@ class SessionCache:
     def store_session(self, peer: Hashable, session: Session, index: int,
                       now: float) -> CacheEntry:
         """Cache ``ss[index+1]`` of ``session`` (which runs on ``ss[index]``), §3.5."""
-        ss_next, _ = session.resumption_secret()
-        return self.store(peer, session.tep_byte, session.aead.id, ss_next, index + 1,
-                          session.sends_with_k_ab, now)
+        ss_next, resume_id = session.resumption_secret()
+        entry = CacheEntry(peer, session.tep_byte & TEP_ID_MASK, session.aead.id, index + 1,
+                           session.sends_with_k_ab, now, ss_next, resume_id)
+        self.put(entry)
+        return entry
 
     def put(self, entry: CacheEntry) -> None:
         """Insert an entry (e.g. a :meth:`CacheEntry.successor`)."""

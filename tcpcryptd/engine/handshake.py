@@ -46,6 +46,7 @@ from tcpcryptd.core.eno import (
     Suboption,
     SynOption,
     build_syn_option,
+    has_eno_option,
     make_resumption_suboption,
     parse_resumption,
     parse_syn_option,
@@ -71,6 +72,8 @@ if TYPE_CHECKING:
 
 #: Smallest MSS the clamp leaves (RFC 9293 §3.7.1 minimum for IPv4)
 _MIN_CLAMPED_MSS = 88
+#: The outcome of a SYN without ENO (immutable: one object serves every plain SYN)
+_NO_ENO = Fallback(FallbackReason.NO_ENO)
 
 
 def _options(pkt: TCPPacket) -> list[tuple[int, bytes]] | None:
@@ -95,13 +98,16 @@ def syn_refusal(cfg: EngineConfig, pkt: TCPPacket) -> str | None:
 
 
 def _record_syn(flow: Flow, pkt: TCPPacket, *, local: bool) -> None:
-    """Note MSS, window scale, SACK-permitted and timestamps of a SYN or SYN-ACK."""
+    """Note MSS, window scale (and whether it was sent), SACK-permitted and timestamps of a
+    SYN or SYN-ACK."""
     raw = pkt.options
     timestamps = tcp_options.timestamps(raw)
     mss = tcp_options.mss(raw) or DEFAULT_MSS[pkt.version]
-    wscale = min(tcp_options.wscale(raw) or 0, 14)
+    sent = tcp_options.wscale(raw)
+    wscale = min(sent or 0, 14)
     if local:
         flow.local_mss, flow.local_wscale = mss, wscale
+        flow.local_wscale_sent = sent is not None
         flow.local_sack = tcp_options.sack_permitted(raw)
         flow.local_ts = timestamps is not None
         flow.stack_window = pkt.window
@@ -110,6 +116,7 @@ def _record_syn(flow: Flow, pkt: TCPPacket, *, local: bool) -> None:
             flow.stack_tsval = timestamps[0]
     else:
         flow.peer_mss, flow.peer_wscale = mss, wscale
+        flow.peer_wscale_sent = sent is not None
         flow.peer_sack = tcp_options.sack_permitted(raw)
         flow.peer_ts = timestamps is not None
         flow.peer_window_field = pkt.window
@@ -198,7 +205,6 @@ def open_active(ctx: Context, pkt: TCPPacket, now: float) -> Flow:
         flow.resume_entry = offer[1]
     flow.local_isn = pkt.seq
     _record_syn(flow, pkt, local=True)
-    flow.local_wscale_sent = tcp_options.wscale(pkt.options) is not None
     return flow
 
 
@@ -240,7 +246,6 @@ def on_syn_ack(ctx: Context, flow: Flow, pkt: TCPPacket, now: float) -> Fallback
     flow.tep = flow.negotiated.tep
     flow.peer_isn = pkt.seq
     _record_syn(flow, pkt, local=False)
-    flow.peer_wscale_sent = tcp_options.wscale(pkt.options) is not None
     _finish_syn_exchange(flow)
     # host B of a simultaneous open: its SYN-ACK and the peer's carried ENO, so encryption
     # is on (RFC 8547 §4.6) and host A's Init1 comes next
@@ -275,7 +280,6 @@ def on_simultaneous_syn(ctx: Context, flow: Flow, pkt: TCPPacket) -> Fallback | 
     flow.tep = negotiated.tep
     flow.peer_isn = pkt.seq
     _record_syn(flow, pkt, local=False)
-    flow.peer_wscale_sent = tcp_options.wscale(pkt.options) is not None
     return None
 
 
@@ -286,6 +290,8 @@ def _negotiate_passive(cfg: EngineConfig, pkt: TCPPacket, resume: ResumeAnswer |
     opts = _options(pkt)
     if opts is None:
         return Fallback(FallbackReason.MALFORMED)
+    if not has_eno_option(opts):
+        return _NO_ENO   # the endpoint would fall back at once (RFC 8547 §4.6 item 1)
     # B lists TEPs in increasing priority: our most preferred goes last (RFC 8547 §4.5)
     eno = ENOEndpoint.passive(tuple(reversed(cfg.teps)), resume=resume)
     eno.on_received(syn=True, ack=False, options=opts)
@@ -307,7 +313,6 @@ def open_passive(cfg: EngineConfig, pkt: TCPPacket, now: float,
     flow.tep = eno.negotiated.tep
     flow.peer_isn = pkt.seq
     _record_syn(flow, pkt, local=False)
-    flow.peer_wscale_sent = tcp_options.wscale(pkt.options) is not None
     clamp_mss(flow, pkt)
     return flow
 
@@ -399,7 +404,6 @@ def on_local_syn_ack(flow: Flow, pkt: TCPPacket, now: float) -> bool:
     """Host B's stack answers the SYN: add B's ENO answer; False if it does not fit."""
     flow.local_isn = pkt.seq
     _record_syn(flow, pkt, local=True)
-    flow.local_wscale_sent = tcp_options.wscale(pkt.options) is not None
     _finish_syn_exchange(flow)
     flow.syn_sends += 1
     if flow.syn_sends == 1:

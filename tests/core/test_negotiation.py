@@ -13,6 +13,7 @@ from tcpcryptd.core.eno import (
     make_resumption_suboption,
     parse_syn_option,
 )
+from tcpcryptd.core.errors import ENOParseError
 from tcpcryptd.core.negotiation import (
     ENOEndpoint,
     Fallback,
@@ -20,6 +21,8 @@ from tcpcryptd.core.negotiation import (
     Negotiated,
     Role,
     TcpcryptValidity,
+    _negotiate,
+    _passive_open,
     may_accept_syn_data,
     must_abort_for_syn_data,
     negotiate,
@@ -666,3 +669,54 @@ def test_passive_answer_agrees_with_the_active_opener(
         assert at_a.tep in supported
     else:
         assert answer.vacuous and at_a == Fallback(FallbackReason.VACUOUS)
+
+
+# --- outcomes remembered by option bytes -----------------------------------------------------
+
+_TEPS = st.lists(st.sampled_from([0x20, X, Y, Z, 0x7F]), max_size=4)
+
+
+@given(a_teps=_TEPS, b_teps=_TEPS, b_gopt=st.sampled_from([None, 0x00, 0x01, 0x03]),
+       aa=st.booleans())
+@settings(max_examples=200)
+def test_remembered_outcomes_equal_fresh_ones(a_teps: list[int], b_teps: list[int],
+                                              b_gopt: int | None, aa: bool) -> None:
+    """negotiate and passive_open remember outcomes by the options' bytes and settings: with
+    the outcome for one setting remembered, equal (not identical) options under every
+    setting still get what the negotiation itself decides."""
+    a_syn, b_syn = syn_option(None, *a_teps), syn_option(b_gopt, *b_teps)
+    negotiate(a_syn, b_syn, aa_mandatory=aa)
+    passive_open(a_syn, b_teps, aa_mandatory=aa)
+    for mandatory in (aa, not aa):
+        assert negotiate(parse_syn_option(a_syn.raw), parse_syn_option(b_syn.raw),
+                         aa_mandatory=mandatory) == _negotiate(
+            a_syn, b_syn, mandatory, TcpcryptValidity(), frozenset())
+        for supported in (b_teps, b_teps[::-1]):
+            own_gopt = 0x03 if mandatory else 0x01
+            assert passive_open(parse_syn_option(a_syn.raw), list(supported),
+                                aa_mandatory=mandatory) == _passive_open(
+                a_syn, supported, own_gopt, mandatory, TcpcryptValidity(), None, frozenset())
+
+
+def test_each_resumption_offer_asks_the_cache_again() -> None:
+    """An offer's outcome depends on the cache (a secret is used once): never remembered."""
+    asked: list[Suboption] = []
+    b_sub = make_resumption_suboption(Y, HALF_B, b"\xbb")
+
+    def resume(a_sub: Suboption) -> Suboption | None:
+        asked.append(a_sub)
+        return b_sub if len(asked) == 1 else None
+
+    offer = a_resumption_offer()
+    hit = passive_open(offer, [Y], resume=resume)[1]
+    miss = passive_open(offer, [Y], resume=resume)[1]
+    assert len(asked) == 2
+    assert isinstance(hit, Negotiated) and hit.resumed
+    assert isinstance(miss, Negotiated) and not miss.resumed
+
+
+def test_a_malformed_option_is_refused_every_time() -> None:
+    bad = bytes.fromhex("4503") + b"\x9f"   # a length byte that ends the option (§4.4)
+    for _ in range(2):
+        with pytest.raises(ENOParseError):
+            parse_syn_option(bad)

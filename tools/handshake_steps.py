@@ -1,0 +1,103 @@
+"""Engine time per packet of one connection, step by step (a profiling aid for bench.engine).
+
+Runs the connections of ``bench.engine``'s handshake figures between two in-process engines
+and prints, for every packet of a connection (index, host, direction, TCP flags, payload
+length), the best batch average in microseconds: the same "best batch" rule as
+``python -m bench.engine``, so a busy machine shows less.  With ``--profile STEP`` a cProfile
+of that packet alone follows (the cyclic garbage collector off, so no collection is charged
+to whatever function runs then; that step's own figure then includes the profiler's
+overhead).
+
+    PYTHONPATH=. python tools/handshake_steps.py fresh
+    PYTHONPATH=. python tools/handshake_steps.py resumed --profile 5 --sort tottime
+
+Kinds: ``fresh`` (resumption off, the Init exchange), ``resumed`` (every timed connection
+resumed), ``plain-a`` (host A's SYN with ENO answered without ENO), ``plain-b`` (host B
+receiving a SYN without ENO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import pstats
+import time
+
+from bench.engine import _Connections
+from tcpcryptd.engine import Direction, Engine, EngineConfig
+from tcpcryptd.packet.tcp import ACK, FIN, PSH, RST, SYN, TCPPacket
+
+_FLAGS = (("S", SYN), ("A", ACK), ("F", FIN), ("R", RST), ("P", PSH))
+
+
+class _Steps(_Connections):
+    """:class:`bench.engine._Connections` that charges each packet's time to its step."""
+
+    def __init__(self, kind: str, profile: int | None) -> None:
+        super().__init__(EngineConfig(resumption_enabled=kind == "resumed"))
+        self.kind = kind
+        self.step = 0
+        self.spent_by_step: dict[tuple, float] = {}
+        self.profile_step = profile
+        self.profiler = cProfile.Profile()
+        self.profiling = False
+
+    def _handle(self, engine: Engine, data: bytes, direction: Direction):
+        on = self.profiling and self.step == self.profile_step
+        if on:
+            self.profiler.enable()
+        began = time.perf_counter()
+        result = engine.handle_packet(0, data, direction, self.now)
+        spent = time.perf_counter() - began
+        if on:
+            self.profiler.disable()
+        self.spent[engine] += spent
+        pkt = TCPPacket.parse(data)
+        key = (self.step, "A" if engine is self.a else "B",
+               "out" if direction is Direction.OUTBOUND else "in",
+               "".join(name for name, bit in _FLAGS if pkt.flags & bit), len(pkt.payload))
+        self.spent_by_step[key] = self.spent_by_step.get(key, 0.0) + spent
+        self.step += 1
+        return result
+
+    def run(self, port: int) -> None:
+        self.step = 0
+        if self.kind == "plain-a":
+            self.plain_connection(port, self.a)
+        elif self.kind == "plain-b":
+            self.plain_connection(port, self.b)
+        else:
+            self.connection(port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=("fresh", "resumed", "plain-a", "plain-b"))
+    parser.add_argument("-n", "--connections", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=50, help="connections per timed batch")
+    parser.add_argument("--profile", type=int, metavar="STEP", help="cProfile this step")
+    parser.add_argument("--sort", default="cumtime", help="pstats sort key")
+    args = parser.parse_args(argv)
+    bed = _Steps(args.kind, args.profile)
+    for port in range(300):   # warm-up; the resumed kind leaves the secrets it resumes
+        bed.run(20000 + port)
+    if args.profile is not None:
+        gc.disable()
+    bed.profiling = True
+    best: dict[tuple, float] = {}
+    for first in range(0, args.connections, args.batch):
+        bed.spent_by_step.clear()
+        for port in range(first, first + args.batch):
+            bed.run(30000 + port)
+        for key, seconds in bed.spent_by_step.items():
+            best[key] = min(best.get(key, seconds), seconds / args.batch)
+    for key, seconds in sorted(best.items()):
+        print(f"{str(key):40s} {seconds * 1e6:7.1f} us")
+    print(f"{'total (sum of the steps)':40s} {sum(best.values()) * 1e6:7.1f} us")
+    if args.profile is not None:
+        pstats.Stats(bed.profiler).sort_stats(args.sort).print_stats(40)
+
+
+if __name__ == "__main__":
+    main()
