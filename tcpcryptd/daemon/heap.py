@@ -40,18 +40,29 @@ def glibc_malloc_trim() -> Callable[[], object] | None:
 
 
 class HeapTrimmer:
-    """Calls ``trim`` once ``released`` (a running count) grew by :data:`MIN_RELEASES`."""
+    """Calls ``trim`` once ``released`` (a running count) grew by :data:`MIN_RELEASES`.
+
+    A trim due less than :data:`MIN_INTERVAL` after the previous one is put off, not
+    skipped: :attr:`deadline` says when the daemon's loop must call :meth:`after_timers`
+    again (the releases of a burst that ends meanwhile would otherwise stay in the heap
+    until some later burst).
+    """
 
     def __init__(self, trim: Callable[[], object] | None) -> None:
         self.trim = trim
         self.trims = 0
+        #: when a put-off trim may run (None: none is waiting)
+        self.deadline: float | None = None
         self._released_at_last = 0
         self._last = float("-inf")
 
     def after_timers(self, released: int, now: float) -> None:
-        if (self.trim is None or released - self._released_at_last < MIN_RELEASES
-                or now - self._last < MIN_INTERVAL):
+        if self.trim is None or released - self._released_at_last < MIN_RELEASES:
             return
+        if now - self._last < MIN_INTERVAL:
+            self.deadline = self._last + MIN_INTERVAL
+            return
+        self.deadline = None
         self._released_at_last = released
         self._last = now
         self.trims += 1

@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -154,6 +155,15 @@ class PacketPath:
         self._apply(result)
         # idle connections freed their cipher contexts: give the heap back (daemon/heap.py)
         self.heap.after_timers(self.engine.counters.get("aead_released", 0), now)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_timer` must run next: the engine's next timer, or a heap trim
+        that was put off (daemon/heap.py); None: neither."""
+        due = self.engine.next_deadline()
+        trim = self.heap.deadline
+        if trim is not None and (due is None or trim < due):
+            return trim
+        return due
 
     def shutdown(self) -> None:
         """Abort the engine's encrypted connections (RSTs both ways) before the rules go."""
@@ -361,44 +371,51 @@ class Daemon:
         return restore
 
     def run(self, queue: PacketQueue, control: ControlServer) -> None:
-        """Serve until SIGTERM/SIGINT (``stopping``); :meth:`catch_signals` must be active."""
-        selector = selectors.DefaultSelector()
-        assert control.listener is not None
-        selector.register(queue.fileno(), selectors.EVENT_READ, "queue")
-        selector.register(control.listener, selectors.EVENT_READ, "listen")
-        selector.register(self._wake, selectors.EVENT_READ, "wake")
+        """Serve until SIGTERM/SIGINT (``stopping``); :meth:`catch_signals` must be active.
+
+        One ``epoll`` watches the queue, the signal wake-up socket and the control server's
+        own selector (readable when the listener or a client connection is). Per wake-up
+        the loop reads the clock once and asks for the next timer deadline once; the
+        control connections' idle deadlines are looked at only while there are any.
+        """
+        assert control.listener is not None and self._wake is not None
+        clients = selectors.DefaultSelector()   # the listener and the control connections
+        clients.register(control.listener, selectors.EVENT_READ, "listen")
+        poller = select.epoll()
+        queue_fd, wake_fd, clients_fd = queue.fileno(), self._wake.fileno(), clients.fileno()
+        for fd in (queue_fd, wake_fd, clients_fd):
+            poller.register(fd, select.EPOLLIN)
+        path, clock, wake = self.path, self.clock, self._wake
         try:
             while not self.stopping:
-                deadlines = [deadline for deadline in (self.engine.next_deadline(),
-                                                       control.next_deadline())
-                             if deadline is not None]
-                timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
-                for key, events in selector.select(timeout):
-                    self._dispatch(key, events, selector, queue, control)
-                for fd in control.expire(self.clock()):   # idle or evicted connections
-                    selector.unregister(fd)
-                    control.drop(fd)
-                deadline = self.engine.next_deadline()
-                if deadline is not None and deadline <= self.clock():
-                    self.path.on_timer()
+                now = clock()
+                due = path.next_deadline()
+                if due is not None and due <= now:
+                    path.on_timer()
                     queue.flush()   # releases of held packets
+                    due = path.next_deadline()
+                if control.connections:
+                    for fd in control.expire(now):   # idle or evicted connections
+                        clients.unregister(fd)
+                        control.drop(fd)
+                    idle = control.next_deadline()
+                    if idle is not None and (due is None or idle < due):
+                        due = idle
+                for fd, _ in poller.poll(-1 if due is None else max(0.0, due - now)):
+                    if fd == queue_fd:
+                        queue.process()
+                    elif fd == clients_fd:
+                        for key, events in clients.select(0):
+                            control.on_event(key, events, clients)
+                    elif fd == wake_fd:
+                        try:
+                            wake.recv(512)
+                        except BlockingIOError:
+                            pass
         finally:
-            selector.close()
+            poller.close()
+            clients.close()
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         log.info("%s received, stopping", signal.Signals(signum).name)
         self.stopping = True
-
-    def _dispatch(self, key: selectors.SelectorKey, events: int,
-                  selector: selectors.BaseSelector, queue: PacketQueue,
-                  control: ControlServer) -> None:
-        if key.data == "queue":
-            queue.process()
-        elif key.data == "wake":
-            try:
-                key.fileobj.recv(512)  # type: ignore[union-attr]
-            except BlockingIOError:
-                pass
-        else:
-            control.on_event(key, events, selector)
-

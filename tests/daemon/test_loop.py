@@ -393,6 +393,7 @@ class _IdleQueue:
 
     def __init__(self) -> None:
         self.reader, self.writer = socket.socketpair()
+        self.flushes = 0
 
     def fileno(self) -> int:
         return self.reader.fileno()
@@ -401,7 +402,8 @@ class _IdleQueue:
         raise AssertionError("no packets in this test")
 
     def flush(self) -> None:
-        """No verdicts to send."""
+        """No verdicts to send; counted."""
+        self.flushes += 1
 
 
 @pytest.fixture
@@ -417,7 +419,7 @@ def looping(daemon, tmp_path, monkeypatch):
     queue = _IdleQueue()
     thread = threading.Thread(target=daemon.run, args=(queue, server), daemon=True)
     thread.start()
-    yield path, server
+    yield path, server, queue
     daemon.stopping = True
     wake_w.send(b"x")
     thread.join(timeout=5)
@@ -436,7 +438,7 @@ def _connect(path):
 
 def test_loop_closes_an_idle_connection_on_its_own(looping):
     """No packets, no timers: the control deadline alone wakes the loop."""
-    path, server = looping
+    path, server, _ = looping
     client = _connect(path)
     started = time.monotonic()
     farewell = client.recv(4096)
@@ -448,8 +450,21 @@ def test_loop_closes_an_idle_connection_on_its_own(looping):
     assert len(server.connections) <= 1
 
 
+def test_loop_runs_the_engines_timer_when_due_and_sends_its_verdicts(looping, daemon):
+    """No packets: the engine's deadline alone wakes the loop, which runs the timer and
+    flushes the releases it gave (a request first makes the loop look at the new deadline)."""
+    path, _, queue = looping
+    due = daemon.engine.deadline = time.monotonic() + 0.2
+    assert request(path, {"command": "ping"})["ok"] is True
+    waited = time.monotonic() + 5
+    while not queue.flushes and time.monotonic() < waited:
+        time.sleep(0.01)
+    assert len(daemon.engine.timer_calls) == 1 and daemon.engine.timer_calls[0] >= due
+    assert queue.flushes == 1
+
+
 def test_loop_serves_status_through_an_idle_flood(looping):
-    path, server = looping
+    path, server, _ = looping
     idle = [_connect(path) for _ in range(100)]
     try:
         answer = request(path, {"command": "status"})
@@ -461,7 +476,7 @@ def test_loop_serves_status_through_an_idle_flood(looping):
 
 
 def test_loop_survives_hostile_requests(looping):
-    path, _ = looping
+    path, _, _ = looping
     client = _connect(path)
     client.sendall(b"[" * 1000 + b"]" * 1000 + b"\n\xff\n" + b'{"command":"status","limit":-1}\n')
     data = b""
