@@ -133,7 +133,12 @@ def analyze_pcap(path: str | Path, marker: bytes, ports: Sequence[int] = ()) -> 
 
 
 class Capture:
-    """tcpdump of TCP on one interface of one namespace, written to a pcap file."""
+    """tcpdump of TCP on one interface of one namespace, written to a pcap file.
+
+    In immediate mode: otherwise the kernel hands tcpdump its packets in blocks up to a
+    second late, and the SIGINT of :meth:`stop` discards a block not yet handed over, so a
+    short exchange could end before any of it reached the file.
+    """
 
     def __init__(self, ns: Namespace, iface: str, path: Path) -> None:
         self.ns = ns
@@ -147,8 +152,8 @@ class Capture:
     def start(self, timeout: float = 15.0) -> Capture:
         self._stderr = open(self.stderr_path, "wb")
         self.proc = self.ns.popen(
-            ["tcpdump", "-i", self.iface, "-s", "0", "-B", "32768", "-U", "-n", "-Z", "root",
-             "-w", str(self.path), "tcp"], stderr=self._stderr)
+            ["tcpdump", "-i", self.iface, "-s", "0", "-B", "32768", "-U", "--immediate-mode",
+             "-n", "-Z", "root", "-w", str(self.path), "tcp"], stderr=self._stderr)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if b"listening on" in self.stderr_path.read_bytes():
