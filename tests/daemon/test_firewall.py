@@ -207,6 +207,27 @@ def test_install_twice_then_remove_leaves_nothing(netns, backend):
     assert "tcpcryptd" not in _in_netns(netns, "nft", "list", "ruleset")
 
 
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_install_replaces_an_earlier_versions_jump(netns, backend):
+    """A jump without the plain-mark test (an earlier version's, left by a crash) is
+    replaced, not kept beside ours: a packet traverses our chain once."""
+    if not Backend(backend).available():
+        pytest.skip(f"iptables-{backend} not installed")
+    tool = Backend(backend).tool(4)
+    _in_netns(netns, tool, "-t", "raw", "-N", CHAIN_OUT)
+    _in_netns(netns, tool, "-t", "raw", "-A", "OUTPUT", "-p", "tcp", "-j", CHAIN_OUT)
+    code = (
+        "from tcpcryptd.daemon.firewall import *\n"
+        "from tcpcryptd.daemon.nftables import OffloadSpec\n"
+        f"fw = Firewall(Backend({backend!r}), ipv6=False)\n"
+        "fw.install(RuleSpec(3, OffloadSpec(0x4000, 0x2000, 0x1000, 0x800, 60, 128)))\n"
+        "print(fw.state(4)['raw'].jumps)\n"
+        "fw.remove(0x1000)\n"
+    )
+    out = _in_netns(netns, os.environ.get("PYTHON", __import__("sys").executable), "-c", code)
+    assert out.strip() == f"('OUTPUT -p tcp -m mark ! --mark 0x800/0x800 -j {CHAIN_OUT}',)"
+
+
 def test_the_guard_outlives_the_rules_while_an_encrypted_connection_exists(netns):
     """Stop/disable remove the queue chains but keep the nftables guard for as long as
     conntrack records a connection as encrypted; then a second removal takes it away."""
