@@ -9,11 +9,12 @@ connection B opens plain by itself, and its packets take the offloaded path, the
 plain connection the daemon handed to the kernel. Rounds alternate "no rules" and "rules"
 (the order swaps every round); each runs iperf3 from B to A for ``seconds + 2`` s while
 ``perf record -a -g`` samples the middle ``seconds``. Counted, per GB received, among the
-samples of iperf3 and of softirq/idle context (where the receive path runs): every busy
+samples of the iperf3 processes (over veth, the receive path runs in the sender's softirq;
+samples of idle or softirq context would also catch other namespaces' traffic): every busy
 sample, and those whose call chain passes through ``nf_hook_slow``, the kernel's loop over
 the netfilter hooks (conntrack, the iptables chains, the nftables chains), split by hook
 caller: ``ip_rcv`` (prerouting) and ``__ip_local_out`` (output). Throughput on a shared
-machine is too noisy for a few percent; these counts are CPU time, which is not.
+machine is too noisy for a few percent; these counts are CPU time, which is much less so.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from bench.bed import PLAIN, BenchBed
 from bench.workloads import iperf3
 from testbed import BedError
 
-#: the processes whose samples can carry the bed's packets
-COMMANDS = ("iperf3", "swapper", "ksoftirqd")
+#: the processes whose samples are counted: the bed's senders and receivers
+COMMANDS = ("iperf3",)
 HOOK = "nf_hook_slow"
 #: hook caller -> direction
 CALLERS = {"ip_rcv": "prerouting", "__ip_local_out": "output"}
