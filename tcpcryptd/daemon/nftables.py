@@ -139,8 +139,9 @@ def _offload_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
     if outbound:
         # before conntrack: only the set knows the connection
         rules = ["chain out_offload {", "type filter hook output priority raw - 1; policy accept;"]
-        return rules + [f"tcp flags & (syn | ack) != syn {_tuple(ip, True)} @{set_name} {mark_plain}"
-                        for set_name, _, ip, _ in _FAMILIES] + ["}"]
+        return rules + [f"meta nfproto {nfproto} tcp flags & (syn | ack) != syn "
+                        f"{_tuple(ip, True)} @{set_name} {mark_plain} accept"
+                        for set_name, _, ip, nfproto in _FAMILIES] + ["}"]
     rules = ["chain in_offload {", "type filter hook prerouting priority mangle - 1; policy accept;",
              # after conntrack: the connmark alone answers, no set lookup
              f"ct mark & {enc | plain:#x} == {plain:#x} tcp flags & (syn | ack) != syn "

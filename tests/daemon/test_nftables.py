@@ -27,7 +27,9 @@ def test_inbound_offload_runs_after_conntrack_and_reads_the_connmark_not_the_set
 def test_outbound_offload_runs_before_the_raw_queue_chain_and_reads_the_set():
     chain = _chain("out_offload")
     assert chain[0] == "type filter hook output priority raw - 1; policy accept;"
-    assert all(rule.startswith("tcp flags & (syn | ack) != syn ") for rule in chain[1:])
+    assert [rule.split(" tcp flags & (syn | ack) != syn ")[0] for rule in chain[1:]] == [
+        "meta nfproto ipv4", "meta nfproto ipv6"]
+    assert all(rule.endswith(" meta mark set meta mark | 0x8 accept") for rule in chain[1:])
     assert [re.search(r"@plain\d", rule).group() for rule in chain[1:]] == ["@plain4", "@plain6"]
 
 
