@@ -10,6 +10,10 @@ IPv6::
     mangle PREROUTING -> TCPCRYPT_IN     queue wire -> local; encrypted connections WITHOUT
                                          bypass
 
+Each jump is taken only by TCP packets without ``marks.plain``: the nftables table marks the
+packets of offloaded plain connections just before these hooks, so such a packet costs the
+one jump rule here (:func:`_jump_rule`).
+
 With several workers (``queue.workers``) worker ``k`` reads queue ``queue.number + k``;
 one rule per worker sends it the connections whose symmetric hash of addresses and ports
 falls in its bucket (:func:`spread_program`, a classic BPF program in an ``-m bpf`` match),
@@ -19,9 +23,8 @@ protocol only). The bypass rules are the single queue's, per worker: while a wor
 (its supervisor restarts it) inbound packets of encrypted connections are dropped, outbound
 ones pass unseen and the guard resets them; plain connections go on.
 
-Loopback, configured ports, non-local destinations, packets the daemon injected itself
-(``marks.injected``, set with SO_MARK) and packets of offloaded plain connections
-(``marks.plain``, set by the nftables table just before these chains) are skipped. Inbound,
+Loopback, configured ports, non-local destinations and packets the daemon injected itself
+(``marks.injected``, set with SO_MARK) are skipped. Inbound,
 the connmark ``marks.encrypted`` is copied into the nfmark so the daemon knows a packet's
 connection is encrypted even when it has no flow for it.
 
@@ -115,8 +118,12 @@ def spread_program(family: int, bucket: int, buckets: int) -> str:
     return ",".join([str(len(code))] + [f"{c} {jt} {jf} {k}" for c, jt, jf, k in code])
 
 
-def _jump_rule(builtin: str, chain: str) -> str:
-    return f"{builtin} -p tcp -j {chain}"
+def _jump_rule(builtin: str, chain: str, spec: RuleSpec) -> str:
+    """The jump as ``iptables-save`` shows it (without ``-A``): packets of offloaded plain
+    connections (``marks.plain``, set by the nftables table before these hooks) never enter
+    our chains, so they cost this one rule."""
+    plain = spec.offload.mark_plain
+    return f"{builtin} -p tcp -m mark ! --mark {plain:#x}/{plain:#x} -j {chain}"
 
 
 def _skip_rules(chain: str, spec: RuleSpec, device_flag: str) -> list[str]:
@@ -148,12 +155,9 @@ def chain_rules(spec: RuleSpec, family: int = 4) -> dict[str, list[str]]:
     workers' spread programs)."""
     marks = spec.offload
     injected = f"{marks.mark_injected:#x}/{marks.mark_injected:#x}"
-    plain = f"-m mark --mark {marks.mark_plain:#x}/{marks.mark_plain:#x} -j RETURN"
     encrypted = f"{marks.mark_encrypted:#x}/{marks.mark_encrypted:#x}"
-    # Offloaded plain connections leave first: their packets cost one mark test here (the
-    # nftables guard still stops any that belongs to an encrypted connection).
+    # Offloaded plain connections never get here (:func:`_jump_rule`).
     out = [
-        f"-A {CHAIN_OUT} {plain}",
         # Injected toward the local stack: plaintext sequence space, keep it out of conntrack's
         # wire view (it would judge such a packet INVALID once the two spaces drift apart).
         f"-A {CHAIN_OUT} -o lo -m mark --mark {injected} -j CT --notrack",
@@ -162,7 +166,6 @@ def chain_rules(spec: RuleSpec, family: int = 4) -> dict[str, list[str]]:
         *_queue_rules(CHAIN_OUT, spec, family, "-p tcp ", bypass=True),
     ]
     inbound = [
-        f"-A {CHAIN_IN} {plain}",
         *_skip_rules(CHAIN_IN, spec, "-i"),
         # Tell the daemon in the nfmark that the connection is encrypted (fail closed on a
         # packet it cannot process).
@@ -202,10 +205,13 @@ def parse_save(text: str) -> TableState:
 
 
 def install_text(spec: RuleSpec, state: dict[str, TableState], family: int = 4) -> str:
-    """``iptables-restore --noflush`` input that (re)creates our chains and adds missing jumps.
+    """``iptables-restore --noflush`` input that (re)creates our chains and leaves exactly one
+    jump to each from its built-in chain.
 
     Declaring a chain (``:NAME - [0:0]``) under --noflush creates it or flushes it, so running
-    this twice leaves the same rules as running it once.
+    this twice leaves the same rules as running it once. A jump from the built-in chain that
+    differs from ours (an earlier version's) or repeats it is deleted: a packet must
+    traverse our chain once.
     """
     rules = chain_rules(spec, family)
     lines: list[str] = []
@@ -216,8 +222,16 @@ def install_text(spec: RuleSpec, state: dict[str, TableState], family: int = 4) 
         lines += rules[table]
         present = state.get(table, TableState(frozenset(), ())).jumps
         for t, builtin, chain in JUMPS:
-            if t == table and _jump_rule(builtin, chain) not in present:
-                lines.append(f"-I {builtin} 1 -p tcp -j {chain}")
+            if t != table:
+                continue
+            jump = _jump_rule(builtin, chain, spec)
+            ours = [found for found in present
+                    if found.startswith(f"{builtin} ") and found.endswith(f" -j {chain}")]
+            if jump in ours:
+                ours.remove(jump)
+            else:
+                lines.append(f"-I {jump.replace(' ', ' 1 ', 1)}")
+            lines += [f"-D {found}" for found in ours]
         lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 

@@ -3,44 +3,60 @@
 The queue itself stays an iptables ``-j NFQUEUE`` target (:mod:`tcpcryptd.daemon.firewall`:
 the nft ``queue`` statement needs a kernel built with NFT_QUEUE). Everything that decides,
 per packet and without the daemon, which packets never need the queue and which must never
-pass without it lives in one ``inet`` table, ``tcpcryptd``, with four base chains:
+pass without it lives in one ``inet`` table, ``tcpcryptd``, with four base chains.
 
-``out_offload`` (output, priority raw - 1) and ``in_offload`` (prerouting, priority raw - 1)
-    A packet of a connection in ``@plain4``/``@plain6`` gets ``marks.plain``; the iptables
-    queue rules, which run just after (raw/mangle), let such packets pass without queueing.
-    Pure SYNs are never offloaded that way: a new connection on a reused address/port pair
-    always reaches the daemon. But a peer's SYN to a local address without an ENO option
-    can only start a plain connection (RFC 8547 §4.6), so ``in_offload`` marks it plain by
-    itself (counted in the named counter ``plain_no_eno_syn``): such connections never
-    reach the daemon at all, except those policy ``require`` may select
-    (:func:`require_selectors`): the daemon must see their SYN to reset them.
+A connection is recorded as plain twice: in its connmark (``marks.plain``, per conntrack
+entry, so a new connection on the same address/port pair starts unmarked) and by its 4-tuple
+in ``@plain4``/``@plain6``. The set serves the one place that runs before conntrack, the
+outbound offload; every other test reads the connmark, which costs no lookup. A connmark
+never carries both ``marks.plain`` and ``marks.encrypted``. The chains test the cheapest
+facts first, so a packet of an offloaded connection leaves each after one rule (the costs
+measured on this design are in docs/daemon.md, "Firewall rules").
+
+``out_offload`` (output, priority raw - 1: before the raw queue chain and conntrack)
+    A packet that is not a pure SYN and whose 4-tuple is in the set gets ``marks.plain``.
+``in_offload`` (prerouting, priority mangle - 1: after conntrack, before the mangle queue
+chain)
+    A packet, not a pure SYN, of a connection whose connmark says plain gets
+    ``marks.plain``. A peer's SYN to a local address without an ENO option can only start
+    a plain connection (RFC 8547 §4.6), so it gets ``marks.plain`` too (counted in the named
+    counter ``plain_no_eno_syn``): such connections never reach the daemon at all, except
+    those policy ``require`` may select (:func:`require_selectors`): the daemon must see
+    their SYN to reset them.
+
+The iptables jumps skip packets with ``marks.plain``: they never reach the queue.
+
 ``out_record`` (output, priority -190: after conntrack) and ``in_record`` (prerouting,
 priority -149: after the iptables mangle chain that queues)
     Run on every packet after the daemon's verdict (or the queue was bypassed):
 
+    0. ``marks.plain`` on a packet of a connection already recorded plain: done (outbound,
+       after refreshing the set element's timeout, unless the packet carries SYN).
     1. ``marks.encrypted`` on the packet (the daemon's verdict on the packet that started a
-       key exchange, RFC 8547 §4.6, or any packet it injected) -> the connection's connmark
-       gets ``marks.encrypted``. Only the daemon can set it: no segment a blind attacker
-       forges changes how a connection is classified.
+       key exchange, RFC 8547 §4.6, or any packet it injected) -> the connmark gets
+       ``marks.encrypted`` and loses ``marks.plain``. Only the daemon can set it: no
+       segment a blind attacker forges changes how a connection is classified.
     2. The guard: a packet of an encrypted connection that carries neither ``marks.seen``
        nor ``marks.injected`` did not go through the daemon (it is stopped, crashed, or the
        connection was encrypted by an earlier instance). Outbound it is rejected with a TCP
        reset, which ends the local socket at once (the reset's sequence number is the
        packet's own acknowledgment number, the socket's next expected byte); inbound it is
        dropped. Never plaintext.
-    3. ``marks.plain`` on the packet (the daemon decided the connection is plain, or the
-       offload chain found it) -> its 4-tuple is added to the set, or its timeout
-       refreshed, unless the connection is recorded as encrypted. An element a SYN made
-       lives :data:`SYN_TIMEOUT` seconds, so a flood of spoofed SYNs cannot fill the set
-       for long.
+    3. ``marks.plain`` on the packet (the daemon decided the connection is plain, or an
+       offload chain found it) and the connection not recorded as encrypted -> the
+       connmark gets ``marks.plain`` and the 4-tuple is added to the set. An element made
+       by a packet carrying SYN lives :data:`SYN_TIMEOUT` seconds, so a flood of spoofed
+       SYNs cannot fill the set for long.
     4. A pure SYN the daemon took for itself (``marks.seen`` without ``marks.plain``) removes
-       its 4-tuple from the set: a new connection on the pair of an earlier plain one.
+       its 4-tuple from the set and ``marks.plain`` from its connmark: a new connection on
+       the pair of an earlier plain one.
 
 Set elements are keyed ``local address . local port . remote address . remote port``, time
-out after ``limits.idle_timeout`` without a packet (each packet refreshes it; a connection
-that idles longer is queued again on its next packet, found unknown to the engine and
-offloaded again), and the sets hold at most ``firewall.offload_max`` elements each; beyond,
-new plain connections stay queued (correct, only slower).
+out after ``limits.idle_timeout`` without an outbound packet (a connection that idles
+longer has its next outbound packet queued once, found unknown to the engine and offloaded
+again; inbound packets do not need the set), and the sets hold at most
+``firewall.offload_max`` elements each; beyond, new plain connections have their outbound
+packets queued (correct, only slower).
 
 The table is installed and replaced in one ``nft -f`` transaction. When the daemon stops, the
 table stays as long as conntrack holds a connection recorded as encrypted (the guard must
@@ -117,46 +133,65 @@ def _tuple(ip: str, outbound: bool) -> str:
     return f"{ip} daddr . tcp dport . {ip} saddr . tcp sport"
 
 
-def _offload_chain(spec: OffloadSpec, name: str, hook: str, outbound: bool) -> list[str]:
-    plain = f"meta mark set meta mark | {spec.mark_plain:#x}"
-    rules = [f"chain {name} {{", f"type filter hook {hook} priority raw - 1; policy accept;"]
-    if not outbound:
-        # a peer's SYN without ENO can only make a plain connection (RFC 8547 §4.6): the
-        # kernel decides it alone, so the connection never reaches the queue
-        rules += ['iifname "lo" return']
-        rules += [" ".join(filter(None, ("tcp flags & (syn | ack) == syn", selector, "return")))
-                  for selector in spec.queued_syns]
-        rules += [f"tcp flags & (syn | ack) == syn tcp option {ENO_KIND} missing fib daddr "
-                  f'type local {plain} counter name "{COUNTER_NO_ENO_SYN}"']
-    for set_name, _, ip, _ in _FAMILIES:
-        rules.append(f"tcp flags & (syn | ack) != syn {_tuple(ip, outbound)} @{set_name} "
-                     f"{plain}")
+def _offload_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
+    enc, plain = spec.mark_encrypted, spec.mark_plain
+    mark_plain = f"meta mark set meta mark | {plain:#x}"
+    if outbound:
+        # before conntrack: only the set knows the connection
+        rules = ["chain out_offload {", "type filter hook output priority raw - 1; policy accept;"]
+        return rules + [f"meta nfproto {nfproto} tcp flags & (syn | ack) != syn "
+                        f"{_tuple(ip, True)} @{set_name} {mark_plain} accept"
+                        for set_name, _, ip, nfproto in _FAMILIES] + ["}"]
+    rules = ["chain in_offload {", "type filter hook prerouting priority mangle - 1; policy accept;",
+             # after conntrack: the connmark alone answers, no set lookup
+             f"ct mark & {enc | plain:#x} == {plain:#x} tcp flags & (syn | ack) != syn "
+             f"{mark_plain} accept",
+             # a peer's SYN without ENO can only make a plain connection (RFC 8547 §4.6): the
+             # kernel decides it alone, so the connection never reaches the queue
+             'iifname "lo" return']
+    rules += [" ".join(filter(None, ("tcp flags & (syn | ack) == syn", selector, "return")))
+              for selector in spec.queued_syns]
+    rules += [f"tcp flags & (syn | ack) == syn tcp option {ENO_KIND} missing fib daddr "
+              f'type local {mark_plain} counter name "{COUNTER_NO_ENO_SYN}"']
     return rules + ["}"]
 
 
-def _record_chain(spec: OffloadSpec, name: str, hook: str, priority: int,
-                  outbound: bool) -> list[str]:
-    enc, plain = spec.mark_encrypted, spec.mark_plain
-    verdicted = spec.mark_seen | spec.mark_injected
-    loopback = "oifname" if outbound else "iifname"
-    guard = "reject with tcp reset" if outbound else "drop"
-    rules = [
-        f"chain {name} {{", f"type filter hook {hook} priority {priority}; policy accept;",
-        f'{loopback} "lo" return',
+def _record_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
+    enc, plain, seen = spec.mark_encrypted, spec.mark_plain, spec.mark_seen
+    verdicted = seen | spec.mark_injected
+    if outbound:
+        head = ["chain out_record {", "type filter hook output priority -190; policy accept;"]
+        loopback, guard = 'oifname "lo" return', "reject with tcp reset"
+    else:
+        head = ["chain in_record {", "type filter hook prerouting priority -149; policy accept;"]
+        loopback, guard = 'iifname "lo" return', "drop"
+    recorded = f"ct mark & {enc | plain:#x} == {plain:#x} meta mark & {plain:#x} != 0"
+    if outbound:
+        # an offloaded packet of a recorded plain connection: refresh its element (the
+        # outbound offload's only source) and stop; a SYN-ACK goes on to the SYN lifetime
+        fast = [f"{recorded} tcp flags & syn == 0 meta nfproto {nfproto} "
+                f"update @{set_name} {{ {_tuple(ip, True)} }} accept"
+                for set_name, _, ip, nfproto in _FAMILIES]
+    else:
+        fast = [f"{recorded} accept"]
+    rules = head + fast + [
+        loopback,
         "meta l4proto != tcp return",
-        f"meta mark & {enc:#x} != 0 ct mark set ct mark | {enc:#x}",
+        f"meta mark & {enc:#x} != 0 ct mark set ct mark & {~plain & 0xFFFFFFFF:#x} | {enc:#x}",
         f"ct mark & {enc:#x} != 0 meta mark & {verdicted:#x} == 0 {guard}",
     ]
-    syn, not_syn = "tcp flags & (syn | ack) == syn", "tcp flags & (syn | ack) != syn"
-    offload = f"meta mark & {plain:#x} != 0 ct mark & {enc:#x} == 0"
+    first = f"meta mark & {plain:#x} != 0 ct mark & {enc:#x} == 0"
+    record = f"ct mark set ct mark | {plain:#x}"
+    forget = f"ct mark set ct mark & {~plain & 0xFFFFFFFF:#x}"
     for set_name, _, ip, nfproto in _FAMILIES:
         key = _tuple(ip, outbound)
         family = f"meta nfproto {nfproto}"
         rules += [
-            f"{not_syn} {offload} {family} update @{set_name} {{ {key} }}",
-            f"{syn} {offload} {family} update @{set_name} {{ {key} timeout {SYN_TIMEOUT}s }}",
-            f"{syn} meta mark & {spec.mark_seen | plain:#x} == {spec.mark_seen:#x} {family} "
-            f"delete @{set_name} {{ {key} }}",
+            f"{first} {family} tcp flags & syn == 0 {record} update @{set_name} {{ {key} }}",
+            f"{first} {family} tcp flags & syn != 0 {record} "
+            f"update @{set_name} {{ {key} timeout {SYN_TIMEOUT}s }}",
+            f"tcp flags & (syn | ack) == syn meta mark & {seen | plain:#x} == {seen:#x} "
+            f"{family} {forget} delete @{set_name} {{ {key} }}",
         ]
     return rules + ["}"]
 
@@ -175,10 +210,10 @@ def table_text(spec: OffloadSpec) -> str:
                   f"type {addr_type} . inet_service . {addr_type} . inet_service;",
                   f"flags dynamic, timeout; timeout {spec.timeout}s; size {spec.max_elements};",
                   "}"]
-    lines += _offload_chain(spec, "out_offload", "output", True)
-    lines += _offload_chain(spec, "in_offload", "prerouting", False)
-    lines += _record_chain(spec, "out_record", "output", -190, True)
-    lines += _record_chain(spec, "in_record", "prerouting", -149, False)
+    lines += _offload_chain(spec, outbound=True)
+    lines += _offload_chain(spec, outbound=False)
+    lines += _record_chain(spec, outbound=True)
+    lines += _record_chain(spec, outbound=False)
     lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,66 @@
+"""The nftables table's text: where each test sits, and that plain and encrypted never mix."""
+
+from __future__ import annotations
+
+import re
+
+from tcpcryptd.daemon.nftables import OffloadSpec, table_text
+
+SPEC = OffloadSpec(mark_injected=0x4, mark_seen=0x2, mark_encrypted=0x1, mark_plain=0x8,
+                   timeout=7200, max_elements=1024)
+LINES = table_text(SPEC).splitlines()
+
+
+def _chain(name: str) -> list[str]:
+    start = LINES.index(f"chain {name} {{")
+    return LINES[start + 1:LINES.index("}", start)]
+
+
+def test_inbound_offload_runs_after_conntrack_and_reads_the_connmark_not_the_set():
+    chain = _chain("in_offload")
+    assert chain[0] == "type filter hook prerouting priority mangle - 1; policy accept;"
+    assert chain[1] == ("ct mark & 0x9 == 0x8 tcp flags & (syn | ack) != syn "
+                        "meta mark set meta mark | 0x8 accept")
+    assert not any("@plain" in rule for rule in chain)
+
+
+def test_outbound_offload_runs_before_the_raw_queue_chain_and_reads_the_set():
+    chain = _chain("out_offload")
+    assert chain[0] == "type filter hook output priority raw - 1; policy accept;"
+    assert [rule.split(" tcp flags & (syn | ack) != syn ")[0] for rule in chain[1:]] == [
+        "meta nfproto ipv4", "meta nfproto ipv6"]
+    assert all(rule.endswith(" meta mark set meta mark | 0x8 accept") for rule in chain[1:])
+    assert [re.search(r"@plain\d", rule).group() for rule in chain[1:]] == ["@plain4", "@plain6"]
+
+
+def test_a_recorded_plain_packet_leaves_each_record_chain_after_its_first_rule():
+    outbound, inbound = _chain("out_record"), _chain("in_record")
+    assert inbound[1] == "ct mark & 0x9 == 0x8 meta mark & 0x8 != 0 accept"
+    for rule, family in zip(outbound[1:3], ("ipv4", "ipv6")):
+        assert rule.startswith("ct mark & 0x9 == 0x8 meta mark & 0x8 != 0 tcp flags & syn == 0 "
+                               f"meta nfproto {family} update @plain")
+        assert rule.endswith(" accept")
+
+
+def test_no_connmark_gets_plain_and_encrypted_together():
+    for name in ("out_record", "in_record"):
+        chain = _chain(name)
+        sets_plain = [rule for rule in chain if "ct mark set ct mark | 0x8" in rule]
+        assert len(sets_plain) == 4
+        assert all("ct mark & 0x1 == 0" in rule for rule in sets_plain)
+        # the daemon's encrypted verdict clears plain from the connmark
+        assert "meta mark & 0x1 != 0 ct mark set ct mark & 0xfffffff7 | 0x1" in chain
+        # the guard comes before any rule that records plain
+        guard = next(i for i, rule in enumerate(chain) if rule.startswith("ct mark & 0x1 != 0 "))
+        assert guard < chain.index(sets_plain[0])
+
+
+def test_syn_made_elements_are_short_lived_and_a_daemon_syn_forgets_the_pair():
+    for name in ("out_record", "in_record"):
+        chain = _chain(name)
+        assert sum("tcp flags & syn != 0" in rule and "timeout 60s" in rule
+                   for rule in chain) == 2
+        forgets = [rule for rule in chain if "delete @plain" in rule]
+        assert len(forgets) == 2
+        assert all("meta mark & 0xa == 0x2" in rule and "ct mark set ct mark & 0xfffffff7" in rule
+                   for rule in forgets)
