@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp
 
 APT_PACKAGES := gcc python3-dev python3-venv iptables iproute2 libnetfilter-queue-dev \
 	libnetfilter-queue1 nftables conntrack iperf3 tcpdump tshark ethtool curl netcat-openbsd \
-	procps kmod groff-base
+	procps kmod groff-base linux-perf
 
 .PHONY: setup test test-slow fuzz demo bench bench-engine install uninstall clean vectors lint
 
