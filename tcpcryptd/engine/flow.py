@@ -271,8 +271,9 @@ class Flow:
         # retransmission of injected bytes (RFC 6298; the smoothed RTT is in ``cold``)
         self.rtx_deadline: float | None = None
         self.rtt_probe: tuple[int, float] | None = None  # (wire end, time sent)
-        # packets held until keys exist: (packet_id, parsed packet)
-        self.held: list[tuple[int, object]] = []
+        #: packets held until keys exist: (packet_id, parsed packet); the shared empty
+        #: tuple while there are none (most flows never hold one)
+        self.held: list[tuple[int, object]] | tuple[()] = ()
         self.closed_at: float | None = None
         self.scheduled: float | None = None
         #: the ended flow of the previous connection on this 4-tuple, while the local stack
