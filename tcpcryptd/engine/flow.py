@@ -134,7 +134,7 @@ class ColdState:
     is read and written as the :class:`Flow` attribute of the same name."""
 
     __slots__ = (
-        "version", "role", "eno", "negotiated", "handshake", "resume_entry", "syn_option",
+        "role", "eno", "negotiated", "handshake", "resume_entry", "syn_option",
         "tep", "created", "aead_name", "session_id", "abort_reason", "local_mss",
         "local_wscale_sent", "peer_wscale_sent", "local_sack", "peer_sack", "local_ts",
         "peer_ts", "rx_init", "srtt", "rttvar", "rto", "rtx_count", "syn_time", "syn_sends",
@@ -142,7 +142,6 @@ class ColdState:
     )
 
     def __init__(self, version: int, role: Role, eno: ENOEndpoint, now: float) -> None:
-        self.version = version
         self.role = role
         #: ENO handshake state; None once the session exists (see :class:`Flow`)
         self.eno: ENOEndpoint | None = eno
