@@ -13,8 +13,9 @@ Figures per flow, each set measured in a fresh child process:
 * **tracemalloc**: Python allocations that stay after the flows are built (engine A's share
   is found by freeing engine B afterwards);
 * **RSS**: the process's resident set growth, divided by ``2 N`` flows (A and B together:
-  OpenSSL cipher contexts live outside the Python heap and only RSS sees them), as it is
-  (the daemon bench's figure), after ``malloc_trim`` (free pages returned), and marginal
+  OpenSSL cipher contexts live outside the Python heap and only RSS sees them), as it is,
+  after ``malloc_trim`` (free pages returned, as the daemon's heap trimmer does once idle
+  flows released their contexts: the figure to compare with the daemon bench's), and marginal
   (growth from ``N/2`` to ``N`` flows per flow added: what does not grow with the number of
   idle flows cancels out).  tracemalloc is off in this child: its bookkeeping inflates RSS.
 * **C heap**: glibc's bytes in use and free after the trim, per flow (``mallinfo2``).  Free
