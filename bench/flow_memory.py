@@ -13,10 +13,15 @@ Figures per flow, each set measured in a fresh child process:
 * **tracemalloc**: Python allocations that stay after the flows are built (engine A's share
   is found by freeing engine B afterwards);
 * **RSS**: the process's resident set growth, divided by ``2 N`` flows (A and B together:
-  OpenSSL cipher contexts live outside the Python heap and only RSS sees them), as it is
-  (the daemon bench's figure), after ``malloc_trim`` (free pages returned), and marginal
+  OpenSSL cipher contexts live outside the Python heap and only RSS sees them), as it is,
+  after ``malloc_trim`` (free pages returned, as the daemon's heap trimmer does once idle
+  flows released their contexts: the figure to compare with the daemon bench's), and marginal
   (growth from ``N/2`` to ``N`` flows per flow added: what does not grow with the number of
   idle flows cancels out).  tracemalloc is off in this child: its bookkeeping inflates RSS.
+* **C heap**: glibc's bytes in use and free after the trim, per flow (``mallinfo2``).  Free
+  bytes that stay resident are pages pinned by a chunk still in use: a long-lived object
+  from the C heap (over CPython's 512-byte small-object limit) allocated among the
+  short-lived OpenSSL contexts.
 
 ``--half-open N`` measures the SYN phase instead: one engine (host B) gets ``N`` ENO SYNs
 from distinct source ports, as a SYN flood sends them, and its local stack answers each with a
@@ -34,6 +39,7 @@ overrides ``EngineConfig.aead_idle_release`` (0: AEAD objects are never released
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
@@ -198,9 +204,28 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (all ``size_t``)."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _c_heap() -> tuple[int, int]:
+    """``(in use, free)`` bytes of the C heap (glibc ``mallinfo2``: chunks in use, mmapped
+    blocks included; free chunks, resident or not), ``(0, 0)`` without glibc."""
+    try:
+        info = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return 0, 0
+    info.restype = _MallInfo2
+    got = info()
+    return got.uordblks + got.hblkhd, got.fordblks
+
+
 def _malloc_trim() -> None:
     """Give free heap pages back to the kernel (glibc), so RSS counts memory in use."""
-    import ctypes
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -244,7 +269,8 @@ def measure_rss(count: int, idle: float, rate: float,
     """RSS growth per flow over ``count`` flows, as it is and after ``malloc_trim``.
 
     Also the marginal figure: the growth from ``count / 2`` to ``count`` idle flows, divided
-    by the flows added.  Costs that do not grow with the number of idle flows (the AEAD
+    by the flows added; and the C heap's growth after the trim, in use and free (what is
+    not there is in CPython's small-object arenas, or returned).  Costs that do not grow with the number of idle flows (the AEAD
     objects of the flows opened in the last ``aead_idle_release`` seconds, freed holes
     that the next flows reuse) cancel out of it.
     """
@@ -254,6 +280,7 @@ def measure_rss(count: int, idle: float, rate: float,
     gc.collect()
     _malloc_trim()
     base = _rss()
+    base_heap = _c_heap()
     half = count // 2
     ports = pairs.open_many(half, rate=rate)
     pairs.idle(idle)
@@ -267,9 +294,12 @@ def measure_rss(count: int, idle: float, rate: float,
     marginal = _rss() - middle
     _malloc_trim()
     trimmed = _rss() - base
+    heap = _c_heap()
     return {"flows": count, "rss_per_flow": grown / (2 * count),
             "rss_trimmed_per_flow": trimmed / (2 * count),
-            "rss_marginal_per_flow": marginal / (2 * (count - half))}
+            "rss_marginal_per_flow": marginal / (2 * (count - half)),
+            "c_heap_used_per_flow": (heap[0] - base_heap[0]) / (2 * count),
+            "c_heap_free_per_flow": (heap[1] - base_heap[1]) / (2 * count)}
 
 
 _ATOMIC = (type, type(os), type(len), type(_rss))
@@ -295,6 +325,7 @@ def _components(flow) -> dict[str, list[object]]:
         "session + keys": [getattr(flow, "session", None)],
         "negotiation (eno, negotiated)": [getattr(flow, n, None) for n in ("eno", "negotiated")],
         "handshake": [getattr(flow, "handshake", None)],
+        "cold record (SYN phase, RTT, end, status)": [getattr(flow, "cold", None)],
         "sendmap": [getattr(flow, "smap", None)],
         "reassembly": [getattr(flow, "rx", None)],
         "buffers (rx_init, rx_partial, dl_buf, held)": [
@@ -501,6 +532,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"after malloc_trim {results['rss_trimmed_per_flow']:8.0f} B/flow   "
           f"marginal (flows {args.count // 2}..{args.count}) "
           f"{results['rss_marginal_per_flow']:8.0f} B/flow")
+    print(f"  C heap       after malloc_trim: in use {results['c_heap_used_per_flow']:8.0f} B/flow   "
+          f"free {results['c_heap_free_per_flow']:8.0f} B/flow")
     if args.breakdown:
         parts = _child("breakdown", args.count, args.idle, args.rate, args.release)
         results["breakdown"] = parts

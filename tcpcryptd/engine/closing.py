@@ -131,7 +131,7 @@ def drop_held(flow: Flow | HalfOpen, result: Result) -> None:
     if flow.held:
         for packet_id, _ in flow.held:
             result.releases.append(Release(packet_id, None, False))
-        flow.held = []
+        flow.held = ()
 
 
 def bury(flow: Flow) -> None:

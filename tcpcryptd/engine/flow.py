@@ -21,6 +21,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from enum import StrEnum
+from operator import attrgetter
 
 from tcpcryptd.core.constants import NON_SYN_OPTION, TEP
 from tcpcryptd.core.negotiation import ENOEndpoint, Negotiated, Role
@@ -118,70 +119,116 @@ def flow_addresses(key: FlowKey) -> tuple[str, str]:
     return _address(version, src, sport), _address(version, dst, dport)
 
 
+#: Largest request CPython's small-object allocator (pymalloc) serves from its own pools;
+#: anything larger is a C ``malloc`` chunk.  A :class:`Flow` (GC header included) stays
+#: within it: flows that live for hours would otherwise sit in the C heap between the
+#: short-lived chunks of OpenSSL cipher contexts (built, then released after
+#: ``EngineConfig.aead_idle_release``) and keep their pages resident.
+SMALL_OBJECT_LIMIT = 512
+
+
+class ColdState:
+    """The part of a :class:`Flow` that no per-packet path reads: SYN-phase state (RFC 8547
+    §4.6, RFC 7323 option negotiation), the RTT estimate of injected bytes (RFC 6298), the
+    numbers of an ended flow, and what only status or the key log shows.  Each attribute
+    is read and written as the :class:`Flow` attribute of the same name."""
+
+    __slots__ = (
+        "role", "eno", "negotiated", "handshake", "resume_entry", "syn_option",
+        "tep", "created", "aead_name", "session_id", "abort_reason", "local_mss",
+        "local_wscale_sent", "peer_wscale_sent", "local_sack", "peer_sack", "local_ts",
+        "peer_ts", "rx_init", "srtt", "rttvar", "rto", "rtx_count", "syn_time", "syn_sends",
+        "syn_rtt", "final_local_ack", "final_wire_ack", "final_wire_seq", "challenge_at",
+    )
+
+    def __init__(self, version: int, role: Role, eno: ENOEndpoint, now: float) -> None:
+        self.role = role
+        #: ENO handshake state; None once the session exists (see :class:`Flow`)
+        self.eno: ENOEndpoint | None = eno
+        self.negotiated: Negotiated | None = None
+        self.handshake: InitiatorHandshake | ResponderHandshake | None = None
+        #: the cached secret this connection resumes (offered by A, found by B) until the
+        #: session is made from it, then None: a secret secures one connection (RFC 8548 §3.5)
+        self.resume_entry: CacheEntry | None = None
+        #: our SYN-form ENO option bytes, kept when ``eno`` is dropped
+        self.syn_option = b""
+        #: the negotiated TEP (v bit stripped), 0 until negotiated
+        self.tep = 0
+        self.created = now
+        self.aead_name = ""     # kept for status after the keys are wiped
+        self.session_id = b""   # kept for status after the keys are wiped
+        self.abort_reason = ""
+        #: the segment size the local stack takes
+        self.local_mss = DEFAULT_MSS[version]
+        # the options each SYN carried (RFC 7323 §2.2, RFC 2018 §2): ``Flow.sack_ok``,
+        # ``Flow.ts_ok`` and the window shifts are derived from them
+        self.local_wscale_sent = self.peer_wscale_sent = False
+        self.local_sack = self.peer_sack = False
+        self.local_ts = self.peer_ts = False
+        self.rx_init = b""                  # Init message bytes collected so far
+        # RTT estimate and backoff of injected bytes (RFC 6298)
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.rto = 1.0
+        self.rtx_count = 0
+        #: our SYN (A) or SYN-ACK (B): when first sent, and how often; the SYN's RTT is a
+        #: sample only if it was sent once (Karn's algorithm, RFC 6298 §3)
+        self.syn_time = now
+        self.syn_sends = 1 if role is Role.A else 0
+        self.syn_rtt: float | None = None
+        #: the peer's last ACK in local space, kept when the send map is freed (tombstone)
+        self.final_local_ack: int | None = None
+        #: our last wire ACK and sequence number, kept for the tombstone's answers
+        self.final_wire_ack: int | None = None
+        self.final_wire_seq = 0
+        #: when the engine last sent a challenge ACK (RFC 5961 §7 rate limit), or None
+        self.challenge_at: float | None = None
+
+
 class Flow:
     """State of one ENO connection (plain connections have no Flow).
 
     Memory (docs/ARCHITECTURE.md "Memory"; ``python -m bench.flow_memory``): ``__slots__``, no
-    per-instance dict, so no attribute can be added outside ``__init__``.  Handshake-only
-    state is dropped once the session exists (:func:`~tcpcryptd.engine.handshake.
+    per-instance dict, so no attribute can be added outside ``__init__``.  The instance
+    stays within :data:`SMALL_OBJECT_LIMIT` (CPython's small-object allocator): what no
+    per-packet path reads lives in the :class:`ColdState` record ``cold``, reached through
+    properties of the same names (``flow.eno``, ``flow.srtt``, ...).  Handshake-only state
+    is dropped once the session exists (:func:`~tcpcryptd.engine.handshake.
     consume_init`): the ENO endpoint and the negotiation outcome go, only the TEP (for
     status) and our SYN-form option bytes (B's SYN-ACK retransmissions repeat them, RFC 8547
     §4.6) stay.
     """
 
     __slots__ = (
-        "key", "version", "role", "eno", "syn_option", "tep", "state", "created",
-        "last_activity", "negotiated", "handshake", "session", "aead_idle_at", "abort_reason",
-        "aead_name", "session_id", "local_isn", "peer_isn", "peer_mss", "local_mss",
-        "local_wscale", "peer_wscale", "local_wscale_sent", "peer_wscale_sent", "local_sack",
-        "peer_sack", "local_ts", "peer_ts", "sack_ok", "ts_ok", "send_eno", "smap", "local_fin",
-        "rx", "rx_init", "rx_init_done", "rx_partial", "rx_frame_offset", "rx_finp",
+        "key", "cold", "state", "last_activity", "session", "aead_idle_at", "local_isn",
+        "peer_isn", "peer_mss", "local_wscale", "peer_wscale", "sack_ok", "ts_ok", "send_eno",
+        "smap", "local_fin", "rx", "rx_init_done", "rx_partial", "rx_frame_offset", "rx_finp",
         "rx_fin_wire", "rx_fin_done", "rx_urgent", "rx_push", "dl_buf", "dl_base", "dl_sent",
         "dl_fin_sent", "stack_rcv_ack", "stack_window", "dl_deadline", "dl_backoff",
         "stack_dupacks", "stack_seen_ack", "stack_seen_window", "stack_tsval", "peer_tsval",
         "out_ttl", "out_df", "out_tos", "in_ttl", "in_df", "in_tos", "peer_window_field",
-        "srtt", "rttvar", "rto", "rtx_deadline", "rtx_count", "rtt_probe", "syn_time", "syn_sends",
-        "syn_rtt", "held", "closed_at", "final_local_ack", "final_wire_ack", "final_wire_seq",
-        "scheduled", "challenge_at", "stale", "packets_out", "packets_in", "bytes_out_plain", "bytes_out_wire",
-        "bytes_in_wire", "bytes_in_plain", "rekey_wire", "rekey_time", "resume_entry",
+        "rtx_deadline", "rtt_probe", "held", "closed_at", "scheduled", "stale", "packets_out",
+        "packets_in", "bytes_out_plain", "bytes_out_wire", "bytes_in_wire", "bytes_in_plain",
+        "rekey_wire", "rekey_time",
     )
 
     def __init__(self, key: FlowKey, role: Role, eno: ENOEndpoint, now: float) -> None:
         self.key = key
-        self.version = key[0]
-        self.role = role
-        #: ENO handshake state; None once the session exists (see the class docstring)
-        self.eno: ENOEndpoint | None = eno
-        #: our SYN-form ENO option bytes, kept when ``eno`` is dropped
-        self.syn_option = b""
-        #: the negotiated TEP (v bit stripped), 0 until negotiated
-        self.tep = 0
+        #: the attributes no per-packet path touches (:class:`ColdState`)
+        self.cold = ColdState(key[0], role, eno, now)
         self.state = State.SYN_SENT if role is Role.A else State.SYN_RECEIVED
-        self.created = now
         self.last_activity = now
-        self.negotiated: Negotiated | None = None
-        self.handshake: InitiatorHandshake | ResponderHandshake | None = None
-        #: the cached secret this connection resumes (offered by A, found by B) until the
-        #: session is made from it, then None: a secret secures one connection (RFC 8548 §3.5)
-        self.resume_entry: CacheEntry | None = None
         self.session: Session | None = None
         #: when the session's AEAD objects are released if the flow stays idle
         #: (``EngineConfig.aead_idle_release``); None: nothing to release or not armed
         self.aead_idle_at: float | None = None
-        self.abort_reason = ""
-        self.aead_name = ""     # kept for status after the keys are wiped
-        self.session_id = b""   # kept for status after the keys are wiped
         # ISNs: local = the local stack's (outbound stream), peer = the remote's
         self.local_isn = 0
         self.peer_isn = 0
-        # segment sizes: what the peer takes (unclamped) and what the local stack takes
-        self.peer_mss = DEFAULT_MSS[self.version]
-        self.local_mss = DEFAULT_MSS[self.version]
+        #: the segment size the peer takes (unclamped)
+        self.peer_mss = DEFAULT_MSS[key[0]]
         self.local_wscale = 0   # shift of the window fields the local stack sends
         self.peer_wscale = 0    # shift of the window fields the peer sends
-        self.local_wscale_sent = self.peer_wscale_sent = False
-        self.local_sack = self.peer_sack = False
-        self.local_ts = self.peer_ts = False
         self.sack_ok = False    # both SYNs carried SACK-permitted
         self.ts_ok = False      # both SYNs carried timestamps
         #: add ``45 02`` to what we send until a non-SYN segment arrives (RFC 8547 §4.6)
@@ -191,8 +238,7 @@ class Flow:
         self.local_fin = False
         # inbound: wire -> local stack
         self.rx = Reassembly()
-        self.rx_init = b""                  # Init message bytes collected so far
-        self.rx_init_done = False
+        self.rx_init_done = False           # the peer's Init message is whole
         self.rx_partial: bytes | bytearray = b""   # start of a frame not yet whole
         self.rx_frame_offset = 0            # wire offset of the next frame
         self.rx_finp = False                # FINp frame verified
@@ -221,29 +267,14 @@ class Flow:
         self.out_ttl, self.out_df, self.out_tos = 64, True, 0
         self.in_ttl, self.in_df, self.in_tos = 64, True, 0
         self.peer_window_field = 65535
-        # retransmission of injected bytes (RFC 6298)
-        self.srtt: float | None = None
-        self.rttvar = 0.0
-        self.rto = 1.0
+        # retransmission of injected bytes (RFC 6298; the smoothed RTT is in ``cold``)
         self.rtx_deadline: float | None = None
-        self.rtx_count = 0
         self.rtt_probe: tuple[int, float] | None = None  # (wire end, time sent)
-        #: our SYN (A) or SYN-ACK (B): when first sent, and how often; the SYN's RTT is a
-        #: sample only if it was sent once (Karn's algorithm, RFC 6298 §3)
-        self.syn_time = now
-        self.syn_sends = 1 if role is Role.A else 0
-        self.syn_rtt: float | None = None
-        # packets held until keys exist: (packet_id, parsed packet)
-        self.held: list[tuple[int, object]] = []
+        #: packets held until keys exist: (packet_id, parsed packet); the shared empty
+        #: tuple while there are none (most flows never hold one)
+        self.held: list[tuple[int, object]] | tuple[()] = ()
         self.closed_at: float | None = None
-        #: the peer's last ACK in local space, kept when the send map is freed (tombstone)
-        self.final_local_ack: int | None = None
-        #: our last wire ACK and sequence number, kept for the tombstone's answers
-        self.final_wire_ack: int | None = None
-        self.final_wire_seq = 0
         self.scheduled: float | None = None
-        #: when the engine last sent a challenge ACK (RFC 5961 §7 rate limit), or None
-        self.challenge_at: float | None = None
         #: the ended flow of the previous connection on this 4-tuple, while the local stack
         #: has not yet accepted this flow's SYN (it may still be in TIME-WAIT and answer in
         #: the old connection's numbers: those are translated through it; RFC 9293
@@ -354,7 +385,7 @@ class Flow:
         """A segment toward the wire, from the local address, as the local stack would."""
         version, src, sport, dst, dport = self.key
         seq = (self.local_isn + 1 + wire_offset) & MASK32
-        ack_offset = self.final_wire_ack
+        ack_offset = self.cold.final_wire_ack
         if ack_offset is None:
             ack_offset = self.wire_ack_offset()
         ack = (self.peer_isn + 1 + ack_offset) & MASK32
@@ -384,7 +415,7 @@ class Flow:
         """A segment toward the local stack, from the peer, as the peer would send it."""
         version, src, sport, dst, dport = self.key
         seq = (self.peer_isn + 1 + local_offset) & MASK32
-        local_ack = self.final_local_ack
+        local_ack = self.cold.final_local_ack
         if local_ack is None:
             local_ack = self.smap.wire_to_local_ack(self.smap.peer_wire_ack)
         ack = (self.local_isn + 1 + local_ack) & MASK32
@@ -397,12 +428,13 @@ class Flow:
 
     def rtt_sample(self, sample: float, min_rto: float, max_rto: float) -> None:
         """RFC 6298 §2 smoothing."""
-        if self.srtt is None:
-            self.srtt, self.rttvar = sample, sample / 2
+        cold = self.cold
+        if cold.srtt is None:
+            cold.srtt, cold.rttvar = sample, sample / 2
         else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
-            self.srtt = 0.875 * self.srtt + 0.125 * sample
-        self.rto = min(max(self.srtt + 4 * self.rttvar, min_rto), max_rto)
+            cold.rttvar = 0.75 * cold.rttvar + 0.25 * abs(cold.srtt - sample)
+            cold.srtt = 0.875 * cold.srtt + 0.125 * sample
+        cold.rto = min(max(cold.srtt + 4 * cold.rttvar, min_rto), max_rto)
 
     def addresses(self) -> tuple[str, str]:
         """``(local, remote)`` as ``tcpcryptd status`` prints them."""
@@ -423,6 +455,19 @@ class Flow:
     def resumed(self) -> bool:
         """The session was resumed: its session ID's TEP byte has v = 1 (RFC 8548 §3.4)."""
         return bool(self.session_id) and bool(self.session_id[0] & 0x80)
+
+
+def _cold_attribute(name: str) -> property:
+    """``Flow.<name>``: the attribute ``name`` of the flow's :class:`ColdState`."""
+    def set_cold(flow: Flow, value: object) -> None:
+        setattr(flow.cold, name, value)
+    return property(attrgetter(f"cold.{name}"), set_cold,
+                    doc=f"``{name}`` of the flow's :class:`ColdState` record")
+
+
+for _name in ColdState.__slots__:
+    setattr(Flow, _name, _cold_attribute(_name))
+del _name
 
 
 def _tep_name(tep: int) -> str:

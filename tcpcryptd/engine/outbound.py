@@ -105,6 +105,8 @@ def _hold(ctx: Context, flow: Flow, packet_id: int, pkt: TCPPacket, result: Resu
         ctx.count("drops_hold-limit")
         result.verdict = Verdict.DROP
         return
+    if not flow.held:
+        flow.held = []
     flow.held.append((packet_id, pkt))
     result.verdict = Verdict.HOLD
 
@@ -392,7 +394,7 @@ def fast_outbound(ctx: Context, flow: Flow, data: bytes, tcp_start: int,
 
 def release_held(ctx: Context, flow: Flow, now: float, result: Result) -> None:
     """Keys exist: frame and release the held segments in order."""
-    held, flow.held = flow.held, []
+    held, flow.held = flow.held, ()
     for k, (packet_id, pkt) in enumerate(held):
         assert isinstance(pkt, TCPPacket)
         try:

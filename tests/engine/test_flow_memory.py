@@ -2,7 +2,8 @@
 ``python -m bench.flow_memory``).
 
 * a bound on the Python bytes an idle encrypted flow keeps (tracemalloc), so a regression
-  fails here rather than in the daemon bench;
+  fails here rather than in the daemon bench, and the ``Flow`` instance within CPython's
+  small-object limit (a larger one is a C heap chunk that keeps freed pages resident);
 * what an idle flow drops: the ENO handshake state once keys exist, the AEAD objects
   (OpenSSL contexts, ~2.4 KB each: invisible to tracemalloc) after
   ``EngineConfig.aead_idle_release`` seconds without a packet -- and that the next packet
@@ -30,6 +31,7 @@ from _hand import (  # noqa: E402
 )
 
 from bench.flow_memory import FlowPairs  # noqa: E402
+from tcpcryptd.engine.flow import SMALL_OBJECT_LIMIT  # noqa: E402
 
 #: tracemalloc bytes per idle encrypted flow, mean of both engines' flows: 2,812 B measured
 #: by this test when the bound was set (7,5xx B before Flow had __slots__ and idle flows
@@ -66,6 +68,9 @@ def test_idle_encrypted_flow_python_memory_is_bounded():
         for flow in engine._flows.values():
             assert flow.eno is None and flow.negotiated is None and flow.handshake is None
             assert not flow.session.aead_built
+            # from CPython's small-object pools, not a C heap chunk that would pin the
+            # pages of freed cipher contexts (getsizeof counts the GC header too)
+            assert sys.getsizeof(flow) <= SMALL_OBJECT_LIMIT
     assert per_flow <= MAX_TRACED_BYTES_PER_FLOW, f"{per_flow:.0f} B per idle flow"
 
 

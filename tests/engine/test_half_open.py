@@ -32,7 +32,7 @@ from _hand import (  # noqa: E402
 )
 
 from bench.flow_memory import flood, flood_syn, stack_syn_ack  # noqa: E402
-from tcpcryptd.engine.flow import Flow, HalfOpen, State  # noqa: E402
+from tcpcryptd.engine.flow import ColdState, Flow, HalfOpen, State  # noqa: E402
 from tcpcryptd.packet.tcp import build  # noqa: E402
 
 TEPS = tuple(EngineConfig().teps)
@@ -125,8 +125,8 @@ def test_flood_segments_never_promote_the_record():
 
 
 def _flow_fields(flow: Flow) -> dict:
-    skip = {"eno", "negotiated", "stale", "scheduled"}
-    return {name: getattr(flow, name) for name in Flow.__slots__
+    skip = {"cold", "eno", "negotiated", "stale", "scheduled"}
+    return {name: getattr(flow, name) for name in Flow.__slots__ + ColdState.__slots__
             if name not in skip and not name.startswith(("smap", "rx", "dl_buf", "held"))}
 
 
