@@ -23,7 +23,8 @@ segment (an ENO SYN beyond is left plain and counted: a SYN flood cannot fill th
 push out established flows), bounded held packets and buffered bytes per flow, a handshake
 timeout, an idle timeout (an idle encrypted flow is aborted, RST both ways) and a
 TIME-WAIT-like linger after both FINs or a RST, after which the flow is forgotten.  A SYN
-flood costs no cryptography: keys are generated only when Init1/Init2 is needed, and a
+flood costs no cryptography: keys are generated only when Init1/Init2 is needed (or ahead
+of need, a few at most, in :meth:`Engine.prepare` while the daemon is idle), and a
 passive flow is a compact :class:`~tcpcryptd.engine.flow.HalfOpen` record (~0.8 KB) until
 the third segment promotes it to a :class:`~tcpcryptd.engine.flow.Flow`.
 
@@ -231,6 +232,15 @@ class Engine:
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must run next, or None."""
         return self._deadlines.next()
+
+    def prepare(self, now: float) -> float | None:
+        """Idle work: make at most one ephemeral key pair ahead of need for a TEP of the
+        configuration that connections use, drop the pairs that waited too long
+        (engine/keypool.py, RFC 8548 §8).  Returns when to call again (``now``: more pairs
+        are wanted), None: not until a connection takes a pair.  Without these calls every
+        key exchange makes its own pair."""
+        cfg = self._ctx.config
+        return self._ctx.keys.prepare(cfg.teps if cfg.enabled else (), cfg.random, now)
 
     def flows(self, now: float | None = None) -> list[FlowStatus]:
         """Status of every tracked flow, for ``tcpcryptd status``.

@@ -71,6 +71,9 @@ class ScriptedEngine:
         self.calls: list[tuple[int, bytes, Direction, float]] = []
         self.timer_calls: list[float] = []
         self.shutdown_calls: list[float] = []
+        self.prepare_calls: list[float] = []
+        #: what each prepare call returns, in order (None once the script is empty)
+        self.prepare_script: list[float | None] = []
         self.deadline: float | None = None
         self.counters: dict[str, int] = {"encrypted": 1, "plain": 2}
         self._flows = flows or []
@@ -100,6 +103,10 @@ class ScriptedEngine:
 
     def next_deadline(self):
         return self.deadline
+
+    def prepare(self, now):
+        self.prepare_calls.append(now)
+        return self.prepare_script.pop(0) if self.prepare_script else None
 
     def flows(self, now=None):
         self.flows_now = now
