@@ -34,7 +34,8 @@ Counters: ``encrypted``, ``plain`` and ``plain_<reason>`` (never tried), ``fallb
 ``retransmits``, ``ended_acks`` and ``ended_resets`` (answers to segments
 of ended connections), ``ended_translated`` (the stack's segments on an ended connection sent
 on in wire numbers), ``resets_accepted`` and ``challenge_acks`` (RFC 5961 §3.2),
-``replaced_<state>`` (a flow replaced by a new SYN on its 4-tuple, RFC 9293 §3.10.7.4).
+``replaced_<state>`` (a flow replaced by a new SYN on its 4-tuple, RFC 9293 §3.10.7.4),
+``key_pairs_ready`` (a key exchange that took a key pair made ahead by :meth:`Engine.prepare`).
 Events (``Result.events``): :class:`~tcpcryptd.engine.events.SessionEstablished`,
 :class:`~tcpcryptd.engine.events.FellBack`, :class:`~tcpcryptd.engine.events.Aborted`.
 """

@@ -16,6 +16,7 @@ from tcpcryptd.core.eno import parse_resumption
 from tcpcryptd.core.messages import message_length
 from tcpcryptd.core.negotiation import Role
 from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake
+from tcpcryptd.core.tep import EphemeralKey
 from tcpcryptd.engine.actions import Result
 from tcpcryptd.engine.context import Context
 from tcpcryptd.engine.events import SessionEstablished
@@ -31,6 +32,15 @@ def peer_of(key: FlowKey) -> tuple:
     return key[0], key[1], key[3]
 
 
+def ready_pair(ctx: Context, tep_byte: int) -> EphemeralKey | None:
+    """A key pair made ahead for this connection alone (engine/keypool.py), counted as
+    ``key_pairs_ready``; None: the handshake makes its own."""
+    ephemeral = ctx.keys.take(tep_byte, ctx.now)
+    if ephemeral is not None:
+        ctx.count("key_pairs_ready")
+    return ephemeral
+
+
 def start_init1(ctx: Context, flow: Flow, now: float) -> bytes:
     """Host A's third ACK leaves: Init1, the first bytes of A's wire stream, is made (the
     key pair is taken from the pool, engine/keypool.py, or generated here, not before) and
@@ -40,7 +50,7 @@ def start_init1(ctx: Context, flow: Flow, now: float) -> bytes:
     negotiated = flow.negotiated
     assert negotiated is not None
     handshake = InitiatorHandshake(negotiated.tep_byte, negotiated.transcript, ctx.config.aeads,
-                                   ephemeral=ctx.keys.take(negotiated.tep_byte, now),
+                                   ephemeral=ready_pair(ctx, negotiated.tep_byte),
                                    random=ctx.config.random)
     flow.handshake = handshake
     flow.state = State.KEYING
@@ -78,7 +88,7 @@ def consume_init(ctx: Context, flow: Flow, chunk: bytes | memoryview) -> tuple[b
         tep_byte = flow.negotiated.tep_byte
         responder = ResponderHandshake(tep_byte, flow.negotiated.transcript,
                                        cfg.aead_preference,
-                                       ephemeral=ctx.keys.take(tep_byte, ctx.now),
+                                       ephemeral=ready_pair(ctx, tep_byte),
                                        random=cfg.random)
         init2, flow.session = responder.receive_init1(message, max_len=cfg.max_init_len)
     # The ephemeral private key, ES and PRK are not needed once the session exists: drop

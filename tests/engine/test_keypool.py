@@ -158,6 +158,8 @@ def test_connections_use_each_prepared_pair_once_and_make_their_own_when_none_is
         assert (pub_a, pub_b) == (ready_a[k], ready_b[k])
         seen.append((pub_a, pub_b))
     seen.append(connect(pair, 40100))               # pools empty: made in the handshake
+    assert pair.a.engine.counters["key_pairs_ready"] == POOL_SIZE
+    assert pair.b.engine.counters["key_pairs_ready"] == POOL_SIZE
     pubs = [pub for pubs in seen for pub in pubs]
     assert len(set(pubs)) == len(pubs)              # never a pair twice
     assert [f.session_id for f in pair.a.engine.flows()] == \
@@ -171,6 +173,7 @@ def test_a_pair_past_its_lifetime_is_never_used():
     pair.now = POOL_LIFETIME
     pub_a, pub_b = connect(pair, 40001)
     assert pub_a not in ready_a and pub_b not in ready_b
+    assert "key_pairs_ready" not in pair.a.engine.counters
     for host in (pair.a, pair.b):
         assert host.engine.prepare(pair.now) == pair.now   # expired ones gone, refilling
 
