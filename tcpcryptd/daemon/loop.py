@@ -62,6 +62,7 @@ class FlowEngine(Protocol):
     def shutdown(self, now: float) -> Result: ...
     def next_deadline(self) -> float | None: ...
     def prepare(self, now: float) -> float | None: ...
+    def prepare_due(self) -> float | None: ...
     def flows(self, now: float | None = None) -> list[Any]: ...
     def flow_status(self, key: FlowKey, now: float | None = None) -> Any: ...
 
@@ -166,15 +167,13 @@ class PacketPath:
             return trim
         return due
 
-    def prepare(self) -> float | None:
-        """The engine's idle work (key pairs made ahead of need, engine/keypool.py); returns
-        when to call again, None: not before the next packet."""
+    def prepare(self) -> None:
+        """The engine's idle work: one key pair made ahead of need (engine/keypool.py)."""
         try:
-            return self.engine.prepare(self.clock())
+            self.engine.prepare(self.clock())
         except Exception:
             self.counters["daemon_prepare_errors"] += 1
             log.debug("engine prepare failed", exc_info=True)
-            return None
 
     def shutdown(self) -> None:
         """Abort the engine's encrypted connections (RSTs both ways) before the rules go."""
@@ -390,10 +389,10 @@ class Daemon:
         control connections' idle deadlines are looked at only while there are any.
 
         The engine's idle work (:meth:`PacketPath.prepare`: one key pair per call) runs only
-        when a poll finds nothing waiting, i.e. after the queue was drained and its verdicts
-        sent: it never delays a verdict by more than the one call it is in.  It is asked
-        again after every batch of packets (a connection may have taken a pair) and when
-        the time it named comes.
+        when it is due (the engine's ``prepare_due``: at once after a connection took a
+        pair, or when a pair expires) and a poll finds nothing waiting, i.e. after the queue
+        was drained and its verdicts sent: it never delays a verdict by more than the one
+        call it is in.
         """
         assert control.listener is not None and self._wake is not None
         clients = selectors.DefaultSelector()   # the listener and the control connections
@@ -403,7 +402,7 @@ class Daemon:
         for fd in (queue_fd, wake_fd, clients_fd):
             poller.register(fd, select.EPOLLIN)
         path, clock, wake = self.path, self.clock, self._wake
-        prepare_at: float | None = clock()   # when the idle work is due; None: not before a packet
+        prepare_due = self.engine.prepare_due
         try:
             while not self.stopping:
                 now = clock()
@@ -419,15 +418,15 @@ class Daemon:
                     idle = control.next_deadline()
                     if idle is not None and (due is None or idle < due):
                         due = idle
+                prepare_at = prepare_due()
                 if prepare_at is not None and (due is None or prepare_at < due):
                     due = prepare_at
                 ready = poller.poll(-1 if due is None else max(0.0, due - now))
                 if not ready and prepare_at is not None and prepare_at <= clock():
-                    prepare_at = path.prepare()
+                    path.prepare()
                 for fd, _ in ready:
                     if fd == queue_fd:
                         queue.process()
-                        prepare_at = now
                     elif fd == clients_fd:
                         for key, events in clients.select(0):
                             control.on_event(key, events, clients)

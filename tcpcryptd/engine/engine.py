@@ -243,6 +243,11 @@ class Engine:
         cfg = self._ctx.config
         return self._ctx.keys.prepare(cfg.teps if cfg.enabled else (), cfg.random, now)
 
+    def prepare_due(self) -> float | None:
+        """When :meth:`prepare` has work next (what it last returned, or the time a key
+        exchange took a pair since); None: not before one does."""
+        return self._ctx.keys.due
+
     def flows(self, now: float | None = None) -> list[FlowStatus]:
         """Status of every tracked flow, for ``tcpcryptd status``.
 

@@ -36,15 +36,19 @@ POOL_LIFETIME = 30.0
 class KeyPool:
     """Ready ephemeral key pairs per TEP identifier, each with the time it was made."""
 
-    __slots__ = ("_pairs",)
+    __slots__ = ("_pairs", "due")
 
     def __init__(self) -> None:
         #: TEP id -> ready pairs, oldest first; a TEP is a key once a connection asked for it
         self._pairs: dict[int, deque[tuple[float, EphemeralKey]]] = {}
+        #: when :meth:`prepare` has work next (what it last returned, or the time of a
+        #: :meth:`take` since); None: not before a connection asks for a pair
+        self.due: float | None = None
 
     def take(self, tep: int, now: float) -> EphemeralKey | None:
         """A ready pair of ``tep`` (an id or a TEP byte), now out of the pool for good, or
         None (the caller makes one).  Either way the TEP counts as used from now on."""
+        self.due = now
         pairs = self._pairs.get(tep & TEP_ID_MASK)
         if pairs is None:
             self._pairs[tep & TEP_ID_MASK] = deque()
@@ -60,9 +64,16 @@ class KeyPool:
         """Drop expired pairs and those of TEPs not in ``teps``, then make at most one pair
         (from ``random``) for a used TEP of ``teps`` that has fewer than :data:`POOL_SIZE`.
 
-        Returns when to call again: ``now`` while pairs are still wanted, else the moment
-        the oldest pair expires; None when the pool is empty and wants nothing.
+        Returns when to call again (also kept in :attr:`due`): ``now`` while pairs are
+        still wanted, else the moment the oldest pair expires; None when the pool is empty
+        and wants nothing.
         """
+        self.due = None     # should making a pair fail, the daemon does not retry at once
+        self.due = self._top_up(teps, random, now)
+        return self.due
+
+    def _top_up(self, teps: Collection[int], random: Callable[[int], bytes],
+                now: float) -> float | None:
         due: float | None = None
         made = False
         for tep, pairs in self._pairs.items():

@@ -72,7 +72,9 @@ class ScriptedEngine:
         self.timer_calls: list[float] = []
         self.shutdown_calls: list[float] = []
         self.prepare_calls: list[float] = []
-        #: what each prepare call returns, in order (None once the script is empty)
+        #: when prepare has work (``prepare_due``); each prepare call sets it to the next
+        #: value of ``prepare_script`` (None once the script is empty)
+        self.due: float | None = None
         self.prepare_script: list[float | None] = []
         self.deadline: float | None = None
         self.counters: dict[str, int] = {"encrypted": 1, "plain": 2}
@@ -106,7 +108,11 @@ class ScriptedEngine:
 
     def prepare(self, now):
         self.prepare_calls.append(now)
-        return self.prepare_script.pop(0) if self.prepare_script else None
+        self.due = self.prepare_script.pop(0) if self.prepare_script else None
+        return self.due
+
+    def prepare_due(self):
+        return self.due
 
     def flows(self, now=None):
         self.flows_now = now

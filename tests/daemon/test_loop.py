@@ -391,12 +391,13 @@ def test_session_id_field_type_errors(daemon, request_, message):
 class _IdleQueue:
     """A queue that has packets only when a test writes bytes to ``writer``: one byte is a
     packet, and ``process`` takes one per call (a batch budget smaller than what waits),
-    noting it in ``log``."""
+    noting it in ``log`` and then calling ``then`` (what the engine does with it)."""
 
     def __init__(self) -> None:
         self.reader, self.writer = socket.socketpair()
         self.flushes = 0
         self.log: list[str] = []
+        self.then = lambda: None
 
     def fileno(self) -> int:
         return self.reader.fileno()
@@ -404,6 +405,7 @@ class _IdleQueue:
     def process(self) -> None:
         assert self.reader.recv(1)
         self.log.append("process")
+        self.then()
 
     def flush(self) -> None:
         """No verdicts to send; counted."""
@@ -474,22 +476,26 @@ def _wait_for(condition, seconds=5.0):
     assert condition()
 
 
-def test_loop_prepares_only_when_the_queue_is_drained(looping, daemon):
-    """The engine's idle work (key pairs made ahead) runs only when a poll finds nothing
-    waiting: after every packet of a burst, never between them; again at once while it
-    says more is wanted, at the time it names, and not at all once it names none, until
-    the next packet."""
+def test_loop_prepares_only_when_due_and_the_queue_is_drained(looping, daemon):
+    """The engine's idle work (key pairs made ahead) runs only when the engine says it is
+    due and a poll finds nothing waiting: after every packet of a burst, never between
+    them; again at once while more is wanted, at the time the engine names, and not at
+    all once it names none, until a packet makes it due again."""
     _, _, queue = looping
     engine = daemon.engine
-    _wait_for(lambda: engine.prepare_calls)     # the loop asks once when it starts
     log, prepare = queue.log, engine.prepare
 
     def logged_prepare(now):
         log.append("prepare")
         return prepare(now)
 
+    def take_a_pair():
+        engine.due = time.monotonic()
+
     engine.prepare = logged_prepare
-    engine.prepare_calls.clear()
+    queue.then = take_a_pair                    # every packet's connection takes a pair
+    time.sleep(0.1)
+    assert engine.prepare_calls == []           # nothing due yet
     later = time.monotonic() + 0.3
     engine.prepare_script = [0.0, later]        # more wanted now; then at ``later``; then none
     queue.writer.send(b"abc")                   # three packets at once
@@ -506,7 +512,7 @@ def test_loop_prepares_only_when_the_queue_is_drained(looping, daemon):
 def test_prepare_errors_are_counted_not_raised(parts):
     engine, _, path = parts
     engine.prepare = lambda now: 1 // 0
-    assert path.prepare() is None
+    path.prepare()
     assert path.counters["daemon_prepare_errors"] == 1
 
 

@@ -85,6 +85,23 @@ def test_expired_pairs_are_never_handed_out_and_are_replaced():
     assert fresh is not None and fresh.pub not in old
 
 
+def test_due_says_when_prepare_has_work_and_a_failure_is_not_retried_at_once():
+    pool = KeyPool()
+    assert pool.due is None
+    pool.take(X25519, 5.0)
+    assert pool.due == 5.0
+    fill(pool, (X25519,), seeded(8), 6.0)
+    assert pool.due == 6.0 + POOL_LIFETIME
+    pool.take(X25519, 7.0)
+    assert pool.due == 7.0
+
+    def broken(n: int) -> bytes:
+        raise OSError("no entropy")
+    with pytest.raises(OSError):
+        pool.prepare((X25519,), broken, 8.0)
+    assert pool.due is None
+
+
 def test_pairs_of_teps_no_longer_configured_are_dropped():
     pool = KeyPool()
     pool.take(X448, 0.0)
@@ -149,8 +166,11 @@ def prepared(pair: Pair, now: float) -> list[list[bytes]]:
 def test_connections_use_each_prepared_pair_once_and_make_their_own_when_none_is_ready():
     pair = fresh_pair()
     assert pair.a.engine.prepare(0.0) is None       # no TEP used yet: nothing made
+    assert pair.a.engine.prepare_due() is None
+    pair.now = 1.0
     first = connect(pair, 40000)                    # makes its pairs, marks X25519 used
-    ready_a, ready_b = prepared(pair, 0.0)
+    assert pair.a.engine.prepare_due() == pair.b.engine.prepare_due() == 1.0
+    ready_a, ready_b = prepared(pair, 1.0)
     assert len(ready_a) == len(ready_b) == POOL_SIZE
     seen = [first]
     for k in range(POOL_SIZE):
