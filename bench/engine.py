@@ -191,7 +191,8 @@ def _key_agreement(i: int, data: bytes) -> None:
 def handshakes(count: int, batch: int) -> dict[str, float]:
     """Microseconds per connection (best batch): both hosts, A, B and the key agreement with
     the default configuration; the same fresh and resumed; host A's and host B's plain
-    connections."""
+    connections.  The connections' key pairs are made ahead, untimed (:meth:`_Connections.
+    idle`): the key agreement figure includes their making, the connections' do not."""
     beds = {"": _Connections(), "fresh: ": _Connections(EngineConfig(resumption_enabled=False)),
             "resumed: ": _Connections(EngineConfig(resumption_enabled=True))}
     # the resumed bed's first connection is fresh: it leaves the secret the next one resumes
