@@ -6,7 +6,8 @@ length), the best batch average in microseconds: the same "best batch" rule as
 ``python -m bench.engine``, so a busy machine shows less.  With ``--profile STEP`` a cProfile
 of that packet alone follows (the cyclic garbage collector off, so no collection is charged
 to whatever function runs then; that step's own figure then includes the profiler's
-overhead).
+overhead).  Before each connection both engines run their idle work untimed (the key pairs
+the connection takes are made ahead, ``Engine.prepare``), as the daemon does between packets.
 
     PYTHONPATH=. python tools/handshake_steps.py fresh
     PYTHONPATH=. python tools/handshake_steps.py resumed --profile 5 --sort tottime

@@ -1,6 +1,6 @@
 """tcpcrypt key exchange and the established session (RFC 8548 §3.3-§3.8).
 
-* :class:`InitiatorHandshake` (host A): makes its ephemeral key and Init1 when constructed
+* :class:`InitiatorHandshake` (host A): makes (or is given) its ephemeral key and Init1 when constructed
   (the engine constructs it only when a flow reaches Init1, so a SYN flood costs no key
   generation), then turns Init2 into a :class:`Session`.
 * :class:`ResponderHandshake` (host B): turns Init1 into ``(init2, Session)``.
@@ -77,10 +77,18 @@ def _nonce(given: bytes | None, length: int, name: str, random: Callable[[int], 
     return bytes(given)
 
 
-def _ephemeral(tep: int, private_key: bytes | None,
+def _ephemeral(tep: int, private_key: bytes | None, ephemeral: EphemeralKey | None,
                random: Callable[[int], bytes]) -> EphemeralKey:
+    """The handshake's key pair: ``ephemeral`` if given (made ahead, engine/keypool.py), else
+    one loaded from ``private_key`` (test vectors), else a fresh one from ``random``."""
     scheme = key_agreement(tep)
-    return scheme.generate(random) if private_key is None else scheme.load_private(private_key)
+    if ephemeral is None:
+        return scheme.generate(random) if private_key is None else scheme.load_private(private_key)
+    if private_key is not None:
+        raise ValueError("give private_key or ephemeral, not both")
+    if ephemeral.scheme is not scheme:
+        raise ValueError(f"ephemeral key is {ephemeral.scheme.name}, not {scheme.name}")
+    return ephemeral
 
 
 class Session:
@@ -273,18 +281,20 @@ class InitiatorHandshake:
     ``tep`` is the TEP byte as host B sent it (its v bit goes into the session ID, §3.4);
     the low 7 bits select the key agreement.  ``transcript`` is the ENO transcript (RFC 8547
     §4.8).  ``ciphers`` is the sym_cipher_list.  ``private_key``/``n_a`` fix the ephemeral key
-    and nonce (test vectors); by default both are drawn from ``random`` (``random(n)``: n
-    random bytes).  ``init1`` is ready at once.
+    and nonce (test vectors); ``ephemeral`` is a key pair made ahead (never used before, RFC
+    8548 §8); by default both are drawn from ``random`` (``random(n)``: n random bytes).
+    ``init1`` is ready at once.
     """
 
     def __init__(self, tep: int, transcript: bytes, ciphers: Sequence[int] = DEFAULT_CIPHERS,
                  *, private_key: bytes | None = None, n_a: bytes | None = None,
+                 ephemeral: EphemeralKey | None = None,
                  random: Callable[[int], bytes] = os.urandom) -> None:
         self.tep_byte = tep
         self.transcript = bytes(transcript)
         self.ciphers = _check_ciphers(ciphers, "ciphers")
         self.n_a = _nonce(n_a, N_A_LEN, "N_A", random)
-        self.ephemeral = _ephemeral(tep, private_key, random)
+        self.ephemeral = _ephemeral(tep, private_key, ephemeral, random)
         self.init1 = encode_init1(self.ciphers, self.n_a, self.ephemeral.pub)
         self.es: bytes | None = None
         self.prk: bytes | None = None
@@ -329,13 +339,15 @@ class ResponderHandshake:
 
     ``preference`` lists acceptable AEAD ids in increasing priority (last = most preferred,
     like TCP_CRYPT_BCONF).  The ephemeral key is generated only when Init1 arrives, unless
-    ``private_key`` fixes it (test vectors); ``n_b`` likewise.  Both are drawn from
-    ``random`` otherwise.
+    ``private_key`` fixes it (test vectors) or ``ephemeral`` is a key pair made ahead (never
+    used before, RFC 8548 §8); ``n_b`` is fixed likewise.  Both are drawn from ``random``
+    otherwise.
     """
 
     def __init__(self, tep: int, transcript: bytes,
                  preference: Sequence[int] = DEFAULT_PREFERENCE, *,
                  private_key: bytes | None = None, n_b: bytes | None = None,
+                 ephemeral: EphemeralKey | None = None,
                  random: Callable[[int], bytes] = os.urandom) -> None:
         self.tep_byte = tep
         self.transcript = bytes(transcript)
@@ -343,7 +355,8 @@ class ResponderHandshake:
         self.n_b = _nonce(n_b, N_B_LEN, "N_B", random)
         self._random = random
         self.ephemeral: EphemeralKey | None = (
-            None if private_key is None else _ephemeral(tep, private_key, random))
+            None if private_key is None and ephemeral is None
+            else _ephemeral(tep, private_key, ephemeral, random))
         key_agreement(tep)  # an unknown TEP fails here, not on the first Init1
         self.es: bytes | None = None
         self.prk: bytes | None = None
@@ -362,7 +375,7 @@ class ResponderHandshake:
         init1 = parse_init1(init1_bytes, self.tep_byte, max_len=max_len)
         sym_cipher = select_cipher(init1.sym_ciphers, self.preference)
         if self.ephemeral is None:
-            self.ephemeral = _ephemeral(self.tep_byte, None, self._random)
+            self.ephemeral = _ephemeral(self.tep_byte, None, None, self._random)
         self.es = self.ephemeral.exchange(init1.pub_a)
         init2 = encode_init2(sym_cipher, self.n_b, self.ephemeral.pub)
         self.prk = compute_prk(init1.n_a, self.transcript, init1_bytes, init2, self.es)

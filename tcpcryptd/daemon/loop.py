@@ -61,6 +61,8 @@ class FlowEngine(Protocol):
     def handle_timer(self, now: float) -> Result: ...
     def shutdown(self, now: float) -> Result: ...
     def next_deadline(self) -> float | None: ...
+    def prepare(self, now: float) -> float | None: ...
+    def prepare_due(self) -> float | None: ...
     def flows(self, now: float | None = None) -> list[Any]: ...
     def flow_status(self, key: FlowKey, now: float | None = None) -> Any: ...
 
@@ -164,6 +166,14 @@ class PacketPath:
         if trim is not None and (due is None or trim < due):
             return trim
         return due
+
+    def prepare(self) -> None:
+        """The engine's idle work: one key pair made ahead of need (engine/keypool.py)."""
+        try:
+            self.engine.prepare(self.clock())
+        except Exception:
+            self.counters["daemon_prepare_errors"] += 1
+            log.debug("engine prepare failed", exc_info=True)
 
     def shutdown(self) -> None:
         """Abort the engine's encrypted connections (RSTs both ways) before the rules go."""
@@ -377,6 +387,12 @@ class Daemon:
         own selector (readable when the listener or a client connection is). Per wake-up
         the loop reads the clock once and asks for the next timer deadline once; the
         control connections' idle deadlines are looked at only while there are any.
+
+        The engine's idle work (:meth:`PacketPath.prepare`: one key pair per call) runs only
+        when it is due (the engine's ``prepare_due``: at once after a connection took a
+        pair, or when a pair expires) and a poll finds nothing waiting, i.e. after the queue
+        was drained and its verdicts sent: it never delays a verdict by more than the one
+        call it is in.
         """
         assert control.listener is not None and self._wake is not None
         clients = selectors.DefaultSelector()   # the listener and the control connections
@@ -386,6 +402,7 @@ class Daemon:
         for fd in (queue_fd, wake_fd, clients_fd):
             poller.register(fd, select.EPOLLIN)
         path, clock, wake = self.path, self.clock, self._wake
+        prepare_due = self.engine.prepare_due
         try:
             while not self.stopping:
                 now = clock()
@@ -401,7 +418,13 @@ class Daemon:
                     idle = control.next_deadline()
                     if idle is not None and (due is None or idle < due):
                         due = idle
-                for fd, _ in poller.poll(-1 if due is None else max(0.0, due - now)):
+                prepare_at = prepare_due()
+                if prepare_at is not None and (due is None or prepare_at < due):
+                    due = prepare_at
+                ready = poller.poll(-1 if due is None else max(0.0, due - now))
+                if not ready and prepare_at is not None and prepare_at <= clock():
+                    path.prepare()
+                for fd, _ in ready:
                     if fd == queue_fd:
                         queue.process()
                     elif fd == clients_fd:

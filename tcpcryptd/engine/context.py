@@ -14,6 +14,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Protocol
 
 from tcpcryptd.core.resumption import SessionCache
+from tcpcryptd.engine.keypool import KeyPool
 
 if TYPE_CHECKING:
     from tcpcryptd.core.negotiation import Fallback
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 class Context:
     """Configuration, counters and clock shared by the engine and its path modules."""
 
-    __slots__ = ("config", "counters", "now", "sessions")
+    __slots__ = ("config", "counters", "keys", "now", "sessions")
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -36,6 +37,8 @@ class Context:
         self.sessions: SessionCache | None = (
             SessionCache(config.resumption_cache_size, config.resumption_lifetime)
             if config.resumption_enabled else None)
+        #: ephemeral key pairs made ahead of need (engine/keypool.py)
+        self.keys = KeyPool()
         #: the ``now`` of the current (or latest) call into the engine
         self.now = 0.0
 

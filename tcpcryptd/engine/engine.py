@@ -23,7 +23,8 @@ segment (an ENO SYN beyond is left plain and counted: a SYN flood cannot fill th
 push out established flows), bounded held packets and buffered bytes per flow, a handshake
 timeout, an idle timeout (an idle encrypted flow is aborted, RST both ways) and a
 TIME-WAIT-like linger after both FINs or a RST, after which the flow is forgotten.  A SYN
-flood costs no cryptography: keys are generated only when Init1/Init2 is needed, and a
+flood costs no cryptography: keys are generated only when Init1/Init2 is needed (or ahead
+of need, a few at most, in :meth:`Engine.prepare` while the daemon is idle), and a
 passive flow is a compact :class:`~tcpcryptd.engine.flow.HalfOpen` record (~0.8 KB) until
 the third segment promotes it to a :class:`~tcpcryptd.engine.flow.Flow`.
 
@@ -33,7 +34,8 @@ Counters: ``encrypted``, ``plain`` and ``plain_<reason>`` (never tried), ``fallb
 ``retransmits``, ``ended_acks`` and ``ended_resets`` (answers to segments
 of ended connections), ``ended_translated`` (the stack's segments on an ended connection sent
 on in wire numbers), ``resets_accepted`` and ``challenge_acks`` (RFC 5961 §3.2),
-``replaced_<state>`` (a flow replaced by a new SYN on its 4-tuple, RFC 9293 §3.10.7.4).
+``replaced_<state>`` (a flow replaced by a new SYN on its 4-tuple, RFC 9293 §3.10.7.4),
+``key_pairs_ready`` (a key exchange that took a key pair made ahead by :meth:`Engine.prepare`).
 Events (``Result.events``): :class:`~tcpcryptd.engine.events.SessionEstablished`,
 :class:`~tcpcryptd.engine.events.FellBack`, :class:`~tcpcryptd.engine.events.Aborted`.
 """
@@ -231,6 +233,20 @@ class Engine:
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must run next, or None."""
         return self._deadlines.next()
+
+    def prepare(self, now: float) -> float | None:
+        """Idle work: make at most one ephemeral key pair ahead of need for a TEP of the
+        configuration that connections use, drop the pairs that waited too long
+        (engine/keypool.py, RFC 8548 §8).  Returns when to call again (``now``: more pairs
+        are wanted), None: not until a connection takes a pair.  Without these calls every
+        key exchange makes its own pair."""
+        cfg = self._ctx.config
+        return self._ctx.keys.prepare(cfg.teps if cfg.enabled else (), cfg.random, now)
+
+    def prepare_due(self) -> float | None:
+        """When :meth:`prepare` has work next (what it last returned, or the time a key
+        exchange took a pair since); None: not before one does."""
+        return self._ctx.keys.due
 
     def flows(self, now: float | None = None) -> list[FlowStatus]:
         """Status of every tracked flow, for ``tcpcryptd status``.

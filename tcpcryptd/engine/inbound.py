@@ -118,7 +118,7 @@ def _consume(ctx: Context, flow: Flow, chunk: bytes | memoryview, now: float,
     if flow.rx_fin_done:
         raise FlowAbort("data-after-fin")
     if not flow.rx_init_done:
-        init2, chunk = consume_init(flow, ctx.config, chunk)
+        init2, chunk = consume_init(ctx, flow, chunk)
         if not flow.rx_init_done:
             return
         keys_made(ctx, flow, init2, now, result)

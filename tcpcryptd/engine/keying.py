@@ -2,21 +2,21 @@
 
 Encryption is on once both hosts sent and received an ENO ACK (RFC 8547 §4.6,
 :mod:`tcpcryptd.engine.handshake`); from there to the session: host A's Init1 on its third
-ACK (:func:`start_init1`, the key pair generated only then), the peer's Init message
-collected from the in-order wire stream (:func:`consume_init`, host B answering with Init2),
+ACK (:func:`start_init1`, the key pair taken from the pool or generated only then), the
+peer's Init message collected from the in-order wire stream (:func:`consume_init`, host B
+answering with Init2, its key pair likewise),
 or for a resumed session no message at all (:func:`resume`); :func:`keys_made` reports the
 session, caches the next session secret for the peer and starts the first key generation.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from tcpcryptd.core.constants import INIT1_MAGIC, INIT2_MAGIC
 from tcpcryptd.core.eno import parse_resumption
 from tcpcryptd.core.messages import message_length
 from tcpcryptd.core.negotiation import Role
 from tcpcryptd.core.session import InitiatorHandshake, ResponderHandshake
+from tcpcryptd.core.tep import EphemeralKey
 from tcpcryptd.engine.actions import Result
 from tcpcryptd.engine.context import Context
 from tcpcryptd.engine.events import SessionEstablished
@@ -25,9 +25,6 @@ from tcpcryptd.engine.rekey import begin_generation
 from tcpcryptd.engine.timers import arm_injected, inject
 from tcpcryptd.packet.tcp import FlowKey
 
-if TYPE_CHECKING:
-    from tcpcryptd.engine.config import EngineConfig
-
 
 def peer_of(key: FlowKey) -> tuple:
     """The resumption cache's name for a flow's peer: IP version, local and remote address
@@ -35,14 +32,26 @@ def peer_of(key: FlowKey) -> tuple:
     return key[0], key[1], key[3]
 
 
+def ready_pair(ctx: Context, tep_byte: int) -> EphemeralKey | None:
+    """A key pair made ahead for this connection alone (engine/keypool.py), counted as
+    ``key_pairs_ready``; None: the handshake makes its own."""
+    ephemeral = ctx.keys.take(tep_byte, ctx.now)
+    if ephemeral is not None:
+        ctx.count("key_pairs_ready")
+    return ephemeral
+
+
 def start_init1(ctx: Context, flow: Flow, now: float) -> bytes:
     """Host A's third ACK leaves: Init1, the first bytes of A's wire stream, is made (the
-    key pair is generated here, not before) and its retransmission timer armed; the
-    caller sends it on or right before the ACK (``45 02`` is on that ACK, RFC 8547 §4.6)."""
+    key pair is taken from the pool, engine/keypool.py, or generated here, not before) and
+    its retransmission timer armed; the caller sends it on or right before the ACK (``45 02``
+    is on that ACK, RFC 8547 §4.6)."""
     flow.eno.option_for_segment(syn=False, ack=True)  # the ACK carries ``45 02``
-    assert flow.negotiated is not None
-    handshake = InitiatorHandshake(flow.negotiated.tep_byte, flow.negotiated.transcript,
-                                   ctx.config.aeads, random=ctx.config.random)
+    negotiated = flow.negotiated
+    assert negotiated is not None
+    handshake = InitiatorHandshake(negotiated.tep_byte, negotiated.transcript, ctx.config.aeads,
+                                   ephemeral=ready_pair(ctx, negotiated.tep_byte),
+                                   random=ctx.config.random)
     flow.handshake = handshake
     flow.state = State.KEYING
     init1 = handshake.init1
@@ -51,7 +60,7 @@ def start_init1(ctx: Context, flow: Flow, now: float) -> bytes:
     return init1
 
 
-def consume_init(flow: Flow, cfg: EngineConfig, chunk: bytes | memoryview) -> tuple[bytes, bytes]:
+def consume_init(ctx: Context, flow: Flow, chunk: bytes | memoryview) -> tuple[bytes, bytes]:
     """Collect the peer's Init message from the in-order wire stream.
 
     Returns ``(init2_to_send, leftover)``: the Init2 host B must send at once (empty for A)
@@ -59,6 +68,7 @@ def consume_init(flow: Flow, cfg: EngineConfig, chunk: bytes | memoryview) -> tu
     empty.  Raises :class:`~tcpcryptd.core.errors.InitMessageError` /
     :class:`~tcpcryptd.core.errors.KeyAgreementError`, which abort the connection.
     """
+    cfg = ctx.config
     flow.rx_init += chunk   # bytes: an Init message arrives in a segment or a few
     magic = INIT2_MAGIC if flow.role is Role.A else INIT1_MAGIC
     length = message_length(flow.rx_init, magic, cfg.max_init_len)
@@ -75,8 +85,11 @@ def consume_init(flow: Flow, cfg: EngineConfig, chunk: bytes | memoryview) -> tu
         flow.session = flow.handshake.receive_init2(message, max_len=cfg.max_init_len)
     else:
         assert flow.negotiated is not None
-        responder = ResponderHandshake(flow.negotiated.tep_byte, flow.negotiated.transcript,
-                                       cfg.aead_preference, random=cfg.random)
+        tep_byte = flow.negotiated.tep_byte
+        responder = ResponderHandshake(tep_byte, flow.negotiated.transcript,
+                                       cfg.aead_preference,
+                                       ephemeral=ready_pair(ctx, tep_byte),
+                                       random=cfg.random)
         init2, flow.session = responder.receive_init1(message, max_len=cfg.max_init_len)
     # The ephemeral private key, ES and PRK are not needed once the session exists: drop
     # them now rather than at the end of the connection (RFC 8548 §3.3, forward secrecy).

@@ -71,6 +71,11 @@ class ScriptedEngine:
         self.calls: list[tuple[int, bytes, Direction, float]] = []
         self.timer_calls: list[float] = []
         self.shutdown_calls: list[float] = []
+        self.prepare_calls: list[float] = []
+        #: when prepare has work (``prepare_due``); each prepare call sets it to the next
+        #: value of ``prepare_script`` (None once the script is empty)
+        self.due: float | None = None
+        self.prepare_script: list[float | None] = []
         self.deadline: float | None = None
         self.counters: dict[str, int] = {"encrypted": 1, "plain": 2}
         self._flows = flows or []
@@ -100,6 +105,14 @@ class ScriptedEngine:
 
     def next_deadline(self):
         return self.deadline
+
+    def prepare(self, now):
+        self.prepare_calls.append(now)
+        self.due = self.prepare_script.pop(0) if self.prepare_script else None
+        return self.due
+
+    def prepare_due(self):
+        return self.due
 
     def flows(self, now=None):
         self.flows_now = now

@@ -389,17 +389,23 @@ def test_session_id_field_type_errors(daemon, request_, message):
 
 
 class _IdleQueue:
-    """A queue that never has packets (the loop only needs its fd)."""
+    """A queue that has packets only when a test writes bytes to ``writer``: one byte is a
+    packet, and ``process`` takes one per call (a batch budget smaller than what waits),
+    noting it in ``log`` and then calling ``then`` (what the engine does with it)."""
 
     def __init__(self) -> None:
         self.reader, self.writer = socket.socketpair()
         self.flushes = 0
+        self.log: list[str] = []
+        self.then = lambda: None
 
     def fileno(self) -> int:
         return self.reader.fileno()
 
     def process(self) -> None:
-        raise AssertionError("no packets in this test")
+        assert self.reader.recv(1)
+        self.log.append("process")
+        self.then()
 
     def flush(self) -> None:
         """No verdicts to send; counted."""
@@ -461,6 +467,53 @@ def test_loop_runs_the_engines_timer_when_due_and_sends_its_verdicts(looping, da
         time.sleep(0.01)
     assert len(daemon.engine.timer_calls) == 1 and daemon.engine.timer_calls[0] >= due
     assert queue.flushes == 1
+
+
+def _wait_for(condition, seconds=5.0):
+    waited = time.monotonic() + seconds
+    while not condition() and time.monotonic() < waited:
+        time.sleep(0.01)
+    assert condition()
+
+
+def test_loop_prepares_only_when_due_and_the_queue_is_drained(looping, daemon):
+    """The engine's idle work (key pairs made ahead) runs only when the engine says it is
+    due and a poll finds nothing waiting: after every packet of a burst, never between
+    them; again at once while more is wanted, at the time the engine names, and not at
+    all once it names none, until a packet makes it due again."""
+    _, _, queue = looping
+    engine = daemon.engine
+    log, prepare = queue.log, engine.prepare
+
+    def logged_prepare(now):
+        log.append("prepare")
+        return prepare(now)
+
+    def take_a_pair():
+        engine.due = time.monotonic()
+
+    engine.prepare = logged_prepare
+    queue.then = take_a_pair                    # every packet's connection takes a pair
+    time.sleep(0.1)
+    assert engine.prepare_calls == []           # nothing due yet
+    later = time.monotonic() + 0.3
+    engine.prepare_script = [0.0, later]        # more wanted now; then at ``later``; then none
+    queue.writer.send(b"abc")                   # three packets at once
+    _wait_for(lambda: len(log) == 6)
+    time.sleep(0.3)
+    assert log == ["process"] * 3 + ["prepare"] * 3
+    assert engine.prepare_calls[2] >= later
+    queue.writer.send(b"d")
+    _wait_for(lambda: len(log) == 8)
+    time.sleep(0.1)
+    assert log[6:] == ["process", "prepare"]
+
+
+def test_prepare_errors_are_counted_not_raised(parts):
+    engine, _, path = parts
+    engine.prepare = lambda now: 1 // 0
+    path.prepare()
+    assert path.counters["daemon_prepare_errors"] == 1
 
 
 def test_loop_serves_status_through_an_idle_flood(looping):
