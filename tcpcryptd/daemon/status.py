@@ -5,14 +5,17 @@ A session object (one per flow the engine tracks; plain connections have none)::
     {"local": "10.0.0.1:40000", "remote": "10.0.0.2:80", "state": "encrypted",
      "role": "A", "tep": "X25519", "aead": "AES-128-GCM", "session_id": "23ab...",
      "bytes_out": 1000, "bytes_in": 200, "bytes_out_wire": 1106, "bytes_in_wire": 273,
-     "packets_out": 5, "packets_in": 4, "age": 1.52, "abort_reason": "", "resumed": false}
+     "packets_out": 5, "packets_in": 4, "age": 1.52, "abort_reason": "", "resumed": false,
+     "generation_out": 0, "generation_in": 0}
 
 ``bytes_out``/``bytes_in`` count application (plaintext) bytes, the ``_wire`` ones what
 crossed the network (Init messages and frame overhead included). ``tep``, ``aead`` and
 ``session_id`` are empty strings until the key exchange has produced them. ``resumed`` is
 true for a session resumed from a cached secret (RFC 8548 §3.5: no Init messages; its
 session ID's first byte has the v bit, 0x80); the table shows it after the state
-(``encrypted+resumed``).
+(``encrypted+resumed``). ``generation_out`` / ``generation_in`` are the key generations
+(RFC 8548 §3.8) of the latest frame this host sealed and of the peer's latest: 0 until the
+first rekey, and the generations the key log's lines for this session go up to.
 
 The text (:func:`render`) is for people: session IDs shortened (:func:`compact_id`), and
 above :data:`PEER_SUMMARY_ROWS` sessions one line per peer (:func:`peers`, like ``wg show``)
@@ -118,6 +121,8 @@ def session_json(flow: FlowStatus) -> dict[str, Any]:
         "age": round(flow.age, 3),
         "abort_reason": flow.abort_reason,
         "resumed": flow.resumed,
+        "generation_out": flow.generation_out,
+        "generation_in": flow.generation_in,
     }
 
 

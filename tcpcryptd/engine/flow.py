@@ -104,6 +104,9 @@ class FlowStatus:
     abort_reason: str
     #: the session was resumed from a cached secret (RFC 8548 §3.5)
     resumed: bool = False
+    #: key generations (RFC 8548 §3.8): the latest one this host sent under / the peer's
+    generation_out: int = 0
+    generation_in: int = 0
 
 
 def _address(version: int, addr: bytes, port: int) -> str:
@@ -449,7 +452,9 @@ class Flow:
             packets_out=self.packets_out, packets_in=self.packets_in,
             bytes_out_plain=self.bytes_out_plain, bytes_out_wire=self.bytes_out_wire,
             bytes_in_wire=self.bytes_in_wire, bytes_in_plain=self.bytes_in_plain,
-            abort_reason=self.abort_reason, resumed=self.resumed)
+            abort_reason=self.abort_reason, resumed=self.resumed,
+            generation_out=0 if self.session is None else self.session.local_generation,
+            generation_in=0 if self.session is None else self.session.remote_generation)
 
     @property
     def resumed(self) -> bool:

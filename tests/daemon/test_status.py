@@ -29,6 +29,7 @@ def test_session_json_names_and_values():
         "tep": "X25519", "aead": "CHACHA20-POLY1305", "session_id": "23" + "ab" * 32,
         "bytes_out": 1000, "bytes_in": 200, "bytes_out_wire": 1106, "bytes_in_wire": 273,
         "packets_out": 5, "packets_in": 4, "age": 2.5, "abort_reason": "", "resumed": False,
+        "generation_out": 0, "generation_in": 0,
     }
 
 

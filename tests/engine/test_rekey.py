@@ -67,6 +67,10 @@ def test_byte_limit_starts_a_generation_and_the_peer_answers_at_once():
     assert (ea.k_ab, ea.k_ba) == (eb.k_ab, eb.k_ba) == fa.session.traffic_keys(1)
     assert ea.session_id == eb.session_id == fa.session.session_id
     assert a.engine.counters["rekeys"] == b.engine.counters["rekeys"] == 1
+    # status reports the generations of both directions (tcpcryptd status, generation_*)
+    for flow in (fa, fb):
+        status = flow.status(0.0)
+        assert (status.generation_out, status.generation_in) == (1, 1)
     # B's empty frame never reached A's stack as data, and A's stack saw no byte of it
     assert stack_bytes(a, ISN_B) == b""
 
