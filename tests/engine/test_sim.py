@@ -18,7 +18,7 @@ import random
 from dataclasses import replace
 
 import pytest
-from sim.harness import PLAINTEXT_MARKER, Scenario, SimulationStalled, check, run
+from sim.harness import PLAINTEXT_MARKER, Scenario, SimulationStalled, check, run, run_and_check
 from sim.invariants import StreamRecord, check_eno_wire, check_stream_delivered
 from sim.stack import StackConfig
 from sim.wire import C2S, S2C, ByteFlip, Impairments, TargetedDrop
@@ -80,15 +80,6 @@ def random_scenario(seed: int, loss: float, version: int, *, engines: bool = Tru
     )
 
 
-def _run_and_check(scenario: Scenario) -> None:
-    try:
-        result = run(scenario)
-    except SimulationStalled as stalled:
-        pytest.fail(f"stalled: {stalled}", pytrace=False)
-    violations = check(result)
-    assert not violations, "\n".join([result.summary(), *violations])
-
-
 # ---------------------------------------------------------------------- the model alone
 @pytest.mark.parametrize(
     "scenario",
@@ -97,7 +88,7 @@ def _run_and_check(scenario: Scenario) -> None:
 )
 def test_stack_model_without_engine(scenario: Scenario) -> None:
     """stack <-> impaired wire <-> stack keeps both streams intact: the model is sound."""
-    _run_and_check(scenario)
+    run_and_check(scenario)
 
 
 def test_stack_model_resegments_retransmissions() -> None:
@@ -360,7 +351,7 @@ SCENARIOS = _matrix()
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 def test_engine_scenario(scenario: Scenario) -> None:
-    _run_and_check(scenario)
+    run_and_check(scenario)
 
 
 SLOW_SCENARIOS = [
@@ -375,7 +366,7 @@ SLOW_SCENARIOS = [
 @pytest.mark.parametrize("scenario", SLOW_SCENARIOS, ids=lambda s: s.name)
 def test_engine_scenario_many_seeds(scenario: Scenario) -> None:
     """SLOW_SEEDS more random seeds per (version, loss), each its own test id."""
-    _run_and_check(scenario)
+    run_and_check(scenario)
 
 
 @pytest.mark.parametrize("scenario", resumption_scenarios(), ids=lambda s: s.name)

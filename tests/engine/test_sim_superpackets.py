@@ -11,7 +11,7 @@ seal per wire offset), with loss, duplication, reordering and resegmentation of 
 from __future__ import annotations
 
 import pytest
-from sim.harness import Scenario, SimulationStalled, check, run
+from sim.harness import Scenario, run_and_check
 from sim.offload import gso_merge, gso_segment, gro_merge
 from sim.stack import StackConfig
 from sim.wire import Impairments
@@ -21,16 +21,6 @@ from tcpcryptd.packet.tcp import ACK, FIN, PSH, TCPPacket, build
 
 GSO = 65000
 BULK = 600_000
-
-
-def _run_and_check(scenario: Scenario):
-    try:
-        result = run(scenario)
-    except SimulationStalled as stalled:
-        pytest.fail(f"stalled: {stalled}", pytrace=False)
-    violations = check(result)
-    assert not violations, "\n".join([result.summary(), *violations])
-    return result
 
 
 CLEAN = Impairments()
@@ -70,11 +60,7 @@ def test_a_super_packet_becomes_one_frame_spanning_dozens_of_wire_segments() -> 
         return engines[-1]
 
     scenario = _scenario("bulk", 1, 4)
-    try:
-        result = run(scenario, factory)
-    except SimulationStalled as stalled:
-        pytest.fail(f"stalled: {stalled}", pytrace=False)
-    assert not check(result)   # among them: no packet above the MTU on the wire
+    run_and_check(scenario, factory)   # among them: no packet above the MTU on the wire
     client, server = engines
     assert max(client.sizes[Direction.OUTBOUND]) > 30 * 1448
     assert max(client.out_sizes) > 30 * 1448          # framed whole, not split
@@ -86,7 +72,7 @@ def test_a_super_packet_becomes_one_frame_spanning_dozens_of_wire_segments() -> 
 @pytest.mark.parametrize("gso,gro", [(GSO, True), (GSO, False), (0, True), (20_000, True)],
                          ids=("gso-gro", "gso", "gro", "gso20k-gro"))
 def test_super_packets_clean(version: int, seed: int, gso: int, gro: bool) -> None:
-    _run_and_check(_scenario("clean", seed, version, gso=gso, gro=gro))
+    run_and_check(_scenario("clean", seed, version, gso=gso, gro=gro))
 
 
 @pytest.mark.parametrize("version", (4, 6))
@@ -97,14 +83,14 @@ def test_super_packets_lost_reordered_duplicated_parts(version: int, seed: int,
     """Loss, duplication, jitter (reordering) and resegmentation of the wire segments a
     super-packet was cut into; retransmissions replay the stored frames."""
     impairments = Impairments(loss=loss, duplicate=0.03, jitter=0.003, resegment=0.2)
-    _run_and_check(_scenario(f"impaired{round(loss * 100)}", seed, version,
+    run_and_check(_scenario(f"impaired{round(loss * 100)}", seed, version,
                              impairments=impairments, urgent=seed % 3 == 0,
                              slow_reader=seed % 3 == 1))
 
 
 @pytest.mark.parametrize("version", (4, 6))
 def test_super_packets_with_small_mtu_and_several_connections(version: int) -> None:
-    _run_and_check(_scenario("mtu1280-conns3", 7, version, mtu=1280, connections=3,
+    run_and_check(_scenario("mtu1280-conns3", 7, version, mtu=1280, connections=3,
                              impairments=Impairments(loss=0.01, jitter=0.002)))
 
 

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+import pytest
+
 from tcpcryptd.core.constants import INIT1_MAGIC, INIT2_MAGIC
 from tcpcryptd.engine import Direction, Engine, EngineConfig, FlowStatus, Result, Verdict
 from tcpcryptd.packet import options
@@ -862,6 +864,20 @@ def run(
     return Simulation(scenario, engine_factory, trace).run()
 
 
+def run_and_check(scenario: Scenario, engine_factory: Callable[[], EngineLike] | None = None
+                  ) -> SimResult:
+    """Run ``scenario`` and fail the calling test, with the run's summary, on a stall or on
+    any property :func:`check` finds violated."""
+    try:
+        result = run(scenario, engine_factory)
+    except SimulationStalled as stalled:
+        pytest.fail(f"stalled: {stalled}", pytrace=False)
+    violations = check(result)
+    assert not violations, "\n".join([result.summary(), *violations])
+    return result
+
+
 __all__ = [
-    "PLAINTEXT_MARKER", "Scenario", "SimResult", "Simulation", "SimulationStalled", "check", "make_payload", "run",
+    "PLAINTEXT_MARKER", "Scenario", "SimResult", "Simulation", "SimulationStalled", "check",
+    "make_payload", "run", "run_and_check",
 ]
