@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -234,3 +235,34 @@ def counter(daemon: Daemon, *names: str) -> int:
     """Sum of the named status counters (missing names count 0)."""
     counters = daemon.counters()
     return sum(int(counters.get(name, 0)) for name in names)
+
+
+def wait_for_size(path: Path, size: int, timeout: float = TRANSFER_TIMEOUT) -> None:
+    """Wait until the file ``path`` holds at least ``size`` bytes (hang protection only)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() or path.stat().st_size < size:
+        assert time.monotonic() < deadline, f"{path.name}: fewer than {size} bytes arrived"
+        time.sleep(0.05)
+
+
+def _write_all(pipe, data: bytes) -> None:
+    """Feed ``data`` to a process's stdin until done or the process is gone."""
+    try:
+        for start in range(0, len(data), 65536):
+            pipe.write(data[start:start + 65536])
+        pipe.close()
+    except (BrokenPipeError, ValueError, OSError):
+        pass
+
+
+def send_rest_and_stop(client: subprocess.Popen, listener: subprocess.Popen, rest: bytes) -> None:
+    """After the daemon (or a worker) was killed mid-transfer: let the client's stack go on
+    sending ``rest`` (and retransmitting) for a while with nobody to encrypt it, then stop
+    both programs. The caller's capture and received file then show what leaked."""
+    writer = threading.Thread(target=_write_all, args=(client.stdin, rest), daemon=True)
+    writer.start()
+    writer.join(timeout=5)
+    time.sleep(2)                        # an observation window; no assertion depends on it
+    client.kill()
+    listener.kill()
+    writer.join(timeout=10)

@@ -8,33 +8,22 @@ reaches the application).
 from __future__ import annotations
 
 import subprocess
-import threading
-import time
 
 import pytest
-from e2e_support import IMPAIRED_SIZE, MB, NC_PORT, TRANSFER_TIMEOUT, E2E, session_ids
+from e2e_support import (
+    IMPAIRED_SIZE,
+    MB,
+    NC_PORT,
+    E2E,
+    send_rest_and_stop,
+    session_ids,
+    wait_for_size,
+)
 
 pytestmark = pytest.mark.e2e
 
 #: curl's "operation timed out": a hang, which is not the error a tampered frame must cause.
 CURL_TIMED_OUT = 28
-
-
-def _write_all(pipe, data: bytes) -> None:
-    """Feed ``data`` to a process's stdin until done or the process is gone."""
-    try:
-        for start in range(0, len(data), 65536):
-            pipe.write(data[start:start + 65536])
-        pipe.close()
-    except (BrokenPipeError, ValueError, OSError):
-        pass
-
-
-def _wait_for_size(path, size: int, timeout: float = TRANSFER_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists() or path.stat().st_size < size:
-        assert time.monotonic() < deadline, f"{path.name}: fewer than {size} bytes arrived"
-        time.sleep(0.05)
 
 
 def _own_rules(e2e: E2E) -> str:
@@ -61,19 +50,12 @@ def test_kill9_mid_transfer_never_leaks_then_recovers(e2e: E2E) -> None:
     assert client.stdin is not None
     client.stdin.write(data[:first_part])
     client.stdin.flush()
-    _wait_for_size(received, first_part)
+    wait_for_size(received, first_part)
     assert len(session_ids(daemons["B"], NC_PORT)) == 1
     daemons["A"].kill()
 
     # The local stack goes on sending the rest (and retransmitting) with nobody to encrypt it.
-    writer = threading.Thread(target=_write_all, args=(client.stdin, data[first_part:]),
-                              daemon=True)
-    writer.start()
-    writer.join(timeout=5)
-    time.sleep(2)                        # an observation window; no assertion depends on it
-    client.kill()
-    listener.kill()
-    writer.join(timeout=10)
+    send_rest_and_stop(client, listener, data[first_part:])
     capture.stop()
     report = capture.analyze(e2e.marker)
     assert report.syn_with_eno == 1 and report.synack_with_eno == 1, report.summary()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2e_support import MB, NC_PORT, TRANSFER_TIMEOUT, E2E, session_ids
+from e2e_support import MB, NC_PORT, E2E, session_ids, wait_for_size
 
 from tcpcryptd.packet.tcp import ACK, RST
 from testbed import (
@@ -286,13 +286,6 @@ def leak_summary(leaks: list[Leak]) -> str:
 # 1. No plaintext after the daemon stops
 
 
-def _wait_for_size(path: Path, size: int, timeout: float = TRANSFER_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists() or path.stat().st_size < size:
-        assert time.monotonic() < deadline, f"{path.name}: fewer than {size} bytes arrived"
-        time.sleep(0.05)
-
-
 def _stop_sigterm(daemons: dict[str, Daemon], side: str) -> None:
     daemons[side].stop()
 
@@ -380,7 +373,7 @@ def test_no_plaintext_after_daemon_stops(e2e: E2E, how: str, side: str) -> None:
                                  stdin=subprocess.PIPE, stdout=sink)
     streams = {"upload A->B": _PacedStream(client, upload, 32 * 1024),
                "answer B->A": _PacedStream(listener, answer, 8 * 1024)}
-    _wait_for_size(at_b, STOP_AFTER)
+    wait_for_size(at_b, STOP_AFTER)
     assert len(session_ids(daemons["A"], NC_PORT)) == 1, daemons["A"].status()
 
     STOPS[how](daemons, side)

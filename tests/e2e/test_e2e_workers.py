@@ -9,12 +9,20 @@ import importlib.util
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from e2e_support import HTTP_PORT, IMPAIRED_SIZE, MB, NC_PORT, E2E, session_port
+from e2e_support import (
+    HTTP_PORT,
+    IMPAIRED_SIZE,
+    MB,
+    NC_PORT,
+    E2E,
+    send_rest_and_stop,
+    session_port,
+    wait_for_size,
+)
 
 from tcpcryptd.daemon import control
 from tcpcryptd.daemon.firewall import spread_program
@@ -85,15 +93,6 @@ def test_each_connection_one_worker_both_ways_and_pairs_spread(e2e: E2E, family:
     assert {session_port(r["local"]) for r in total["sessions"]} >= set(ports)
 
 
-def _write_all(pipe, data: bytes) -> None:
-    try:
-        for start in range(0, len(data), 65536):
-            pipe.write(data[start:start + 65536])
-        pipe.close()
-    except (BrokenPipeError, ValueError, OSError):
-        pass
-
-
 @pytest.mark.parametrize("family", (4, 6))
 def test_a_killed_worker_never_lets_its_flow_go_on_in_plaintext_and_restarts(
         e2e: E2E, family: int) -> None:
@@ -108,22 +107,13 @@ def test_a_killed_worker_never_lets_its_flow_go_on_in_plaintext_and_restarts(
     assert client.stdin is not None
     client.stdin.write(data[:MB])
     client.stdin.flush()
-    deadline = time.monotonic() + 60
-    while not received.exists() or received.stat().st_size < MB:
-        assert time.monotonic() < deadline, "the first megabyte did not arrive"
-        time.sleep(0.05)
+    wait_for_size(received, MB, timeout=60)
     rows = [r for r in _worker_rows(daemons["A"], index) if session_port(r["local"]) == port]
     assert rows and rows[0]["session_id"], rows
     worker = _status(daemons["A"])["daemon"]["workers"][index]
     os.kill(worker["pid"], signal.SIGKILL)
 
-    writer = threading.Thread(target=_write_all, args=(client.stdin, data[MB:]), daemon=True)
-    writer.start()
-    writer.join(timeout=5)
-    time.sleep(2)                        # an observation window; no assertion depends on it
-    client.kill()
-    listener.kill()
-    writer.join(timeout=10)
+    send_rest_and_stop(client, listener, data[MB:])
     capture.stop()
     report = capture.analyze(e2e.marker)
     assert report.marker_hits == 0, report.summary()
