@@ -92,6 +92,11 @@ def authorize_session(request: Request, caller: Caller | None,
     return local, remote, uid
 
 
+def earliest(*deadlines: float | None) -> float | None:
+    """The earliest of the deadlines that are set; None when none is."""
+    return min((d for d in deadlines if d is not None), default=None)
+
+
 class PacketPath:
     """Engine results -> verdicts and injections; never raises into the queue binding.
 
@@ -161,11 +166,7 @@ class PacketPath:
     def next_deadline(self) -> float | None:
         """When :meth:`on_timer` must run next: the engine's next timer, or a heap trim
         that was put off (daemon/heap.py); None: neither."""
-        due = self.engine.next_deadline()
-        trim = self.heap.deadline
-        if trim is not None and (due is None or trim < due):
-            return trim
-        return due
+        return earliest(self.engine.next_deadline(), self.heap.deadline)
 
     def prepare(self) -> None:
         """The engine's idle work: one key pair made ahead of need (engine/keypool.py)."""
@@ -415,12 +416,9 @@ class Daemon:
                     for fd in control.expire(now):   # idle or evicted connections
                         clients.unregister(fd)
                         control.drop(fd)
-                    idle = control.next_deadline()
-                    if idle is not None and (due is None or idle < due):
-                        due = idle
+                    due = earliest(due, control.next_deadline())
                 prepare_at = prepare_due()
-                if prepare_at is not None and (due is None or prepare_at < due):
-                    due = prepare_at
+                due = earliest(due, prepare_at)
                 ready = poller.poll(-1 if due is None else max(0.0, due - now))
                 if not ready and prepare_at is not None and prepare_at <= clock():
                     path.prepare()
