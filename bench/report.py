@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.diagnostics import summarize
@@ -379,8 +379,8 @@ def target_verdicts(results: dict[str, Any]) -> list[Target]:
                             "no daemon", ratios.get(f"offload_{key}_{name}_vs_no_daemon"), floor)
             queued = offload.get(key, {}).get("queued_per_connection_max")
             if target.value is not None and queued is not None:
-                target = Target(target.name, target.value, target.verdict, target.detail
-                                + f", at most {queued:g} packets queued per connection")
+                target = replace(target, detail=f"{target.detail}, at most {queued:g} "
+                                 "packets queued per connection")
             targets.append(target)
     return targets
 
