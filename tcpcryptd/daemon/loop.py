@@ -94,7 +94,11 @@ def authorize_session(request: Request, caller: Caller | None,
 
 def earliest(*deadlines: float | None) -> float | None:
     """The earliest of the deadlines that are set; None when none is."""
-    return min((d for d in deadlines if d is not None), default=None)
+    first = None
+    for deadline in deadlines:
+        if deadline is not None and (first is None or deadline < first):
+            first = deadline
+    return first
 
 
 class PacketPath:
@@ -125,7 +129,7 @@ class PacketPath:
     def on_packet(self, packet: QueuedPacket) -> None:
         """Queue callback: one verdict (now or deferred) for every packet."""
         try:
-            data = packet.get_payload()
+            data = packet.payload
             if len(data) >= MAX_COPY and truncated(data):
                 self.counters["daemon_truncated"] += 1
                 self._unprocessable(packet)

@@ -34,6 +34,7 @@ import socket
 import struct
 from collections import Counter
 from collections.abc import Callable, Collection
+from socket import htonl
 from typing import Protocol
 
 from tcpcryptd.daemon.errors import QueueError
@@ -89,6 +90,7 @@ NF_ACCEPT = 1
 _NLA_TYPE_MASK = 0x3FFF
 
 _NLMSGHDR = struct.Struct("=IHHII")
+_NLMSG_LEN_KIND = struct.Struct("=IH")
 _NFGEN_LEN = 4
 _HEADERS = _NLMSGHDR.size + _NFGEN_LEN
 _NLA = struct.Struct("=HH")
@@ -99,6 +101,8 @@ _ERRNO = struct.Struct("=i")
 _VERDICT = struct.Struct("=IHHII BBH HHII")
 #: ... then NFQA_MARK
 _MARK_ATTR = struct.Struct("=HHI")
+#: a verdict with NFQA_MARK and the head of NFQA_PAYLOAD (the payload follows)
+_VERDICT_MARK_PAYLOAD = struct.Struct("=IHHII BBH HHII HHI HH")
 _PAYLOAD_ATTR = struct.Struct("=HH")
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
 
@@ -109,9 +113,9 @@ class QueuedPacket(Protocol):
     id: int
     hook: int
     mark: int
+    payload: bytes          #: the packet's bytes, from the IP header on
     csum_not_ready: bool    #: the TCP checksum holds only the pseudo-header sum
 
-    def get_payload(self) -> bytes: ...
     def set_payload(self, payload: bytes) -> None: ...
     def set_mark(self, mark: int) -> None: ...
     def retain(self) -> None: ...
@@ -161,8 +165,8 @@ def complete_checksum(data: bytes) -> bytes:
 class Packet:
     """One queued packet: its metadata, a copy of its bytes, and its (single) verdict."""
 
-    __slots__ = ("id", "hook", "mark", "payload", "gso", "csum_not_ready", "_queue",
-                 "_new_payload", "_new_mark", "_done")
+    __slots__ = ("id", "hook", "mark", "payload", "skb_info", "csum_not_ready", "_queue",
+                 "_new_payload", "_new_mark")
 
     def __init__(self, queue: PacketQueue, packet_id: int, hook: int, mark: int,
                  payload: bytes, skb_info: int) -> None:
@@ -170,15 +174,17 @@ class Packet:
         self.hook = hook
         self.mark = mark
         self.payload = payload
-        self.gso = bool(skb_info & NFQA_SKB_GSO)
-        self.csum_not_ready = bool(skb_info & NFQA_SKB_CSUMNOTREADY)
-        self._queue = queue
+        self.skb_info = skb_info
+        self.csum_not_ready = skb_info & NFQA_SKB_CSUMNOTREADY != 0
+        #: the queue the verdict goes to; None once it was given
+        self._queue: PacketQueue | None = queue
         self._new_payload: bytes | None = None
         self._new_mark: int | None = None
-        self._done = False
 
-    def get_payload(self) -> bytes:
-        return self.payload
+    @property
+    def gso(self) -> bool:
+        """The kernel handed the packet over unsegmented (a GSO/GRO super-packet)."""
+        return self.skb_info & NFQA_SKB_GSO != 0
 
     def set_payload(self, payload: bytes) -> None:
         self._new_payload = payload
@@ -196,10 +202,11 @@ class Packet:
         self._give(NF_DROP)
 
     def _give(self, verdict: int) -> None:
-        if self._done:
+        queue = self._queue
+        if queue is None:
             raise RuntimeError("Verdict already given for this packet")
-        self._done = True
-        self._queue.verdict(self.id, verdict, self._new_mark, self._new_payload)
+        self._queue = None
+        queue.verdict(self.id, verdict, self._new_mark, self._new_payload)
 
 
 class PacketQueue:
@@ -224,6 +231,7 @@ class PacketQueue:
         self._run_first = self._run_last = -1
         self._run_mark: int | None = None
         self._buffer = bytearray(MAX_COPY + 4096)
+        self._view = memoryview(self._buffer)
         if sock is not None:
             self._sock = sock
             sock.setblocking(False)
@@ -298,57 +306,63 @@ class PacketQueue:
     def process(self) -> None:
         """Handle the packets waiting on the socket (up to :data:`RECV_BUDGET`), then send
         their verdicts."""
-        sock, buffer, counters = self._sock, self._buffer, self.counters
-        view = memoryview(buffer)
+        recv_into, buffer, view = self._sock.recv_into, self._buffer, self._view
+        messages = self._messages
         for _ in range(RECV_BUDGET):
             try:
-                size = sock.recv_into(buffer)
+                size = recv_into(buffer)
             except BlockingIOError:
                 break
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:   # the socket buffer overflowed: packets lost
-                    counters["daemon_queue_overrun"] += 1
+                    self.counters["daemon_queue_overrun"] += 1
                     continue
                 raise
-            self._messages(view, size)
+            messages(view, size)
         self.flush()
 
     def _messages(self, view: memoryview, size: int) -> None:
+        """Every netlink message of one datagram (the kernel sends one packet message per
+        datagram); the attributes of a packet message are read in the same pass."""
         pos = 0
+        unpack_attribute, unpack_u32 = _NLA.unpack_from, _BE32.unpack_from
         while size - pos >= _NLMSGHDR.size:
-            length, kind = _NLMSGHDR.unpack_from(view, pos)[:2]
-            if length < _NLMSGHDR.size or pos + length > size:
+            length, kind = _NLMSG_LEN_KIND.unpack_from(view, pos)
+            end = pos + length
+            if length < _NLMSGHDR.size or end > size:
                 self.counters["daemon_netlink_bad"] += 1
                 return
             if kind == NFQNL_MSG_PACKET:
-                self._packet(view, pos + _HEADERS, pos + length)
+                header = None
+                mark = skb_info = 0
+                payload = b""
+                at = pos + _HEADERS
+                while end - at >= 4:
+                    attr_length, attr_kind = unpack_attribute(view, at)
+                    attr_end = at + attr_length
+                    if attr_length < 4 or attr_end > end:
+                        break
+                    attr_kind &= _NLA_TYPE_MASK
+                    if attr_kind == NFQA_PAYLOAD:
+                        payload = view[at + 4:attr_end].tobytes()
+                    elif attr_kind == NFQA_PACKET_HDR:
+                        if attr_length >= 11:
+                            header = _PACKET_HDR.unpack_from(view, at + 4)
+                    elif attr_kind == NFQA_SKB_INFO:
+                        if attr_length >= 8:
+                            skb_info = unpack_u32(view, at + 4)[0]
+                    elif attr_kind == NFQA_MARK:
+                        if attr_length >= 8:
+                            mark = unpack_u32(view, at + 4)[0]
+                    at = (attr_end + 3) & ~3
+                if header is None:   # no packet id: nothing to give a verdict to
+                    self.counters["daemon_netlink_bad"] += 1
+                else:
+                    self.callback(Packet(self, header[0], header[2], mark, payload, skb_info))
             elif kind == NLMSG_ERROR and length >= _NLMSGHDR.size + 4:
                 if _ERRNO.unpack_from(view, pos + _NLMSGHDR.size)[0]:
                     self.counters["daemon_netlink_errors"] += 1   # e.g. a verdict's id unknown
-            pos += (length + 3) & ~3
-
-    def _packet(self, view: memoryview, pos: int, end: int) -> None:
-        header = None
-        mark = skb_info = 0
-        payload = b""
-        while end - pos >= 4:
-            length, kind = _NLA.unpack_from(view, pos)
-            if length < 4 or pos + length > end:
-                break
-            kind &= _NLA_TYPE_MASK
-            if kind == NFQA_PACKET_HDR and length >= 11:
-                header = _PACKET_HDR.unpack_from(view, pos + 4)
-            elif kind == NFQA_PAYLOAD:
-                payload = bytes(view[pos + 4:pos + length])
-            elif kind == NFQA_MARK and length >= 8:
-                mark = _BE32.unpack_from(view, pos + 4)[0]
-            elif kind == NFQA_SKB_INFO and length >= 8:
-                skb_info = _BE32.unpack_from(view, pos + 4)[0]
-            pos += (length + 3) & ~3
-        if header is None:   # no packet id: nothing to give a verdict to
-            self.counters["daemon_netlink_bad"] += 1
-            return
-        self.callback(Packet(self, header[0], header[2], mark, payload, skb_info))
+            pos = (end + 3) & ~3
 
     # ---- verdicts
 
@@ -359,39 +373,53 @@ class PacketQueue:
         A payload too long for a verdict turns the verdict into a drop (counted): the packet
         must not go on with its old bytes.
         """
-        if payload is not None and len(payload) > MAX_COPY:
+        if payload is None:
+            if verdict == NF_ACCEPT:
+                if self._run_first >= 0 and mark == self._run_mark and \
+                        packet_id == (self._run_last + 1) & 0xFFFFFFFF:
+                    self._run_last = packet_id
+                    return
+                self._end_run()
+                self._run_first = self._run_last = packet_id
+                self._run_mark = mark
+                return
+        elif len(payload) > MAX_COPY:
             self.counters["daemon_verdict_too_long"] += 1
             verdict, payload = NF_DROP, None
-        if payload is None and verdict == NF_ACCEPT:
-            if self._run_first >= 0 and mark == self._run_mark and \
-                    packet_id == (self._run_last + 1) & 0xFFFFFFFF:
-                self._run_last = packet_id
-                return
+        if self._run_first >= 0:
             self._end_run()
-            self._run_first = self._run_last = packet_id
-            self._run_mark = mark
-            return
-        self._end_run()
         self._append(NFQNL_MSG_VERDICT, packet_id, verdict, mark, payload)
 
     def _append(self, kind: int, packet_id: int, verdict: int, mark: int | None,
                 payload: bytes | None) -> None:
-        length = _VERDICT.size + (_MARK_ATTR.size if mark is not None else 0)
-        pad = b""
-        if payload is not None:
-            pad = _PADDING[len(payload) & 3]
-            length += 4 + len(payload) + len(pad)
         iov = self._iov
-        iov.append(_VERDICT.pack(length, kind, NLM_F_REQUEST, 0, 0, socket.AF_UNSPEC, 0,
-                                 self._res_id, 12, NFQA_VERDICT_HDR, socket.htonl(verdict),
-                                 socket.htonl(packet_id)))
-        if mark is not None:
-            iov.append(_MARK_ATTR.pack(8, NFQA_MARK, socket.htonl(mark)))
-        if payload is not None:
-            iov.append(_PAYLOAD_ATTR.pack(4 + len(payload), NFQA_PAYLOAD))
+        if payload is not None and mark is not None:
+            # the common rewritten packet: the headers and both attribute heads in one pack
+            pad = _PADDING[len(payload) & 3]
+            length = _VERDICT_MARK_PAYLOAD.size + len(payload) + len(pad)
+            iov.append(_VERDICT_MARK_PAYLOAD.pack(
+                length, kind, NLM_F_REQUEST, 0, 0, socket.AF_UNSPEC, 0, self._res_id, 12,
+                NFQA_VERDICT_HDR, htonl(verdict), htonl(packet_id), 8, NFQA_MARK, htonl(mark),
+                4 + len(payload), NFQA_PAYLOAD))
             iov.append(payload)
             if pad:
                 iov.append(pad)
+        else:
+            length = _VERDICT.size + (_MARK_ATTR.size if mark is not None else 0)
+            pad = b""
+            if payload is not None:
+                pad = _PADDING[len(payload) & 3]
+                length += 4 + len(payload) + len(pad)
+            iov.append(_VERDICT.pack(length, kind, NLM_F_REQUEST, 0, 0, socket.AF_UNSPEC, 0,
+                                     self._res_id, 12, NFQA_VERDICT_HDR, htonl(verdict),
+                                     htonl(packet_id)))
+            if mark is not None:
+                iov.append(_MARK_ATTR.pack(8, NFQA_MARK, htonl(mark)))
+            if payload is not None:
+                iov.append(_PAYLOAD_ATTR.pack(4 + len(payload), NFQA_PAYLOAD))
+                iov.append(payload)
+                if pad:
+                    iov.append(pad)
         self._iov_bytes += length
         if self._iov_bytes >= SEND_FLUSH_BYTES or len(iov) >= SEND_FLUSH_IOVECS:
             self._send()

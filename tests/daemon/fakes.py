@@ -39,9 +39,6 @@ class FakePacket:
     def inbound(cls, packet_id: int, mark: int = 0) -> FakePacket:
         return cls(packet_id, hook=NF_INET_PRE_ROUTING, mark=mark)
 
-    def get_payload(self) -> bytes:
-        return self.payload
-
     def set_payload(self, payload: bytes) -> None:
         self.new_payload = payload
 

@@ -96,7 +96,7 @@ def test_a_packet_message_and_its_verdict_with_mark_and_payload(bed):
     queue.process()   # no verdict yet: nothing sent
     (packet,) = seen
     assert (packet.id, packet.hook, packet.mark) == (7, NF_INET_PRE_ROUTING, 5)
-    assert packet.get_payload() == b"E" + bytes(39) and packet.gso and packet.csum_not_ready
+    assert packet.payload == b"E" + bytes(39) and packet.gso and packet.csum_not_ready
     packet.set_mark(0x25)
     packet.set_payload(b"new bytes")
     packet.accept()
