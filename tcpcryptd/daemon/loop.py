@@ -31,7 +31,6 @@ from tcpcryptd.daemon.nfqueue import (
     PacketQueue,
     QueuedPacket,
     Verdicts,
-    complete_checksum,
     direction,
     truncated,
 )
@@ -44,9 +43,10 @@ from tcpcryptd.packet.tcp import FlowKey
 
 log = logging.getLogger(__name__)
 
-#: Packets up to this size whose TCP checksum the stack left to the NIC get it completed
-#: before the engine sees them (it edits ACKs and SYNs in place, RFC 1624); larger ones
-#: leave unchanged or with a new payload and a full checksum (daemon/nfqueue.py).
+#: Packets up to this size whose TCP checksum the stack left to the NIC go to the engine
+#: with ``checksum_partial`` (it completes the checksum where it edits ACKs and SYNs in
+#: place, RFC 1624); larger ones leave unchanged or with a new payload and a full checksum
+#: (daemon/nfqueue.py).
 CHECKSUM_COMPLETE_MAX = 2048
 
 
@@ -57,7 +57,7 @@ class FlowEngine(Protocol):
     counters: dict[str, int]
 
     def handle_packet(self, packet_id: int, data: bytes, direction: Direction,
-                      now: float) -> Result: ...
+                      now: float, *, checksum_partial: bool = False) -> Result: ...
     def handle_timer(self, now: float) -> Result: ...
     def shutdown(self, now: float) -> Result: ...
     def next_deadline(self) -> float | None: ...
@@ -134,10 +134,9 @@ class PacketPath:
                 self.counters["daemon_truncated"] += 1
                 self._unprocessable(packet)
                 return
-            if packet.csum_not_ready and len(data) <= CHECKSUM_COMPLETE_MAX:
-                data = complete_checksum(data)
-            result = self.engine.handle_packet(packet.id, data, direction(packet),
-                                               self.clock())
+            result = self.engine.handle_packet(
+                packet.id, data, direction(packet), self.clock(),
+                checksum_partial=packet.csum_not_ready and len(data) <= CHECKSUM_COMPLETE_MAX)
         except Exception:
             self.counters["daemon_engine_errors"] += 1
             log.debug("engine failed on packet %d", packet.id, exc_info=True)

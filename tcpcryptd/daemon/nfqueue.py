@@ -14,10 +14,11 @@ copy) and given its verdict later, in any order; a verdict carries the packet's 
 the queue.
 
 With ``NFQA_CFG_F_GSO`` the kernel no longer completes a checksum the local stack left to
-the NIC (``NFQA_SKB_CSUMNOTREADY``: the TCP checksum field holds only the pseudo-header
-sum): :func:`complete_checksum` finishes it for the small packets (ACKs, SYNs) the engine
-edits in place with RFC 1624 updates; larger ones only ever leave unchanged (the kernel
-completes the checksum) or with a new payload and a full checksum.
+the NIC (``NFQA_SKB_CSUMNOTREADY``, :attr:`Packet.csum_not_ready`: the TCP checksum field
+holds only the pseudo-header sum); the daemon tells the engine, which completes it where it
+edits a small packet in place with RFC 1624 updates (the engine's ``checksum_partial``);
+larger ones only ever leave unchanged (the kernel completes the checksum) or with a new
+payload and a full checksum.
 
 The protocol (``linux/netfilter/nfnetlink_queue.h``): every message is a netlink header, a
 ``nfgenmsg`` (family, version 0, queue number big-endian) and attributes whose values are
@@ -39,7 +40,6 @@ from typing import Protocol
 
 from tcpcryptd.daemon.errors import QueueError
 from tcpcryptd.engine.actions import Direction
-from tcpcryptd.packet.checksum import internet_checksum
 
 log = logging.getLogger(__name__)
 
@@ -141,25 +141,6 @@ def truncated(data: bytes) -> bool:
     if data[0] >> 4 == 6:
         return 40 + struct.unpack_from("!H", data, 4)[0] > len(data)
     return False
-
-
-def complete_checksum(data: bytes) -> bytes:
-    """``data`` with the TCP checksum the local stack left to the NIC filled in (RFC 9293 §3.1).
-
-    The field holds the pseudo-header sum (``CHECKSUM_PARTIAL``), so the ones' complement
-    of the sum over the TCP segment as it is gives the checksum. Only IPv4 and IPv6 with TCP
-    right after the fixed header; anything else is returned unchanged.
-    """
-    if len(data) >= 40 and data[0] >> 4 == 4 and data[9] == socket.IPPROTO_TCP:
-        start = (data[0] & 0xF) << 2
-    elif len(data) >= 60 and data[0] >> 4 == 6 and data[6] == socket.IPPROTO_TCP:
-        start = 40
-    else:
-        return data
-    if len(data) < start + 20:
-        return data
-    checksum = internet_checksum(memoryview(data)[start:])
-    return b"".join((data[:start + 16], checksum.to_bytes(2, "big"), data[start + 18:]))
 
 
 class Packet:

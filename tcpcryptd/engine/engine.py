@@ -80,6 +80,7 @@ from tcpcryptd.packet.tcp import (
     FlowKey,
     PacketError,
     TCPPacket,
+    complete_checksum,
 )
 
 
@@ -113,8 +114,16 @@ class Engine:
     # -- public API -----------------------------------------------------------------------
 
     def handle_packet(self, packet_id: int, data: bytes, direction: Direction,
-                      now: float) -> Result:
-        """Decide what to do with one queued packet (and whatever else must happen now)."""
+                      now: float, *, checksum_partial: bool = False) -> Result:
+        """Decide what to do with one queued packet (and whatever else must happen now).
+
+        ``checksum_partial``: the TCP checksum field holds only the pseudo-header sum (the
+        sending stack left the checksum to the NIC, ``CHECKSUM_PARTIAL``). The engine
+        completes it (:func:`~tcpcryptd.packet.tcp.complete_checksum`, RFC 9293 §3.1)
+        before anything that edits the packet incrementally (RFC 1624) -- except for a
+        segment with payload on a fast path, which leaves with a new payload and a full
+        checksum, or not at all.
+        """
         ctx = self._ctx
         ctx.now = now
         outbound = direction == Direction.OUTBOUND
@@ -134,9 +143,17 @@ class Engine:
                 flow = self._flows.get((version, src, fields[0], dst, fields[1]) if outbound
                                        else (version, dst, fields[1], src, fields[0]))
                 if flow is not None and flow.state is State.ENCRYPTED:
+                    if checksum_partial and (
+                            ((data[2] << 8) | data[3]) if tcp_start == 20
+                            else 40 + ((data[4] << 8) | data[5])
+                    ) <= tcp_start + ((fields[4] >> 12) << 2):
+                        # no payload: the fast paths edit the header in place
+                        data, checksum_partial = complete_checksum(data), False
                     fast = self._fast(flow, data, outbound, tcp_start, fields, now)
                     if fast is not None:
                         return fast
+        if checksum_partial:
+            data = complete_checksum(data)
         try:
             pkt = TCPPacket.parse(data)
         except PacketError:

@@ -19,17 +19,23 @@ passes such packets on untouched):
   TCP.
 * TCP (RFC 9293 §3.1) with data offset 5..15 inside the segment.
 
-Checksums are not verified on parse (NFQUEUE hands over packets with complete checksums,
-docs/ARCHITECTURE.md "Hot path"), and a rebuilt packet gets fresh ones:
+Checksums are not verified on parse, and a rebuilt packet gets fresh ones:
 :meth:`TCPPacket.to_bytes` by a full sum, :meth:`TCPPacket.to_bytes_incremental` by RFC 1624
-for header-only edits.
+for header-only edits; the latter needs a complete checksum in the packet, so a packet whose
+local stack left the checksum to the NIC (``CHECKSUM_PARTIAL``: the field holds only the
+pseudo-header sum) goes through :func:`complete_checksum` first.
 """
 
 from __future__ import annotations
 
 import struct
 
-from tcpcryptd.packet.checksum import Buffer, ipv4_header_checksum, residue_of
+from tcpcryptd.packet.checksum import (
+    Buffer,
+    internet_checksum,
+    ipv4_header_checksum,
+    residue_of,
+)
 
 __all__ = [
     "FIN",
@@ -44,6 +50,7 @@ __all__ = [
     "PacketError",
     "TCPPacket",
     "build",
+    "complete_checksum",
     "TCP_HEADER",
     "rewrite_header",
     "rewrite_segment",
@@ -364,6 +371,25 @@ class TCPPacket:
         return rewrite_header(self._raw, self._tcp_start, self._tcp_header_end, self.sport,
                               self.dport, self.seq, self.ack, self.flags, self.window,
                               self.urg_ptr, self.options, self.payload)
+
+
+def complete_checksum(data: bytes) -> bytes:
+    """``data`` with the TCP checksum the local stack left to the NIC filled in (RFC 9293 §3.1).
+
+    The field holds the pseudo-header sum (``CHECKSUM_PARTIAL``), so the ones' complement
+    of the sum over the TCP segment as it is gives the checksum. Only IPv4 and IPv6 with TCP
+    right after the fixed header; anything else is returned unchanged.
+    """
+    if len(data) >= 40 and data[0] >> 4 == 4 and data[9] == _PROTO_TCP:
+        start = (data[0] & 0xF) << 2
+    elif len(data) >= 60 and data[0] >> 4 == 6 and data[6] == _PROTO_TCP:
+        start = 40
+    else:
+        return data
+    if len(data) < start + 20:
+        return data
+    checksum = internet_checksum(memoryview(data)[start:])
+    return b"".join((data[:start + 16], checksum.to_bytes(2, "big"), data[start + 18:]))
 
 
 def rewrite_header(raw: Buffer, tcp_start: int, old_header_end: int, sport: int, dport: int,

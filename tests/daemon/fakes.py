@@ -66,6 +66,8 @@ class ScriptedEngine:
     def __init__(self, flows: list[FlowStatus] | None = None) -> None:
         self.script: list[Result | Exception] = []
         self.calls: list[tuple[int, bytes, Direction, float]] = []
+        #: the ``checksum_partial`` of each call
+        self.checksum_partial: list[bool] = []
         self.timer_calls: list[float] = []
         self.shutdown_calls: list[float] = []
         self.prepare_calls: list[float] = []
@@ -79,8 +81,9 @@ class ScriptedEngine:
         self.flows_now: float | None = None
         self.config = EngineConfig()
 
-    def handle_packet(self, packet_id, data, direction, now):
+    def handle_packet(self, packet_id, data, direction, now, *, checksum_partial=False):
         self.calls.append((packet_id, data, direction, now))
+        self.checksum_partial.append(checksum_partial)
         return self._next(Result(Verdict.ACCEPT))
 
     def handle_timer(self, now):

@@ -23,10 +23,7 @@ from tcpcryptd.daemon.nfqueue import (
     NFQNL_MSG_VERDICT,
     NFQNL_MSG_VERDICT_BATCH,
     PacketQueue,
-    complete_checksum,
 )
-from tcpcryptd.packet.checksum import tcp_checksum
-from tcpcryptd.packet.tcp import ACK, build
 
 QUEUE = 3
 
@@ -160,18 +157,3 @@ def test_error_answers_are_counted(bed):
     kernel.send(struct.pack("=IHHII", 36, 2, 0, 0, 0) + struct.pack("=i", -2) + bytes(16))
     queue.process()
     assert queue.counters["daemon_netlink_errors"] == 1
-
-
-@pytest.mark.parametrize("version", (4, 6))
-def test_complete_checksum_finishes_what_the_stack_left_to_the_nic(version):
-    src, dst = (bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])) if version == 4 else \
-        (bytes(15) + b"\x01", bytes(15) + b"\x02")
-    full = build(version, src, dst, 1000, 443, 1, 2, ACK, 100, b"", b"payload!")
-    start = 20 if version == 4 else 40
-    # what CHECKSUM_PARTIAL leaves in the field: the folded pseudo-header sum
-    tcp_length = len(full) - start
-    pseudo = tcp_checksum(src, dst, bytes(tcp_length))   # complement of the pseudo sum
-    partial = full[:start + 16] + (~pseudo & 0xFFFF).to_bytes(2, "big") + full[start + 18:]
-    assert partial != full
-    assert complete_checksum(partial) == full
-    assert complete_checksum(b"\x45garbage") == b"\x45garbage"

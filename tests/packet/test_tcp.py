@@ -33,6 +33,7 @@ from tcpcryptd.packet.tcp import (
     PacketError,
     TCPPacket,
     build,
+    complete_checksum,
     rewrite_header,
     rewrite_segment,
 )
@@ -575,3 +576,18 @@ def test_tcp_checksum_of_built_packet_verifies() -> None:
     src, dst = bytes(15) + b"\x01", bytes(15) + b"\x02"
     wire = build(6, src, dst, 1, 2, 3, 4, ACK | PSH, 5, payload=b"odd")
     assert checksum.tcp_checksum(wire[8:24], wire[24:40], wire[40:]) == 0
+
+
+@pytest.mark.parametrize("version", (4, 6))
+def test_complete_checksum_finishes_what_the_stack_left_to_the_nic(version):
+    src, dst = (bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])) if version == 4 else \
+        (bytes(15) + b"\x01", bytes(15) + b"\x02")
+    full = build(version, src, dst, 1000, 443, 1, 2, ACK, 100, b"", b"payload!")
+    start = 20 if version == 4 else 40
+    # what CHECKSUM_PARTIAL leaves in the field: the folded pseudo-header sum
+    tcp_length = len(full) - start
+    pseudo = checksum.tcp_checksum(src, dst, bytes(tcp_length))   # complement of the sum
+    partial = full[:start + 16] + (~pseudo & 0xFFFF).to_bytes(2, "big") + full[start + 18:]
+    assert partial != full
+    assert complete_checksum(partial) == full
+    assert complete_checksum(b"\x45garbage") == b"\x45garbage"
