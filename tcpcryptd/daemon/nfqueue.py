@@ -116,10 +116,8 @@ class QueuedPacket(Protocol):
     payload: bytes          #: the packet's bytes, from the IP header on
     csum_not_ready: bool    #: the TCP checksum holds only the pseudo-header sum
 
-    def set_payload(self, payload: bytes) -> None: ...
-    def set_mark(self, mark: int) -> None: ...
     def retain(self) -> None: ...
-    def accept(self) -> None: ...
+    def accept(self, mark: int | None = None, payload: bytes | None = None) -> None: ...
     def drop(self) -> None: ...
 
 
@@ -146,8 +144,7 @@ def truncated(data: bytes) -> bool:
 class Packet:
     """One queued packet: its metadata, a copy of its bytes, and its (single) verdict."""
 
-    __slots__ = ("id", "hook", "mark", "payload", "skb_info", "csum_not_ready", "_queue",
-                 "_new_payload", "_new_mark")
+    __slots__ = ("id", "hook", "mark", "payload", "skb_info", "csum_not_ready", "_queue")
 
     def __init__(self, queue: PacketQueue, packet_id: int, hook: int, mark: int,
                  payload: bytes, skb_info: int) -> None:
@@ -159,35 +156,29 @@ class Packet:
         self.csum_not_ready = skb_info & NFQA_SKB_CSUMNOTREADY != 0
         #: the queue the verdict goes to; None once it was given
         self._queue: PacketQueue | None = queue
-        self._new_payload: bytes | None = None
-        self._new_mark: int | None = None
 
     @property
     def gso(self) -> bool:
         """The kernel handed the packet over unsegmented (a GSO/GRO super-packet)."""
         return self.skb_info & NFQA_SKB_GSO != 0
 
-    def set_payload(self, payload: bytes) -> None:
-        self._new_payload = payload
-
-    def set_mark(self, mark: int) -> None:
-        self._new_mark = mark
-
     def retain(self) -> None:
         """Nothing to do: the payload is already a copy of the receive buffer."""
 
-    def accept(self) -> None:
-        self._give(NF_ACCEPT)
+    def accept(self, mark: int | None = None, payload: bytes | None = None) -> None:
+        """Accept, with ``mark`` as its new nfmark and ``payload`` as its new bytes when
+        given (None: unchanged)."""
+        self._give(NF_ACCEPT, mark, payload)
 
     def drop(self) -> None:
-        self._give(NF_DROP)
+        self._give(NF_DROP, None, None)
 
-    def _give(self, verdict: int) -> None:
+    def _give(self, verdict: int, mark: int | None, payload: bytes | None) -> None:
         queue = self._queue
         if queue is None:
             raise RuntimeError("Verdict already given for this packet")
         self._queue = None
-        queue.verdict(self.id, verdict, self._new_mark, self._new_payload)
+        queue.verdict(self.id, verdict, mark, payload)
 
 
 class PacketQueue:
@@ -471,17 +462,12 @@ class Verdicts:
 
     def accept(self, packet: QueuedPacket, data: bytes | None = None,
                encrypted: bool = False) -> None:
-        if data is not None:
-            packet.set_payload(data)
-        packet.set_mark(packet.mark | self.seen_mark | (self.encrypted_mark if encrypted else 0))
-        packet.accept()
+        packet.accept(packet.mark | self.seen_mark | (self.encrypted_mark if encrypted else 0),
+                      data)
 
     def accept_plain(self, packet: QueuedPacket, data: bytes | None = None) -> None:
         """Accept a packet of a plain connection: not seen, and the connection offloaded."""
-        if data is not None:
-            packet.set_payload(data)
-        packet.set_mark(packet.mark | self.plain_mark)
-        packet.accept()
+        packet.accept(packet.mark | self.plain_mark, data)
 
     def accept_unseen(self, packet: QueuedPacket) -> None:
         """Accept unchanged and unmarked, as if the queue had been bypassed."""

@@ -39,12 +39,6 @@ class FakePacket:
     def inbound(cls, packet_id: int, mark: int = 0) -> FakePacket:
         return cls(packet_id, hook=NF_INET_PRE_ROUTING, mark=mark)
 
-    def set_payload(self, payload: bytes) -> None:
-        self.new_payload = payload
-
-    def set_mark(self, mark: int) -> None:
-        self.new_mark = mark
-
     def retain(self) -> None:
         self.retained = True
 
@@ -53,8 +47,9 @@ class FakePacket:
             raise RuntimeError("Verdict already given for this packet")
         self.verdict = verdict
 
-    def accept(self) -> None:
+    def accept(self, mark: int | None = None, payload: bytes | None = None) -> None:
         self._give("accept")
+        self.new_mark, self.new_payload = mark, payload
 
     def drop(self) -> None:
         self._give("drop")

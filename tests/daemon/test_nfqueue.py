@@ -94,9 +94,7 @@ def test_a_packet_message_and_its_verdict_with_mark_and_payload(bed):
     (packet,) = seen
     assert (packet.id, packet.hook, packet.mark) == (7, NF_INET_PRE_ROUTING, 5)
     assert packet.payload == b"E" + bytes(39) and packet.gso and packet.csum_not_ready
-    packet.set_mark(0x25)
-    packet.set_payload(b"new bytes")
-    packet.accept()
+    packet.accept(0x25, b"new bytes")
     with pytest.raises(RuntimeError):
         packet.drop()
     queue.flush()
@@ -107,10 +105,10 @@ def test_verdicts_of_one_round_leave_in_one_send_and_runs_become_one_batch(bed):
     kernel, queue, seen, _ = bed
     for packet_id in (10, 11, 12, 13, 20):
         kernel.send(packet_message(packet_id, b"x" * 40))
-    queue.callback = lambda p: (p.set_mark(1), p.drop() if p.id == 20 else p.accept())
+    queue.callback = lambda p: p.drop() if p.id == 20 else p.accept(1)
     queue.process()
     assert sent(kernel) == [(NFQNL_MSG_VERDICT_BATCH, NF_ACCEPT, 13, 1, None),
-                            (NFQNL_MSG_VERDICT, NF_DROP, 20, 1, None)]
+                            (NFQNL_MSG_VERDICT, NF_DROP, 20, None, None)]
     assert queue.counters["daemon_verdict_batches"] == 1
 
 
@@ -129,8 +127,7 @@ def test_a_payload_too_long_for_a_verdict_drops_the_packet(bed):
     kernel, queue, seen, _ = bed
     kernel.send(packet_message(1, b"x" * 40))
     queue.process()
-    seen[0].set_payload(bytes(MAX_COPY + 1))
-    seen[0].accept()
+    seen[0].accept(None, bytes(MAX_COPY + 1))
     queue.flush()
     assert sent(kernel) == [(NFQNL_MSG_VERDICT, NF_DROP, 1, None, None)]
     assert queue.counters["daemon_verdict_too_long"] == 1
