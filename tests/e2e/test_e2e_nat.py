@@ -1,5 +1,7 @@
-"""Through a NAT: tcpcrypt binds a session to no address or port (RFC 8548 §4), so a router
-that rewrites them changes nothing for the daemons.
+"""Through a NAT: tcpcrypt involves no address or port (the transcript is the ENO options and
+Init messages, RFC 8548 §3.3; the session ID comes from the keys, §3.4; the frames'
+associated data is their control byte and length, §4.2.2; TCP headers are left to the
+middleboxes, §8), so a router that rewrites them changes nothing for the daemons.
 
 The router namespace R translates (testbed ``masquerade``: A behind a source NAT that
 rewrites address and source port; ``port_forward``: B reachable only through a port of R's
@@ -9,11 +11,14 @@ transferred bytes in any segment) and in ``status`` of both daemons (the same se
 both ends, RFC 8548 §3.4). The captures also prove the translation happened: the two sides
 of R show different addresses and ports for the same connections.
 
-* Source NAT, IPv4 and IPv6: a download and an upload, the second resumed (RFC 8548 §3.5:
-  B finds the secret by its identifier, and the NAT gives both connections one address).
+* Source NAT, IPv4 and IPv6: a download and an upload.
+* Session resumption through the source NAT (RFC 8548 §3.5): B finds the secret by the
+  identifier A offers, and the NAT gives both connections one address.
 * Port forward (DNAT), IPv4 and IPv6.
 * Plain offload through the NAT (daemon on A only): only the SYN phase is queued.
 * kill -9 of A's daemon mid-transfer: no plaintext on either side of R (property 8).
+* NAT on the daemon's own host (a local port redirect; a source NAT of the host's own
+  connection): known broken, strict xfails (docs/daemon.md, "NAT").
 """
 
 from __future__ import annotations
