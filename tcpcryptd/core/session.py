@@ -34,6 +34,7 @@ from tcpcryptd.core.frame import (
     encode_frame,
 )
 from tcpcryptd.core.keys import (
+    PRF,
     KeySchedule,
     compute_prk,
     next_session_secret,
@@ -126,8 +127,9 @@ class Session:
         self.ss = bytes(ss)
         self.sn = bytes(sn)
         self.sends_with_k_ab = sends_with_k_ab
-        self.session_id = session_id(tep_byte, self.ss, self.sn)
-        self.schedule = KeySchedule(self.ss, self.sn, aead.traffic_key_len)
+        prf = PRF(self.ss)   # one keying for both derivations from ss[i] (core/keys.py)
+        self.session_id = session_id(tep_byte, prf, self.sn)
+        self.schedule = KeySchedule(prf, self.sn, aead.traffic_key_len)
         self.local_generation = 0
         self.remote_generation = 0
         self.send_generation = 0
