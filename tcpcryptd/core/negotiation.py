@@ -539,6 +539,18 @@ class ENOEndpoint:
             repeatable=repeatable,
         )
 
+    @classmethod
+    def passive_answered(cls, received: SynOption, answer: SynOption,
+                         outcome: Negotiated) -> ENOEndpoint:
+        """The passive opener :meth:`passive` becomes on a SYN carrying ``received`` that it
+        answered with ``answer``, the two negotiating ``outcome``: rebuilt from what was kept
+        of them (the engine's compact half-open record); nothing else differs, since only a
+        SYN had been received."""
+        endpoint = cls(local=answer, passive=True)
+        endpoint.peer_option = received
+        endpoint.outcome = outcome
+        return endpoint
+
     @property
     def disabled(self) -> bool:
         """True once ENO fell back to plain TCP."""
