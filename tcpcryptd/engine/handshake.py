@@ -157,6 +157,13 @@ def _active_syn_option(teps: tuple[int, ...], passive_role: bool = False) -> Syn
     return build_syn_option(None, [Suboption(tep) for tep in teps])
 
 
+@lru_cache(maxsize=16)
+def _fresh_offers(teps: tuple[int, ...], resumed_tep: int) -> tuple[Suboption, ...]:
+    """The fresh TEP suboptions an active opener lists before its resumption offer for
+    ``resumed_tep`` (RFC 8548 §3.5), by preference: immutable, shared by its flows."""
+    return tuple(Suboption(tep) for tep in teps if tep != resumed_tep)
+
+
 def _nonce_room(options: bytes, answer: bool, fresh: int) -> int | None:
     """The longest resumption nonce (at most 8 bytes, RFC 8548 §3.5) whose ENO option still
     fits next to ``options``: A's offer after ``fresh`` fresh TEP bytes, or B's answer
@@ -179,7 +186,7 @@ def _resumption_offer(ctx: Context, pkt: TCPPacket, now: float
     entry = cache.for_peer(peer_of(pkt.flow_key()), now) if cache is not None else None
     if entry is None:
         return None
-    fresh = [Suboption(tep) for tep in ctx.config.teps if tep != entry.tep]
+    fresh = list(_fresh_offers(ctx.config.teps, entry.tep))
     while (length := _nonce_room(pkt.options, False, len(fresh))) is None:
         if not fresh:
             return None
