@@ -55,11 +55,9 @@ from tcpcryptd.core.negotiation import (
     ENOEndpoint,
     Fallback,
     FallbackReason,
-    Negotiated,
     ResumeAnswer,
     Role,
     TcpcryptValidity,
-    negotiate,
 )
 from tcpcryptd.core.resumption import CacheEntry, new_resumption_nonce
 from tcpcryptd.engine.actions import Direction, Result, Transmit, Verdict
@@ -389,24 +387,20 @@ def promote(cfg: EngineConfig, record: HalfOpen) -> Flow:
     (:func:`on_local_syn_ack`, whose ENO answer counts as sent on an ACK, RFC 8547 §4.6)
     would have made it, with the record's times, SYN-ACK count and stale flow.
 
-    The passive negotiation is not run again (for a resumption offer it would not even be
-    the same: the cache entry is gone): B's answer, kept in the record, and the SYN's
-    option decide the outcome as they decide it for host A (:func:`negotiate`, RFC 8547
-    §4.5; a resumption answer is valid by the halves of the identifier taken from the
-    cache, RFC 8548 §3.5).  The SYN left clamped and the SYN-ACK with B's answer: neither
-    is rewritten again.  (``cfg`` is not needed: the record holds the negotiation's result.)
+    The passive negotiation is not run again (for a resumption offer it could not be: the
+    cache entry is taken): the record's answer and the SYN's option rebuild the ENO endpoint
+    (:meth:`~tcpcryptd.core.negotiation.ENOEndpoint.passive_answered`).  The SYN left
+    clamped and the SYN-ACK with B's answer: neither is rewritten again.  (``cfg`` is not
+    needed: the record holds the negotiation's result.)
     """
     syn = TCPPacket.parse(record.syn)
     (received,) = tcp_options.eno_options(syn.options)
-    peer_option, answer = parse_syn_option(received), parse_syn_option(record.syn_option)
-    entry = record.resume_entry
-    outcome = (negotiate(answer, peer_option) if entry is None else
-               negotiate(answer, peer_option, is_valid=TcpcryptValidity(entry.resume_id)))
+    eno = ENOEndpoint.passive_answered(parse_syn_option(received),
+                                       parse_syn_option(record.syn_option))
     # the same options negotiated this TEP when the record was made
-    assert isinstance(outcome, Negotiated) and outcome.tep == record.tep, outcome
-    flow = _passive_flow(record.key, syn, ENOEndpoint.passive_answered(peer_option, answer,
-                                                                       outcome), record.created)
-    flow.resume_entry = entry
+    assert eno.negotiated is not None and eno.negotiated.tep == record.tep, eno.outcome
+    flow = _passive_flow(record.key, syn, eno, record.created)
+    flow.resume_entry = record.resume_entry
     if record.syn_ack is not None:
         _local_syn_ack(flow, TCPPacket.parse(record.syn_ack), record.syn_time)
         flow.eno.option_for_segment(syn=True, ack=True)
