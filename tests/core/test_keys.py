@@ -59,6 +59,12 @@ def test_prf_is_hmac_sha256_for_every_message(key: bytes, messages: list[bytes])
     assert repr(prf) == "PRF(HMAC-SHA256)"   # nothing of the key
 
 
+@pytest.mark.parametrize("key", [b"", bytes(64), bytes(range(65)), b"k" * 200])
+def test_prf_keys_of_every_size_against_the_block(key: bytes) -> None:
+    """RFC 2104 §2: shorter keys are padded, keys longer than the 64-byte block hashed."""
+    assert PRF(key).mac(b"message") == hmac.new(key, b"message", hashlib.sha256).digest()
+
+
 @pytest.mark.parametrize("length", [0, 255 * 32 + 1])
 def test_expand_refuses_lengths_outside_rfc5869(length: int) -> None:
     with pytest.raises(ValueError):
