@@ -18,7 +18,8 @@ of R show different addresses and ports for the same connections.
 * Plain offload through the NAT (daemon on A only): only the SYN phase is queued.
 * kill -9 of A's daemon mid-transfer: no plaintext on either side of R (property 8).
 * NAT on the daemon's own host (a local port redirect; a source NAT of the host's own
-  connection): known broken, strict xfails (docs/daemon.md, "NAT").
+  connection that rewrites its port): encrypted too, because both queue hooks see the
+  local stack's view of the connection (outbound before the host's NAT, inbound after it).
 """
 
 from __future__ import annotations
@@ -291,48 +292,36 @@ def test_kill9_through_nat_never_leaks(e2e: E2E) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# NAT on the daemon's own host: known broken (docs/daemon.md, "NAT"). The inbound queue rule
-# sits in mangle PREROUTING (priority -150), before conntrack's NAT undoes or applies a
-# translation there (-100), while the outbound one in raw OUTPUT (-300) runs before NAT in
-# POSTROUTING: the daemon sees a translated connection under two different 4-tuples.
+# NAT on the daemon's own host. The outbound queue (raw OUTPUT, priority -300) runs before
+# the host's NAT in POSTROUTING, the inbound one (mangle INPUT) after PREROUTING's NAT (-100)
+# has undone a source NAT or applied a redirect: the daemon sees the connection under one
+# 4-tuple in both directions. With the inbound queue in mangle PREROUTING (-150, before the
+# NAT) both tests below failed: the redirect stayed plain, the source NAT hung.
 
-#: Hang protection for the known-broken cases below (a working daemon needs well under 1 s).
-BROKEN_TIMEOUT = 10.0
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a local REDIRECT/DNAT: the daemon sees the peer's SYN to the original port and the "
-    "local stack's SYN-ACK from the redirected one, finds no flow for the SYN-ACK and "
-    "leaves the connection plain (no ENO in the SYN-ACK)"))
 def test_port_redirect_on_the_daemons_host(e2e: E2E) -> None:
     """B redirects FORWARDED_PORT to its HTTP server's port itself (nat REDIRECT, as a web
-    server on an unprivileged port does): A's download through it should be encrypted."""
+    server on an unprivileged port does): A's download through it is encrypted."""
     daemons = e2e.daemons("A", "B")
     e2e.bed.b.both_families("-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport",
                             str(FORWARDED_PORT), "-j", "REDIRECT", "--to-ports", str(HTTP_PORT))
     capture = e2e.bed.capture("redirect-on-b")
-    transfer = e2e.curl("A", "B", RESUME_SIZE, timeout=BROKEN_TIMEOUT,
+    transfer = e2e.curl("A", "B", RESUME_SIZE,
                         via=(e2e.bed.addr("B"), FORWARDED_PORT))
     assert transfer.intact, transfer.describe()
-    stop_when_fins(capture, directions=2, timeout=BROKEN_TIMEOUT)
+    stop_when_fins(capture, directions=2)
     e2e.assert_encrypted(capture.analyze(e2e.marker))
     assert len(_encrypted_sessions(daemons["B"], HTTP_PORT)) == 1, daemons["B"].status()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the daemon's host source-NATs its own connection with a port rewrite: the SYN-ACK "
-    "reaches the daemon addressed to the translated port, matches no flow and is offloaded, "
-    "while the connection's outbound packets stay on the flow stuck in syn-sent and are "
-    "dropped (drops_before-established): the connection hangs"))
 def test_source_nat_on_the_daemons_host(e2e: E2E) -> None:
     """The router R runs the daemon and connects to B itself through its own MASQUERADE
-    (which rewrites the source port of R's connections too): the download should be
+    (which rewrites the source port of R's connections too): the download is
     intact and encrypted."""
     daemons = {label: e2e.bed.daemon(label) for label in ("R", "B")}
     e2e.bed.masquerade()
     capture = e2e.bed.capture("snat-on-r")
-    transfer = e2e.curl("R", "B", RESUME_SIZE, timeout=BROKEN_TIMEOUT)
+    transfer = e2e.curl("R", "B", RESUME_SIZE)
     assert transfer.intact, transfer.describe()
-    stop_when_fins(capture, directions=2, timeout=BROKEN_TIMEOUT)
+    stop_when_fins(capture, directions=2)
     e2e.assert_encrypted(capture.analyze(e2e.marker))
     assert len(_encrypted_sessions(daemons["R"], HTTP_PORT)) == 1, daemons["R"].status()
