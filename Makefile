@@ -6,9 +6,11 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.stamp
 
-APT_PACKAGES := gcc python3-dev python3-venv iptables iproute2 libnetfilter-queue-dev \
-	libnetfilter-queue1 nftables conntrack iperf3 tcpdump tshark ethtool curl netcat-openbsd \
-	procps kmod groff-base linux-perf
+# What the daemon needs on a host (`make install`), then what the tests, the demo and the
+# bench add (building NetfilterQueue for the impairment program, traffic and capture tools).
+RUNTIME_PACKAGES := python3-venv iptables nftables iproute2
+APT_PACKAGES := $(RUNTIME_PACKAGES) conntrack kmod procps gcc python3-dev libnetfilter-queue-dev libnetfilter-queue1 \
+	iperf3 tcpdump tshark ethtool curl netcat-openbsd groff-base linux-perf
 
 .PHONY: setup test test-slow fuzz demo bench bench-engine install uninstall clean vectors lint
 
@@ -66,7 +68,10 @@ bench-engine: setup
 # unit, the default config and the man pages (tcpcryptd(8), tcpcryptd.toml(5)).
 PREFIX_VENV ?= /opt/tcpcryptd
 MANDIR ?= /usr/local/share/man
-install: $(STAMP)-apt
+install:
+	@if [ "$$(id -u)" != 0 ]; then echo "make install: run as root" >&2; exit 1; fi
+	DEBIAN_FRONTEND=noninteractive apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(RUNTIME_PACKAGES)
 	test -x $(PREFIX_VENV)/bin/python || $(PYTHON) -m venv $(PREFIX_VENV)
 	$(PREFIX_VENV)/bin/pip install -q --upgrade pip
 	$(PREFIX_VENV)/bin/pip install -q '.[decode]'

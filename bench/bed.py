@@ -5,7 +5,7 @@ namespaces, the daemon's own rules), tcpcryptd (``tcpcryptd run`` in both namesp
 in the e2e tests, with a generated config file choosing the TEP and the AEAD) or tcpcryptd
 in A only (``one_daemon``: B is a peer without the daemon, so every connection is plain).
 Random loss is an ``iptables -t raw -A PREROUTING -i eth0 ... -m statistic -j DROP`` rule in
-each namespace: ``raw PREROUTING`` runs before ``mangle PREROUTING`` where the daemon queues, so
+each namespace: ``raw PREROUTING`` runs before ``mangle INPUT`` where the daemon queues, so
 a dropped packet never reaches the queue (loss on the wire, in both directions).
 
 Additions to the test bed (kept here, not in testbed/): daemon process figures

@@ -57,11 +57,11 @@ class AcceptAll:
 
 def syn_rules(queue: int) -> list[list[str]]:
     """iptables arguments (without -I/-D) queueing every non-loopback segment with SYN set:
-    outbound in raw OUTPUT, inbound in mangle PREROUTING, where the daemon queues."""
+    outbound in raw OUTPUT, inbound in mangle INPUT, where the daemon queues."""
     target = ["-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
     syn = ["-p", "tcp", "--tcp-flags", "SYN", "SYN"]
     return [["-t", "raw", "OUTPUT", "!", "-o", "lo", *syn, *target],
-            ["-t", "mangle", "PREROUTING", "!", "-i", "lo", *syn, *target]]
+            ["-t", "mangle", "INPUT", "!", "-i", "lo", *syn, *target]]
 
 
 def _syn_rules(queue: int, action: str) -> None:

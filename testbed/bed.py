@@ -14,6 +14,10 @@ mistake of the daemon shows up as a stall and a counter, not as silent acceptanc
 
 Impairment in R: random loss with an iptables ``statistic`` rule (the kernel has no netem),
 reordering, duplication and resegmentation with tools/netimpair.py on an NFQUEUE.
+
+NAT in R (nat table, IPv4 and IPv6): :meth:`TestBed.masquerade` puts A behind a source NAT
+that rewrites address and port, :meth:`TestBed.port_forward` puts B behind a port forward to
+R's A-side address.
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ INVALID_COMMENT = "tcpcryptd-testbed-invalid"
 LOSS_COMMENT = "tcpcryptd-testbed-loss"
 IMPAIR_COMMENT = "tcpcryptd-testbed-impair"
 IMPAIR_QUEUE = 4242
+NAT_COMMENT = "tcpcryptd-testbed-nat"
+#: Ports R's source NAT gives A's connections: outside Linux's default ephemeral range
+#: (32768-60999), so every connection's source port is rewritten, not only its address.
+NAT_PORTS = (20000, 29999)
+#: R's own addresses on A's link and on B's link (see the topology above).
+ROUTER_ADDRESSES = {("A", 4): "10.201.1.254", ("A", 6): "fd00:201:1::fe",
+                    ("B", 4): "10.201.2.254", ("B", 6): "fd00:201:2::fe"}
 
 
 @dataclass(frozen=True)
@@ -190,6 +201,40 @@ class TestBed:
                                    for chain in chains)
         return result
 
+    def router_addr(self, side: str, family: int = 4) -> str:
+        """R's address on the link to endpoint ``side`` ("A" or "B"), IP version 4 or 6."""
+        if self.r is None:
+            raise BedError("no router namespace")
+        return ROUTER_ADDRESSES[(side, family)]
+
+    # ---- network address translation in the router namespace
+
+    def _nat_rule(self, family: int, chain: str, *rule: str) -> None:
+        """Append a rule to R's nat table for IP version ``family``, tagged
+        :data:`NAT_COMMENT` (``rule`` ends with the target and its options)."""
+        if self.r is None:
+            raise BedError("NAT needs the router namespace")
+        self.r.iptables("-t", "nat", "-A", chain, "-p", "tcp", "-m", "comment", "--comment",
+                        NAT_COMMENT, *rule, v6=family == 6)
+
+    def masquerade(self) -> None:
+        """A behind a NAT: TCP from A leaves R towards B with R's B-side address and a
+        source port from :data:`NAT_PORTS` (MASQUERADE, IPv4 and IPv6), so B sees
+        neither A's address nor its port. The rules go with R's namespace at close."""
+        low, high = NAT_PORTS
+        for family in (4, 6):
+            self._nat_rule(family, "POSTROUTING", "-o", "rb", "-j", "MASQUERADE",
+                           "--to-ports", f"{low}-{high}")
+
+    def port_forward(self, port: int, to_port: int) -> None:
+        """B behind a NAT: TCP to R's A-side address on ``port`` is forwarded to B on
+        ``to_port`` (DNAT, IPv4 and IPv6); B sees A's address, A only R's."""
+        for family in (4, 6):
+            self._nat_rule(family, "PREROUTING", "-i", "ra", "-d",
+                           self.router_addr("A", family), "--dport", str(port), "-j", "DNAT",
+                           "--to-destination",
+                           f"{self.url_host(self.addr('B', family))}:{to_port}")
+
     # ---- daemons and captures
 
     def daemon(self, label: str, extra_args: Sequence[str] = ()) -> Daemon:
@@ -206,6 +251,14 @@ class TestBed:
         else:
             ns, iface = self.ns(label), "eth0"
         return Capture(ns, iface, self.workdir / f"{name}.pcap").start()
+
+    def router_captures(self, name: str) -> dict[str, Capture]:
+        """tcpdump on both links of R: ``{"A": on A's link, "B": on B's link}`` (what a NAT
+        between them changes shows up as the difference)."""
+        if self.r is None:
+            raise BedError("no router namespace")
+        return {side: Capture(self.r, iface, self.workdir / f"{name}-{side}.pcap").start()
+                for side, iface in (("A", "ra"), ("B", "rb"))}
 
     # ---- impairment in the router namespace
 

@@ -124,7 +124,7 @@ def main() -> None:
     with TestBed(router=False) as bed:
         queued = bed.a if args.direction == "outbound" else bed.b
         hook = (("raw", "OUTPUT", "-o") if args.direction == "outbound"
-                else ("mangle", "PREROUTING", "-i"))
+                else ("mangle", "INPUT", "-i"))
         queued.iptables("-t", hook[0], "-A", hook[1], hook[2], "eth0", "-p", "tcp", "-j",
                         "NFQUEUE", "--queue-num", str(QUEUE), "--queue-bypass")
         consumer = queued.popen([sys.executable, __file__, "--serve", "--seconds",

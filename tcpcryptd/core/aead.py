@@ -72,15 +72,16 @@ class TrafficKey:
     __slots__ = ("algorithm", "_aead", "_nr", "_material")
 
     def __init__(self, algorithm: AEADAlgorithm, material: bytes) -> None:
-        if len(material) != algorithm.traffic_key_len:
+        key_len = algorithm.key_len
+        if len(material) != key_len + algorithm.nonce_len:
             raise ValueError(
                 f"{algorithm.name} traffic key needs {algorithm.traffic_key_len} bytes, "
                 f"got {len(material)}"
             )
         self.algorithm = algorithm
-        self._material = bytes(material)
-        self._aead = algorithm.factory(self._material[: algorithm.key_len])
-        self._nr = int.from_bytes(self._material[algorithm.key_len :], "big")
+        self._material = material = bytes(material)
+        self._aead = algorithm.factory(material[:key_len])
+        self._nr = int.from_bytes(material[key_len:], "big")
 
     @property
     def material(self) -> bytes:

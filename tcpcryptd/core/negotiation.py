@@ -539,6 +539,24 @@ class ENOEndpoint:
             repeatable=repeatable,
         )
 
+    @classmethod
+    def passive_answered(cls, received: SynOption, answer: SynOption) -> ENOEndpoint:
+        """The passive opener :meth:`passive` became on a SYN carrying ``received``, which it
+        answered with ``answer``: rebuilt from the two options (the engine's compact
+        half-open record keeps them), since only that SYN had been received.
+
+        The answer's only TEP suboption is the one :func:`passive_open` chose, already found
+        valid (RFC 8547 §4.5; a resumption answer by the cache hit, RFC 8548 §3.5): the
+        outcome pairs it with A's last suboption of that TEP, as :func:`passive_open` did,
+        and nothing is negotiated again.
+        """
+        (b_sub,) = answer.suboptions
+        endpoint = cls(local=answer, passive=True)
+        endpoint.peer_option = received
+        endpoint.outcome = _negotiated(answer, received, received.suboptions_for(b_sub.tep)[-1],
+                                       b_sub)
+        return endpoint
+
     @property
     def disabled(self) -> bool:
         """True once ENO fell back to plain TCP."""

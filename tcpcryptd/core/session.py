@@ -34,6 +34,7 @@ from tcpcryptd.core.frame import (
     encode_frame,
 )
 from tcpcryptd.core.keys import (
+    PRF,
     KeySchedule,
     compute_prk,
     next_session_secret,
@@ -120,26 +121,28 @@ class Session:
                  sends_with_k_ab: bool) -> None:
         if role not in (Role.A, Role.B):
             raise ValueError(f"role must be 'A' or 'B', not {role!r}")
-        self.role = Role(role)
+        self.role = role if type(role) is Role else Role(role)
         self.tep_byte = tep_byte
         self.aead = aead
-        self.ss = bytes(ss)
-        self.sn = bytes(sn)
+        self.ss = ss = bytes(ss)
+        self.sn = sn = bytes(sn)
         self.sends_with_k_ab = sends_with_k_ab
-        self.session_id = session_id(tep_byte, self.ss, self.sn)
-        self.schedule = KeySchedule(self.ss, self.sn, aead.traffic_key_len)
+        prf = PRF(ss)   # one keying for both derivations from ss[i] (core/keys.py)
+        self.session_id = session_id(tep_byte, prf, sn)
+        self.schedule = schedule = KeySchedule(prf, sn, aead.traffic_key_len)
         self.local_generation = 0
         self.remote_generation = 0
         self.send_generation = 0
         self.fin_sent = False
         self._next_seal_offset = 0
-        # generation -> TrafficKey; the shared empty _NO_KEYS while none (released)
-        self._send_keys: Mapping[int, TrafficKey] = _NO_KEYS
-        self._recv_keys: Mapping[int, TrafficKey] = _NO_KEYS
-        # The keys of generation 0 are made now (not on the first frame); release_aead drops
-        # them and seal/open make them again from the schedule when needed.
-        self._key(0, True)
-        self._key(0, False)
+        # generation -> TrafficKey (the shared empty _NO_KEYS while none: released).  The
+        # keys of generation 0 are made now (not on the first frame); release_aead drops
+        # them and seal/open make them again from the schedule when needed (_key).
+        k_ab, k_ba = schedule.keys(0)
+        self._send_keys: Mapping[int, TrafficKey] = {
+            0: TrafficKey(aead, k_ab if sends_with_k_ab else k_ba)}
+        self._recv_keys: Mapping[int, TrafficKey] = {
+            0: TrafficKey(aead, k_ba if sends_with_k_ab else k_ab)}
 
     @classmethod
     def resume(cls, role: Role | str, tep: int, aead: AEADAlgorithm, ss: bytes, *,

@@ -24,6 +24,7 @@ import os
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -48,7 +49,7 @@ class EphemeralKey:
 
     __slots__ = ("scheme", "pub", "_private")
 
-    def __init__(self, scheme: KeyAgreementScheme, private: object, pub: bytes) -> None:
+    def __init__(self, scheme: KeyAgreementScheme, private: Any, pub: bytes) -> None:
         self.scheme = scheme
         self.pub = pub
         self._private = private
@@ -94,11 +95,16 @@ class KeyAgreementScheme(ABC):
         length prefix is missing or has a value RFC 8548 §5 does not allow).
         """
 
-    @abstractmethod
-    def _private_bytes(self, private: object) -> bytes: ...
+    # ``private`` is always a key of this scheme's own making (EphemeralKey is built only by
+    # its scheme), so its type is not checked again: an isinstance test against a
+    # cryptography key ABC goes through ABCMeta.__instancecheck__, on the handshake's
+    # critical path.
 
     @abstractmethod
-    def _exchange(self, private: object, peer_pub: bytes) -> bytes: ...
+    def _private_bytes(self, private: Any) -> bytes: ...
+
+    @abstractmethod
+    def _exchange(self, private: Any, peer_pub: bytes) -> bytes: ...
 
     def __repr__(self) -> str:
         return f"<KeyAgreementScheme {self.name} 0x{self.tep:02x}>"
@@ -133,12 +139,10 @@ class _MontgomeryScheme(KeyAgreementScheme):
     def pub_field_length(self, buf: bytes | memoryview, start: int) -> int:
         return self.key_len
 
-    def _private_bytes(self, private: object) -> bytes:
-        assert isinstance(private, self._private_cls)
+    def _private_bytes(self, private: _XPrivateKey) -> bytes:
         return private.private_bytes_raw()
 
-    def _exchange(self, private: object, peer_pub: bytes) -> bytes:
-        assert isinstance(private, self._private_cls)
+    def _exchange(self, private: _XPrivateKey, peer_pub: bytes) -> bytes:
         if len(peer_pub) != self.key_len:
             raise KeyAgreementError(f"{self.name} public key must be {self.key_len} bytes")
         try:
@@ -195,12 +199,10 @@ class _WeierstrassScheme(KeyAgreementScheme):
             raise InitMessageError(f"{self.name}: pubkey_len {pubkey_len} not allowed")
         return self.pubkey_len
 
-    def _private_bytes(self, private: object) -> bytes:
-        assert isinstance(private, ec.EllipticCurvePrivateKey)
+    def _private_bytes(self, private: ec.EllipticCurvePrivateKey) -> bytes:
         return private.private_numbers().private_value.to_bytes(self.scalar_len, "big")
 
-    def _exchange(self, private: object, peer_pub: bytes) -> bytes:
-        assert isinstance(private, ec.EllipticCurvePrivateKey)
+    def _exchange(self, private: ec.EllipticCurvePrivateKey, peer_pub: bytes) -> bytes:
         if len(peer_pub) != self.pubkey_len:
             raise KeyAgreementError(f"{self.name} Pub field must be {self.pubkey_len} bytes")
         (pubkey_len,) = _U16.unpack_from(peer_pub, 0)

@@ -1,14 +1,17 @@
 """The daemon's firewall: iptables/ip6tables queue chains plus one nftables table.
 
 Placement (measured on this kernel): conntrack must see the wire view of a flow, so outbound
-packets are queued in ``raw OUTPUT`` (before conntrack) and inbound ones in ``mangle
-PREROUTING`` (after it). The queue is an iptables target; two chains, the same for IPv4 and
-IPv6::
+packets are queued in ``raw OUTPUT`` (before conntrack) and inbound ones in ``mangle INPUT``
+(after it). Both see the local stack's view of a connection's addresses and ports: outbound
+before the host's own NAT (POSTROUTING, OUTPUT's nat chain), inbound after it (PREROUTING's
+nat chain undoes a source NAT of the host's connection and applies a port forward or
+REDIRECT to the host), so a connection the host itself translates has one 4-tuple in both
+directions. The queue is an iptables target; two chains, the same for IPv4 and IPv6::
 
-    raw    OUTPUT     -> TCPCRYPT_OUT    queue local -> wire (with --queue-bypass);
-                                         NOTRACK for packets injected toward the local stack
-    mangle PREROUTING -> TCPCRYPT_IN     queue wire -> local; encrypted connections WITHOUT
-                                         bypass
+    raw    OUTPUT -> TCPCRYPT_OUT    queue local -> wire (with --queue-bypass);
+                                     NOTRACK for packets injected toward the local stack
+    mangle INPUT  -> TCPCRYPT_IN     queue wire -> local; encrypted connections WITHOUT
+                                     bypass
 
 Each jump is taken only by TCP packets without ``marks.plain``: the nftables table marks the
 packets of offloaded plain connections just before these hooks, so such a packet costs the
@@ -23,8 +26,8 @@ protocol only). The bypass rules are the single queue's, per worker: while a wor
 (its supervisor restarts it) inbound packets of encrypted connections are dropped, outbound
 ones pass unseen and the guard resets them; plain connections go on.
 
-Loopback, configured ports, non-local destinations and packets the daemon injected itself
-(``marks.injected``, set with SO_MARK) are skipped. Inbound,
+Loopback, configured ports and packets the daemon injected itself (``marks.injected``, set
+with SO_MARK) are skipped; packets the host forwards never cross either hook. Inbound,
 the connmark ``marks.encrypted`` is copied into the nfmark so the daemon knows a packet's
 connection is encrypted even when it has no flow for it.
 
@@ -54,7 +57,7 @@ CHAIN_IN = "TCPCRYPT_IN"
 #: (table, built-in chain, own chain): where each own chain is jumped to from.
 JUMPS: tuple[tuple[str, str, str], ...] = (
     ("raw", "OUTPUT", CHAIN_OUT),
-    ("mangle", "PREROUTING", CHAIN_IN),
+    ("mangle", "INPUT", CHAIN_IN),
 )
 TABLES = ("raw", "mangle")
 #: iptables' multiport match takes at most 15 ports per rule.
@@ -127,10 +130,8 @@ def _jump_rule(builtin: str, chain: str, spec: RuleSpec) -> str:
 
 
 def _skip_rules(chain: str, spec: RuleSpec, device_flag: str) -> list[str]:
-    """RETURN for loopback, non-local traffic and configured ports (either end)."""
+    """RETURN for loopback and configured ports (either end)."""
     rules = [f"-A {chain} {device_flag} lo -j RETURN"]
-    if chain == CHAIN_IN:
-        rules.append(f"-A {chain} -m addrtype ! --dst-type LOCAL -j RETURN")
     for start in range(0, len(spec.skip_ports), MULTIPORT_MAX):
         ports = ",".join(str(p) for p in spec.skip_ports[start:start + MULTIPORT_MAX])
         rules.append(f"-A {chain} -p tcp -m multiport --ports {ports} -j RETURN")
@@ -210,8 +211,8 @@ def install_text(spec: RuleSpec, state: dict[str, TableState], family: int = 4) 
 
     Declaring a chain (``:NAME - [0:0]``) under --noflush creates it or flushes it, so running
     this twice leaves the same rules as running it once. A jump from the built-in chain that
-    differs from ours (an earlier version's) or repeats it is deleted: a packet must
-    traverse our chain once.
+    differs from ours or repeats it, and a jump to it from another built-in chain (an earlier
+    version's placement), is deleted: a packet must traverse our chain once.
     """
     rules = chain_rules(spec, family)
     lines: list[str] = []
@@ -225,8 +226,7 @@ def install_text(spec: RuleSpec, state: dict[str, TableState], family: int = 4) 
             if t != table:
                 continue
             jump = _jump_rule(builtin, chain, spec)
-            ours = [found for found in present
-                    if found.startswith(f"{builtin} ") and found.endswith(f" -j {chain}")]
+            ours = [found for found in present if found.endswith(f" -j {chain}")]
             if jump in ours:
                 ours.remove(jump)
             else:

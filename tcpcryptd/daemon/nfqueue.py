@@ -44,7 +44,7 @@ from tcpcryptd.engine.actions import Direction
 log = logging.getLogger(__name__)
 
 #: Netfilter hook numbers (linux/netfilter.h) of the two hooks our rules queue from.
-NF_INET_PRE_ROUTING = 0
+NF_INET_LOCAL_IN = 1
 NF_INET_LOCAL_OUT = 3
 #: The kernel's largest copy range (``NFQNL_MAX_COPY_RANGE``: an attribute length is 16 bits,
 #: less its 4-byte header); also the largest payload a verdict can carry.
@@ -123,7 +123,7 @@ class QueuedPacket(Protocol):
 
 def direction(packet: QueuedPacket) -> Direction:
     """Which way a queued packet travels, from the hook it was queued at."""
-    return Direction.INBOUND if packet.hook == NF_INET_PRE_ROUTING else Direction.OUTBOUND
+    return Direction.OUTBOUND if packet.hook == NF_INET_LOCAL_OUT else Direction.INBOUND
 
 
 def truncated(data: bytes) -> bool:

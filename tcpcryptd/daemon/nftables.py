@@ -15,10 +15,10 @@ measured on this design are in docs/daemon.md, "Firewall rules").
 
 ``out_offload`` (output, priority raw - 1: before the raw queue chain and conntrack)
     A packet that is not a pure SYN and whose 4-tuple is in the set gets ``marks.plain``.
-``in_offload`` (prerouting, priority mangle - 1: after conntrack, before the mangle queue
-chain)
+``in_offload`` (input, priority mangle - 1: after conntrack and the host's own NAT, before
+the mangle queue chain)
     A packet, not a pure SYN, of a connection whose connmark says plain gets
-    ``marks.plain``. A peer's SYN to a local address without an ENO option can only start
+    ``marks.plain``. A peer's SYN without an ENO option can only start
     a plain connection (RFC 8547 §4.6), so it gets ``marks.plain`` too (counted in the named
     counter ``plain_no_eno_syn``): such connections never reach the daemon at all, except
     those policy ``require`` may select (:func:`require_selectors`): the daemon must see
@@ -26,8 +26,8 @@ chain)
 
 The iptables jumps skip packets with ``marks.plain``: they never reach the queue.
 
-``out_record`` (output, priority -190: after conntrack) and ``in_record`` (prerouting,
-priority -149: after the iptables mangle chain that queues)
+``out_record`` (output, priority -190: after conntrack) and ``in_record`` (input, priority
+-149: after the iptables mangle chain that queues)
     Run on every packet after the daemon's verdict (or the queue was bypassed):
 
     0. ``marks.plain`` on a packet of a connection already recorded plain: done (outbound,
@@ -142,7 +142,7 @@ def _offload_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
         return rules + [f"meta nfproto {nfproto} tcp flags & (syn | ack) != syn "
                         f"{_tuple(ip, True)} @{set_name} {mark_plain} accept"
                         for set_name, _, ip, nfproto in _FAMILIES] + ["}"]
-    rules = ["chain in_offload {", "type filter hook prerouting priority mangle - 1; policy accept;",
+    rules = ["chain in_offload {", "type filter hook input priority mangle - 1; policy accept;",
              # after conntrack: the connmark alone answers, no set lookup
              f"ct mark & {enc | plain:#x} == {plain:#x} tcp flags & (syn | ack) != syn "
              f"{mark_plain} accept",
@@ -151,8 +151,8 @@ def _offload_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
              'iifname "lo" return']
     rules += [" ".join(filter(None, ("tcp flags & (syn | ack) == syn", selector, "return")))
               for selector in spec.queued_syns]
-    rules += [f"tcp flags & (syn | ack) == syn tcp option {ENO_KIND} missing fib daddr "
-              f'type local {mark_plain} counter name "{COUNTER_NO_ENO_SYN}"']
+    rules += [f"tcp flags & (syn | ack) == syn tcp option {ENO_KIND} missing {mark_plain} "
+              f'counter name "{COUNTER_NO_ENO_SYN}"']
     return rules + ["}"]
 
 
@@ -163,7 +163,7 @@ def _record_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
         head = ["chain out_record {", "type filter hook output priority -190; policy accept;"]
         loopback, guard = 'oifname "lo" return', "reject with tcp reset"
     else:
-        head = ["chain in_record {", "type filter hook prerouting priority -149; policy accept;"]
+        head = ["chain in_record {", "type filter hook input priority -149; policy accept;"]
         loopback, guard = 'iifname "lo" return', "drop"
     recorded = f"ct mark & {enc | plain:#x} == {plain:#x} meta mark & {plain:#x} != 0"
     if outbound:

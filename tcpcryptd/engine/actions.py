@@ -18,7 +18,7 @@ class Direction(IntEnum):
     """Which way a packet travels."""
 
     OUTBOUND = 0  #: local stack -> wire (raw OUTPUT hook)
-    INBOUND = 1   #: wire -> local stack (mangle PREROUTING hook)
+    INBOUND = 1   #: wire -> local stack (mangle INPUT hook)
 
 
 class Verdict(IntEnum):

@@ -65,7 +65,7 @@ from tcpcryptd.engine.context import Context, FlowTable
 from tcpcryptd.engine.flow import DEFAULT_MSS, MASK32, MSS_CLAMP, Flow, HalfOpen, State
 from tcpcryptd.engine.keying import peer_of, resume, start_init1
 from tcpcryptd.packet import options as tcp_options
-from tcpcryptd.packet.tcp import ACK, FIN, RST, SYN, PacketError, TCPPacket
+from tcpcryptd.packet.tcp import ACK, FIN, RST, SYN, FlowKey, PacketError, TCPPacket
 
 if TYPE_CHECKING:
     from tcpcryptd.engine.config import EngineConfig
@@ -155,6 +155,13 @@ def _active_syn_option(teps: tuple[int, ...], passive_role: bool = False) -> Syn
     return build_syn_option(None, [Suboption(tep) for tep in teps])
 
 
+@lru_cache(maxsize=16)
+def _fresh_offers(teps: tuple[int, ...], resumed_tep: int) -> tuple[Suboption, ...]:
+    """The fresh TEP suboptions an active opener lists before its resumption offer for
+    ``resumed_tep`` (RFC 8548 §3.5), by preference: immutable, shared by its flows."""
+    return tuple(Suboption(tep) for tep in teps if tep != resumed_tep)
+
+
 def _nonce_room(options: bytes, answer: bool, fresh: int) -> int | None:
     """The longest resumption nonce (at most 8 bytes, RFC 8548 §3.5) whose ENO option still
     fits next to ``options``: A's offer after ``fresh`` fresh TEP bytes, or B's answer
@@ -177,7 +184,7 @@ def _resumption_offer(ctx: Context, pkt: TCPPacket, now: float
     entry = cache.for_peer(peer_of(pkt.flow_key()), now) if cache is not None else None
     if entry is None:
         return None
-    fresh = [Suboption(tep) for tep in ctx.config.teps if tep != entry.tep]
+    fresh = list(_fresh_offers(ctx.config.teps, entry.tep))
     while (length := _nonce_room(pkt.options, False, len(fresh))) is None:
         if not fresh:
             return None
@@ -301,19 +308,15 @@ def _negotiate_passive(cfg: EngineConfig, pkt: TCPPacket, resume: ResumeAnswer |
     return eno
 
 
-def open_passive(cfg: EngineConfig, pkt: TCPPacket, now: float,
-                 resume: ResumeAnswer | None = None) -> Flow | Fallback:
-    """An inbound SYN: a flow if its ENO option negotiates with ours; we are host B."""
-    eno = _negotiate_passive(cfg, pkt, resume)
-    if isinstance(eno, Fallback):
-        return eno
-    assert eno.negotiated is not None
-    flow = Flow(pkt.reverse_flow_key(), Role.B, eno, now)
-    flow.negotiated = eno.negotiated
-    flow.tep = eno.negotiated.tep
-    flow.peer_isn = pkt.seq
-    _record_syn(flow, pkt, local=False)
-    clamp_mss(flow, pkt)
+def _passive_flow(key: FlowKey, syn: TCPPacket, eno: ENOEndpoint, now: float) -> Flow:
+    """Host B's :class:`Flow` for the peer's SYN, whose option ``eno`` negotiated."""
+    negotiated = eno.negotiated
+    assert negotiated is not None
+    flow = Flow(key, Role.B, eno, now)
+    flow.negotiated = negotiated
+    flow.tep = negotiated.tep
+    flow.peer_isn = syn.seq
+    _record_syn(flow, syn, local=False)
     return flow
 
 
@@ -344,7 +347,7 @@ def _resume_answer(ctx: Context, pkt: TCPPacket, now: float, taken: list[CacheEn
 
 def open_half_open(ctx: Context, pkt: TCPPacket, raw: bytes, now: float
                    ) -> HalfOpen | Fallback:
-    """An inbound SYN as :func:`open_passive` takes it, kept as a compact record.
+    """An inbound SYN (we are host B), kept as a compact record.
 
     The same negotiation decides (RFC 8547 §4.5, §4.6); only B's answer option and the TEP
     are kept of it, with the SYN itself (``raw``, unmodified), and the cached secret the
@@ -380,19 +383,27 @@ def half_open_syn_ack(record: HalfOpen, pkt: TCPPacket, raw: bytes, now: float) 
 
 
 def promote(cfg: EngineConfig, record: HalfOpen) -> Flow:
-    """The :class:`Flow` a record stands for: :func:`open_passive` on its SYN, then
-    :func:`on_local_syn_ack` on the stack's latest SYN-ACK (whose ENO answer counts as sent,
-    RFC 8547 §4.6), with the record's times, SYN-ACK count and stale flow."""
-    entry = record.resume_entry
-    answer = parse_syn_option(record.syn_option).suboptions[0] if entry is not None else None
-    flow = open_passive(cfg, TCPPacket.parse(record.syn), record.created,
-                        None if answer is None else lambda offer: answer)
-    assert isinstance(flow, Flow), flow   # the same SYN negotiated when the record was made
-    flow.key = record.key
-    flow.resume_entry = entry
+    """The :class:`Flow` a record stands for, as the SYN and the stack's latest SYN-ACK
+    (:func:`on_local_syn_ack`, whose ENO answer counts as sent on an ACK, RFC 8547 §4.6)
+    would have made it, with the record's times, SYN-ACK count and stale flow.
+
+    The passive negotiation is not run again (for a resumption offer it could not be: the
+    cache entry is taken): the record's answer and the SYN's option rebuild the ENO endpoint
+    (:meth:`~tcpcryptd.core.negotiation.ENOEndpoint.passive_answered`).  The SYN left
+    clamped and the SYN-ACK with B's answer: neither is rewritten again.  (``cfg`` is not
+    needed: the record holds the negotiation's result.)
+    """
+    syn = TCPPacket.parse(record.syn)
+    (received,) = tcp_options.eno_options(syn.options)
+    eno = ENOEndpoint.passive_answered(parse_syn_option(received),
+                                       parse_syn_option(record.syn_option))
+    # the same options negotiated this TEP when the record was made
+    assert eno.negotiated is not None and eno.negotiated.tep == record.tep, eno.outcome
+    flow = _passive_flow(record.key, syn, eno, record.created)
+    flow.resume_entry = record.resume_entry
     if record.syn_ack is not None:
-        if not on_local_syn_ack(flow, TCPPacket.parse(record.syn_ack), record.syn_time):
-            raise AssertionError("B's answer fitted in this SYN-ACK before")
+        _local_syn_ack(flow, TCPPacket.parse(record.syn_ack), record.syn_time)
+        flow.eno.option_for_segment(syn=True, ack=True)
         flow.syn_sends = record.syn_sends
     flow.syn_time = record.syn_time
     flow.last_activity = record.last_activity
@@ -400,14 +411,19 @@ def promote(cfg: EngineConfig, record: HalfOpen) -> Flow:
     return flow
 
 
-def on_local_syn_ack(flow: Flow, pkt: TCPPacket, now: float) -> bool:
-    """Host B's stack answers the SYN: add B's ENO answer; False if it does not fit."""
+def _local_syn_ack(flow: Flow, pkt: TCPPacket, now: float) -> None:
+    """What host B notes of its stack's SYN-ACK."""
     flow.local_isn = pkt.seq
     _record_syn(flow, pkt, local=True)
     _finish_syn_exchange(flow)
     flow.syn_sends += 1
     if flow.syn_sends == 1:
         flow.syn_time = now
+
+
+def on_local_syn_ack(flow: Flow, pkt: TCPPacket, now: float) -> bool:
+    """Host B's stack answers the SYN: add B's ENO answer; False if it does not fit."""
+    _local_syn_ack(flow, pkt, now)
     return add_syn_option(flow, pkt)
 
 

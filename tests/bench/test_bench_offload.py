@@ -137,7 +137,7 @@ def test_parse_queued_sums_id_sequence() -> None:
 def test_syn_only_rules_queue_syn_segments_where_the_daemon_does() -> None:
     rules = syn_rules(7)
     assert [rule[:3] for rule in rules] == [["-t", "raw", "OUTPUT"],
-                                            ["-t", "mangle", "PREROUTING"]]
+                                            ["-t", "mangle", "INPUT"]]
     for rule in rules:
         assert "--tcp-flags" in rule and rule[rule.index("--tcp-flags") + 1:][:2] == ["SYN",
                                                                                      "SYN"]

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tcpcryptd.core.keys import (
+    PRF,
     KeySchedule,
     compute_prk,
     cprf,
@@ -47,6 +48,36 @@ def test_rfc5869_case_1() -> None:
        length=st.integers(min_value=1, max_value=100))
 def test_cprf_is_hkdf_expand(key: bytes, info: bytes, length: int) -> None:
     assert cprf(key, info, length) == hkdf_expand_by_hand(key, info, length)
+
+
+@given(key=st.binary(max_size=150), messages=st.lists(st.binary(max_size=100), max_size=4))
+def test_prf_is_hmac_sha256_for_every_message(key: bytes, messages: list[bytes]) -> None:
+    """One keying serves several messages (keys longer than the block are hashed first)."""
+    prf = PRF(key)
+    for message in messages:
+        assert prf.mac(message) == hmac.new(key, message, hashlib.sha256).digest()
+    assert repr(prf) == "PRF(HMAC-SHA256)"   # nothing of the key
+
+
+@pytest.mark.parametrize("key", [b"", bytes(64), bytes(range(65)), b"k" * 200])
+def test_prf_keys_of_every_size_against_the_block(key: bytes) -> None:
+    """RFC 2104 §2: shorter keys are padded, keys longer than the 64-byte block hashed."""
+    assert PRF(key).mac(b"message") == hmac.new(key, b"message", hashlib.sha256).digest()
+
+
+@pytest.mark.parametrize("length", [0, 255 * 32 + 1])
+def test_expand_refuses_lengths_outside_rfc5869(length: int) -> None:
+    with pytest.raises(ValueError):
+        PRF(bytes(32)).expand(b"\x01", length)
+
+
+def test_derivations_take_a_keyed_prf_or_the_key() -> None:
+    ss, sn = bytes(range(32)), b"n" * 16
+    prf = PRF(ss)
+    assert session_id(0x23, prf, sn) == session_id(0x23, ss, sn)
+    assert first_master_key(prf, sn) == first_master_key(ss, sn)
+    assert next_session_secret(prf) == next_session_secret(ss)
+    assert KeySchedule(prf, sn, 28).keys(0) == KeySchedule(ss, sn, 28).keys(0)
 
 
 def test_prk_is_extract_over_concatenation() -> None:

@@ -720,3 +720,30 @@ def test_a_malformed_option_is_refused_every_time() -> None:
     for _ in range(2):
         with pytest.raises(ENOParseError):
             parse_syn_option(bad)
+
+
+@pytest.mark.parametrize("resumes", [False, True])
+@given(teps=st.lists(st.sampled_from([X, Y, Z]), min_size=1, max_size=5))
+@settings(max_examples=60)
+def test_passive_answered_rebuilds_the_endpoint_the_syn_made(resumes: bool,
+                                                             teps: list[int]) -> None:
+    """From A's option and B's answer alone (a half-open record keeps nothing else), the
+    endpoint and outcome come out as receiving the SYN made them, fresh or resumed."""
+    subs = [Suboption(tep) for tep in teps]
+    if resumes:
+        subs.append(make_resumption_suboption(Y, HALF_A, b"\xaa" * 8))
+    received = build_syn_option(None, subs)
+    b_sub = make_resumption_suboption(Y, HALF_B, b"\xbb" * 8)
+    endpoint = ENOEndpoint.passive([X, Z, Y], resume=(lambda sub: b_sub) if resumes else None)
+    endpoint.on_received(syn=True, ack=False, options=[MSS, (69, received.raw[2:])])
+    if endpoint.negotiated is None:
+        return   # no record is made for a SYN that does not negotiate
+    rebuilt = ENOEndpoint.passive_answered(received, endpoint.local_option)
+    assert rebuilt.outcome == endpoint.outcome and rebuilt.negotiated.resumed == (
+        resumes and endpoint.negotiated.tep == Y and teps.count(Y) == 0)
+    for name in ("local_option", "peer_option", "is_passive", "encrypting", "disabled"):
+        assert getattr(rebuilt, name) == getattr(endpoint, name), name
+    for endpoint_now in (rebuilt, endpoint):   # both go on alike: A's ACK turns encryption on
+        endpoint_now.option_for_segment(syn=True, ack=True)
+        endpoint_now.on_received(syn=False, ack=True, options=[(69, b"")])
+    assert rebuilt.encrypting and endpoint.encrypting

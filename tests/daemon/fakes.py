@@ -6,7 +6,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 
-from tcpcryptd.daemon.nfqueue import NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING
+from tcpcryptd.daemon.nfqueue import NF_INET_LOCAL_OUT, NF_INET_LOCAL_IN
 from tcpcryptd.daemon.rawsock import InjectError
 from tcpcryptd.engine.actions import Direction, Result, Verdict
 from tcpcryptd.engine.config import EngineConfig
@@ -37,7 +37,7 @@ class FakePacket:
 
     @classmethod
     def inbound(cls, packet_id: int, mark: int = 0) -> FakePacket:
-        return cls(packet_id, hook=NF_INET_PRE_ROUTING, mark=mark)
+        return cls(packet_id, hook=NF_INET_LOCAL_IN, mark=mark)
 
     def retain(self) -> None:
         self.retained = True

@@ -16,7 +16,7 @@ from tcpcryptd.daemon.nfqueue import (
     MAX_COPY,
     NF_ACCEPT,
     NF_DROP,
-    NF_INET_PRE_ROUTING,
+    NF_INET_LOCAL_IN,
     NFQA_SKB_CSUMNOTREADY,
     NFQA_SKB_GSO,
     NFQNL_MSG_PACKET,
@@ -88,11 +88,11 @@ def sent(kernel: socket.socket):
 
 def test_a_packet_message_and_its_verdict_with_mark_and_payload(bed):
     kernel, queue, seen, _ = bed
-    kernel.send(packet_message(7, b"E" + bytes(39), hook=NF_INET_PRE_ROUTING, mark=0x5,
+    kernel.send(packet_message(7, b"E" + bytes(39), hook=NF_INET_LOCAL_IN, mark=0x5,
                                skb_info=NFQA_SKB_GSO | NFQA_SKB_CSUMNOTREADY))
     queue.process()   # no verdict yet: nothing sent
     (packet,) = seen
-    assert (packet.id, packet.hook, packet.mark) == (7, NF_INET_PRE_ROUTING, 5)
+    assert (packet.id, packet.hook, packet.mark) == (7, NF_INET_LOCAL_IN, 5)
     assert packet.payload == b"E" + bytes(39) and packet.gso and packet.csum_not_ready
     packet.accept(0x25, b"new bytes")
     with pytest.raises(RuntimeError):

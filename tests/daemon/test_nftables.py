@@ -18,7 +18,7 @@ def _chain(name: str) -> list[str]:
 
 def test_inbound_offload_runs_after_conntrack_and_reads_the_connmark_not_the_set():
     chain = _chain("in_offload")
-    assert chain[0] == "type filter hook prerouting priority mangle - 1; policy accept;"
+    assert chain[0] == "type filter hook input priority mangle - 1; policy accept;"
     assert chain[1] == ("ct mark & 0x9 == 0x8 tcp flags & (syn | ack) != syn "
                         "meta mark set meta mark | 0x8 accept")
     assert not any("@plain" in rule for rule in chain)

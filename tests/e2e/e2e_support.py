@@ -116,12 +116,15 @@ class E2E:
         ns.wait_listening(HTTP_PORT)
 
     def curl(self, client: str, server: str, size: int, family: int = 4,
-             timeout: float = TRANSFER_TIMEOUT, extra: tuple[str, ...] = ()) -> Transfer:
-        """``curl`` in ``client`` fetches a payload from http.server in ``server``."""
+             timeout: float = TRANSFER_TIMEOUT, extra: tuple[str, ...] = (),
+             via: tuple[str, int] | None = None) -> Transfer:
+        """``curl`` in ``client`` fetches a payload from http.server in ``server``, at
+        ``server``'s address or at ``via`` (address, port), e.g. a port forward to it."""
         source = self.payload(size)
         self.http_server(server)
         out = self.bed.workdir / f"curl-{client}-{time.monotonic_ns()}.bin"
-        url = f"http://{self.bed.url_host(self.bed.addr(server, family))}:{HTTP_PORT}/{source.name}"
+        address, port = via or (self.bed.addr(server, family), HTTP_PORT)
+        url = f"http://{self.bed.url_host(address)}:{port}/{source.name}"
         started = time.monotonic()
         done = self.bed.ns(client).run(
             "curl", "--silent", "--show-error", "--max-time", str(int(timeout)), "--output",

@@ -132,7 +132,12 @@ def _flow_fields(flow: Flow) -> dict:
 
 def test_promoted_flow_equals_the_flow_made_at_the_syn():
     """Everything but the record must come out as the full path built it before records."""
-    from tcpcryptd.engine.handshake import on_local_syn_ack, open_passive, promote
+    from tcpcryptd.engine.handshake import (
+        _negotiate_passive,
+        _passive_flow,
+        on_local_syn_ack,
+        promote,
+    )
     from tcpcryptd.packet.tcp import TCPPacket
     config = EngineConfig()
     engine = Engine(config)
@@ -141,7 +146,8 @@ def test_promoted_flow_equals_the_flow_made_at_the_syn():
     engine.handle_packet(3, stack_syn_ack(0), Direction.OUTBOUND, 1.5)
     (record,) = engine._flows.values()
     promoted = promote(config, record)
-    direct = open_passive(config, TCPPacket.parse(flood_syn(0, TEPS)), 0.25)
+    syn = TCPPacket.parse(flood_syn(0, TEPS))
+    direct = _passive_flow(record.key, syn, _negotiate_passive(config, syn, None), 0.25)
     on_local_syn_ack(direct, TCPPacket.parse(stack_syn_ack(0)), 0.5)
     on_local_syn_ack(direct, TCPPacket.parse(stack_syn_ack(0)), 1.5)
     direct.last_activity = 1.5
@@ -149,6 +155,8 @@ def test_promoted_flow_equals_the_flow_made_at_the_syn():
     assert promoted.eno.encrypting is direct.eno.encrypting is False
     assert promoted.eno._sent_ack_with_eno and direct.eno._sent_ack_with_eno
     assert promoted.negotiated == direct.negotiated
+    for name in ("local_option", "peer_option", "outcome", "is_passive"):
+        assert getattr(promoted.eno, name) == getattr(direct.eno, name), name
 
 
 def test_third_segment_promotes_and_the_connection_goes_on():

@@ -306,3 +306,30 @@ def test_a_simultaneous_open_only_one_end_saw(b_host: str) -> None:
     assert (ex.role, ey.role) == (("B", "A") if b_host == "x" else ("A", "B"))
     net.send(x, x.seg(101, 301, ACK, b"hello from x"))
     assert b"".join(bytes(p.payload) for p in y.to_stack) == b"hello from x"
+
+
+def test_a_promoted_resumption_record_keeps_the_negotiated_resumption() -> None:
+    """Host B keeps the resumption SYN as a compact record; the third segment promotes it
+    without negotiating again (the cache entry is already taken): the flow's outcome is the
+    resumption both ends negotiated, host A's transcript, with the entry it resumes."""
+    from tcpcryptd.engine.flow import HalfOpen
+    from tcpcryptd.engine.handshake import promote
+    net = Net()
+    fresh_then(net)
+    x, y = net.end(IP_X, 40001, IP_Y, 80), net.end(IP_Y, 80, IP_X, 40001)
+    net.send(x, x.seg(3000, 0, SYN, options=syn_options(tsval=1000)))
+    net.send(y, y.seg(6000, 3001, SYN | ACK, options=syn_options(tsval=2000, tsecr=1000)))
+    record = net.engines[IP_Y]._flows[(4, IP_Y, 80, IP_X, 40001)]
+    client = net.engines[IP_X]._flows[(4, IP_X, 40001, IP_Y, 80)]
+    assert type(record) is HalfOpen and record.resume_entry is not None
+    promoted = promote(EngineConfig(), record)
+    assert promoted.negotiated is not None and client.negotiated is not None
+    assert promoted.negotiated.resumed and promoted.resume_entry is record.resume_entry
+    assert promoted.negotiated.transcript == client.negotiated.transcript
+    assert (promoted.negotiated.a_suboption, promoted.negotiated.b_suboption) == (
+        client.negotiated.a_suboption, client.negotiated.b_suboption)
+    assert promoted.eno.local_option.raw == record.syn_option
+    net.send(x, x.seg(3001, 6001, ACK))
+    net.send(x, x.seg(3001, 6001, ACK, b"c"))
+    assert established(x).resumed and established(y).resumed
+    assert established(x).session_id == established(y).session_id
