@@ -386,7 +386,7 @@ class Engine:
     def _promote(self, record: HalfOpen) -> Flow:
         """The record's :class:`Flow` (:func:`~tcpcryptd.engine.handshake.promote`), in the
         record's place in the table if it has one there; the caller schedules it."""
-        flow = promote(self._ctx.config, record)
+        flow = promote(record)
         if self._flows.get(record.key) is record:
             self._flows[record.key] = flow
             self._half_open -= 1

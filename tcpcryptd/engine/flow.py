@@ -498,10 +498,10 @@ class HalfOpen:
 
     The engine answers a retransmitted or new SYN, an inbound RST and the stack's SYN-ACKs
     from the record, and expires it like any handshake (``handshake_timeout``).  Any other
-    segment promotes it (:meth:`~tcpcryptd.engine.engine.Engine._promote`): the same
-    functions that would have built the :class:`Flow` at the SYN and the SYN-ACK run then on
-    the stored segments, in the same order, so the flow goes on exactly as if it had been a
-    :class:`Flow` all along.  Attributes the timer code reads on every flow are class
+    segment promotes it (:meth:`~tcpcryptd.engine.engine.Engine._promote`): the stored
+    segments and the record's ENO answer rebuild the :class:`Flow` the SYN and the SYN-ACK
+    would have made (:func:`~tcpcryptd.engine.handshake.promote`, without negotiating
+    again), so the flow goes on exactly as if it had been a :class:`Flow` all along.  Attributes the timer code reads on every flow are class
     constants here (no keys, no deadlines of their own, never closed).
     """
 

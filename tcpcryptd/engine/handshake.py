@@ -382,7 +382,7 @@ def half_open_syn_ack(record: HalfOpen, pkt: TCPPacket, raw: bytes, now: float) 
     return True
 
 
-def promote(cfg: EngineConfig, record: HalfOpen) -> Flow:
+def promote(record: HalfOpen) -> Flow:
     """The :class:`Flow` a record stands for, as the SYN and the stack's latest SYN-ACK
     (:func:`on_local_syn_ack`, whose ENO answer counts as sent on an ACK, RFC 8547 §4.6)
     would have made it, with the record's times, SYN-ACK count and stale flow.
@@ -390,8 +390,7 @@ def promote(cfg: EngineConfig, record: HalfOpen) -> Flow:
     The passive negotiation is not run again (for a resumption offer it could not be: the
     cache entry is taken): the record's answer and the SYN's option rebuild the ENO endpoint
     (:meth:`~tcpcryptd.core.negotiation.ENOEndpoint.passive_answered`).  The SYN left
-    clamped and the SYN-ACK with B's answer: neither is rewritten again.  (``cfg`` is not
-    needed: the record holds the negotiation's result.)
+    clamped and the SYN-ACK with B's answer: neither is rewritten again.
     """
     syn = TCPPacket.parse(record.syn)
     (received,) = tcp_options.eno_options(syn.options)

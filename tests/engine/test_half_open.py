@@ -145,7 +145,7 @@ def test_promoted_flow_equals_the_flow_made_at_the_syn():
     engine.handle_packet(2, stack_syn_ack(0), Direction.OUTBOUND, 0.5)
     engine.handle_packet(3, stack_syn_ack(0), Direction.OUTBOUND, 1.5)
     (record,) = engine._flows.values()
-    promoted = promote(config, record)
+    promoted = promote(record)
     syn = TCPPacket.parse(flood_syn(0, TEPS))
     direct = _passive_flow(record.key, syn, _negotiate_passive(config, syn, None), 0.25)
     on_local_syn_ack(direct, TCPPacket.parse(stack_syn_ack(0)), 0.5)

@@ -322,7 +322,7 @@ def test_a_promoted_resumption_record_keeps_the_negotiated_resumption() -> None:
     record = net.engines[IP_Y]._flows[(4, IP_Y, 80, IP_X, 40001)]
     client = net.engines[IP_X]._flows[(4, IP_X, 40001, IP_Y, 80)]
     assert type(record) is HalfOpen and record.resume_entry is not None
-    promoted = promote(EngineConfig(), record)
+    promoted = promote(record)
     assert promoted.negotiated is not None and client.negotiated is not None
     assert promoted.negotiated.resumed and promoted.resume_entry is record.resume_entry
     assert promoted.negotiated.transcript == client.negotiated.transcript
