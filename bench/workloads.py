@@ -81,9 +81,11 @@ def _run_diagnostics(bed: BenchBed) -> RunDiagnostics:
     return RunDiagnostics(bed.daemon_pids(), readers)
 
 
-def iperf3(bed: BenchBed, seconds: float, parallel: int = 1, client: str = "A") -> IperfRun:
-    """One ``iperf3 -c`` run from ``client`` (it connects and sends) to the other namespace;
-    for tcpcryptd (both ends) the session table is read mid-run."""
+def iperf3(bed: BenchBed, seconds: float, parallel: int = 1, client: str = "A",
+           reverse: bool = False) -> IperfRun:
+    """One ``iperf3 -c`` run from ``client`` (it connects and sends; with ``reverse``, the
+    server sends: ``-R``) to the other namespace; for tcpcryptd (both ends) the session table
+    is read mid-run."""
     server_ns, client_ns = bed.bed.ns(_other(client)), bed.bed.ns(client)
     server = server_ns.popen(["iperf3", "-s", "-1", "-p", str(IPERF_PORT)])
     wait_listening(server_ns, IPERF_PORT)
@@ -91,7 +93,8 @@ def iperf3(bed: BenchBed, seconds: float, parallel: int = 1, client: str = "A") 
     diagnostics = _run_diagnostics(bed)
     diagnostics.start()
     sender = client_ns.popen(["iperf3", "-c", bed.address(_other(client)), "-p", str(IPERF_PORT),
-                              "-t", str(seconds), "-P", str(parallel), "-J"],
+                              "-t", str(seconds), "-P", str(parallel), "-J",
+                              *(("-R",) if reverse else ())],
                              stdout=subprocess.PIPE)
     aeads: set[str] = set()
     if bed.mode.kind == "tcpcryptd":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bench.firewall_cost import count_stacks
+import json
+
+from bench.firewall_cost import FLOOR_TABLE, base_chains, count_stacks, floor_table
 
 SCRIPT = """iperf3 
 \tffffffff82251fb9 nft_do_chain
@@ -35,8 +37,45 @@ def test_counts_busy_samples_and_hooks_by_direction_of_the_bed_processes_only():
     counts = count_stacks(SCRIPT)
     assert counts["busy"] == 2          # not the idle loop, not another process
     assert counts["hooks"] == 2
+    assert counts["table"] == 1         # nft_do_chain_inet right under the hook loop
     assert counts["prerouting"] == 1 and counts["output"] == 1
 
 
 def test_empty_input_counts_nothing():
     assert sum(count_stacks("").values()) == 0
+
+
+def _chain(family, table, name, hook=None, prio=None):
+    chain = {"family": family, "table": table, "name": name, "handle": 1}
+    if hook is not None:
+        chain.update(type="filter", hook=hook, prio=prio, policy="accept")
+    return {"chain": chain}
+
+
+LISTING = json.dumps({"nftables": [
+    {"metainfo": {"version": "1.0.6"}},
+    _chain("inet", "tcpcryptd", "out_offload", "output", -301),
+    _chain("ip", "raw", "OUTPUT", "output", -300),
+    _chain("ip", "raw", "TCPCRYPT_OUT"),                  # a regular chain: no hook
+    _chain("ip6", "raw", "OUTPUT", "output", -300),
+    _chain("inet", "tcpcryptd", "in_record", "prerouting", -149),
+]})
+
+
+def test_base_chains_are_the_hooked_ones():
+    assert base_chains(LISTING) == {("inet", "tcpcryptd", "output", -301),
+                                    ("ip", "raw", "output", -300),
+                                    ("ip6", "raw", "output", -300),
+                                    ("inet", "tcpcryptd", "prerouting", -149)}
+
+
+def test_floor_table_has_one_empty_chain_per_ipv4_hook_and_priority():
+    lines = floor_table(base_chains(LISTING)).splitlines()
+    assert lines[0] == f"table ip {FLOOR_TABLE} {{" and lines[-1] == "}"
+    chains = lines[1:-1]
+    assert [line.split(" { ", 1)[1] for line in chains] == [
+        "type filter hook output priority -301; policy accept; }",
+        "type filter hook output priority -300; policy accept; }",   # ip, not ip6 again
+        "type filter hook prerouting priority -149; policy accept; }",
+    ]
+    assert len({line.split()[1] for line in chains}) == 3      # distinct chain names

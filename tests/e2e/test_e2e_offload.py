@@ -8,11 +8,12 @@ the kernel's own queue ids (``/proc/net/netfilter/nfnetlink_queue``), never from
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
-from e2e_support import MAIN_SIZE, NC_PORT, E2E, counter, queued_packets
+from e2e_support import IMPAIRED_SIZE, MAIN_SIZE, NC_PORT, E2E, counter, queued_packets
 
 from testbed import sha256_file
 
@@ -87,6 +88,33 @@ def test_late_fallback_on_the_third_segment_is_offloaded(e2e: E2E) -> None:
     assert counter(daemons["A"], "fallback_no-eno") == 1, daemons["A"].counters()
     assert counter(daemons["B"], "fallback") == 1, daemons["B"].counters()
     assert counter(daemons["A"], "encrypted") == counter(daemons["B"], "encrypted") == 0
+
+
+def _set_elements(e2e: E2E, label: str, name: str) -> int:
+    """Elements of the table's set ``name`` in namespace ``label``."""
+    listing = json.loads(e2e.bed.ns(label).run("nft", "-j", "list", "set", "inet", "tcpcryptd",
+                                                name).stdout)
+    return sum(len(item["set"].get("elem", ())) for item in listing["nftables"] if "set" in item)
+
+
+def test_a_full_offload_set_bounds_kernel_state_and_leaves_connections_working(
+        e2e: E2E) -> None:
+    """``firewall.offload_max`` bounds the set: beyond it, a plain connection's outbound
+    packets are queued (the daemon leaves each plain again), and its bytes still arrive."""
+    config = e2e.bed.workdir / "offload-max.toml"
+    config.write_text("[firewall]\noffload_max = 2\n")
+    e2e.bed.daemon("A", ["--config", str(config)])
+    e2e.http_server("A")
+    queued = []
+    for _ in range(4):
+        before = _queued(e2e)
+        transfer = e2e.curl("B", "A", IMPAIRED_SIZE)       # A sends: outbound needs the set
+        assert transfer.intact, transfer.describe()
+        queued.append(_queued(e2e)["A"] - before["A"])
+        assert _set_elements(e2e, "A", "plain4") <= 2
+    # the first two connections fill the set and are offloaded; the next two find it full
+    assert queued[:2] == [0, 0], queued
+    assert min(queued[2:]) > MAX_QUEUED, queued
 
 
 _CLIENT = """
