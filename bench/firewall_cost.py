@@ -14,7 +14,8 @@ processes (over veth, the receive path runs in the sender's softirq; samples of 
 softirq context would also catch other namespaces' traffic): every busy sample, those whose
 call chain passes through ``nf_hook_slow``, the kernel's loop over the netfilter hooks
 (conntrack, the iptables chains, the nftables chains), split by hook caller: ``ip_rcv``
-(prerouting) and ``__ip_local_out`` (output), and among them ``table``, those in the
+(prerouting: conntrack), ``ip_local_deliver`` (input: the inbound chains) and
+``__ip_local_out`` (output), and among them ``table``, those in the
 nftables table's chains (the bed's only ``inet`` table). Throughput on a shared machine is
 too noisy for a few percent; these counts are CPU time, which is much less so.
 
@@ -45,7 +46,7 @@ HOOK = "nf_hook_slow"
 #: the hook function of an ``inet`` nftables chain: the daemon's table is the bed's only one
 TABLE_HOOK = "nft_do_chain_inet"
 #: hook caller -> direction
-CALLERS = {"ip_rcv": "prerouting", "__ip_local_out": "output"}
+CALLERS = {"ip_rcv": "prerouting", "ip_local_deliver": "input", "__ip_local_out": "output"}
 _RULES = ("from tcpcryptd.daemon.config import Config\n"
           "from tcpcryptd.daemon.firewall import Firewall, detect_backend\n"
           "from tcpcryptd.daemon.runner import rule_spec\n"

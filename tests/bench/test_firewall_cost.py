@@ -23,6 +23,12 @@ swapper
 \tffffffff82251fb9 pv_native_safe_halt
 \tffffffff82251fbb default_idle
 
+iperf3 
+\tffffffff82251fba nft_do_chain_inet
+\tffffffff82251fbb nf_hook_slow
+\tffffffff82251fbc ip_local_deliver
+\tffffffff82251fbd ip_rcv_finish
+
 tcpcryptd 
 \tffffffff82251fbb nf_hook_slow
 \tffffffff82251fbc ip_rcv
@@ -35,10 +41,10 @@ ksoftirqd/1
 
 def test_counts_busy_samples_and_hooks_by_direction_of_the_bed_processes_only():
     counts = count_stacks(SCRIPT)
-    assert counts["busy"] == 2          # not the idle loop, not another process
-    assert counts["hooks"] == 2
-    assert counts["table"] == 1         # nft_do_chain_inet right under the hook loop
-    assert counts["prerouting"] == 1 and counts["output"] == 1
+    assert counts["busy"] == 3          # not the idle loop, not another process
+    assert counts["hooks"] == 3
+    assert counts["table"] == 2         # nft_do_chain_inet right under the hook loop
+    assert counts["prerouting"] == 1 and counts["input"] == 1 and counts["output"] == 1
 
 
 def test_empty_input_counts_nothing():
