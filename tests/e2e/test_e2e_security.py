@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2e_support import MB, NC_PORT, E2E, session_ids, wait_for_size
+from e2e_support import (HTTP_PORT, IMPAIRED_SIZE, MB, NC_PORT, E2E, counter, queued_packets,
+                          session_ids, wait_for_size)
 
 from tcpcryptd.packet.tcp import ACK, RST
 from testbed import (
@@ -622,3 +623,51 @@ def test_idle_control_connections_do_not_starve_status(e2e: E2E) -> None:
         for sock in idle:
             sock.close()
     assert _status_problem(daemon) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Blind SYN-ACKs without ENO during the handshake
+
+BLIND_SYN_ACKS = 32
+
+
+def test_a_blind_syn_ack_without_eno_does_not_make_an_eno_connection_plain(e2e: E2E) -> None:
+    """No blind downgrade (RFC 8547 §4.6 falls back on the SYN-ACK that answers our SYN): while
+    B holds back A's ENO SYN, R forges SYN-ACKs without ENO from B's port to A's with random
+    sequence and acknowledgment numbers. They reach A's queue and must change nothing: once
+    B answers, the connection is encrypted, A counts no fallback, nothing of it is offloaded.
+
+    Without the bed's INVALID drop rules: conntrack (``be_liberal`` 0) takes the reply
+    direction's sequence numbers from the forged SYN-ACKs although it finds them INVALID, and
+    then finds B's real SYN-ACK INVALID too whenever B's ISN lies in the half of the sequence
+    space behind them. A host that drops INVALID packets then never sees that SYN-ACK, with or
+    without the daemon (plain TCP fails the same way): the attack is on conntrack, not here."""
+    _count_invalid_only(e2e.bed)
+    daemons = e2e.daemons("A", "B")
+    e2e.http_server("B")
+    hold = ("PREROUTING", "-p", "tcp", "--dport", str(HTTP_PORT), "--syn", "-j", "DROP")
+    b = e2e.bed.ns("B")
+    b.run("iptables", "-t", "raw", "-I", *hold)
+    rng = random.Random(69)
+    port = rng.randrange(40000, 50000)
+    capture = e2e.bed.capture("blind-syn-ack")
+    result: list = []
+    fetch = threading.Thread(target=lambda: result.append(e2e.curl(
+        "A", "B", IMPAIRED_SIZE, extra=("--local-port", str(port)))))
+    fetch.start()
+    time.sleep(0.3)                     # A's first SYN is out (and dropped by B)
+    a_addr, b_addr = e2e.bed.addr("A"), e2e.bed.addr("B")
+    before = queued_packets(e2e.bed.ns("A"))
+    spoof(e2e.bed, [{"src": b_addr, "dst": a_addr, "sport": HTTP_PORT, "dport": port,
+                     "seq": rng.getrandbits(32), "ack": rng.getrandbits(32), "flags": "SA"}
+                    for _ in range(BLIND_SYN_ACKS)])
+    exposed = queued_packets(e2e.bed.ns("A")) - before
+    b.run("iptables", "-t", "raw", "-D", *hold)     # A's next SYN retransmission reaches B
+    fetch.join(timeout=180)
+    capture.stop()
+    assert exposed >= BLIND_SYN_ACKS, f"only {exposed} packets reached A's queue"
+    assert result and result[0].intact, result[0].describe() if result else "curl hung"
+    e2e.assert_encrypted(capture.analyze(e2e.marker, (HTTP_PORT,)))
+    assert session_ids(daemons["A"], port) or counter(daemons["A"], "encrypted") >= 1
+    assert counter(daemons["A"], "fallback_no-eno", "fallback") == 0, daemons["A"].counters()
+    assert counter(daemons["A"], "daemon_offloaded") == 0, daemons["A"].counters()
