@@ -41,7 +41,13 @@ The iptables jumps skip packets with ``marks.plain``: they never reach the queue
        connection was encrypted by an earlier instance). Outbound it is rejected with a TCP
        reset, which ends the local socket at once (the reset's sequence number is the
        packet's own acknowledgment number, the socket's next expected byte); inbound it is
-       dropped. Never plaintext.
+       dropped. Never plaintext. Outbound, a packet conntrack does not track (the host's
+       own ``CT --notrack`` rule, or INVALID) has no connmark to say encrypted: it is
+       dropped unless it carries one of the daemon's marks (``marks.seen``,
+       ``marks.injected``, ``marks.plain``) or belongs to ``firewall.skip_ports``, so such
+       a connection stalls rather than leak when the daemon is gone; a plain one (queued
+       while the daemon runs, since its connmark cannot record it plain) waits for the
+       restart.
     3. ``marks.plain`` on the packet (the daemon decided the connection is plain, or an
        offload chain found it) and the connection not recorded as encrypted -> the
        connmark gets ``marks.plain`` and the 4-tuple is added to the set. An element made
@@ -101,6 +107,8 @@ class OffloadSpec:
     max_elements: int       #: per set (IPv4, IPv6)
     #: peers' SYNs queued even without ENO (:func:`require_selectors`)
     queued_syns: tuple[str, ...] = ()
+    #: ``firewall.skip_ports``: never queued, so never marked by the daemon (the untracked guard)
+    skip_ports: tuple[int, ...] = ()
 
 
 def require_selectors(rules: tuple[Rule, ...], default: Mode) -> tuple[str, ...]:
@@ -180,6 +188,15 @@ def _record_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
         f"meta mark & {enc:#x} != 0 ct mark set ct mark & {~plain & 0xFFFFFFFF:#x} | {enc:#x}",
         f"ct mark & {enc:#x} != 0 meta mark & {verdicted:#x} == 0 {guard}",
     ]
+    if outbound:
+        # the guard for the packets it cannot see: conntrack does not track them (a NOTRACK
+        # rule of the host's, or INVALID) so their connmark is unknown
+        skipped = ""
+        if spec.skip_ports:
+            ports = ", ".join(str(port) for port in spec.skip_ports)
+            skipped = f"tcp sport != {{ {ports} }} tcp dport != {{ {ports} }} "
+        rules.append(f"ct state invalid,untracked meta mark & {verdicted | plain:#x} == 0 "
+                     f"{skipped}drop")
     first = f"meta mark & {plain:#x} != 0 ct mark & {enc:#x} == 0"
     record = f"ct mark set ct mark | {plain:#x}"
     forget = f"ct mark set ct mark & {~plain & 0xFFFFFFFF:#x}"

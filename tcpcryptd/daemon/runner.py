@@ -33,7 +33,8 @@ def rule_spec(config: Config) -> RuleSpec:
                           timeout=max(1, round(config.limits.idle_timeout)),
                           max_elements=config.firewall.offload_max,
                           queued_syns=require_selectors(config.policy.rules,
-                                                        config.policy.default))
+                                                        config.policy.default),
+                          skip_ports=config.firewall.skip_ports)
     return RuleSpec(config.queue.number, offload, config.firewall.skip_ports,
                     config.queue.worker_count())
 

@@ -64,3 +64,20 @@ def test_syn_made_elements_are_short_lived_and_a_daemon_syn_forgets_the_pair():
         assert len(forgets) == 2
         assert all("meta mark & 0xa == 0x2" in rule and "ct mark set ct mark & 0xfffffff7" in rule
                    for rule in forgets)
+
+
+def test_outbound_packets_conntrack_does_not_track_need_the_daemons_mark():
+    """kill -9 with a connection conntrack does not track (a NOTRACK rule, INVALID): its
+    connmark cannot say encrypted, so outbound such packets pass only with the daemon's
+    mark (seen, injected, plain); configured skip ports never get one and are exempt."""
+    untracked = [rule for rule in _chain("out_record") if "untracked" in rule]
+    assert untracked == ["ct state invalid,untracked meta mark & 0xe == 0 drop"]
+    assert not [rule for rule in _chain("in_record") if "untracked" in rule]
+    skipping = table_text(OffloadSpec(4, 2, 1, 8, 60, 128, skip_ports=(22, 443))).splitlines()
+    assert ("ct state invalid,untracked meta mark & 0xe == 0 tcp sport != { 22, 443 } "
+            "tcp dport != { 22, 443 } drop") in skipping
+    # after the encrypted-connection guard, before anything records the packet as plain
+    chain = _chain("out_record")
+    guard = next(i for i, rule in enumerate(chain) if "reject with tcp reset" in rule)
+    record = next(i for i, rule in enumerate(chain) if "ct mark set ct mark | 0x8" in rule)
+    assert guard < chain.index(untracked[0]) < record

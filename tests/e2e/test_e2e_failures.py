@@ -19,6 +19,7 @@ from e2e_support import (
     session_ids,
     wait_for_size,
 )
+from test_e2e_security import leak_summary, plaintext_leaks
 
 pytestmark = pytest.mark.e2e
 
@@ -34,6 +35,40 @@ def _own_rules(e2e: E2E) -> str:
         out = e2e.bed.a.run(tool, check=False).stdout.decode(errors="replace")
         found += [line for line in out.splitlines() if "TCPCRYPT" in line]
     return "\n".join(found)
+
+
+def test_kill9_never_leaks_a_connection_conntrack_does_not_track(e2e: E2E) -> None:
+    """A busy server often exempts its ports from conntrack (``-j CT --notrack`` in raw):
+    such a connection's connmark never says encrypted, so the guard that reads it cannot
+    stop the stack's plaintext after kill -9. The outbound guard for packets conntrack does
+    not track (or finds INVALID) does: without the daemon's mark they are dropped."""
+    daemons = e2e.daemons("A", "B")
+    for chain, match in (("OUTPUT", "--dport"), ("PREROUTING", "--sport")):
+        e2e.bed.a.run("iptables", "-t", "raw", "-I", chain, "-p", "tcp", match, str(NC_PORT),
+                      "-j", "CT", "--notrack")
+    data = e2e.payload(IMPAIRED_SIZE).read_bytes()
+    first_part = 1 * MB
+    capture = e2e.bed.capture("crash-untracked")
+    received = e2e.bed.workdir / "crash-untracked-received.bin"
+    listener = e2e.nc_listen("B", received)
+    client = e2e.bed.a.popen(["nc", "-N", e2e.bed.addr("B"), str(NC_PORT)],
+                             stdin=subprocess.PIPE)
+    assert client.stdin is not None
+    client.stdin.write(data[:first_part])
+    client.stdin.flush()
+    wait_for_size(received, first_part)
+    assert len(session_ids(daemons["B"], NC_PORT)) == 1
+    daemons["A"].kill()
+    send_rest_and_stop(client, listener, data[first_part:])
+    capture.stop()
+    report = capture.analyze(e2e.marker)
+    assert report.syn_with_eno == 1 and report.synack_with_eno == 1, report.summary()
+    assert report.marker_hits == 0, report.summary()
+    leaks = plaintext_leaks(capture.path, {"upload": data}, e2e.marker)
+    assert not leaks, leak_summary(leaks)
+    got = received.read_bytes()
+    assert data.startswith(got)
+    assert len(got) < len(data), "the flow continued without its daemon"
 
 
 def test_kill9_mid_transfer_never_leaks_then_recovers(e2e: E2E) -> None:
