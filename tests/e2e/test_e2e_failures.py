@@ -37,19 +37,14 @@ def _own_rules(e2e: E2E) -> str:
     return "\n".join(found)
 
 
-def test_kill9_never_leaks_a_connection_conntrack_does_not_track(e2e: E2E) -> None:
-    """A busy server often exempts its ports from conntrack (``-j CT --notrack`` in raw):
-    such a connection's connmark never says encrypted, so the guard that reads it cannot
-    stop the stack's plaintext after kill -9. The outbound guard for packets conntrack does
-    not track (or finds INVALID) does: without the daemon's mark they are dropped."""
-    daemons = e2e.daemons("A", "B")
-    for chain, match in (("OUTPUT", "--dport"), ("PREROUTING", "--sport")):
-        e2e.bed.a.run("iptables", "-t", "raw", "-I", chain, "-p", "tcp", match, str(NC_PORT),
-                      "-j", "CT", "--notrack")
+def _upload_killed_midway(e2e: E2E, daemons: dict, name: str) -> None:
+    """An encrypted upload A -> B whose daemon in A dies by kill -9 after the first megabyte
+    arrived; the local stack goes on sending the rest (and retransmitting) with nobody to
+    encrypt it. Nothing of it may be on the wire in plaintext, and B holds a prefix only."""
     data = e2e.payload(IMPAIRED_SIZE).read_bytes()
     first_part = 1 * MB
-    capture = e2e.bed.capture("crash-untracked")
-    received = e2e.bed.workdir / "crash-untracked-received.bin"
+    capture = e2e.bed.capture(name)
+    received = e2e.bed.workdir / f"{name}-received.bin"
     listener = e2e.nc_listen("B", received)
     client = e2e.bed.a.popen(["nc", "-N", e2e.bed.addr("B"), str(NC_PORT)],
                              stdin=subprocess.PIPE)
@@ -71,33 +66,22 @@ def test_kill9_never_leaks_a_connection_conntrack_does_not_track(e2e: E2E) -> No
     assert len(got) < len(data), "the flow continued without its daemon"
 
 
+def test_kill9_never_leaks_a_connection_conntrack_does_not_track(e2e: E2E) -> None:
+    """A busy server often exempts its ports from conntrack (``-j CT --notrack`` in raw):
+    such a connection's connmark never says encrypted, so the guard that reads it cannot
+    stop the stack's plaintext after kill -9. The outbound guard for packets conntrack does
+    not track (or finds INVALID) does: without the daemon's mark they are dropped."""
+    daemons = e2e.daemons("A", "B")
+    for chain, match in (("OUTPUT", "--dport"), ("PREROUTING", "--sport")):
+        e2e.bed.a.run("iptables", "-t", "raw", "-I", chain, "-p", "tcp", match, str(NC_PORT),
+                      "-j", "CT", "--notrack")
+    _upload_killed_midway(e2e, daemons, "crash-untracked")
+
+
 def test_kill9_mid_transfer_never_leaks_then_recovers(e2e: E2E) -> None:
     daemons = e2e.daemons("A", "B")
-    data = e2e.payload(IMPAIRED_SIZE).read_bytes()
-    first_part = 1 * MB
-
     # 1. An encrypted upload A -> B; the daemon in A dies after the first megabyte arrived.
-    capture = e2e.bed.capture("crash")
-    received = e2e.bed.workdir / "crash-received.bin"
-    listener = e2e.nc_listen("B", received)
-    client = e2e.bed.a.popen(["nc", "-N", e2e.bed.addr("B"), str(NC_PORT)],
-                             stdin=subprocess.PIPE)
-    assert client.stdin is not None
-    client.stdin.write(data[:first_part])
-    client.stdin.flush()
-    wait_for_size(received, first_part)
-    assert len(session_ids(daemons["B"], NC_PORT)) == 1
-    daemons["A"].kill()
-
-    # The local stack goes on sending the rest (and retransmitting) with nobody to encrypt it.
-    send_rest_and_stop(client, listener, data[first_part:])
-    capture.stop()
-    report = capture.analyze(e2e.marker)
-    assert report.syn_with_eno == 1 and report.synack_with_eno == 1, report.summary()
-    assert report.marker_hits == 0, report.summary()
-    got = received.read_bytes()
-    assert data.startswith(got)
-    assert len(got) < len(data), "the flow continued without its daemon"
+    _upload_killed_midway(e2e, daemons, "crash")
 
     # 2. While the daemon is down, new flows pass as plain TCP (queue bypass).
     capture = e2e.bed.capture("daemon-down")
