@@ -71,8 +71,12 @@ class RuleSpec:
 
     queue_num: int
     offload: OffloadSpec
-    skip_ports: tuple[int, ...] = ()
     workers: int = 1
+
+    @property
+    def skip_ports(self) -> tuple[int, ...]:
+        """``firewall.skip_ports``: held once, in the table's spec (its guard exempts them)."""
+        return self.offload.skip_ports
 
 
 # classic BPF (linux/filter.h): the instruction classes, sizes, modes and operations used

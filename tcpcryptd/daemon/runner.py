@@ -35,8 +35,7 @@ def rule_spec(config: Config) -> RuleSpec:
                           queued_syns=require_selectors(config.policy.rules,
                                                         config.policy.default),
                           skip_ports=config.firewall.skip_ports)
-    return RuleSpec(config.queue.number, offload, config.firewall.skip_ports,
-                    config.queue.worker_count())
+    return RuleSpec(config.queue.number, offload, config.queue.worker_count())
 
 
 def run_daemon(config: Config) -> None:

@@ -6,6 +6,7 @@ private network namespace; they are skipped without root or ``ip netns``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -50,7 +51,7 @@ def test_no_iptables_rule_trusts_the_eno_option_of_a_segment():
 
 
 def test_skip_ports_in_every_chain_in_chunks_of_fifteen():
-    spec = RuleSpec(0, MARKS, skip_ports=tuple(range(1000, 1020)))
+    spec = RuleSpec(0, dataclasses.replace(MARKS, skip_ports=tuple(range(1000, 1020))))
     rules = chain_rules(spec)
     for chain in (CHAIN_OUT, CHAIN_IN):
         skips = [rule for table in rules.values() for rule in table
@@ -201,7 +202,7 @@ def test_install_twice_then_remove_leaves_nothing(netns, backend):
         "from tcpcryptd.daemon.firewall import *\n"
         "from tcpcryptd.daemon.nftables import OffloadSpec\n"
         f"fw = Firewall(Backend({backend!r}))\n"
-        "spec = RuleSpec(3, OffloadSpec(0x4000, 0x2000, 0x1000, 0x800, 60, 128), (22,))\n"
+        "spec = RuleSpec(3, OffloadSpec(0x4000, 0x2000, 0x1000, 0x800, 60, 128, skip_ports=(22,)))\n"
         "fw.install(spec); fw.install(spec)\n"
         "print(sum(len(s.jumps) for f in fw.families for s in fw.state(f).values()))\n"
         "print(fw.installed(), fw.remove(0x1000).removed, fw.remove(0x1000).removed,"

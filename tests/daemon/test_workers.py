@@ -45,7 +45,7 @@ def test_ipv4_options_move_the_ports() -> None:
 
 
 def _spec(workers: int) -> RuleSpec:
-    return RuleSpec(5, OffloadSpec(0x8, 0x4, 0x1, 0x2, 60, 100), (), workers)
+    return RuleSpec(5, OffloadSpec(0x8, 0x4, 0x1, 0x2, 60, 100), workers)
 
 
 @pytest.mark.parametrize("family", (4, 6))
