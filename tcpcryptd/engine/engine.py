@@ -57,6 +57,7 @@ from tcpcryptd.engine.flow import (
     HalfOpen,
     State,
     flow_addresses,
+    ip_end,
 )
 from tcpcryptd.engine.handshake import (
     add_syn_option,
@@ -143,10 +144,8 @@ class Engine:
                 flow = self._flows.get((version, src, fields[0], dst, fields[1]) if outbound
                                        else (version, dst, fields[1], src, fields[0]))
                 if flow is not None and flow.state is State.ENCRYPTED:
-                    if checksum_partial and (
-                            ((data[2] << 8) | data[3]) if tcp_start == 20
-                            else 40 + ((data[4] << 8) | data[5])
-                    ) <= tcp_start + ((fields[4] >> 12) << 2):
+                    if checksum_partial and (ip_end(data, tcp_start)
+                                             <= tcp_start + ((fields[4] >> 12) << 2)):
                         # no payload: the fast paths edit the header in place
                         data, checksum_partial = complete_checksum(data), False
                     fast = self._fast(flow, data, outbound, tcp_start, fields, now)

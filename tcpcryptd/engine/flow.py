@@ -561,6 +561,15 @@ _TS_VALUES = struct.Struct("!II")
 _SACK_BLOCK = struct.Struct("!II")
 
 
+def ip_end(data: bytes, tcp_start: int) -> int:
+    """Where a fast-path packet's IP datagram ends, from its length field: IPv4 without
+    options (``tcp_start`` 20, total length) or IPv6 without extension headers (40 + payload
+    length); bytes beyond are link-layer padding."""
+    if tcp_start == 20:
+        return (data[2] << 8) | data[3]
+    return 40 + ((data[4] << 8) | data[5])
+
+
 def segment_shape(flow: Flow, data: bytes, tcp_start: int, offset_flags: int
                   ) -> tuple[int, int, int | None, int, int, bool, int] | None:
     """``(flags, header_end, tsval, payload length, ttl, df, tos)`` of a raw segment the
@@ -582,14 +591,11 @@ def segment_shape(flow: Flow, data: bytes, tcp_start: int, offset_flags: int
         return None
     else:
         tsval = None
-    if tcp_start == 20:
-        end = (data[2] << 8) | data[3]
-        if not header_end <= end <= len(data):
-            return None
-        return flags, header_end, tsval, end - header_end, data[8], bool(data[6] & 0x40), data[1]
-    end = 40 + ((data[4] << 8) | data[5])
+    end = ip_end(data, tcp_start)
     if not header_end <= end <= len(data):
         return None
+    if tcp_start == 20:
+        return flags, header_end, tsval, end - header_end, data[8], bool(data[6] & 0x40), data[1]
     return (flags, header_end, tsval, end - header_end, data[7], True,
             ((data[0] & 0x0F) << 4) | (data[1] >> 4))
 
