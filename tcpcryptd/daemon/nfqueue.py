@@ -365,22 +365,17 @@ class PacketQueue:
     def _append(self, kind: int, packet_id: int, verdict: int, mark: int | None,
                 payload: bytes | None) -> None:
         iov = self._iov
+        pad = b"" if payload is None else _PADDING[len(payload) & 3]
         if payload is not None and mark is not None:
             # the common rewritten packet: the headers and both attribute heads in one pack
-            pad = _PADDING[len(payload) & 3]
             length = _VERDICT_MARK_PAYLOAD.size + len(payload) + len(pad)
             iov.append(_VERDICT_MARK_PAYLOAD.pack(
                 length, kind, NLM_F_REQUEST, 0, 0, socket.AF_UNSPEC, 0, self._res_id, 12,
                 NFQA_VERDICT_HDR, htonl(verdict), htonl(packet_id), 8, NFQA_MARK, htonl(mark),
                 4 + len(payload), NFQA_PAYLOAD))
-            iov.append(payload)
-            if pad:
-                iov.append(pad)
         else:
             length = _VERDICT.size + (_MARK_ATTR.size if mark is not None else 0)
-            pad = b""
             if payload is not None:
-                pad = _PADDING[len(payload) & 3]
                 length += 4 + len(payload) + len(pad)
             iov.append(_VERDICT.pack(length, kind, NLM_F_REQUEST, 0, 0, socket.AF_UNSPEC, 0,
                                      self._res_id, 12, NFQA_VERDICT_HDR, htonl(verdict),
@@ -389,9 +384,10 @@ class PacketQueue:
                 iov.append(_MARK_ATTR.pack(8, NFQA_MARK, htonl(mark)))
             if payload is not None:
                 iov.append(_PAYLOAD_ATTR.pack(4 + len(payload), NFQA_PAYLOAD))
-                iov.append(payload)
-                if pad:
-                    iov.append(pad)
+        if payload is not None:
+            iov.append(payload)
+            if pad:
+                iov.append(pad)
         self._iov_bytes += length
         if self._iov_bytes >= SEND_FLUSH_BYTES or len(iov) >= SEND_FLUSH_IOVECS:
             self._send()
