@@ -47,7 +47,7 @@ NAT_COMMENT = "tcpcryptd-testbed-nat"
 #: Ports R's source NAT gives A's connections: outside Linux's default ephemeral range
 #: (32768-60999), so every connection's source port is rewritten, not only its address.
 NAT_PORTS = (20000, 29999)
-#: R's own addresses on A's link and on B's link (see the topology above).
+#: R's own addresses on A's link and on B's link (see the topology above; set up from here).
 ROUTER_ADDRESSES = {("A", 4): "10.201.1.254", ("A", 6): "fd00:201:1::fe",
                     ("B", 4): "10.201.2.254", ("B", 6): "fd00:201:2::fe"}
 
@@ -120,11 +120,12 @@ class TestBed:
             self.a.veth("eth0", self.r, "ra")
             self.b.veth("eth0", self.r, "rb")
             self.a.add_address("eth0", "10.201.1.1/24", "fd00:201:1::1/64")
-            self.r.add_address("ra", "10.201.1.254/24", "fd00:201:1::fe/64")
-            self.r.add_address("rb", "10.201.2.254/24", "fd00:201:2::fe/64")
+            for side, iface in (("A", "ra"), ("B", "rb")):
+                self.r.add_address(iface, f"{ROUTER_ADDRESSES[side, 4]}/24",
+                                   f"{ROUTER_ADDRESSES[side, 6]}/64")
             self.b.add_address("eth0", "10.201.2.1/24", "fd00:201:2::1/64")
-            self.a.default_route("10.201.1.254", "fd00:201:1::fe")
-            self.b.default_route("10.201.2.254", "fd00:201:2::fe")
+            self.a.default_route(ROUTER_ADDRESSES["A", 4], ROUTER_ADDRESSES["A", 6])
+            self.b.default_route(ROUTER_ADDRESSES["B", 4], ROUTER_ADDRESSES["B", 6])
             self.r.sysctl("net.ipv4.ip_forward", 1)
             self.r.sysctl("net.ipv6.conf.all.forwarding", 1)
         else:
