@@ -34,7 +34,7 @@ from typing import Any
 
 from bench.bed import REPO_ROOT
 from bench.plan import FULL, QUICK
-from bench.report import build_results, compute_ratios, format_table, judged, merge_offload
+from bench.report import build_results, format_table, judge, merge_offload
 from bench.runner import Runner
 from testbed import environment_problem
 
@@ -156,9 +156,7 @@ def render() -> int:
     except (OSError, json.JSONDecodeError) as exc:
         print(f"bench --render: no usable {RESULTS_DIR / 'latest.json'}: {exc}", file=sys.stderr)
         return 2
-    # the ratios and targets of this code, on the stored figures
-    results["ratios"] = compute_ratios(results)
-    results["targets"] = judged(results)
+    judge(results)    # the ratios and targets of this code, on the stored figures
     write_outputs(results)
     print(format_table(results))
     print_targets(results)

@@ -390,10 +390,12 @@ def target_verdicts(results: dict[str, Any]) -> list[Target]:
     return targets
 
 
-def judged(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ``targets`` list of latest.json for ``results`` (figures and ratios in place)."""
-    return [{"target": t.name, "value": t.value, "verdict": t.verdict, "detail": t.detail}
-            for t in target_verdicts(results)]
+def judge(results: dict[str, Any]) -> None:
+    """Set ``ratios`` and ``targets`` of ``results`` from its figures, in place: on a new
+    run, a merged re-measurement and ``--render`` alike."""
+    results["ratios"] = compute_ratios(results)
+    results["targets"] = [{"target": t.name, "value": t.value, "verdict": t.verdict,
+                           "detail": t.detail} for t in target_verdicts(results)]
 
 
 def build_results(samples: Samples, *, machine: dict[str, Any], date: str,
@@ -412,8 +414,7 @@ def build_results(samples: Samples, *, machine: dict[str, Any], date: str,
         "exchanges_per_s": {key: _rounded(median(samples.exchanges.get(key, [])), 1)
                             for key in EXCHANGE_ROWS},
     }
-    results["ratios"] = compute_ratios(results)
-    results["targets"] = judged(results)
+    judge(results)
     if samples.engine_us:
         results["engine_us"] = dict(samples.engine_us)
     if samples.diagnostics:
@@ -431,8 +432,7 @@ def merge_offload(results: dict[str, Any], samples: Samples, date: str) -> dict[
     recomputed, the new run's notes added, and a note saying which figures are from when."""
     merged = dict(results)
     merged["offload"] = _offload(samples)
-    merged["ratios"] = compute_ratios(merged)
-    merged["targets"] = judged(merged)
+    judge(merged)
     notes = [note for note in results.get("notes", [])
              if not note.startswith(("plain TCP, daemon on one end", OFFLOAD_REMEASURED))]
     notes.append(f"{OFFLOAD_REMEASURED} {date} (python -m bench --offload-only); every other "
