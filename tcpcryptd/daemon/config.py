@@ -84,6 +84,9 @@ class MarksConfig:
     seen: int = 0x20000000
     encrypted: int = 0x10000000
     plain: int = 0x08000000
+    #: nfmark of a packet the kernel let through without the queue while a connection is
+    #: tentatively plain (daemon/nftables.py: the peer's SYN-ACK without ENO): never recorded
+    tentative: int = 0x04000000
 
 
 @dataclass(frozen=True)
@@ -353,7 +356,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
         "workers": _integer(0, 64),
     }),
     "marks": (MarksConfig, {"injected": _MARK, "seen": _MARK, "encrypted": _MARK,
-                            "plain": _MARK}),
+                            "plain": _MARK, "tentative": _MARK}),
     "firewall": (FirewallConfig, {
         "backend": _choice(FIREWALL_BACKENDS),
         "ipv6": _boolean,
@@ -401,7 +404,8 @@ def parse_config(data: dict[str, Any]) -> Config:
 def _check_marks(marks: MarksConfig) -> None:
     """The marks are tested bit by bit (``--mark X/X``): they must not share a bit."""
     named = (("marks.injected", marks.injected), ("marks.seen", marks.seen),
-             ("marks.encrypted", marks.encrypted), ("marks.plain", marks.plain))
+             ("marks.encrypted", marks.encrypted), ("marks.plain", marks.plain),
+             ("marks.tentative", marks.tentative))
     for index, (name, value) in enumerate(named):
         for other_name, other in named[index + 1:]:
             if value & other:

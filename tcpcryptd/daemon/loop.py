@@ -26,6 +26,7 @@ from tcpcryptd.daemon.config import Config
 from tcpcryptd.daemon.control import Caller, ControlServer, Request, Response
 from tcpcryptd.daemon.errors import ControlError
 from tcpcryptd.daemon.heap import HeapTrimmer
+from tcpcryptd.daemon.nflog import PlainLog
 from tcpcryptd.daemon.nfqueue import (
     MAX_COPY,
     PacketQueue,
@@ -59,6 +60,7 @@ class FlowEngine(Protocol):
     def handle_packet(self, packet_id: int, data: bytes, direction: Direction,
                       now: float, *, checksum_partial: bool = False) -> Result: ...
     def handle_timer(self, now: float) -> Result: ...
+    def peer_answered_plain(self, key: FlowKey, now: float) -> Result: ...
     def shutdown(self, now: float) -> Result: ...
     def next_deadline(self) -> float | None: ...
     def prepare(self, now: float) -> float | None: ...
@@ -165,6 +167,17 @@ class PacketPath:
         self._apply(result)
         # idle connections freed their cipher contexts: give the heap back (daemon/heap.py)
         self.heap.after_timers(self.engine.counters.get("aead_released", 0), now)
+
+    def on_peer_plain(self, key: FlowKey) -> None:
+        """The kernel made the connection ``key`` plain on the peer's SYN-ACK without ENO
+        (daemon/nflog.py): the engine forgets its syn-sent flow."""
+        try:
+            result = self.engine.peer_answered_plain(key, self.clock())
+        except Exception:
+            self.counters["daemon_engine_errors"] += 1
+            log.debug("engine failed on a kernel-made plain connection", exc_info=True)
+            return
+        self._apply(result)
 
     def next_deadline(self) -> float | None:
         """When :meth:`on_timer` must run next: the engine's next timer, or a heap trim
@@ -384,11 +397,13 @@ class Daemon:
             wake_w.close()
         return restore
 
-    def run(self, queue: PacketQueue, control: ControlServer) -> None:
+    def run(self, queue: PacketQueue, control: ControlServer,
+            plain_log: PlainLog | None = None) -> None:
         """Serve until SIGTERM/SIGINT (``stopping``); :meth:`catch_signals` must be active.
 
-        One ``epoll`` watches the queue, the signal wake-up socket and the control server's
-        own selector (readable when the listener or a client connection is). Per wake-up
+        One ``epoll`` watches the queue, the signal wake-up socket, the control server's
+        own selector (readable when the listener or a client connection is) and the nflog
+        group of connections the kernel made plain (``plain_log``, daemon/nflog.py). Per wake-up
         the loop reads the clock once and asks for the next timer deadline once; the
         control connections' idle deadlines are looked at only while there are any.
 
@@ -403,8 +418,10 @@ class Daemon:
         clients.register(control.listener, selectors.EVENT_READ, "listen")
         poller = select.epoll()
         queue_fd, wake_fd, clients_fd = queue.fileno(), self._wake.fileno(), clients.fileno()
-        for fd in (queue_fd, wake_fd, clients_fd):
-            poller.register(fd, select.EPOLLIN)
+        log_fd = -1 if plain_log is None else plain_log.fileno()
+        for fd in (queue_fd, wake_fd, clients_fd, log_fd):
+            if fd >= 0:
+                poller.register(fd, select.EPOLLIN)
         path, clock, wake = self.path, self.clock, self._wake
         prepare_due = self.engine.prepare_due
         try:
@@ -431,6 +448,9 @@ class Daemon:
                     elif fd == clients_fd:
                         for key, events in clients.select(0):
                             control.on_event(key, events, clients)
+                    elif fd == log_fd:
+                        plain_log.process()     # type: ignore[union-attr]
+                        queue.flush()   # drops of packets the forgotten flows held
                     elif fd == wake_fd:
                         try:
                             wake.recv(512)

@@ -79,6 +79,7 @@ import subprocess
 from dataclasses import dataclass
 
 from tcpcryptd.core.constants import ENO_KIND
+from tcpcryptd.daemon.config import MarksConfig
 from tcpcryptd.daemon.errors import FirewallError
 from tcpcryptd.engine.policy import Mode, Rule
 
@@ -91,8 +92,22 @@ COUNTER_NO_ENO_SYN = "plain_no_eno_syn"
 #: idles past it is queued once and offloaded again for ``limits.idle_timeout``
 SYN_TIMEOUT = 60
 
+#: named counter of the peers' SYN-ACKs without ENO that the kernel left plain by itself
+#: (the stack's first ACK confirmed them)
+COUNTER_NO_ENO_SYN_ACK = "plain_no_eno_syn_ack"
+#: bytes of a confirmation's packet copied to the daemon's nflog group: the IP header and
+#: the TCP ports (:mod:`tcpcryptd.daemon.nflog`)
+LOG_SNAPLEN = 64
+#: confirmations the kernel gathers before it sends them to the daemon in one batch (or
+#: after the group's flush timeout, :data:`tcpcryptd.daemon.nflog.FLUSH_TIMEOUT`)
+LOG_QUEUE_THRESHOLD = 16
+
 #: (set name, nft address type, address keyword, nfproto) per IP version.
 _FAMILIES = (("plain4", "ipv4_addr", "ip", "ipv4"), ("plain6", "ipv6_addr", "ip6", "ipv6"))
+#: the tentative sets, in the same order: (set name, address keyword, nfproto)
+_TENTATIVE = (("tentative4", "ip", "ipv4"), ("tentative6", "ip6", "ipv6"))
+#: a SYN-ACK: SYN and ACK, neither RST nor FIN
+_SYN_ACK = "tcp flags & (syn | ack | rst | fin) == syn | ack"
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,11 @@ class OffloadSpec:
     queued_syns: tuple[str, ...] = ()
     #: ``firewall.skip_ports``: never queued, so never marked by the daemon (the untracked guard)
     skip_ports: tuple[int, ...] = ()
+    #: ``marks.tentative``: a packet the kernel passed while its connection is tentatively plain
+    mark_tentative: int = MarksConfig.tentative
+    #: nflog groups told of each connection the kernel made plain on the peer's SYN-ACK
+    #: (one per worker, :mod:`tcpcryptd.daemon.nflog`)
+    log_groups: tuple[int, ...] = ()
 
 
 def require_selectors(rules: tuple[Rule, ...], default: Mode) -> tuple[str, ...]:
@@ -149,7 +169,7 @@ def _offload_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
         rules = ["chain out_offload {", "type filter hook output priority raw - 1; policy accept;"]
         return rules + [f"meta nfproto {nfproto} tcp flags & (syn | ack) != syn "
                         f"{_tuple(ip, True)} @{set_name} {mark_plain} accept"
-                        for set_name, _, ip, nfproto in _FAMILIES] + ["}"]
+                        for set_name, _, ip, nfproto in _FAMILIES] + _confirm_rules(spec) + ["}"]
     rules = ["chain in_offload {", "type filter hook input priority mangle - 1; policy accept;",
              # after conntrack: the connmark alone answers, no set lookup
              f"ct mark & {enc | plain:#x} == {plain:#x} tcp flags & (syn | ack) != syn "
@@ -157,11 +177,90 @@ def _offload_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
              # a peer's SYN without ENO can only make a plain connection (RFC 8547 §4.6): the
              # kernel decides it alone, so the connection never reaches the queue
              'iifname "lo" return']
-    rules += [" ".join(filter(None, ("tcp flags & (syn | ack) == syn", selector, "return")))
+    # a SYN or SYN-ACK policy ``require`` may select goes to the daemon, which resets it
+    rules += [" ".join(filter(None, ("tcp flags & syn != 0", selector, "return")))
               for selector in spec.queued_syns]
     rules += [f"tcp flags & (syn | ack) == syn tcp option {ENO_KIND} missing {mark_plain} "
               f'counter name "{COUNTER_NO_ENO_SYN}"']
-    return rules + ["}"]
+    return rules + _tentative_rules(spec) + ["}"]
+
+
+def _skipped_ports(spec: OffloadSpec) -> str:
+    """The match excluding ``firewall.skip_ports`` (either end), with a trailing space."""
+    if not spec.skip_ports:
+        return ""
+    ports = ", ".join(str(port) for port in spec.skip_ports)
+    return f"tcp sport != {{ {ports} }} tcp dport != {{ {ports} }} "
+
+
+def _tentative_rules(spec: OffloadSpec) -> list[str]:
+    """``in_offload``: the peer's SYN-ACK without ENO makes its connection tentatively plain.
+
+    Only a SYN-ACK conntrack has taken as the reply of a connection it tracks (``ct state
+    established``: its acknowledgment lies in conntrack's window), on a connection neither
+    recorded (plain, encrypted) nor one of whose SYN-ACKs the daemon has seen
+    (``marks.seen`` in the connmark, see :func:`_tentative_record_rules`). Its 4-tuple goes
+    into ``@tentativeN`` and it skips the queue with ``marks.plain | marks.tentative``:
+    the iptables jump skips ``marks.plain``, ``in_record`` accepts ``marks.tentative``
+    without recording anything. A full set leaves the SYN-ACK to the queue.
+    """
+    enc, plain, seen = spec.mark_encrypted, spec.mark_plain, spec.mark_seen
+    mark = plain | spec.mark_tentative
+    return [f"meta nfproto {nfproto} {_SYN_ACK} tcp option {ENO_KIND} missing "
+            f"ct state established ct mark & {enc | plain | seen:#x} == 0 "
+            f"{_skipped_ports(spec)}update @{set_name} {{ {_tuple(ip, False)} }} "
+            f"meta mark set meta mark | {mark:#x} accept"
+            for set_name, ip, nfproto in _TENTATIVE]
+
+
+def _confirm_rules(spec: OffloadSpec) -> list[str]:
+    """``out_offload``: the local stack's first ACK-bearing segment on a tentative
+    connection confirms it plain.
+
+    The stack sends a segment with ACK and without SYN or RST only once it has accepted a
+    SYN-ACK whose acknowledgment number is its ISN + 1 (RFC 9293 §3.10.7.3); it answers
+    any other SYN-ACK with a RST, which does not match. The element leaves the set, the
+    segment gets ``marks.plain | marks.tentative`` (``out_record`` records the connection
+    plain as for any plain-marked packet), the named counter counts the connection and each
+    nflog group gets its header, so the daemon forgets its syn-sent flow.
+    """
+    mark = spec.mark_plain | spec.mark_tentative
+    logs = "".join(f"log group {group} snaplen {LOG_SNAPLEN} "
+                   f"queue-threshold {LOG_QUEUE_THRESHOLD} " for group in spec.log_groups)
+    rules = []
+    for set_name, ip, nfproto in _TENTATIVE:
+        key = _tuple(ip, True)
+        rules.append(f"meta nfproto {nfproto} tcp flags & (syn | rst | ack) == ack "
+                     f"{key} @{set_name} delete @{set_name} {{ {key} }} "
+                     f"meta mark set meta mark | {mark:#x} "
+                     f'counter name "{COUNTER_NO_ENO_SYN_ACK}" {logs}accept')
+    return rules
+
+
+def _tentative_record_rules(spec: OffloadSpec, outbound: bool) -> list[str]:
+    """The record chains' part in the tentative state.
+
+    Inbound, a SYN-ACK the kernel passed tentatively is accepted unrecorded; a SYN-ACK the
+    daemon gave a verdict (``marks.seen``) puts ``marks.seen`` into the connmark and
+    cancels the tentative state: a forged SYN-ACK without ENO may have made the connection
+    tentative while the real one, with ENO, waited in the queue, and the stack's ACK that
+    answers the real one must reach the daemon (it adds the ENO option). The connmark bit
+    keeps any later SYN-ACK from making the connection tentative again (after the real
+    SYN-ACK the stack would answer it with a challenge ACK, RFC 5961 §4, which would
+    confirm it).
+
+    Outbound, a confirmation of a connection whose connmark has ``marks.seen`` is dropped
+    (the stack sends it again, then queued): a forged SYN-ACK processed on another CPU
+    between the real one's verdict and the record of it could otherwise confirm an ENO
+    connection.
+    """
+    seen, tentative = spec.mark_seen, spec.mark_tentative
+    if outbound:
+        return [f"meta mark & {tentative:#x} != 0 ct mark & {seen:#x} != 0 drop"]
+    return [f"meta mark & {tentative:#x} != 0 accept"] + [
+        f"{_SYN_ACK} meta mark & {seen:#x} != 0 meta nfproto {nfproto} "
+        f"ct mark set ct mark | {seen:#x} delete @{set_name} {{ {_tuple(ip, False)} }}"
+        for set_name, ip, nfproto in _TENTATIVE]
 
 
 def _record_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
@@ -182,7 +281,7 @@ def _record_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
                 for set_name, _, ip, nfproto in _FAMILIES]
     else:
         fast = [f"{recorded} accept"]
-    rules = head + fast + [
+    rules = head + fast + _tentative_record_rules(spec, outbound) + [
         loopback,
         "meta l4proto != tcp return",
         f"meta mark & {enc:#x} != 0 ct mark set ct mark & {~plain & 0xFFFFFFFF:#x} | {enc:#x}",
@@ -191,12 +290,8 @@ def _record_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
     if outbound:
         # the guard for the packets it cannot see: conntrack does not track them (a NOTRACK
         # rule of the host's, or INVALID) so their connmark is unknown
-        skipped = ""
-        if spec.skip_ports:
-            ports = ", ".join(str(port) for port in spec.skip_ports)
-            skipped = f"tcp sport != {{ {ports} }} tcp dport != {{ {ports} }} "
         rules.append(f"ct state invalid,untracked meta mark & {verdicted | plain:#x} == 0 "
-                     f"{skipped}drop")
+                     f"{_skipped_ports(spec)}drop")
     first = f"meta mark & {plain:#x} != 0 ct mark & {enc:#x} == 0"
     record = f"ct mark set ct mark | {plain:#x}"
     forget = f"ct mark set ct mark & {~plain & 0xFFFFFFFF:#x}"
@@ -221,11 +316,15 @@ def table_text(spec: OffloadSpec) -> str:
     restart keeps protecting the connections the old instance encrypted.
     """
     lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{",
-             f"counter {COUNTER_NO_ENO_SYN} {{ }}"]
-    for set_name, addr_type, _, _ in _FAMILIES:
+             f"counter {COUNTER_NO_ENO_SYN} {{ }}", f"counter {COUNTER_NO_ENO_SYN_ACK} {{ }}"]
+    for (set_name, addr_type, _, _), (tentative, _, _) in zip(_FAMILIES, _TENTATIVE):
         lines += [f"set {set_name} {{",
                   f"type {addr_type} . inet_service . {addr_type} . inet_service;",
                   f"flags dynamic, timeout; timeout {spec.timeout}s; size {spec.max_elements};",
+                  "}",
+                  f"set {tentative} {{",
+                  f"type {addr_type} . inet_service . {addr_type} . inet_service;",
+                  f"flags dynamic, timeout; timeout {SYN_TIMEOUT}s; size {spec.max_elements};",
                   "}"]
     lines += _offload_chain(spec, outbound=True)
     lines += _offload_chain(spec, outbound=False)
@@ -270,11 +369,17 @@ def remove_table() -> bool:
 
 def kernel_counters() -> dict[str, int]:
     """What the table counted without the daemon, as status counters: the peers' SYNs
-    without ENO (``plain_no-eno-syn``, also in ``plain``). Empty when it cannot be read."""
+    without ENO (``plain_no-eno-syn``, also in ``plain``), and the connections the peer's
+    SYN-ACK without ENO made plain (``offloaded_no-eno-syn-ack``, also in
+    ``daemon_offloaded``: the engine counts them as ``fallback_no-eno`` when it forgets their
+    flow). Empty when they cannot be read."""
     try:
-        done = _nft(["-j", "list", "counter", "inet", TABLE, COUNTER_NO_ENO_SYN])
-        packets = next(item["counter"]["packets"] for item in json.loads(done.stdout)["nftables"]
-                       if "counter" in item)
-    except (FirewallError, ValueError, KeyError, TypeError, StopIteration):
+        done = _nft(["-j", "list", "counters", "table", "inet", TABLE])
+        packets = {item["counter"]["name"]: item["counter"]["packets"]
+                   for item in json.loads(done.stdout)["nftables"] if "counter" in item}
+        syns, syn_acks = packets[COUNTER_NO_ENO_SYN], packets[COUNTER_NO_ENO_SYN_ACK]
+    except (FirewallError, ValueError, KeyError, TypeError):
         return {}
-    return {"plain": packets, "plain_no-eno-syn": packets} if packets else {}
+    counters = {"plain": syns, "plain_no-eno-syn": syns, "daemon_offloaded": syn_acks,
+                "offloaded_no-eno-syn-ack": syn_acks}
+    return {name: value for name, value in counters.items() if value}

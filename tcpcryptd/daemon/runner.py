@@ -18,6 +18,7 @@ from tcpcryptd.daemon.keylog import KeyLog
 from tcpcryptd.daemon.logsetup import setup_logging
 from tcpcryptd.daemon.loop import Daemon, PacketPath
 from tcpcryptd.daemon.metrics import Metrics
+from tcpcryptd.daemon.nflog import PlainLog
 from tcpcryptd.daemon.nfqueue import PacketQueue, Verdicts
 from tcpcryptd.daemon.rawsock import RawSender
 from tcpcryptd.daemon.sdnotify import notify
@@ -28,14 +29,19 @@ log = logging.getLogger("tcpcryptd.daemon")
 
 
 def rule_spec(config: Config) -> RuleSpec:
+    """The rules of ``config``; each worker's nflog group is its queue number."""
     marks = config.marks
+    workers = config.queue.worker_count()
     offload = OffloadSpec(marks.injected, marks.seen, marks.encrypted, marks.plain,
                           timeout=max(1, round(config.limits.idle_timeout)),
                           max_elements=config.firewall.offload_max,
                           queued_syns=require_selectors(config.policy.rules,
                                                         config.policy.default),
-                          skip_ports=config.firewall.skip_ports)
-    return RuleSpec(config.queue.number, offload, config.queue.worker_count())
+                          skip_ports=config.firewall.skip_ports,
+                          mark_tentative=marks.tentative,
+                          log_groups=tuple(range(config.queue.number,
+                                                 config.queue.number + workers)))
+    return RuleSpec(config.queue.number, offload, workers)
 
 
 def run_daemon(config: Config) -> None:
@@ -95,6 +101,9 @@ def serve(config: Config, firewall: Firewall | None, backend_name: str) -> None:
                             path.on_packet if metrics is None else metrics.timed(path.on_packet),
                             held=lambda: verdicts.held, counters=path.counters)
         stack.callback(queue.close)
+        # bound before the rules log to it (daemon/nflog.py)
+        plain_log = PlainLog(config.queue.number, path.on_peer_plain, path.counters)
+        stack.callback(plain_log.close)
         stack.callback(_drop_held, verdicts)
         if firewall is not None:
             stack.callback(_remove_rules, firewall, config)  # also after a partial install
@@ -109,7 +118,7 @@ def serve(config: Config, firewall: Firewall | None, backend_name: str) -> None:
             notify("READY=1")
             stack.callback(log.info, "stopping: removing the firewall rules")
             stack.callback(notify, "STOPPING=1")
-        daemon.run(queue, control)
+        daemon.run(queue, control, plain_log)
 
 
 def _event_sink(keylog: KeyLog | None,

@@ -7,7 +7,7 @@ import re
 from tcpcryptd.daemon.nftables import OffloadSpec, table_text
 
 SPEC = OffloadSpec(mark_injected=0x4, mark_seen=0x2, mark_encrypted=0x1, mark_plain=0x8,
-                   timeout=7200, max_elements=1024)
+                   timeout=7200, max_elements=1024, mark_tentative=0x10, log_groups=(3, 4))
 LINES = table_text(SPEC).splitlines()
 
 
@@ -27,10 +27,11 @@ def test_inbound_offload_runs_after_conntrack_and_reads_the_connmark_not_the_set
 def test_outbound_offload_runs_before_the_raw_queue_chain_and_reads_the_set():
     chain = _chain("out_offload")
     assert chain[0] == "type filter hook output priority raw - 1; policy accept;"
-    assert [rule.split(" tcp flags & (syn | ack) != syn ")[0] for rule in chain[1:]] == [
+    plain = chain[1:3]      # first: a packet of a recorded plain connection leaves at once
+    assert [rule.split(" tcp flags & (syn | ack) != syn ")[0] for rule in plain] == [
         "meta nfproto ipv4", "meta nfproto ipv6"]
-    assert all(rule.endswith(" meta mark set meta mark | 0x8 accept") for rule in chain[1:])
-    assert [re.search(r"@plain\d", rule).group() for rule in chain[1:]] == ["@plain4", "@plain6"]
+    assert all(rule.endswith(" meta mark set meta mark | 0x8 accept") for rule in plain)
+    assert [re.search(r"@plain\d", rule).group() for rule in plain] == ["@plain4", "@plain6"]
 
 
 def test_a_recorded_plain_packet_leaves_each_record_chain_after_its_first_rule():
@@ -81,3 +82,64 @@ def test_outbound_packets_conntrack_does_not_track_need_the_daemons_mark():
     guard = next(i for i, rule in enumerate(chain) if "reject with tcp reset" in rule)
     record = next(i for i, rule in enumerate(chain) if "ct mark set ct mark | 0x8" in rule)
     assert guard < chain.index(untracked[0]) < record
+
+
+# --------------------------------------------------------------------------------------------
+# The peer's SYN-ACK without ENO: tentative until the local stack acknowledges it
+
+
+def test_a_syn_ack_without_eno_only_makes_its_connection_tentative():
+    chain = _chain("in_offload")
+    tentative = [rule for rule in chain if "@tentative" in rule]
+    assert tentative == [
+        f"meta nfproto {nfproto} tcp flags & (syn | ack | rst | fin) == syn | ack "
+        f"tcp option 69 missing ct state established ct mark & 0xb == 0 "
+        f"update @tentative{v} {{ {ip} daddr . tcp dport . {ip} saddr . tcp sport }} "
+        f"meta mark set meta mark | 0x18 accept"
+        for nfproto, ip, v in (("ipv4", "ip", 4), ("ipv6", "ip6", 6))]
+    # after loopback is excluded; nothing here records the connection plain
+    assert chain.index('iifname "lo" return') < chain.index(tentative[0])
+    assert not any("ct mark set" in rule for rule in chain)
+
+
+def test_the_stacks_first_ack_confirms_a_tentative_connection_and_tells_each_worker():
+    chain = _chain("out_offload")
+    confirm = [rule for rule in chain if "@tentative" in rule]
+    assert len(confirm) == 2 and chain.index(confirm[0]) > 2    # after the plain lookups
+    for rule, (ip, v) in zip(confirm, (("ip", 4), ("ip6", 6))):
+        key = f"{ip} saddr . tcp sport . {ip} daddr . tcp dport"
+        # ACK without SYN or RST: not the stack's RST answering a SYN-ACK with a wrong ack
+        assert rule.startswith(f"meta nfproto ipv{v} tcp flags & (syn | rst | ack) == ack "
+                               f"{key} @tentative{v} delete @tentative{v} {{ {key} }} "
+                               "meta mark set meta mark | 0x18 ")
+        assert 'counter name "plain_no_eno_syn_ack"' in rule
+        assert re.findall(r"log group (\d+) snaplen 64 queue-threshold \d+", rule) == ["3", "4"]
+        assert rule.endswith(" accept")
+    assert "counter plain_no_eno_syn_ack { }" in LINES
+
+
+def test_tentative_sets_are_short_lived_and_bounded():
+    for v in (4, 6):
+        start = LINES.index(f"set tentative{v} {{")
+        assert LINES[start + 2] == "flags dynamic, timeout; timeout 60s; size 1024;"
+
+
+def test_a_tentative_packet_is_never_recorded_and_a_daemon_seen_syn_ack_cancels():
+    inbound, outbound = _chain("in_record"), _chain("out_record")
+    assert inbound[2] == "meta mark & 0x10 != 0 accept"     # right after the plain fast path
+    first_record = next(i for i, rule in enumerate(inbound) if "ct mark set ct mark | 0x8" in rule)
+    assert 2 < first_record
+    cancels = [rule for rule in inbound if "delete @tentative" in rule]
+    assert cancels == [
+        f"tcp flags & (syn | ack | rst | fin) == syn | ack meta mark & 0x2 != 0 "
+        f"meta nfproto ipv{v} ct mark set ct mark | 0x2 "
+        f"delete @tentative{v} {{ {ip} daddr . tcp dport . {ip} saddr . tcp sport }}"
+        for ip, v in (("ip", 4), ("ip6", 6))]
+    # a confirmation racing the daemon's record of the real SYN-ACK never leaves
+    assert outbound[3] == "meta mark & 0x10 != 0 ct mark & 0x2 != 0 drop"
+
+
+def test_skip_ports_never_become_tentative():
+    lines = table_text(OffloadSpec(4, 2, 1, 8, 60, 128, skip_ports=(22,))).splitlines()
+    assert all("tcp sport != { 22 } tcp dport != { 22 } update @tentative" in line
+               for line in lines if "update @tentative" in line)
