@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
-from e2e_support import IMPAIRED_SIZE, MAIN_SIZE, NC_PORT, E2E, counter, queued_packets
+from e2e_support import (HTTP_PORT, IMPAIRED_SIZE, MAIN_SIZE, NC_PORT, E2E, counter,
+                          queued_packets, session_ids)
+from test_e2e_security import spoof
 
 from testbed import Daemon, sha256_file
 
@@ -170,3 +173,61 @@ def test_an_offloaded_connection_keeps_working_across_a_daemon_restart(e2e: E2E)
     assert client.wait(timeout=60) == 0
     listener.wait(timeout=60)
     assert sha256_file(out) == sha256_file(source)
+
+
+#: Prints the sequence number of the first SYN from TCP port argv[1] to argv[2] that crosses
+#: the namespace (IPv4 over Ethernet), after "ready" once the socket is open.
+_SYN_WATCH = """
+import socket, struct, sys
+sport, dport = int(sys.argv[1]), int(sys.argv[2])
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+print("ready", flush=True)
+while True:
+    frame = sock.recv(2048)
+    if frame[12:14] != b"\\x08\\x00" or frame[23] != 6:
+        continue
+    tcp = 14 + (frame[14] & 0x0F) * 4
+    ports = struct.unpack_from(">HH", frame, tcp)
+    if ports == (sport, dport) and frame[tcp + 13] & 0x12 == 0x02:
+        print(struct.unpack_from(">I", frame, tcp + 4)[0], flush=True)
+        break
+"""
+
+
+def test_a_forged_syn_ack_without_eno_in_conntracks_window_changes_nothing(e2e: E2E) -> None:
+    """The kernel's shortcut for a SYN-ACK without ENO is only tentative: R forges one,
+    while B holds back A's ENO SYN, whose acknowledgment conntrack accepts (its window
+    admits it) but A's stack does not (it is not A's ISN + 1). It makes the connection
+    tentative (not queued, in the set); the stack answers it with a RST, which confirms
+    nothing; B's real SYN-ACK, with ENO, goes through the daemon and cancels the tentative
+    state, so A's ACK to it is queued and gets ENO: the connection is encrypted and intact,
+    nothing is counted plain or offloaded, the set is empty."""
+    daemons = e2e.daemons("A", "B")
+    e2e.http_server("B")
+    b = e2e.bed.ns("B")
+    hold = ("PREROUTING", "-p", "tcp", "--dport", str(HTTP_PORT), "--syn", "-j", "DROP")
+    b.run("iptables", "-t", "raw", "-I", *hold)
+    port = 45069
+    watch = e2e.bed.ns("R").popen([sys.executable, "-c", _SYN_WATCH, str(port), str(HTTP_PORT)],
+                                  stdout=subprocess.PIPE)
+    assert watch.stdout is not None and watch.stdout.readline() == b"ready\n"
+    capture = e2e.bed.capture("forged-syn-ack-in-window")
+    result: list = []
+    fetch = threading.Thread(target=lambda: result.append(e2e.curl(
+        "A", "B", IMPAIRED_SIZE, extra=("--local-port", str(port)))))
+    fetch.start()
+    isn = int(watch.stdout.readline())          # A's ENO SYN is out (and dropped by B)
+    spoof(e2e.bed, [{"src": e2e.bed.addr("B"), "dst": e2e.bed.addr("A"), "sport": HTTP_PORT,
+                     "dport": port, "seq": 123456789, "ack": isn + 1 - 1000, "flags": "SA"}])
+    tentative = _set_elements(e2e, "A", "tentative4")
+    b.run("iptables", "-t", "raw", "-D", *hold)     # A's next SYN retransmission reaches B
+    fetch.join(timeout=180)
+    capture.stop()
+    assert tentative == 1       # the kernel took it, the queue did not
+    assert result and result[0].intact, result[0].describe() if result else "curl hung"
+    e2e.assert_encrypted(capture.analyze(e2e.marker, (HTTP_PORT,)))
+    assert session_ids(daemons["A"], port)
+    counters = daemons["A"].counters()
+    for name in ("fallback", "daemon_offloaded", "offloaded_no-eno-syn-ack", "plain"):
+        assert counters.get(name, 0) == 0, counters
+    assert _set_elements(e2e, "A", "tentative4") == 0
