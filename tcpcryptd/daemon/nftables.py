@@ -371,8 +371,8 @@ def kernel_counters() -> dict[str, int]:
     """What the table counted without the daemon, as status counters: the peers' SYNs
     without ENO (``plain_no-eno-syn``, also in ``plain``), and the connections the peer's
     SYN-ACK without ENO made plain (``offloaded_no-eno-syn-ack``, also in
-    ``daemon_offloaded``: the engine counts them as ``fallback_no-eno`` when it forgets their
-    flow). Empty when they cannot be read."""
+    ``daemon_offloaded``, ``fallback`` and ``fallback_no-eno`` as if the daemon had seen that
+    SYN-ACK; the engine only forgets their flows). Empty when they cannot be read."""
     try:
         done = _nft(["-j", "list", "counters", "table", "inet", TABLE])
         packets = {item["counter"]["name"]: item["counter"]["packets"]
@@ -380,6 +380,7 @@ def kernel_counters() -> dict[str, int]:
         syns, syn_acks = packets[COUNTER_NO_ENO_SYN], packets[COUNTER_NO_ENO_SYN_ACK]
     except (FirewallError, ValueError, KeyError, TypeError):
         return {}
-    counters = {"plain": syns, "plain_no-eno-syn": syns, "daemon_offloaded": syn_acks,
+    counters = {"plain": syns, "plain_no-eno-syn": syns, "fallback": syn_acks,
+                "fallback_no-eno": syn_acks, "daemon_offloaded": syn_acks,
                 "offloaded_no-eno-syn-ack": syn_acks}
     return {name: value for name, value in counters.items() if value}

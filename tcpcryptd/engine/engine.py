@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tcpcryptd.core.negotiation import Fallback, FallbackReason
+from tcpcryptd.core.negotiation import Fallback
 from tcpcryptd.engine.actions import Direction, Result, Verdict
 from tcpcryptd.engine.closing import abort, drop_held, ended, fail, live_stale, route_stale
 from tcpcryptd.engine.config import EngineConfig
@@ -83,9 +83,6 @@ from tcpcryptd.packet.tcp import (
     TCPPacket,
     complete_checksum,
 )
-
-
-_NO_ENO = Fallback(FallbackReason.NO_ENO)
 
 
 class Engine:
@@ -333,15 +330,13 @@ class Engine:
     def peer_answered_plain(self, key: FlowKey, now: float) -> Result:
         """The kernel made the connection ``key`` plain without the queue: the peer's
         SYN-ACK carried no ENO option and the local stack acknowledged it, so it answered
-        our SYN exactly (daemon/nftables.py). RFC 8547 §4.6: the connection is plain; its
-        syn-sent flow is forgotten and counted as a queued SYN-ACK without ENO would be
-        (``fallback_no-eno``). A flow in any other state saw a SYN-ACK itself and decides
-        alone: nothing happens (nor for an unknown ``key``)."""
+        our SYN exactly (RFC 8547 §4.6; daemon/nftables.py, which also counts it). Its
+        syn-sent flow is forgotten. A flow in any other state saw a SYN-ACK itself and
+        decides alone: nothing happens (nor for an unknown ``key``)."""
         result = Result(None)
         flow = self._flows.get(key)
         if flow is not None and flow.state is State.SYN_SENT and flow.closed_at is None:
             self._ctx.now = now
-            self._fell_back(key, _NO_ENO, result)
             self.forget(flow, result)
         return result
 

@@ -66,6 +66,8 @@ class ScriptedEngine:
         self.timer_calls: list[float] = []
         self.shutdown_calls: list[float] = []
         self.prepare_calls: list[float] = []
+        #: (key, now) of each ``peer_answered_plain`` call
+        self.plain_calls: list[tuple[tuple, float]] = []
         #: when prepare has work (``prepare_due``); each prepare call sets it to the next
         #: value of ``prepare_script`` (None once the script is empty)
         self.due: float | None = None
@@ -84,6 +86,10 @@ class ScriptedEngine:
     def handle_timer(self, now):
         self.timer_calls.append(now)
         self.deadline = None
+        return self._next(Result(None))
+
+    def peer_answered_plain(self, key, now):
+        self.plain_calls.append((key, now))
         return self._next(Result(None))
 
     def shutdown(self, now):

@@ -147,6 +147,7 @@ def test_error_from_file_names_file_and_key(tmp_path):
     ("[marks]\nseen = 0\n", "marks.seen: must be in 1..4294967295, got 0"),
     ("[marks]\nseen = 0x40000000\n", "marks.seen: shares bits with marks.injected"),
     ("[marks]\nencrypted = 0x60000000\n", "marks.encrypted: shares bits with marks.injected"),
+    ("[marks]\ntentative = 0x08000000\n", "marks.tentative: shares bits with marks.plain"),
     ("[firewall]\nbackend = 'nftables'\n", "firewall.backend: must be one of auto, nft, legacy"),
     ("[firewall]\nskip_ports = [22, 0]\n", r"firewall.skip_ports\[1\]: must be in 1..65535"),
     ("[firewall]\nskip_ports = [22, 22]\n", "firewall.skip_ports: a port is listed twice"),

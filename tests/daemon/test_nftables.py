@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import re
+import secrets
+import subprocess
 
+import pytest
+
+from tcpcryptd.daemon.config import parse_config
 from tcpcryptd.daemon.nftables import OffloadSpec, table_text
+from tcpcryptd.daemon.runner import rule_spec
 
 SPEC = OffloadSpec(mark_injected=0x4, mark_seen=0x2, mark_encrypted=0x1, mark_plain=0x8,
                    timeout=7200, max_elements=1024, mark_tentative=0x10, log_groups=(3, 4))
@@ -143,3 +149,25 @@ def test_skip_ports_never_become_tentative():
     lines = table_text(OffloadSpec(4, 2, 1, 8, 60, 128, skip_ports=(22,))).splitlines()
     assert all("tcp sport != { 22 } tcp dport != { 22 } update @tentative" in line
                for line in lines if "update @tentative" in line)
+
+
+def test_each_worker_is_told_on_its_own_group_the_queue_number():
+    spec = rule_spec(parse_config({"queue": {"number": 20, "workers": 3},
+                                   "marks": {"tentative": 0x100}})).offload
+    assert (spec.log_groups, spec.mark_tentative) == ((20, 21, 22), 0x100)
+
+
+def test_nft_accepts_the_tentative_rules():
+    """``nft -c`` in a private namespace: the log statements, the set delete and the
+    connmark bit are nft's syntax, not a guess."""
+    name = f"tcpcryptd-tentative-{secrets.token_hex(3)}"
+    if subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode != 0:
+        pytest.skip("needs root and ip netns")
+    try:
+        text = table_text(OffloadSpec(4, 2, 1, 8, 60, 128, skip_ports=(22,), mark_tentative=16,
+                                      log_groups=(0, 1)))
+        done = subprocess.run(["ip", "netns", "exec", name, "nft", "-c", "-f", "-"], input=text,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
