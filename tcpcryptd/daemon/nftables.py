@@ -15,6 +15,7 @@ measured on this design are in docs/daemon.md, "Firewall rules").
 
 ``out_offload`` (output, priority raw - 1: before the raw queue chain and conntrack)
     A packet that is not a pure SYN and whose 4-tuple is in the set gets ``marks.plain``.
+    The local stack's first ACK on a tentative connection confirms it plain (below).
 ``in_offload`` (input, priority mangle - 1: after conntrack and the host's own NAT, before
 the mangle queue chain)
     A packet, not a pure SYN, of a connection whose connmark says plain gets
@@ -22,7 +23,9 @@ the mangle queue chain)
     a plain connection (RFC 8547 §4.6), so it gets ``marks.plain`` too (counted in the named
     counter ``plain_no_eno_syn``): such connections never reach the daemon at all, except
     those policy ``require`` may select (:func:`require_selectors`): the daemon must see
-    their SYN to reset them.
+    their SYN to reset them. The peer's SYN-ACK without ENO makes a connection tentative
+    (below), except where policy ``require`` may select it (the same selectors: the peer is
+    the source, our port the destination).
 
 The iptables jumps skip packets with ``marks.plain``: they never reach the queue.
 
@@ -56,6 +59,49 @@ The iptables jumps skip packets with ``marks.plain``: they never reach the queue
     4. A pure SYN the daemon took for itself (``marks.seen`` without ``marks.plain``) removes
        its 4-tuple from the set and ``marks.plain`` from its connmark: a new connection on
        the pair of an earlier plain one.
+
+The peer's SYN-ACK without ENO (RFC 8547 §4.6: the connection is plain) must not make a
+connection plain by itself: a blind attacker can forge one, and conntrack checks its
+acknowledgment number only against a window of about 64 KB, while the local stack checks it
+exactly (RFC 9293 §3.10.7.3: a SYN-ACK whose acknowledgment is not our ISN + 1 is answered
+with a RST and otherwise ignored). So the kernel decides in two steps, the stack's own check
+in between, and the daemon sees neither packet:
+
+* ``in_offload``: a SYN-ACK without option 69 that conntrack takes as the reply of a
+  connection it tracks (``ct state established``), on a connection whose connmark has none
+  of ``marks.encrypted``, ``marks.plain``, ``marks.seen``, not on loopback or
+  ``firewall.skip_ports``, puts its 4-tuple into ``@tentative4``/``@tentative6``
+  (:data:`SYN_TIMEOUT`, ``firewall.offload_max`` elements: when full, the SYN-ACK is queued
+  as before) and gets ``marks.plain | marks.tentative``. ``marks.plain`` makes the iptables
+  jump skip it; ``in_record`` accepts any packet with ``marks.tentative`` before it could
+  record anything, so the daemon's own plain verdicts (``marks.plain`` alone) and the
+  kernel's tentative pass never mix.
+* ``out_offload``: an outbound segment of a tentative 4-tuple with ACK and without SYN or
+  RST (the third ACK, or the first data carrying it) is what the stack sends once it has
+  accepted that SYN-ACK: the element leaves the set, the segment gets ``marks.plain |
+  marks.tentative``. ``out_record`` counts the connection in the named counter
+  ``plain_no_eno_syn_ack``, sends the segment's headers to each worker's nflog group
+  (``log_groups``), so the daemon forgets its syn-sent flow (:mod:`tcpcryptd.daemon.nflog`),
+  and records the connection plain as usual. The stack's RST answering a forged SYN-ACK
+  confirms nothing.
+
+The races, and what closes them:
+
+* A forged SYN-ACK without ENO arrives while the real one, with ENO, waits in the queue: the
+  connection is tentative, the stack answers the forgery with a RST. ``in_record`` runs for
+  the real SYN-ACK after its verdict and before the stack takes it: any SYN-ACK the daemon
+  gave a verdict (``marks.seen``; a SYN-ACK the engine leaves plain carries ``marks.plain``
+  without it and is recorded plain anyway) removes the tuple from ``@tentativeN`` and puts
+  ``marks.seen`` into the connmark, so the stack's ACK to it is queued and gets its ENO
+  option from the daemon.
+* A forged SYN-ACK arrives after the real one: the stack, past SYN-SENT, would answer it
+  with a challenge ACK (RFC 5961 §4) that would confirm the connection; ``marks.seen`` in
+  the connmark keeps such a SYN-ACK from making it tentative (it goes to the daemon).
+* Both SYN-ACKs processed at once on two CPUs (the forgery's ``in_offload`` read the
+  connmark before the real one's ``in_record`` wrote it, and added the tuple after the
+  delete): the confirming segment then finds ``marks.seen`` in the connmark in
+  ``out_record`` and is dropped before it is counted or logged (the stack sends it again,
+  then it is queued).
 
 Set elements are keyed ``local address . local port . remote address . remote port``, time
 out after ``limits.idle_timeout`` without an outbound packet (a connection that idles
@@ -219,21 +265,17 @@ def _confirm_rules(spec: OffloadSpec) -> list[str]:
 
     The stack sends a segment with ACK and without SYN or RST only once it has accepted a
     SYN-ACK whose acknowledgment number is its ISN + 1 (RFC 9293 §3.10.7.3); it answers
-    any other SYN-ACK with a RST, which does not match. The element leaves the set, the
-    segment gets ``marks.plain | marks.tentative`` (``out_record`` records the connection
-    plain as for any plain-marked packet), the named counter counts the connection and each
-    nflog group gets its header, so the daemon forgets its syn-sent flow.
+    any other SYN-ACK with a RST, which does not match. The element leaves the set and the
+    segment gets ``marks.plain | marks.tentative``: ``out_record`` counts it, tells the
+    daemon and records the connection plain (:func:`_tentative_record_rules`).
     """
     mark = spec.mark_plain | spec.mark_tentative
-    logs = "".join(f"log group {group} snaplen {LOG_SNAPLEN} "
-                   f"queue-threshold {LOG_QUEUE_THRESHOLD} " for group in spec.log_groups)
     rules = []
     for set_name, ip, nfproto in _TENTATIVE:
         key = _tuple(ip, True)
         rules.append(f"meta nfproto {nfproto} tcp flags & (syn | rst | ack) == ack "
                      f"{key} @{set_name} delete @{set_name} {{ {key} }} "
-                     f"meta mark set meta mark | {mark:#x} "
-                     f'counter name "{COUNTER_NO_ENO_SYN_ACK}" {logs}accept')
+                     f"meta mark set meta mark | {mark:#x} accept")
     return rules
 
 
@@ -252,11 +294,17 @@ def _tentative_record_rules(spec: OffloadSpec, outbound: bool) -> list[str]:
     Outbound, a confirmation of a connection whose connmark has ``marks.seen`` is dropped
     (the stack sends it again, then queued): a forged SYN-ACK processed on another CPU
     between the real one's verdict and the record of it could otherwise confirm an ENO
-    connection.
+    connection. Any other confirmation is counted in the named counter and its headers go
+    to each nflog group (so the daemon forgets its syn-sent flow), then the record rules
+    record the connection plain.
     """
     seen, tentative = spec.mark_seen, spec.mark_tentative
     if outbound:
-        return [f"meta mark & {tentative:#x} != 0 ct mark & {seen:#x} != 0 drop"]
+        logs = "".join(f" log group {group} snaplen {LOG_SNAPLEN} "
+                       f"queue-threshold {LOG_QUEUE_THRESHOLD}" for group in spec.log_groups)
+        return [f"meta mark & {tentative:#x} != 0 ct mark & {seen:#x} != 0 drop",
+                f'meta mark & {tentative:#x} != 0 counter name "{COUNTER_NO_ENO_SYN_ACK}"'
+                f"{logs}"]
     return [f"meta mark & {tentative:#x} != 0 accept"] + [
         f"{_SYN_ACK} meta mark & {seen:#x} != 0 meta nfproto {nfproto} "
         f"ct mark set ct mark | {seen:#x} delete @{set_name} {{ {_tuple(ip, False)} }}"

@@ -115,12 +115,16 @@ def test_the_stacks_first_ack_confirms_a_tentative_connection_and_tells_each_wor
     for rule, (ip, v) in zip(confirm, (("ip", 4), ("ip6", 6))):
         key = f"{ip} saddr . tcp sport . {ip} daddr . tcp dport"
         # ACK without SYN or RST: not the stack's RST answering a SYN-ACK with a wrong ack
-        assert rule.startswith(f"meta nfproto ipv{v} tcp flags & (syn | rst | ack) == ack "
-                               f"{key} @tentative{v} delete @tentative{v} {{ {key} }} "
-                               "meta mark set meta mark | 0x18 ")
-        assert 'counter name "plain_no_eno_syn_ack"' in rule
-        assert re.findall(r"log group (\d+) snaplen 64 queue-threshold \d+", rule) == ["3", "4"]
-        assert rule.endswith(" accept")
+        assert rule == (f"meta nfproto ipv{v} tcp flags & (syn | rst | ack) == ack "
+                        f"{key} @tentative{v} delete @tentative{v} {{ {key} }} "
+                        "meta mark set meta mark | 0x18 accept")
+    # counted and told after conntrack, past the drop of a confirmation racing the daemon
+    outbound = _chain("out_record")
+    assert outbound[3] == "meta mark & 0x10 != 0 ct mark & 0x2 != 0 drop"
+    assert outbound[4].startswith('meta mark & 0x10 != 0 counter name "plain_no_eno_syn_ack" ')
+    assert re.findall(r"log group (\d+) snaplen 64 queue-threshold \d+", outbound[4]) == [
+        "3", "4"]
+    assert outbound[5] == 'oifname "lo" return'
     assert "counter plain_no_eno_syn_ack { }" in LINES
 
 
@@ -143,6 +147,7 @@ def test_a_tentative_packet_is_never_recorded_and_a_daemon_seen_syn_ack_cancels(
         for ip, v in (("ip", 4), ("ip6", 6))]
     # a confirmation racing the daemon's record of the real SYN-ACK never leaves
     assert outbound[3] == "meta mark & 0x10 != 0 ct mark & 0x2 != 0 drop"
+    assert not any("0x10" in rule for rule in outbound[5:])     # then recorded as any plain
 
 
 def test_skip_ports_never_become_tentative():
