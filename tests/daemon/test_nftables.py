@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +177,16 @@ def test_nft_accepts_the_tentative_rules():
         assert done.returncode == 0, done.stderr
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_the_documented_listing_names_every_set_counter_and_chain():
+    """docs/daemon.md, "Firewall rules": the table's listing names what the table holds."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "daemon.md").read_text()
+    listing = docs[docs.index("table inet tcpcryptd\n"):]
+    listing = listing[:listing.index("```")]
+    names = {line.split()[1] for line in LINES
+             if line.split()[:1] in (["set"], ["counter"], ["chain"])}
+    assert names == {"plain4", "plain6", "tentative4", "tentative6", "plain_no_eno_syn",
+                     "plain_no_eno_syn_ack", "out_offload", "in_offload", "out_record",
+                     "in_record"}
+    assert all(re.search(rf"\b{name}\b", listing) for name in names), listing
