@@ -68,7 +68,9 @@ with a RST and otherwise ignored). So the kernel decides in two steps, the stack
 in between, and the daemon sees neither packet:
 
 * ``in_offload``: a SYN-ACK without option 69 that conntrack takes as the reply of a
-  connection it tracks (``ct state established``), on a connection whose connmark has none
+  connection this host opened (``ct state established``, ``ct direction reply``: a
+  forged SYN-ACK on a connection a peer opened to us, whose stack would answer it with an
+  ACK, never counts), on a connection whose connmark has none
   of ``marks.encrypted``, ``marks.plain``, ``marks.seen``, not on loopback or
   ``firewall.skip_ports``, puts its 4-tuple into ``@tentative4``/``@tentative6``
   (:data:`SYN_TIMEOUT`, ``firewall.offload_max`` elements: when full, the SYN-ACK is queued
@@ -243,7 +245,8 @@ def _tentative_rules(spec: OffloadSpec) -> list[str]:
     """``in_offload``: the peer's SYN-ACK without ENO makes its connection tentatively plain.
 
     Only a SYN-ACK conntrack has taken as the reply of a connection it tracks (``ct state
-    established``: its acknowledgment lies in conntrack's window), on a connection neither
+    established``: its acknowledgment lies in conntrack's window; ``ct direction reply``:
+    a connection this host opened, never one a peer opened to it), on a connection neither
     recorded (plain, encrypted) nor one of whose SYN-ACKs the daemon has seen
     (``marks.seen`` in the connmark, see :func:`_tentative_record_rules`). Its 4-tuple goes
     into ``@tentativeN`` and it skips the queue with ``marks.plain | marks.tentative``:
@@ -253,7 +256,7 @@ def _tentative_rules(spec: OffloadSpec) -> list[str]:
     enc, plain, seen = spec.mark_encrypted, spec.mark_plain, spec.mark_seen
     mark = plain | spec.mark_tentative
     return [f"meta nfproto {nfproto} {_SYN_ACK} tcp option {ENO_KIND} missing "
-            f"ct state established ct mark & {enc | plain | seen:#x} == 0 "
+            f"ct state established ct direction reply ct mark & {enc | plain | seen:#x} == 0 "
             f"{_skipped_ports(spec)}update @{set_name} {{ {_tuple(ip, False)} }} "
             f"meta mark set meta mark | {mark:#x} accept"
             for set_name, ip, nfproto in _TENTATIVE]

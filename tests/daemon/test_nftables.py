@@ -100,7 +100,7 @@ def test_a_syn_ack_without_eno_only_makes_its_connection_tentative():
     tentative = [rule for rule in chain if "@tentative" in rule]
     assert tentative == [
         f"meta nfproto {nfproto} tcp flags & (syn | ack | rst | fin) == syn | ack "
-        f"tcp option 69 missing ct state established ct mark & 0xb == 0 "
+        f"tcp option 69 missing ct state established ct direction reply ct mark & 0xb == 0 "
         f"update @tentative{v} {{ {ip} daddr . tcp dport . {ip} saddr . tcp sport }} "
         f"meta mark set meta mark | 0x18 accept"
         for nfproto, ip, v in (("ipv4", "ip", 4), ("ipv6", "ip6", 6))]
