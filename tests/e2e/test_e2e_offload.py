@@ -8,17 +8,21 @@ the kernel's own queue ids (``/proc/net/netfilter/nfnetlink_queue``), never from
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from e2e_support import (HTTP_PORT, IMPAIRED_SIZE, MAIN_SIZE, NC_PORT, E2E, counter,
+from e2e_support import (HTTP_PORT, IMPAIRED_SIZE, MAIN_SIZE, MB, NC_PORT, E2E, counter,
                           queued_packets, session_ids)
 from test_e2e_security import spoof
 
+from tcpcryptd.daemon import control
+from tcpcryptd.daemon.firewall import spread_program
 from testbed import Daemon, sha256_file
 
 pytestmark = pytest.mark.e2e
@@ -227,3 +231,43 @@ def test_a_forged_syn_ack_without_eno_in_conntracks_window_changes_nothing(e2e: 
     for name in ("fallback", "daemon_offloaded", "offloaded_no-eno-syn-ack", "plain"):
         assert counters.get(name, 0) == 0, counters
     assert _set_elements(e2e, "A", "tentative4") == 0
+
+
+_MODEL = importlib.util.spec_from_file_location(
+    "bpf_model", Path(__file__).resolve().parent.parent / "daemon" / "bpf_model.py")
+bpf_model = importlib.util.module_from_spec(_MODEL)
+_MODEL.loader.exec_module(bpf_model)
+
+
+def test_with_workers_the_worker_that_has_the_flow_forgets_it(e2e: E2E) -> None:
+    """``queue.workers = 2`` on A only: A's connections to B spread over both workers
+    (client ports picked with the spread program's model); each connection queues only its
+    SYN, and every worker is left without a flow (each hears of every connection the kernel
+    made plain and forgets the ones it has)."""
+    workers = 2
+    config = e2e.bed.workdir / "offload-workers.toml"
+    config.write_text(f"[queue]\nworkers = {workers}\n")
+    daemon = e2e.bed.daemon("A", ["--config", str(config)])
+    e2e.http_server("B")
+    ports: dict[int, int] = {}
+    port = 43000
+    while sorted(ports.values()) != [0, 0, 1, 1]:
+        packet = bpf_model.ipv4_tcp(e2e.bed.addr("A"), e2e.bed.addr("B"), port, HTTP_PORT)
+        bucket = next(k for k in range(workers)
+                      if bpf_model.run(spread_program(4, k, workers), packet))
+        if list(ports.values()).count(bucket) < 2:
+            ports[port] = bucket
+        port += 1
+    for port in ports:
+        before = queued_packets(e2e.bed.a)
+        transfer = e2e.curl("A", "B", MB, extra=("--local-port", str(port)))
+        assert transfer.intact, transfer.describe()
+        assert queued_packets(e2e.bed.a) - before == 1
+    deadline = time.monotonic() + FORGET_TIMEOUT
+    while any(control.request(f"{daemon.control}.w{k}", {"command": "status"})["sessions"]
+              for k in range(workers)):
+        assert time.monotonic() < deadline, daemon.status()
+        time.sleep(0.1)
+    counters = daemon.counters()
+    assert counters.get("fallback_no-eno", 0) == len(ports), counters
+    assert counters.get("daemon_nflog_lost", 0) == 0, counters
