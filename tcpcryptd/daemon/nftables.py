@@ -341,8 +341,12 @@ def _record_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
     if outbound:
         # the guard for the packets it cannot see: conntrack does not track them (a NOTRACK
         # rule of the host's, or INVALID) so their connmark is unknown
+        skipped = ""
+        if spec.skip_ports:
+            ports = ", ".join(str(port) for port in spec.skip_ports)
+            skipped = f"tcp sport != {{ {ports} }} tcp dport != {{ {ports} }} "
         rules.append(f"ct state invalid,untracked meta mark & {verdicted | plain:#x} == 0 "
-                     f"{_skipped_ports(spec)}drop")
+                     f"{skipped}drop")
     first = f"meta mark & {plain:#x} != 0 ct mark & {enc:#x} == 0"
     record = f"ct mark set ct mark | {plain:#x}"
     forget = f"ct mark set ct mark & {~plain & 0xFFFFFFFF:#x}"
