@@ -92,8 +92,10 @@ The races, and what closes them:
 * A forged SYN-ACK without ENO arrives while the real one, with ENO, waits in the queue: the
   connection is tentative, the stack answers the forgery with a RST. ``in_record`` runs for
   the real SYN-ACK after its verdict and before the stack takes it: any SYN-ACK the daemon
-  gave a verdict (``marks.seen``; a SYN-ACK the engine leaves plain carries ``marks.plain``
-  without it and is recorded plain anyway) removes the tuple from ``@tentativeN`` and puts
+  gave a verdict (``marks.seen``: the verdict on our ENO SYN-ACK does not carry
+  ``marks.encrypted``, which comes with the packet that starts the key exchange, RFC 8547
+  §4.6; a SYN-ACK the engine leaves plain carries ``marks.plain`` without ``marks.seen``
+  and is recorded plain anyway) removes the tuple from ``@tentativeN`` and puts
   ``marks.seen`` into the connmark, so the stack's ACK to it is queued and gets its ENO
   option from the daemon.
 * A forged SYN-ACK arrives after the real one: the stack, past SYN-SENT, would answer it
