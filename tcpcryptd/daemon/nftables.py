@@ -93,6 +93,12 @@ SYN_TIMEOUT = 60
 
 #: (set name, nft address type, address keyword, nfproto) per IP version.
 _FAMILIES = (("plain4", "ipv4_addr", "ip", "ipv4"), ("plain6", "ipv6_addr", "ip6", "ipv6"))
+#: the encrypted connections conntrack does not track, per IP version (as ``_FAMILIES``)
+ENCRYPTED_SETS = ("enc4", "enc6")
+#: how long conntrack keeps an established TCP connection by default
+#: (``nf_conntrack_tcp_timeout_established``): the lifetime of an ``@enc`` element
+ESTABLISHED_TIMEOUT = 432000
+_ESTABLISHED_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established"
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,8 @@ class OffloadSpec:
     queued_syns: tuple[str, ...] = ()
     #: ``firewall.skip_ports``: never queued, so never marked by the daemon (the untracked guard)
     skip_ports: tuple[int, ...] = ()
+    #: seconds an ``@enc`` element lives without an outbound packet (:func:`established_timeout`)
+    encrypted_timeout: int = ESTABLISHED_TIMEOUT
 
 
 def require_selectors(rules: tuple[Rule, ...], default: Mode) -> tuple[str, ...]:
@@ -188,15 +196,7 @@ def _record_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
         f"meta mark & {enc:#x} != 0 ct mark set ct mark & {~plain & 0xFFFFFFFF:#x} | {enc:#x}",
         f"ct mark & {enc:#x} != 0 meta mark & {verdicted:#x} == 0 {guard}",
     ]
-    if outbound:
-        # the guard for the packets it cannot see: conntrack does not track them (a NOTRACK
-        # rule of the host's, or INVALID) so their connmark is unknown
-        skipped = ""
-        if spec.skip_ports:
-            ports = ", ".join(str(port) for port in spec.skip_ports)
-            skipped = f"tcp sport != {{ {ports} }} tcp dport != {{ {ports} }} "
-        rules.append(f"ct state invalid,untracked meta mark & {verdicted | plain:#x} == 0 "
-                     f"{skipped}drop")
+    rules += _untracked_guard(spec, outbound)
     first = f"meta mark & {plain:#x} != 0 ct mark & {enc:#x} == 0"
     record = f"ct mark set ct mark | {plain:#x}"
     forget = f"ct mark set ct mark & {~plain & 0xFFFFFFFF:#x}"
@@ -213,12 +213,56 @@ def _record_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
     return rules + ["}"]
 
 
-def table_text(spec: OffloadSpec) -> str:
+def _untracked_guard(spec: OffloadSpec, outbound: bool) -> list[str]:
+    """The guard for the packets whose connmark cannot be read.
+
+    Conntrack does not track a connection the host exempts (its own ``CT --notrack`` rule),
+    so the daemon's verdicts (``marks.encrypted`` on every packet of an encrypted connection)
+    record it by its 4-tuple in ``@enc4``/``@enc6`` instead. Such a packet without
+    ``marks.seen`` or ``marks.injected`` is dropped (both ways; not reset: conntrack would
+    take the reset for a new connection's INVALID packet, which a host's INVALID rule
+    discards) only when the set holds its 4-tuple, so an untracked plain connection goes on
+    without the daemon. ``marks.plain`` does not let it pass: a restarted daemon takes a
+    connection it does not know for plain. The local stack's SYN or SYN-ACK (a new
+    connection on the 4-tuple) or RST (the socket is gone) deletes the element; its FIN
+    does not, the stack may still retransmit data sent before it. Outbound INVALID packets
+    belong to tracked connections whose connmark is unknown: they pass only with one of the
+    daemon's marks or on a skip port.
+    """
+    enc, plain = spec.mark_encrypted, spec.mark_plain
+    verdicted = spec.mark_seen | spec.mark_injected
+    untracked = "ct state untracked"
+    rules = []
+    if outbound:
+        skipped = ""
+        if spec.skip_ports:
+            ports = ", ".join(str(port) for port in spec.skip_ports)
+            skipped = f"tcp sport != {{ {ports} }} tcp dport != {{ {ports} }} "
+        rules.append(f"ct state invalid meta mark & {verdicted | plain:#x} == 0 {skipped}drop")
+    for enc_set, (_, _, ip, nfproto) in zip(ENCRYPTED_SETS, _FAMILIES):
+        element = f"@{enc_set} {{ {_tuple(ip, outbound)} }}"
+        family = f"meta nfproto {nfproto}"
+        if outbound:
+            rules += [f"{untracked} tcp flags & (syn | rst) != 0 {family} delete {element}",
+                      f"{untracked} tcp flags & (syn | rst) == 0 meta mark & {enc:#x} != 0 "
+                      f"{family} update {element}"]
+            stopped = untracked
+        else:   # the peer's SYN may open a new connection on the 4-tuple
+            stopped = f"{untracked} tcp flags & (syn | ack) != syn"
+        rules.append(f"{stopped} meta mark & {verdicted:#x} == 0 {family} "
+                     f"{_tuple(ip, outbound)} @{enc_set} drop")
+    return rules
+
+
+def table_text(spec: OffloadSpec,
+               encrypted: dict[str, list[tuple[str, int]]] | None = None) -> str:
     """``nft -f`` input (re)creating the table in one transaction.
 
     An existing table is deleted in the same transaction (declaring it first makes the
     delete valid when there is none), so the guard never lapses while it is replaced: a
-    restart keeps protecting the connections the old instance encrypted.
+    restart keeps protecting the connections the old instance encrypted. ``encrypted``:
+    the elements of the old table's ``@enc`` sets (:func:`encrypted_elements`), carried
+    into the new one.
     """
     lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{",
              f"counter {COUNTER_NO_ENO_SYN} {{ }}"]
@@ -226,6 +270,15 @@ def table_text(spec: OffloadSpec) -> str:
         lines += [f"set {set_name} {{",
                   f"type {addr_type} . inet_service . {addr_type} . inet_service;",
                   f"flags dynamic, timeout; timeout {spec.timeout}s; size {spec.max_elements};",
+                  "}"]
+    for set_name, (_, addr_type, _, _) in zip(ENCRYPTED_SETS, _FAMILIES):
+        kept = [f"{key} expires {min(expires, spec.encrypted_timeout)}s"
+                for key, expires in (encrypted or {}).get(set_name, ())]
+        lines += [f"set {set_name} {{",
+                  f"type {addr_type} . inet_service . {addr_type} . inet_service;",
+                  f"flags dynamic, timeout; timeout {spec.encrypted_timeout}s; "
+                  f"size {spec.max_elements};",
+                  *([f"elements = {{ {', '.join(kept)} }}"] if kept else []),
                   "}"]
     lines += _offload_chain(spec, outbound=True)
     lines += _offload_chain(spec, outbound=False)
@@ -256,8 +309,44 @@ def table_exists() -> bool:
 
 
 def install_table(spec: OffloadSpec) -> None:
-    """Create or atomically replace the table."""
-    _nft(["-f", "-"], table_text(spec))
+    """Create or atomically replace the table, keeping what its ``@enc`` sets hold (a set
+    an earlier version's table lacks holds nothing)."""
+    encrypted = {}
+    if table_exists():
+        try:
+            encrypted = encrypted_elements()
+        except FirewallError:
+            encrypted = {}
+    _nft(["-f", "-"], table_text(spec, encrypted))
+
+
+def encrypted_elements() -> dict[str, list[tuple[str, int]]]:
+    """The elements of the ``@enc`` sets: set name -> (key as ``nft`` writes it, seconds
+    it has left); raises FirewallError when a set cannot be read."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    for set_name in ENCRYPTED_SETS:
+        done = _nft(["-j", "list", "set", "inet", TABLE, set_name])
+        try:
+            items = json.loads(done.stdout)["nftables"]
+            elements = next(item["set"] for item in items if "set" in item).get("elem", [])
+            found[set_name] = [
+                (" . ".join(str(part) for part in element["elem"]["val"]["concat"]),
+                 max(1, int(element["elem"].get("expires", 1))))
+                for element in elements]
+        except (ValueError, KeyError, TypeError, StopIteration) as exc:
+            raise FirewallError(f"cannot read set {set_name} of table inet {TABLE}: "
+                                f"unexpected nft output ({exc!r})") from exc
+    return found
+
+
+def established_timeout() -> int:
+    """This network namespace's ``nf_conntrack_tcp_timeout_established`` in seconds, or
+    its default when it cannot be read (conntrack not loaded)."""
+    try:
+        with open(_ESTABLISHED_SYSCTL, encoding="ascii") as sysctl:
+            return max(1, int(sysctl.read()))
+    except (OSError, ValueError):
+        return ESTABLISHED_TIMEOUT
 
 
 def remove_table() -> bool:

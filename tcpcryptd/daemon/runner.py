@@ -34,7 +34,8 @@ def rule_spec(config: Config) -> RuleSpec:
                           max_elements=config.firewall.offload_max,
                           queued_syns=require_selectors(config.policy.rules,
                                                         config.policy.default),
-                          skip_ports=config.firewall.skip_ports)
+                          skip_ports=config.firewall.skip_ports,
+                          encrypted_timeout=nftables.established_timeout())
     return RuleSpec(config.queue.number, offload, config.queue.worker_count())
 
 
@@ -134,7 +135,7 @@ def _remove_rules(firewall: Firewall, config: Config) -> None:
     except DaemonError as exc:
         log.error("removing the firewall rules failed: %s (run `tcpcryptd disable`)", exc)
         return
-    (log.warning if removal.guarded else log.info)("%s", removal.describe())
+    (log.warning if removal.kept else log.info)("%s", removal.describe())
 
 
 def _drop_held(verdicts: Verdicts) -> None:

@@ -7,14 +7,19 @@ reaches the application).
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
+import threading
+from collections.abc import Callable
 
 import pytest
 from e2e_support import (
     IMPAIRED_SIZE,
     MB,
     NC_PORT,
+    TRANSFER_TIMEOUT,
     E2E,
+    _write_all,
     send_rest_and_stop,
     session_ids,
     wait_for_size,
@@ -37,10 +42,20 @@ def _own_rules(e2e: E2E) -> str:
     return "\n".join(found)
 
 
-def _upload_killed_midway(e2e: E2E, daemons: dict, name: str) -> None:
+def _notrack(e2e: E2E) -> None:
+    """A's own ``CT --notrack`` rules for the connections to B's port NC_PORT (a busy
+    server's usual exemption): conntrack never sees them, so they have no connmark."""
+    for chain, match in (("OUTPUT", "--dport"), ("PREROUTING", "--sport")):
+        e2e.bed.a.run("iptables", "-t", "raw", "-I", chain, "-p", "tcp", match, str(NC_PORT),
+                      "-j", "CT", "--notrack")
+
+
+def _upload_killed_midway(e2e: E2E, daemons: dict, name: str,
+                          after_kill: Callable[[], None] | None = None) -> None:
     """An encrypted upload A -> B whose daemon in A dies by kill -9 after the first megabyte
-    arrived; the local stack goes on sending the rest (and retransmitting) with nobody to
-    encrypt it. Nothing of it may be on the wire in plaintext, and B holds a prefix only."""
+    arrived (then ``after_kill`` runs); the local stack goes on sending the rest (and
+    retransmitting) with nobody to encrypt it. Nothing of it may be on the wire in
+    plaintext, and B holds a prefix only."""
     data = e2e.payload(IMPAIRED_SIZE).read_bytes()
     first_part = 1 * MB
     capture = e2e.bed.capture(name)
@@ -54,6 +69,8 @@ def _upload_killed_midway(e2e: E2E, daemons: dict, name: str) -> None:
     wait_for_size(received, first_part)
     assert len(session_ids(daemons["B"], NC_PORT)) == 1
     daemons["A"].kill()
+    if after_kill is not None:
+        after_kill()
     send_rest_and_stop(client, listener, data[first_part:])
     capture.stop()
     report = capture.analyze(e2e.marker)
@@ -72,10 +89,61 @@ def test_kill9_never_leaks_a_connection_conntrack_does_not_track(e2e: E2E) -> No
     stop the stack's plaintext after kill -9. The outbound guard for packets conntrack does
     not track (or finds INVALID) does: without the daemon's mark they are dropped."""
     daemons = e2e.daemons("A", "B")
-    for chain, match in (("OUTPUT", "--dport"), ("PREROUTING", "--sport")):
-        e2e.bed.a.run("iptables", "-t", "raw", "-I", chain, "-p", "tcp", match, str(NC_PORT),
-                      "-j", "CT", "--notrack")
+    _notrack(e2e)
     _upload_killed_midway(e2e, daemons, "crash-untracked")
+
+
+def test_disable_after_kill9_keeps_guarding_a_connection_conntrack_does_not_track(
+        e2e: E2E) -> None:
+    """The unit's ExecStopPost (``tcpcryptd disable``) runs right after a crash. It must not
+    remove the guard of an encrypted connection conntrack does not track: the daemon's
+    verdicts put such a connection's 4-tuple in the table's ``@enc4`` set, and ``disable``
+    keeps the table while the set holds it (it said so), so the stack's later segments are
+    still never sent in plaintext."""
+    daemons = e2e.daemons("A", "B")
+    _notrack(e2e)
+    said = []
+    _upload_killed_midway(e2e, daemons, "crash-untracked-disable",
+                          after_kill=lambda: said.append(daemons["A"].disable().stdout.decode()))
+    assert said[0].startswith("no tcpcryptd is running: kept the guard table 'inet tcpcryptd' "
+                              "for 1 connection(s)"), said
+    assert "1 untracked" in said[0], said
+    assert _own_rules(e2e) == ""
+    assert "table inet tcpcryptd" in e2e.bed.a.run("nft", "list", "tables").stdout.decode()
+
+
+def test_a_plain_connection_conntrack_does_not_track_survives_kill9(e2e: E2E) -> None:
+    """A plain connection conntrack does not track (B runs no daemon, so ENO is not agreed)
+    goes through the daemon packet by packet while it runs; after kill -9 it carries on
+    without it: the untracked guard stops only the 4-tuples the daemon saw encrypted."""
+    daemons = e2e.daemons("A")
+    _notrack(e2e)
+    data = e2e.payload(IMPAIRED_SIZE).read_bytes()
+    first_part = 1 * MB
+    capture = e2e.bed.capture("plain-untracked-kill9")
+    received = e2e.bed.workdir / "plain-untracked-kill9-received.bin"
+    listener = e2e.nc_listen("B", received)
+    client = e2e.bed.a.popen(["nc", "-N", e2e.bed.addr("B"), str(NC_PORT)],
+                             stdin=subprocess.PIPE)
+    assert client.stdin is not None
+    client.stdin.write(data[:first_part])
+    client.stdin.flush()
+    wait_for_size(received, first_part)
+    assert daemons["A"].counters().get("fallback_no-eno") == 1   # the daemon had it
+    daemons["A"].kill()
+    writer = threading.Thread(target=_write_all, args=(client.stdin, data[first_part:]),
+                              daemon=True)
+    writer.start()
+    try:
+        listener.wait(timeout=TRANSFER_TIMEOUT)     # hang protection only
+    finally:
+        client.kill()
+        listener.kill()
+        writer.join(timeout=10)
+        capture.stop()
+    assert hashlib.sha256(received.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+    report = capture.analyze(e2e.marker)
+    assert report.syn_with_eno == 1 and report.synack_with_eno == 0, report.summary()
 
 
 def test_kill9_mid_transfer_never_leaks_then_recovers(e2e: E2E) -> None:
