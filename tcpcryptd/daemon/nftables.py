@@ -32,22 +32,27 @@ The iptables jumps skip packets with ``marks.plain``: they never reach the queue
 
     0. ``marks.plain`` on a packet of a connection already recorded plain: done (outbound,
        after refreshing the set element's timeout, unless the packet carries SYN).
-    1. ``marks.encrypted`` on the packet (the daemon's verdict on the packet that started a
-       key exchange, RFC 8547 §4.6, or any packet it injected) -> the connmark gets
-       ``marks.encrypted`` and loses ``marks.plain``. Only the daemon can set it: no
-       segment a blind attacker forges changes how a connection is classified.
+    1. ``marks.encrypted`` on the packet (the daemon's verdict on every packet of a
+       connection from the one that started its key exchange on, RFC 8547 §4.6, or any
+       packet it injected) -> the connmark gets ``marks.encrypted`` and loses
+       ``marks.plain`` (rewriting the same value on later packets changes nothing). Only
+       the daemon can set it: no segment a blind attacker forges changes how a connection
+       is classified.
     2. The guard: a packet of an encrypted connection that carries neither ``marks.seen``
        nor ``marks.injected`` did not go through the daemon (it is stopped, crashed, or the
        connection was encrypted by an earlier instance). Outbound it is rejected with a TCP
        reset, which ends the local socket at once (the reset's sequence number is the
        packet's own acknowledgment number, the socket's next expected byte); inbound it is
-       dropped. Never plaintext. Outbound, a packet conntrack does not track (the host's
-       own ``CT --notrack`` rule, or INVALID) has no connmark to say encrypted: it is
-       dropped unless it carries one of the daemon's marks (``marks.seen``,
-       ``marks.injected``, ``marks.plain``) or belongs to ``firewall.skip_ports``, so such
-       a connection stalls rather than leak when the daemon is gone; a plain one (queued
-       while the daemon runs, since its connmark cannot record it plain) waits for the
-       restart.
+       dropped. Never plaintext. A packet conntrack does not track has no connmark to say
+       encrypted (:func:`_untracked_guard`): a connection the host exempts with its own
+       ``CT --notrack`` rule is recorded encrypted by its 4-tuple in ``@enc4``/``@enc6``
+       (outbound packets carrying ``marks.encrypted`` add or refresh it, the local stack's
+       SYN, SYN-ACK or RST deletes it) and its packets without ``marks.seen`` or
+       ``marks.injected`` are dropped both ways (a peer's SYN excepted), so it stalls
+       rather than leak when the daemon is gone, while untracked plain connections go on.
+       Outbound INVALID packets (tracked, connmark unknown) are dropped unless they carry
+       one of the daemon's marks (``marks.seen``, ``marks.injected``, ``marks.plain``) or
+       belong to ``firewall.skip_ports``.
     3. ``marks.plain`` on the packet (the daemon decided the connection is plain, or an
        offload chain found it) and the connection not recorded as encrypted -> the
        connmark gets ``marks.plain`` and the 4-tuple is added to the set. An element made
@@ -57,18 +62,21 @@ The iptables jumps skip packets with ``marks.plain``: they never reach the queue
        its 4-tuple from the set and ``marks.plain`` from its connmark: a new connection on
        the pair of an earlier plain one.
 
-Set elements are keyed ``local address . local port . remote address . remote port``, time
-out after ``limits.idle_timeout`` without an outbound packet (a connection that idles
-longer has its next outbound packet queued once, found unknown to the engine and offloaded
-again; inbound packets do not need the set), and the sets hold at most
-``firewall.offload_max`` elements each; beyond, new plain connections have their outbound
-packets queued (correct, only slower).
+Set elements are keyed ``local address . local port . remote address . remote port``. Those
+of ``@plain4``/``@plain6`` time out after ``limits.idle_timeout`` without an outbound packet
+(a connection that idles longer has its next outbound packet queued once, found unknown to
+the engine and offloaded again; inbound packets do not need the set); those of
+``@enc4``/``@enc6`` after as long as conntrack keeps an established connection
+(``nf_conntrack_tcp_timeout_established``, 5 days by default). Every set holds at most
+``firewall.offload_max`` elements; beyond, new plain connections have their outbound
+packets queued (correct, only slower), and new untracked encrypted ones are not recorded.
 
-The table is installed and replaced in one ``nft -f`` transaction. When the daemon stops, the
-table stays as long as conntrack holds a connection recorded as encrypted (the guard must
-outlive the daemon, :func:`tcpcryptd.daemon.conntrack.encrypted_connections`); the next
-start replaces it in one transaction, and ``tcpcryptd disable`` removes it once no such
-connection remains.
+The table is installed and replaced in one ``nft -f`` transaction, which carries the
+``@enc`` elements over. When the daemon stops, the table stays as long as conntrack holds a
+connection recorded as encrypted (:func:`tcpcryptd.daemon.conntrack.encrypted_connections`)
+or the ``@enc`` sets hold an element (:func:`encrypted_elements`), or when those sets
+cannot be read: the guard must outlive the daemon. The next start replaces it, and
+``tcpcryptd disable`` removes it once no such connection remains.
 """
 
 from __future__ import annotations
@@ -99,6 +107,10 @@ ENCRYPTED_SETS = ("enc4", "enc6")
 #: (``nf_conntrack_tcp_timeout_established``): the lifetime of an ``@enc`` element
 ESTABLISHED_TIMEOUT = 432000
 _ESTABLISHED_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established"
+#: lifetime of an ``@enc`` element after the local stack's FIN (only data sent before it
+#: may follow): longer than Linux retransmits before it gives up (``tcp_retries2`` = 15,
+#: about 924 s)
+CLOSING_TIMEOUT = 1800
 
 
 @dataclass(frozen=True)
@@ -225,9 +237,10 @@ def _untracked_guard(spec: OffloadSpec, outbound: bool) -> list[str]:
     without the daemon. ``marks.plain`` does not let it pass: a restarted daemon takes a
     connection it does not know for plain. The local stack's SYN or SYN-ACK (a new
     connection on the 4-tuple) or RST (the socket is gone) deletes the element; its FIN
-    does not, the stack may still retransmit data sent before it. Outbound INVALID packets
-    belong to tracked connections whose connmark is unknown: they pass only with one of the
-    daemon's marks or on a skip port.
+    only cuts its lifetime to :data:`CLOSING_TIMEOUT`, as the stack may still retransmit
+    data sent before it (the daemon does not mark the packets of a closed connection, so
+    nothing extends it again). Outbound INVALID packets belong to tracked connections whose
+    connmark is unknown: they pass only with one of the daemon's marks or on a skip port.
     """
     enc, plain = spec.mark_encrypted, spec.mark_plain
     verdicted = spec.mark_seen | spec.mark_injected
@@ -243,9 +256,12 @@ def _untracked_guard(spec: OffloadSpec, outbound: bool) -> list[str]:
         element = f"@{enc_set} {{ {_tuple(ip, outbound)} }}"
         family = f"meta nfproto {nfproto}"
         if outbound:
+            closing = f"@{enc_set} {{ {_tuple(ip, outbound)} timeout {CLOSING_TIMEOUT}s }}"
             rules += [f"{untracked} tcp flags & (syn | rst) != 0 {family} delete {element}",
-                      f"{untracked} tcp flags & (syn | rst) == 0 meta mark & {enc:#x} != 0 "
-                      f"{family} update {element}"]
+                      f"{untracked} tcp flags & (syn | rst | fin) == 0 meta mark & {enc:#x} "
+                      f"!= 0 {family} update {element}",
+                      f"{untracked} tcp flags & (syn | rst | fin) == fin {family} "
+                      f"{_tuple(ip, outbound)} @{enc_set} update {closing}"]
             stopped = untracked
         else:   # the peer's SYN may open a new connection on the 4-tuple
             stopped = f"{untracked} tcp flags & (syn | ack) != syn"

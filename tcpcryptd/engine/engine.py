@@ -201,7 +201,8 @@ class Engine:
             if current.scheduled is None or current is not flow:
                 current.scheduled = None
             self._deadlines.schedule(current)
-            result.encrypted = current is flow and flow.state not in HANDSHAKE_STATES
+            # every packet from the key exchange on, until the connection has closed
+            result.encrypted = current is flow and flow.state in (State.KEYING, State.ENCRYPTED)
         elif result.verdict is Verdict.ACCEPT and flow.state in HANDSHAKE_STATES:
             result.plain = True
         if result.verdict is None:
@@ -225,7 +226,7 @@ class Engine:
             self._deadlines.schedule(flow)
         if result.verdict is None:
             result.verdict = Verdict.DROP
-        result.encrypted = True
+        result.encrypted = flow.state is State.ENCRYPTED    # unless this packet closed it
         return result
 
     def handle_timer(self, now: float) -> Result:

@@ -93,22 +93,23 @@ def test_the_encrypted_connections_conntrack_does_not_track_have_their_own_sets(
 
 def test_untracked_packets_the_daemon_marked_encrypted_record_their_4_tuple():
     """Outbound, the daemon's encrypted mark on an untracked packet adds or refreshes its
-    4-tuple; the local stack's SYN, SYN-ACK or RST removes it (new connection, socket gone),
-    never its FIN (data sent before it may be retransmitted). Inbound packets change nothing."""
+    4-tuple; the local stack's SYN, SYN-ACK or RST removes it (new connection, socket gone);
+    its FIN only shortens the element's life to 30 minutes (data sent before it may still
+    be retransmitted), and only if it is there. Inbound packets change nothing."""
     chain = _chain("out_record")
-    key4 = "{ ip saddr . tcp sport . ip daddr . tcp dport }"
-    key6 = "{ ip6 saddr . tcp sport . ip6 daddr . tcp dport }"
-    assert [rule for rule in chain if "@enc" in rule and ("update" in rule or "delete" in rule)
-            ] == [
-        f"ct state untracked tcp flags & (syn | rst) != 0 meta nfproto ipv4 delete @enc4 {key4}",
-        f"ct state untracked tcp flags & (syn | rst) == 0 meta mark & 0x1 != 0 "
-        f"meta nfproto ipv4 update @enc4 {key4}",
-        f"ct state untracked tcp flags & (syn | rst) != 0 meta nfproto ipv6 delete @enc6 {key6}",
-        f"ct state untracked tcp flags & (syn | rst) == 0 meta mark & 0x1 != 0 "
-        f"meta nfproto ipv6 update @enc6 {key6}"]
+    expected = []
+    for family, ip, enc in (("ipv4", "ip", "@enc4"), ("ipv6", "ip6", "@enc6")):
+        key = f"{ip} saddr . tcp sport . {ip} daddr . tcp dport"
+        expected += [
+            f"ct state untracked tcp flags & (syn | rst) != 0 meta nfproto {family} "
+            f"delete {enc} {{ {key} }}",
+            f"ct state untracked tcp flags & (syn | rst | fin) == 0 meta mark & 0x1 != 0 "
+            f"meta nfproto {family} update {enc} {{ {key} }}",
+            f"ct state untracked tcp flags & (syn | rst | fin) == fin meta nfproto {family} "
+            f"{key} {enc} update {enc} {{ {key} timeout 1800s }}"]
+    assert [rule for rule in chain if "@enc" in rule and "drop" not in rule] == expected
     assert not [rule for rule in _chain("in_record")
                 if "@enc" in rule and ("update" in rule or "delete" in rule)]
-    assert not [rule for rule in LINES if "fin" in rule]
 
 
 def test_the_untracked_guard_stops_only_4_tuples_recorded_encrypted():

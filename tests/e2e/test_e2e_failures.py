@@ -8,6 +8,7 @@ reaches the application).
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import threading
 from collections.abc import Callable
@@ -110,6 +111,30 @@ def test_disable_after_kill9_keeps_guarding_a_connection_conntrack_does_not_trac
     assert "1 untracked" in said[0], said
     assert _own_rules(e2e) == ""
     assert "table inet tcpcryptd" in e2e.bed.a.run("nft", "list", "tables").stdout.decode()
+
+
+def test_an_untracked_encrypted_connection_that_closed_is_guarded_for_its_closing_time_only(
+        e2e: E2E) -> None:
+    """The 4-tuple of an encrypted connection conntrack does not track is recorded while it
+    runs; once both ends closed it (FINs), the record lives no longer than the closing
+    timeout (30 minutes: the local stack may still retransmit data sent before its FIN),
+    not the five days of an open connection, so ``tcpcryptd disable`` can soon remove the
+    table."""
+    e2e.daemons("A", "B")
+    _notrack(e2e)
+    capture = e2e.bed.capture("untracked-closed")
+    transfer = e2e.nc_send("A", "B", 2 * MB)
+    capture.stop()
+    assert transfer.intact, transfer.describe()
+    e2e.assert_encrypted(capture.analyze(e2e.marker))
+    assert not plaintext_leaks(capture.path, {"upload": e2e.payload(2 * MB).read_bytes()},
+                               e2e.marker)
+    listed = json.loads(e2e.bed.a.run("nft", "-j", "list", "set", "inet", "tcpcryptd",
+                                      "enc4").stdout)
+    elements = next(item["set"] for item in listed["nftables"] if "set" in item)["elem"]
+    assert [element["elem"]["val"]["concat"][2:] for element in elements] == [
+        [e2e.bed.addr("B"), NC_PORT]]
+    assert 0 < elements[0]["elem"]["expires"] <= 1800
 
 
 def test_a_plain_connection_conntrack_does_not_track_survives_kill9(e2e: E2E) -> None:
