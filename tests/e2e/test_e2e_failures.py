@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -20,7 +19,6 @@ from e2e_support import (
     NC_PORT,
     TRANSFER_TIMEOUT,
     E2E,
-    _write_all,
     send_rest_and_stop,
     session_ids,
     wait_for_size,
@@ -156,15 +154,12 @@ def test_a_plain_connection_conntrack_does_not_track_survives_kill9(e2e: E2E) ->
     wait_for_size(received, first_part)
     assert daemons["A"].counters().get("fallback_no-eno") == 1   # the daemon had it
     daemons["A"].kill()
-    writer = threading.Thread(target=_write_all, args=(client.stdin, data[first_part:]),
-                              daemon=True)
-    writer.start()
-    try:
-        listener.wait(timeout=TRANSFER_TIMEOUT)     # hang protection only
+    try:   # the timeouts are hang protection only
+        client.communicate(data[first_part:], timeout=TRANSFER_TIMEOUT)
+        listener.wait(timeout=TRANSFER_TIMEOUT)
     finally:
         client.kill()
         listener.kill()
-        writer.join(timeout=10)
         capture.stop()
     assert hashlib.sha256(received.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
     report = capture.analyze(e2e.marker)
