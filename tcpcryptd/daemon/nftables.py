@@ -81,6 +81,7 @@ cannot be read: the guard must outlive the daemon. The next start replaces it, a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -127,7 +128,7 @@ class OffloadSpec:
     queued_syns: tuple[str, ...] = ()
     #: ``firewall.skip_ports``: never queued, so never marked by the daemon (the untracked guard)
     skip_ports: tuple[int, ...] = ()
-    #: seconds an ``@enc`` element lives without an outbound packet (:func:`established_timeout`)
+    #: seconds an ``@enc`` element lives with no outbound packet (:func:`established_timeout`)
     encrypted_timeout: int = ESTABLISHED_TIMEOUT
 
 
@@ -253,20 +254,18 @@ def _untracked_guard(spec: OffloadSpec, outbound: bool) -> list[str]:
             skipped = f"tcp sport != {{ {ports} }} tcp dport != {{ {ports} }} "
         rules.append(f"ct state invalid meta mark & {verdicted | plain:#x} == 0 {skipped}drop")
     for enc_set, (_, _, ip, nfproto) in zip(ENCRYPTED_SETS, _FAMILIES):
-        element = f"@{enc_set} {{ {_tuple(ip, outbound)} }}"
-        family = f"meta nfproto {nfproto}"
+        key, family = _tuple(ip, outbound), f"meta nfproto {nfproto}"
         if outbound:
-            closing = f"@{enc_set} {{ {_tuple(ip, outbound)} timeout {CLOSING_TIMEOUT}s }}"
-            rules += [f"{untracked} tcp flags & (syn | rst) != 0 {family} delete {element}",
+            rules += [f"{untracked} tcp flags & (syn | rst) != 0 {family} "
+                      f"delete @{enc_set} {{ {key} }}",
                       f"{untracked} tcp flags & (syn | rst | fin) == 0 meta mark & {enc:#x} "
-                      f"!= 0 {family} update {element}",
+                      f"!= 0 {family} update @{enc_set} {{ {key} }}",
                       f"{untracked} tcp flags & (syn | rst | fin) == fin {family} "
-                      f"{_tuple(ip, outbound)} @{enc_set} update {closing}"]
+                      f"{key} @{enc_set} update @{enc_set} {{ {key} timeout {CLOSING_TIMEOUT}s }}"]
             stopped = untracked
         else:   # the peer's SYN may open a new connection on the 4-tuple
             stopped = f"{untracked} tcp flags & (syn | ack) != syn"
-        rules.append(f"{stopped} meta mark & {verdicted:#x} == 0 {family} "
-                     f"{_tuple(ip, outbound)} @{enc_set} drop")
+        rules.append(f"{stopped} meta mark & {verdicted:#x} == 0 {family} {key} @{enc_set} drop")
     return rules
 
 
@@ -327,12 +326,10 @@ def table_exists() -> bool:
 def install_table(spec: OffloadSpec) -> None:
     """Create or atomically replace the table, keeping what its ``@enc`` sets hold (a set
     an earlier version's table lacks holds nothing)."""
-    encrypted = {}
+    encrypted: dict[str, list[tuple[str, int]]] = {}
     if table_exists():
-        try:
+        with contextlib.suppress(FirewallError):
             encrypted = encrypted_elements()
-        except FirewallError:
-            encrypted = {}
     _nft(["-f", "-"], table_text(spec, encrypted))
 
 
