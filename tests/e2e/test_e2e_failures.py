@@ -111,6 +111,18 @@ def test_disable_after_kill9_keeps_guarding_a_connection_conntrack_does_not_trac
     assert "table inet tcpcryptd" in e2e.bed.a.run("nft", "list", "tables").stdout.decode()
 
 
+def test_a_restarted_daemon_does_not_let_an_untracked_encrypted_connection_go_plain(
+        e2e: E2E) -> None:
+    """kill -9, then the unit restarts the daemon: the new instance does not know the
+    connection and takes its packets for plain. The new table carries the old one's @enc
+    elements over and the untracked guard does not count the plain mark, so the stack's
+    segments are still never sent in plaintext."""
+    daemons = e2e.daemons("A", "B")
+    _notrack(e2e)
+    _upload_killed_midway(e2e, daemons, "crash-untracked-restart",
+                          after_kill=lambda: e2e.bed.daemon("A"))
+
+
 def test_an_untracked_encrypted_connection_that_closed_is_guarded_for_its_closing_time_only(
         e2e: E2E) -> None:
     """The 4-tuple of an encrypted connection conntrack does not track is recorded while it
