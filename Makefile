@@ -83,8 +83,9 @@ install:
 	-mandb -q 2>/dev/null
 	-systemctl daemon-reload
 
-# `tcpcryptd disable` keeps the guard table while conntrack still records an encrypted
-# connection (they are reset, never sent in plaintext); it says so, and how to remove it.
+# `tcpcryptd disable` keeps the guard table while conntrack or the table's @enc sets still
+# record an encrypted connection (they are reset or dropped, never sent in plaintext); it
+# says so, and how to remove it.
 uninstall:
 	-systemctl disable --now tcpcryptd
 	-/usr/local/bin/tcpcryptd disable

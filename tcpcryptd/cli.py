@@ -144,7 +144,7 @@ def disable(config_path: Path | None, control_path: str | None) -> None:
         removal = remove_leftover_rules(config)
     except DaemonError as exc:
         _fail(f"no tcpcryptd is running, and removing its rules failed: {exc}")
-    if removal.guarded:
+    if removal.kept:
         click.echo(f"no tcpcryptd is running: {removal.describe()}")
     elif removal.removed:
         click.echo("no tcpcryptd is running: removed the firewall rules it left behind")

@@ -1,9 +1,10 @@
 """How many connections conntrack still records as encrypted (``ct mark & marks.encrypted``).
 
 The nftables guard (:mod:`tcpcryptd.daemon.nftables`) must outlive the daemon while such a
-connection exists: the local stack could otherwise retransmit its data in plaintext. This is
-what decides whether stopping or ``tcpcryptd disable`` may remove it. Read over netlink
-(pyroute2), IPv4 and IPv6.
+connection exists: the local stack could otherwise retransmit its data in plaintext. This,
+with the table's own record of the encrypted connections conntrack does not track
+(:func:`tcpcryptd.daemon.nftables.encrypted_elements`), decides whether stopping or
+``tcpcryptd disable`` may remove it. Read over netlink (pyroute2), IPv4 and IPv6.
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ never pass without the daemon are the nftables table's (:mod:`tcpcryptd.daemon.n
 
 Install: the table, then one ``iptables-restore --noflush`` per family (each atomic),
 idempotent, with iptables-nft or iptables-legacy. Remove: the iptables chains, then the table
-unless conntrack still holds an encrypted connection (the guard outlives the daemon).
+unless conntrack still holds an encrypted connection or the table's ``@enc`` sets one that
+conntrack does not track (the guard outlives the daemon).
 """
 
 from __future__ import annotations
@@ -339,15 +340,20 @@ class Firewall:
         """Stop queueing; remove the nftables table unless the guard is still needed.
 
         The guard stays while conntrack records any connection as encrypted
-        (``encrypted_mark``): such a connection's local socket may still send, and without
-        the guard that would be plaintext.
+        (``encrypted_mark``) or the table's ``@enc`` sets hold one conntrack does not
+        track: such a connection's local socket may still send, and without the guard that
+        would be plaintext. It also stays when the sets cannot be read (fail closed).
         """
         queue = self.remove_queue()
         if not nftables.table_exists():
             return Removal(queue, table=False, guarded=0)
         guarded = encrypted_connections(encrypted_mark, self.ipv6)
-        if guarded:
-            return Removal(queue, table=False, guarded=guarded)
+        try:
+            untracked = sum(map(len, nftables.encrypted_elements().values()))
+        except FirewallError as exc:
+            return Removal(queue, table=False, guarded=guarded, unreadable=str(exc))
+        if guarded or untracked:
+            return Removal(queue, table=False, guarded=guarded, untracked=untracked)
         return Removal(queue, table=nftables.remove_table(), guarded=0)
 
     def installed(self) -> bool:
@@ -359,21 +365,35 @@ class Firewall:
 @dataclass(frozen=True)
 class Removal:
     """What :meth:`Firewall.remove` did: queue chains removed, table removed, connections
-    still guarded (the table kept for them)."""
+    still guarded (the table kept for them): ``guarded`` recorded by conntrack,
+    ``untracked`` in the ``@enc`` sets; ``unreadable``: why the sets could not be read (the
+    table kept)."""
 
     queue: bool
     table: bool
     guarded: int
+    untracked: int = 0
+    unreadable: str = ""
 
     @property
     def removed(self) -> bool:
         return self.queue or self.table
 
+    @property
+    def kept(self) -> bool:
+        """The table stays for the guard."""
+        return bool(self.guarded or self.untracked or self.unreadable)
+
     def describe(self) -> str:
         """One line for the operator."""
-        if self.guarded:
-            return (f"kept the guard table 'inet {nftables.TABLE}' for {self.guarded} "
-                    f"connection(s) still recorded as encrypted: their packets are reset or "
-                    f"dropped, never sent in plaintext; run `tcpcryptd disable` again once "
-                    f"they have ended")
+        table = f"kept the guard table 'inet {nftables.TABLE}'"
+        if self.unreadable:
+            return (f"{table}: cannot tell which connections it still guards ("
+                    f"{self.unreadable}); run `tcpcryptd disable` again, or `nft delete table "
+                    f"inet {nftables.TABLE}` to remove it regardless")
+        if self.kept:
+            return (f"{table} for {self.guarded + self.untracked} connection(s) still "
+                    f"recorded as encrypted ({self.guarded} in conntrack, {self.untracked} "
+                    f"untracked): their packets are reset or dropped, never sent in "
+                    f"plaintext; run `tcpcryptd disable` again once they have ended")
         return "removed the firewall rules" if self.removed else "no firewall rules to remove"

@@ -445,8 +445,9 @@ class Verdicts:
     The marks a verdict adds to a packet's nfmark tell the nftables table
     (:mod:`tcpcryptd.daemon.nftables`) what the daemon decided: ``seen_mark`` on every
     packet accepted for the engine's flows (the guard resets or drops packets of encrypted
-    connections that lack it); ``encrypted_mark`` on the packet with which a connection
-    started its key exchange (recorded in its connmark); ``plain_mark`` on packets of
+    connections that lack it); ``encrypted_mark`` on every packet of a connection that
+    started its key exchange (recorded in its connmark, or by the 4-tuple of a connection
+    conntrack does not track); ``plain_mark`` on packets of
     connections the daemon leaves plain (the kernel stops queueing them).
     """
 
@@ -482,8 +483,8 @@ class Verdicts:
         packet = self.held.pop(packet_id, None)
         if packet is None:
             return False
-        if accept:
-            self.accept(packet, data)
+        if accept:     # only a connection in its key exchange holds packets
+            self.accept(packet, data, encrypted=True)
         else:
             packet.drop()
         return True

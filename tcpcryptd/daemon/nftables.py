@@ -35,22 +35,27 @@ The iptables jumps skip packets with ``marks.plain``: they never reach the queue
 
     0. ``marks.plain`` on a packet of a connection already recorded plain: done (outbound,
        after refreshing the set element's timeout, unless the packet carries SYN).
-    1. ``marks.encrypted`` on the packet (the daemon's verdict on the packet that started a
-       key exchange, RFC 8547 §4.6, or any packet it injected) -> the connmark gets
-       ``marks.encrypted`` and loses ``marks.plain``. Only the daemon can set it: no
-       segment a blind attacker forges changes how a connection is classified.
+    1. ``marks.encrypted`` on the packet (the daemon's verdict on every packet of a
+       connection from the one that started its key exchange on, RFC 8547 §4.6, or any
+       packet it injected) -> the connmark gets ``marks.encrypted`` and loses
+       ``marks.plain`` (rewriting the same value on later packets changes nothing). Only
+       the daemon can set it: no segment a blind attacker forges changes how a connection
+       is classified.
     2. The guard: a packet of an encrypted connection that carries neither ``marks.seen``
        nor ``marks.injected`` did not go through the daemon (it is stopped, crashed, or the
        connection was encrypted by an earlier instance). Outbound it is rejected with a TCP
        reset, which ends the local socket at once (the reset's sequence number is the
        packet's own acknowledgment number, the socket's next expected byte); inbound it is
-       dropped. Never plaintext. Outbound, a packet conntrack does not track (the host's
-       own ``CT --notrack`` rule, or INVALID) has no connmark to say encrypted: it is
-       dropped unless it carries one of the daemon's marks (``marks.seen``,
-       ``marks.injected``, ``marks.plain``) or belongs to ``firewall.skip_ports``, so such
-       a connection stalls rather than leak when the daemon is gone; a plain one (queued
-       while the daemon runs, since its connmark cannot record it plain) waits for the
-       restart.
+       dropped. Never plaintext. A packet conntrack does not track has no connmark to say
+       encrypted (:func:`_untracked_guard`): a connection the host exempts with its own
+       ``CT --notrack`` rule is recorded encrypted by its 4-tuple in ``@enc4``/``@enc6``
+       (outbound packets carrying ``marks.encrypted`` add or refresh it, the local stack's
+       SYN, SYN-ACK or RST deletes it) and its packets without ``marks.seen`` or
+       ``marks.injected`` are dropped both ways (a peer's SYN excepted), so it stalls
+       rather than leak when the daemon is gone, while untracked plain connections go on.
+       Outbound INVALID packets (tracked, connmark unknown) are dropped unless they carry
+       one of the daemon's marks (``marks.seen``, ``marks.injected``, ``marks.plain``) or
+       belong to ``firewall.skip_ports``.
     3. ``marks.plain`` on the packet (the daemon decided the connection is plain, or an
        offload chain found it) and the connection not recorded as encrypted -> the
        connmark gets ``marks.plain`` and the 4-tuple is added to the set. An element made
@@ -107,22 +112,26 @@ The races, and what closes them:
   ``out_record`` and is dropped before it is counted or logged (the stack sends it again,
   then it is queued).
 
-Set elements are keyed ``local address . local port . remote address . remote port``, time
-out after ``limits.idle_timeout`` without an outbound packet (a connection that idles
-longer has its next outbound packet queued once, found unknown to the engine and offloaded
-again; inbound packets do not need the set), and the sets hold at most
-``firewall.offload_max`` elements each; beyond, new plain connections have their outbound
-packets queued (correct, only slower).
+Set elements are keyed ``local address . local port . remote address . remote port``. Those
+of ``@plain4``/``@plain6`` time out after ``limits.idle_timeout`` without an outbound packet
+(a connection that idles longer has its next outbound packet queued once, found unknown to
+the engine and offloaded again; inbound packets do not need the set); those of
+``@enc4``/``@enc6`` after as long as conntrack keeps an established connection
+(``nf_conntrack_tcp_timeout_established``, 5 days by default). Every set holds at most
+``firewall.offload_max`` elements; beyond, new plain connections have their outbound
+packets queued (correct, only slower), and new untracked encrypted ones are not recorded.
 
-The table is installed and replaced in one ``nft -f`` transaction. When the daemon stops, the
-table stays as long as conntrack holds a connection recorded as encrypted (the guard must
-outlive the daemon, :func:`tcpcryptd.daemon.conntrack.encrypted_connections`); the next
-start replaces it in one transaction, and ``tcpcryptd disable`` removes it once no such
-connection remains.
+The table is installed and replaced in one ``nft -f`` transaction, which carries the
+``@enc`` elements over. When the daemon stops, the table stays as long as conntrack holds a
+connection recorded as encrypted (:func:`tcpcryptd.daemon.conntrack.encrypted_connections`)
+or the ``@enc`` sets hold an element (:func:`encrypted_elements`), or when those sets
+cannot be read: the guard must outlive the daemon. The next start replaces it, and
+``tcpcryptd disable`` removes it once no such connection remains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -158,6 +167,16 @@ _FAMILIES = (("plain4", "ipv4_addr", "ip", "ipv4"), ("plain6", "ipv6_addr", "ip6
 _TENTATIVE = (("tentative4", "ip", "ipv4"), ("tentative6", "ip6", "ipv6"))
 #: a SYN-ACK: SYN and ACK, neither RST nor FIN
 _SYN_ACK = "tcp flags & (syn | ack | rst | fin) == syn | ack"
+#: the encrypted connections conntrack does not track, per IP version (as ``_FAMILIES``)
+ENCRYPTED_SETS = ("enc4", "enc6")
+#: how long conntrack keeps an established TCP connection by default
+#: (``nf_conntrack_tcp_timeout_established``): the lifetime of an ``@enc`` element
+ESTABLISHED_TIMEOUT = 432000
+_ESTABLISHED_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established"
+#: lifetime of an ``@enc`` element after the local stack's FIN (only data sent before it
+#: may follow): longer than Linux retransmits before it gives up (``tcp_retries2`` = 15,
+#: about 924 s)
+CLOSING_TIMEOUT = 1800
 
 
 @dataclass(frozen=True)
@@ -179,6 +198,8 @@ class OffloadSpec:
     #: nflog groups told of each connection the kernel made plain on the peer's SYN-ACK
     #: (one per worker, :mod:`tcpcryptd.daemon.nflog`)
     log_groups: tuple[int, ...] = ()
+    #: seconds an ``@enc`` element lives with no outbound packet (:func:`established_timeout`)
+    encrypted_timeout: int = ESTABLISHED_TIMEOUT
 
 
 def require_selectors(rules: tuple[Rule, ...], default: Mode) -> tuple[str, ...]:
@@ -340,15 +361,7 @@ def _record_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
         f"meta mark & {enc:#x} != 0 ct mark set ct mark & {~plain & 0xFFFFFFFF:#x} | {enc:#x}",
         f"ct mark & {enc:#x} != 0 meta mark & {verdicted:#x} == 0 {guard}",
     ]
-    if outbound:
-        # the guard for the packets it cannot see: conntrack does not track them (a NOTRACK
-        # rule of the host's, or INVALID) so their connmark is unknown
-        skipped = ""
-        if spec.skip_ports:
-            ports = ", ".join(str(port) for port in spec.skip_ports)
-            skipped = f"tcp sport != {{ {ports} }} tcp dport != {{ {ports} }} "
-        rules.append(f"ct state invalid,untracked meta mark & {verdicted | plain:#x} == 0 "
-                     f"{skipped}drop")
+    rules += _untracked_guard(spec, outbound)
     first = f"meta mark & {plain:#x} != 0 ct mark & {enc:#x} == 0"
     record = f"ct mark set ct mark | {plain:#x}"
     forget = f"ct mark set ct mark & {~plain & 0xFFFFFFFF:#x}"
@@ -365,12 +378,55 @@ def _record_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
     return rules + ["}"]
 
 
-def table_text(spec: OffloadSpec) -> str:
+def _untracked_guard(spec: OffloadSpec, outbound: bool) -> list[str]:
+    """The guard for the packets whose connmark cannot be read.
+
+    Conntrack does not track a connection the host exempts (its own ``CT --notrack`` rule),
+    so the daemon's verdicts (``marks.encrypted`` on every packet of an encrypted connection)
+    record it by its 4-tuple in ``@enc4``/``@enc6`` instead. Such a packet without
+    ``marks.seen`` or ``marks.injected`` is dropped (both ways; not reset: conntrack would
+    take the reset for a new connection's INVALID packet, which a host's INVALID rule
+    discards) only when the set holds its 4-tuple, so an untracked plain connection goes on
+    without the daemon. ``marks.plain`` does not let it pass: a restarted daemon takes a
+    connection it does not know for plain. The local stack's SYN or SYN-ACK (a new
+    connection on the 4-tuple) or RST (the socket is gone) deletes the element; its FIN
+    only cuts its lifetime to :data:`CLOSING_TIMEOUT`, as the stack may still retransmit
+    data sent before it (the daemon does not mark the packets of a closed connection, so
+    nothing extends it again). Outbound INVALID packets belong to tracked connections whose
+    connmark is unknown: they pass only with one of the daemon's marks or on a skip port.
+    """
+    enc, plain = spec.mark_encrypted, spec.mark_plain
+    verdicted = spec.mark_seen | spec.mark_injected
+    untracked = "ct state untracked"
+    rules = []
+    if outbound:
+        rules.append(f"ct state invalid meta mark & {verdicted | plain:#x} == 0 "
+                     f"{_skipped_ports(spec)}drop")
+    for enc_set, (_, _, ip, nfproto) in zip(ENCRYPTED_SETS, _FAMILIES):
+        key, family = _tuple(ip, outbound), f"meta nfproto {nfproto}"
+        if outbound:
+            rules += [f"{untracked} tcp flags & (syn | rst) != 0 {family} "
+                      f"delete @{enc_set} {{ {key} }}",
+                      f"{untracked} tcp flags & (syn | rst | fin) == 0 meta mark & {enc:#x} "
+                      f"!= 0 {family} update @{enc_set} {{ {key} }}",
+                      f"{untracked} tcp flags & (syn | rst | fin) == fin {family} "
+                      f"{key} @{enc_set} update @{enc_set} {{ {key} timeout {CLOSING_TIMEOUT}s }}"]
+            stopped = untracked
+        else:   # the peer's SYN may open a new connection on the 4-tuple
+            stopped = f"{untracked} tcp flags & (syn | ack) != syn"
+        rules.append(f"{stopped} meta mark & {verdicted:#x} == 0 {family} {key} @{enc_set} drop")
+    return rules
+
+
+def table_text(spec: OffloadSpec,
+               encrypted: dict[str, list[tuple[str, int]]] | None = None) -> str:
     """``nft -f`` input (re)creating the table in one transaction.
 
     An existing table is deleted in the same transaction (declaring it first makes the
     delete valid when there is none), so the guard never lapses while it is replaced: a
-    restart keeps protecting the connections the old instance encrypted.
+    restart keeps protecting the connections the old instance encrypted. ``encrypted``:
+    the elements of the old table's ``@enc`` sets (:func:`encrypted_elements`), carried
+    into the new one.
     """
     lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{",
              f"counter {COUNTER_NO_ENO_SYN} {{ }}", f"counter {COUNTER_NO_ENO_SYN_ACK} {{ }}"]
@@ -382,6 +438,15 @@ def table_text(spec: OffloadSpec) -> str:
                   f"set {tentative} {{",
                   f"type {addr_type} . inet_service . {addr_type} . inet_service;",
                   f"flags dynamic, timeout; timeout {SYN_TIMEOUT}s; size {spec.max_elements};",
+                  "}"]
+    for set_name, (_, addr_type, _, _) in zip(ENCRYPTED_SETS, _FAMILIES):
+        kept = [f"{key} expires {min(expires, spec.encrypted_timeout)}s"
+                for key, expires in (encrypted or {}).get(set_name, ())]
+        lines += [f"set {set_name} {{",
+                  f"type {addr_type} . inet_service . {addr_type} . inet_service;",
+                  f"flags dynamic, timeout; timeout {spec.encrypted_timeout}s; "
+                  f"size {spec.max_elements};",
+                  *([f"elements = {{ {', '.join(kept)} }}"] if kept else []),
                   "}"]
     lines += _offload_chain(spec, outbound=True)
     lines += _offload_chain(spec, outbound=False)
@@ -412,8 +477,42 @@ def table_exists() -> bool:
 
 
 def install_table(spec: OffloadSpec) -> None:
-    """Create or atomically replace the table."""
-    _nft(["-f", "-"], table_text(spec))
+    """Create or atomically replace the table, keeping what its ``@enc`` sets hold (a set
+    an earlier version's table lacks holds nothing)."""
+    encrypted: dict[str, list[tuple[str, int]]] = {}
+    if table_exists():
+        with contextlib.suppress(FirewallError):
+            encrypted = encrypted_elements()
+    _nft(["-f", "-"], table_text(spec, encrypted))
+
+
+def encrypted_elements() -> dict[str, list[tuple[str, int]]]:
+    """The elements of the ``@enc`` sets: set name -> (key as ``nft`` writes it, seconds
+    it has left); raises FirewallError when a set cannot be read."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    for set_name in ENCRYPTED_SETS:
+        done = _nft(["-j", "list", "set", "inet", TABLE, set_name])
+        try:
+            items = json.loads(done.stdout)["nftables"]
+            elements = next(item["set"] for item in items if "set" in item).get("elem", [])
+            found[set_name] = [
+                (" . ".join(str(part) for part in element["elem"]["val"]["concat"]),
+                 max(1, int(element["elem"].get("expires", 1))))
+                for element in elements]
+        except (ValueError, KeyError, TypeError, StopIteration) as exc:
+            raise FirewallError(f"cannot read set {set_name} of table inet {TABLE}: "
+                                f"unexpected nft output ({exc!r})") from exc
+    return found
+
+
+def established_timeout() -> int:
+    """This network namespace's ``nf_conntrack_tcp_timeout_established`` in seconds, or
+    its default when it cannot be read (conntrack not loaded)."""
+    try:
+        with open(_ESTABLISHED_SYSCTL, encoding="ascii") as sysctl:
+            return max(1, int(sysctl.read()))
+    except (OSError, ValueError):
+        return ESTABLISHED_TIMEOUT
 
 
 def remove_table() -> bool:

@@ -40,7 +40,8 @@ def rule_spec(config: Config) -> RuleSpec:
                           skip_ports=config.firewall.skip_ports,
                           mark_tentative=marks.tentative,
                           log_groups=tuple(range(config.queue.number,
-                                                 config.queue.number + workers)))
+                                                 config.queue.number + workers)),
+                          encrypted_timeout=nftables.established_timeout())
     return RuleSpec(config.queue.number, offload, workers)
 
 
@@ -143,7 +144,7 @@ def _remove_rules(firewall: Firewall, config: Config) -> None:
     except DaemonError as exc:
         log.error("removing the firewall rules failed: %s (run `tcpcryptd disable`)", exc)
         return
-    (log.warning if removal.guarded else log.info)("%s", removal.describe())
+    (log.warning if removal.kept else log.info)("%s", removal.describe())
 
 
 def _drop_held(verdicts: Verdicts) -> None:

@@ -53,9 +53,12 @@ class Result:
     ``plain`` is True when the packet belongs to a connection the engine leaves alone for good
     (no ENO, fallback, over the flow limit, or one it does not track): the daemon marks the
     packet so the firewall stops queueing the connection (docs/daemon.md, "Firewall").
-    ``encrypted`` is True on the packet with which a connection enters its key exchange
-    (RFC 8547 §4.6: both hosts have sent and received an ENO ACK, encryption is mandatory
-    from here): the daemon marks it so the firewall records the connection as encrypted.
+    ``encrypted`` is True on every packet of a connection from the one with which it enters
+    its key exchange (RFC 8547 §4.6: both hosts have sent and received an ENO ACK,
+    encryption is mandatory from here) until the one after which it has closed (both FINs
+    acknowledged, or a RST): the daemon marks them so the firewall records the connection
+    as encrypted, in its connmark or, for a connection conntrack does not track, by its
+    4-tuple (refreshed per packet).
     ``events`` are the :mod:`~tcpcryptd.engine.events` of this call (session established,
     fell back, aborted), for the key log, status and metrics.
     """

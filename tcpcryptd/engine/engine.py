@@ -166,7 +166,6 @@ class Engine:
             return self._required(pkt, outbound, Result(Verdict.ACCEPT, plain=True))
         result = Result(None)
         flow.last_activity = now
-        handshaking = flow.state in HANDSHAKE_STATES
         target = flow
         try:
             if type(flow) is HalfOpen:
@@ -202,8 +201,8 @@ class Engine:
             if current.scheduled is None or current is not flow:
                 current.scheduled = None
             self._deadlines.schedule(current)
-            result.encrypted = (current is flow and handshaking
-                                and flow.state in (State.KEYING, State.ENCRYPTED))
+            # every packet from the key exchange on, until the connection has closed
+            result.encrypted = current is flow and flow.state in (State.KEYING, State.ENCRYPTED)
         elif result.verdict is Verdict.ACCEPT and flow.state in HANDSHAKE_STATES:
             result.plain = True
         if result.verdict is None:
@@ -227,6 +226,7 @@ class Engine:
             self._deadlines.schedule(flow)
         if result.verdict is None:
             result.verdict = Verdict.DROP
+        result.encrypted = flow.state is State.ENCRYPTED    # unless this packet closed it
         return result
 
     def handle_timer(self, now: float) -> Result:

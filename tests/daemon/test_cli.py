@@ -186,6 +186,23 @@ def test_disable_without_daemon_keeps_the_guard_of_encrypted_connections(
                                     "'inet tcpcryptd' for 3 connection(s)")
 
 
+@pytest.mark.parametrize("removal, said", [
+    (Removal(queue=True, table=False, guarded=0, untracked=2),
+     "kept the guard table 'inet tcpcryptd' for 2 connection(s) still recorded as encrypted "
+     "(0 in conntrack, 2 untracked)"),
+    (Removal(queue=True, table=False, guarded=0, unreadable="nft list failed"),
+     "kept the guard table 'inet tcpcryptd': cannot tell which connections it still guards "
+     "(nft list failed)")])
+def test_disable_without_daemon_keeps_the_guard_of_untracked_connections(
+        tmp_path, monkeypatch, no_default_config, removal, said):
+    fake_runner = types.ModuleType("tcpcryptd.daemon.runner")
+    fake_runner.remove_leftover_rules = lambda config: removal
+    monkeypatch.setitem(sys.modules, "tcpcryptd.daemon.runner", fake_runner)
+    result = invoke("disable", "--control", str(tmp_path / "absent.sock"))
+    assert result.exit_code == 0
+    assert result.output.startswith(f"no tcpcryptd is running: {said}")
+
+
 def test_a_daemon_that_does_not_answer_is_not_called_absent(tmp_path, monkeypatch,
                                                             no_default_config):
     calls = []

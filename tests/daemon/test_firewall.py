@@ -177,6 +177,55 @@ def _netns_available() -> bool:
         subprocess.run(["ip", "netns", "list"], capture_output=True).returncode == 0
 
 
+def _removal(monkeypatch, *, conntrack: int, elements) -> firewall.Removal:
+    """Firewall.remove with the table present, ``conntrack`` entries recorded encrypted and
+    ``elements`` in the @enc sets (an exception: the sets cannot be read)."""
+    removed = []
+    monkeypatch.setattr(firewall.Firewall, "remove_queue", lambda self: True)
+    monkeypatch.setattr(firewall.nftables, "table_exists", lambda: True)
+    monkeypatch.setattr(firewall.nftables, "remove_table", lambda: removed.append(1) or True)
+    monkeypatch.setattr(firewall, "encrypted_connections", lambda mark, ipv6: conntrack)
+
+    def read():
+        if isinstance(elements, Exception):
+            raise elements
+        return elements
+    monkeypatch.setattr(firewall.nftables, "encrypted_elements", read)
+    removal = firewall.Firewall(Backend("nft")).remove(0x1)
+    assert removal.table == bool(removed)
+    return removal
+
+
+def test_the_table_stays_while_its_sets_hold_an_untracked_encrypted_connection(monkeypatch):
+    removal = _removal(monkeypatch, conntrack=0,
+                       elements={"enc4": [("10.0.0.1 . 5001 . 10.0.0.2 . 40000", 90)],
+                                 "enc6": [("fd00::1 . 22 . fd00::2 . 40000", 90)]})
+    assert (removal.queue, removal.table, removal.kept) == (True, False, True)
+    assert removal.describe().startswith(
+        "kept the guard table 'inet tcpcryptd' for 2 connection(s) still recorded as "
+        "encrypted (0 in conntrack, 2 untracked): ")
+    both = _removal(monkeypatch, conntrack=3, elements={"enc4": [("x", 1)], "enc6": []})
+    assert "for 4 connection(s) still recorded as encrypted (3 in conntrack, 1 untracked)" \
+        in both.describe()
+
+
+def test_the_table_stays_when_its_sets_cannot_be_read(monkeypatch):
+    removal = _removal(monkeypatch, conntrack=0,
+                       elements=FirewallError("nft list failed (exit 1): boom"))
+    assert (removal.table, removal.kept, removal.guarded, removal.untracked) == (
+        False, True, 0, 0)
+    assert removal.describe() == (
+        "kept the guard table 'inet tcpcryptd': cannot tell which connections it still "
+        "guards (nft list failed (exit 1): boom); run `tcpcryptd disable` again, or "
+        "`nft delete table inet tcpcryptd` to remove it regardless")
+
+
+def test_the_table_goes_when_nothing_is_recorded_encrypted(monkeypatch):
+    removal = _removal(monkeypatch, conntrack=0, elements={"enc4": [], "enc6": []})
+    assert (removal.table, removal.kept, removal.describe()) == (
+        True, False, "removed the firewall rules")
+
+
 @pytest.fixture
 def netns():
     if not _netns_available():
@@ -265,3 +314,29 @@ def test_the_guard_outlives_the_rules_while_an_encrypted_connection_exists(netns
         pytest.skip("conntrack tool not installed")
     out = _in_netns(netns, os.environ.get("PYTHON", __import__("sys").executable), "-c", code)
     assert out.split() == ["True", "False", "1", "True", "False", "True", "0", "False"]
+
+
+def test_the_encrypted_sets_keep_the_table_and_survive_its_replacement(netns):
+    """An @enc element (what the daemon's verdicts record for a connection conntrack does
+    not track) keeps the table on removal and is carried over when a restart replaces the
+    table; once it is gone, the table goes."""
+    code = (
+        "import subprocess\n"
+        "from tcpcryptd.daemon.firewall import *\n"
+        "from tcpcryptd.daemon.nftables import OffloadSpec\n"
+        "fw = Firewall(detect_backend('auto'))\n"
+        "spec = RuleSpec(3, OffloadSpec(0x4000, 0x2000, 0x1000, 0x800, 60, 128))\n"
+        "fw.install(spec)\n"
+        "subprocess.run(['nft', 'add element inet tcpcryptd enc6 { fd00::1 . 5001 . fd00::2 "
+        ". 40000 }'], check=True)\n"
+        "first = fw.remove(0x1000)\n"
+        "print(first.table, first.guarded, first.untracked, fw.installed())\n"
+        "fw.install(spec)\n"
+        "second = fw.remove(0x1000)\n"
+        "print(second.table, second.untracked)\n"
+        "subprocess.run(['nft', 'flush set inet tcpcryptd enc6'], check=True)\n"
+        "third = fw.remove(0x1000)\n"
+        "print(third.table, third.untracked, fw.installed())\n"
+    )
+    out = _in_netns(netns, os.environ.get("PYTHON", __import__("sys").executable), "-c", code)
+    assert out.split() == ["False", "0", "1", "True", "False", "1", "True", "0", "False"]

@@ -72,7 +72,7 @@ def test_hold_then_release_in_any_order(parts):
     third = FakePacket(3)
     path.on_packet(third)
     assert second.verdict == "accept" and second.new_payload == b"sealed"
-    assert second.new_mark == SEEN
+    assert second.new_mark == SEEN | ENCRYPTED   # a held packet: its connection is keying
     assert first.verdict == "drop"
     assert third.verdict == "accept" and not path.verdicts.held
 

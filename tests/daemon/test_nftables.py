@@ -23,6 +23,11 @@ def _chain(name: str) -> list[str]:
     return LINES[start + 1:LINES.index("}", start)]
 
 
+def _set(name: str) -> list[str]:
+    start = LINES.index(f"set {name} {{")
+    return LINES[start + 1:LINES.index("}", start)]
+
+
 def test_inbound_offload_runs_after_conntrack_and_reads_the_connmark_not_the_set():
     chain = _chain("in_offload")
     assert chain[0] == "type filter hook input priority mangle - 1; policy accept;"
@@ -74,21 +79,94 @@ def test_syn_made_elements_are_short_lived_and_a_daemon_syn_forgets_the_pair():
                    for rule in forgets)
 
 
-def test_outbound_packets_conntrack_does_not_track_need_the_daemons_mark():
-    """kill -9 with a connection conntrack does not track (a NOTRACK rule, INVALID): its
-    connmark cannot say encrypted, so outbound such packets pass only with the daemon's
-    mark (seen, injected, plain); configured skip ports never get one and are exempt."""
-    untracked = [rule for rule in _chain("out_record") if "untracked" in rule]
-    assert untracked == ["ct state invalid,untracked meta mark & 0xe == 0 drop"]
-    assert not [rule for rule in _chain("in_record") if "untracked" in rule]
+def test_outbound_invalid_packets_need_the_daemons_mark():
+    """INVALID packets belong to tracked connections whose connmark cannot be read: outbound
+    they pass only with the daemon's mark (seen, injected, plain); configured skip ports
+    never get one and are exempt."""
+    invalid = [rule for rule in _chain("out_record") if "invalid" in rule]
+    assert invalid == ["ct state invalid meta mark & 0xe == 0 drop"]
+    assert not [rule for rule in _chain("in_record") if "invalid" in rule]
     skipping = table_text(OffloadSpec(4, 2, 1, 8, 60, 128, skip_ports=(22, 443))).splitlines()
-    assert ("ct state invalid,untracked meta mark & 0xe == 0 tcp sport != { 22, 443 } "
+    assert ("ct state invalid meta mark & 0xe == 0 tcp sport != { 22, 443 } "
             "tcp dport != { 22, 443 } drop") in skipping
-    # after the encrypted-connection guard, before anything records the packet as plain
+
+
+def test_the_encrypted_connections_conntrack_does_not_track_have_their_own_sets():
+    assert _set("enc4") == ["type ipv4_addr . inet_service . ipv4_addr . inet_service;",
+                            "flags dynamic, timeout; timeout 432000s; size 1024;"]
+    assert _set("enc6")[0] == "type ipv6_addr . inet_service . ipv6_addr . inet_service;"
+    spec = OffloadSpec(4, 2, 1, 8, 60, 128, encrypted_timeout=3600)
+    assert "flags dynamic, timeout; timeout 3600s; size 128;" in table_text(spec).splitlines()
+
+
+def test_untracked_packets_the_daemon_marked_encrypted_record_their_4_tuple():
+    """Outbound, the daemon's encrypted mark on an untracked packet adds or refreshes its
+    4-tuple; the local stack's SYN, SYN-ACK or RST removes it (new connection, socket gone);
+    its FIN only shortens the element's life to 30 minutes (data sent before it may still
+    be retransmitted), and only if it is there. Inbound packets change nothing."""
     chain = _chain("out_record")
-    guard = next(i for i, rule in enumerate(chain) if "reject with tcp reset" in rule)
+    expected = []
+    for family, ip, enc in (("ipv4", "ip", "@enc4"), ("ipv6", "ip6", "@enc6")):
+        key = f"{ip} saddr . tcp sport . {ip} daddr . tcp dport"
+        expected += [
+            f"ct state untracked tcp flags & (syn | rst) != 0 meta nfproto {family} "
+            f"delete {enc} {{ {key} }}",
+            f"ct state untracked tcp flags & (syn | rst | fin) == 0 meta mark & 0x1 != 0 "
+            f"meta nfproto {family} update {enc} {{ {key} }}",
+            f"ct state untracked tcp flags & (syn | rst | fin) == fin meta nfproto {family} "
+            f"{key} {enc} update {enc} {{ {key} timeout 1800s }}"]
+    assert [rule for rule in chain if "@enc" in rule and "drop" not in rule] == expected
+    assert not [rule for rule in _chain("in_record")
+                if "@enc" in rule and ("update" in rule or "delete" in rule)]
+
+
+def test_the_untracked_guard_stops_only_4_tuples_recorded_encrypted():
+    """kill -9 with a connection conntrack does not track (a NOTRACK rule): its connmark
+    cannot say encrypted, but its 4-tuple in @enc does. Without seen or injected (plain does
+    not count: a restarted daemon takes an unknown connection for plain) its packets are
+    dropped, but a peer's SYN; other untracked connections pass."""
+    out_guard = [rule for rule in _chain("out_record")
+                 if rule.startswith("ct state untracked meta mark")]
+    assert out_guard == [
+        "ct state untracked meta mark & 0x6 == 0 meta nfproto ipv4 "
+        "ip saddr . tcp sport . ip daddr . tcp dport @enc4 drop",
+        "ct state untracked meta mark & 0x6 == 0 meta nfproto ipv6 "
+        "ip6 saddr . tcp sport . ip6 daddr . tcp dport @enc6 drop"]
+    in_guard = [rule for rule in _chain("in_record") if "untracked" in rule]
+    assert in_guard == [
+        "ct state untracked tcp flags & (syn | ack) != syn meta mark & 0x6 == 0 "
+        "meta nfproto ipv4 ip daddr . tcp dport . ip saddr . tcp sport @enc4 drop",
+        "ct state untracked tcp flags & (syn | ack) != syn meta mark & 0x6 == 0 "
+        "meta nfproto ipv6 ip6 daddr . tcp dport . ip6 saddr . tcp sport @enc6 drop"]
+    # the stack's SYN/RST is forgotten before the guard (a new connection passes), the
+    # daemon's verdict recorded before it; all after the tracked guard, before anything
+    # records the packet as plain
+    chain = _chain("out_record")
+    tracked = next(i for i, rule in enumerate(chain) if rule.startswith("ct mark & 0x1 != 0 "))
     record = next(i for i, rule in enumerate(chain) if "ct mark set ct mark | 0x8" in rule)
-    assert guard < chain.index(untracked[0]) < record
+    forget, update = (chain.index(next(rule for rule in chain if word in rule))
+                      for word in ("delete @enc4", "update @enc4"))
+    assert tracked < chain.index("ct state invalid meta mark & 0xe == 0 drop") < record
+    assert tracked < forget < update < chain.index(out_guard[0]) < record
+    chain = _chain("in_record")
+    tracked = next(i for i, rule in enumerate(chain) if rule.startswith("ct mark & 0x1 != 0 "))
+    record = next(i for i, rule in enumerate(chain) if "ct mark set ct mark | 0x8" in rule)
+    assert tracked < chain.index(in_guard[0]) < chain.index(in_guard[1]) < record
+
+
+def test_a_replaced_table_keeps_the_encrypted_4_tuples_with_their_lifetimes():
+    """A restart replaces the table: the old @enc elements are carried into the new one (a
+    lifetime longer than the new timeout is cut to it), else the new daemon would take
+    those connections for plain."""
+    text = table_text(SPEC, {"enc4": [("10.0.0.1 . 5001 . 10.0.0.2 . 40000", 99),
+                                      ("10.0.0.1 . 5002 . 10.0.0.2 . 40001", 500000)],
+                             "enc6": []})
+    lines = text.splitlines()
+    assert lines.index("elements = { 10.0.0.1 . 5001 . 10.0.0.2 . 40000 expires 99s, "
+                       "10.0.0.1 . 5002 . 10.0.0.2 . 40001 expires 432000s }") == \
+        lines.index("set enc4 {") + 3
+    assert sum(line.startswith("elements") for line in lines) == 1
+    assert not any(line.startswith("elements") for line in LINES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +264,8 @@ def test_the_documented_listing_names_every_set_counter_and_chain():
     listing = listing[:listing.index("```")]
     names = {line.split()[1] for line in LINES
              if line.split()[:1] in (["set"], ["counter"], ["chain"])}
-    assert names == {"plain4", "plain6", "tentative4", "tentative6", "plain_no_eno_syn",
+    assert names == {"plain4", "plain6", "tentative4", "tentative6", "enc4", "enc6",
+                     "plain_no_eno_syn",
                      "plain_no_eno_syn_ack", "out_offload", "in_offload", "out_record",
                      "in_record"}
     assert all(re.search(rf"\b{name}\b", listing) for name in names), listing

@@ -254,7 +254,8 @@ def test_bare_fin_becomes_an_empty_finp_frame_and_fin_reaches_the_peer_stack():
     pair = established()
     a, b = pair.a, pair.b
     pair.send(a, a.seg(ISN_A + 1, ISN_B + 1, ACK, b"bye"))
-    _, (raw,) = pair.send(a, a.seg(ISN_A + 4, ISN_B + 1, ACK | FIN))
+    fin, (raw,) = pair.send(a, a.seg(ISN_A + 4, ISN_B + 1, ACK | FIN))
+    assert fin.encrypted
     pkt = TCPPacket.parse(raw)
     assert pkt.flags & FIN and len(pkt.payload) == 20
     last = b.to_stack[-1]
@@ -263,8 +264,10 @@ def test_bare_fin_becomes_an_empty_finp_frame_and_fin_reaches_the_peer_stack():
     pair.send(b, b.seg(ISN_B + 1, ISN_A + 5, ACK | FIN | PSH, b"ok"))
     assert stack_bytes(a, ISN_B) == b"ok"
     assert a.to_stack[-1].flags & FIN
-    # A's stack ACKs B's FIN: passes, flows linger as closed
-    pair.send(a, a.seg(ISN_A + 5, ISN_B + 4, ACK))
+    # A's stack ACKs B's FIN: passes, flows linger as closed (no longer flagged encrypted:
+    # the firewall's record of an untracked connection then lives out its closing timeout)
+    last, _ = pair.send(a, a.seg(ISN_A + 5, ISN_B + 4, ACK))
+    assert not last.encrypted
     assert b.to_stack[-1].ack == (ISN_B + 4) & M32
     assert {f.state for f in a.engine.flows() + b.engine.flows()} == {"closed"}
 
@@ -359,27 +362,41 @@ def test_a_forged_segment_disagreeing_with_out_of_order_bytes_aborts():
     assert b.engine.counters["aborts_conflicting-data"] == 1
 
 
-def test_exactly_the_packet_that_starts_the_key_exchange_is_flagged_encrypted():
+def test_every_packet_from_the_one_that_starts_the_key_exchange_is_flagged_encrypted():
     """The daemon records a connection as encrypted from the packet with which the engine
-    enters the key exchange (RFC 8547 §4.6), never earlier, never from a forged option."""
+    enters the key exchange (RFC 8547 §4.6), never earlier, never from a forged option; every
+    later packet, on the fast paths too, is flagged again (a connection conntrack does not
+    track is recorded by its 4-tuple, refreshed per packet)."""
     pair = Pair()
     a, b = pair.a, pair.b
-    flagged: list[tuple[str, Direction]] = []
+    seen: list[tuple[str, Direction, bool]] = []
     for host in (a, b):
         handle = host.engine.handle_packet
 
-        def spy(packet_id, data, direction, now, _handle=handle, _name=host.name):
-            result = _handle(packet_id, data, direction, now)
-            if result.encrypted:
-                flagged.append((_name, direction))
+        def spy(packet_id, data, direction, now, _handle=handle, _name=host.name, **kw):
+            result = _handle(packet_id, data, direction, now, **kw)
+            seen.append((_name, direction, result.encrypted))
             return result
         host.engine.handle_packet = spy   # type: ignore[method-assign]
     pair.handshake()
-    # A: its third ACK (carrying Init1) outbound; B: that ACK arriving
-    assert flagged == [("A", Direction.OUTBOUND), ("B", Direction.INBOUND)]
-    flagged.clear()
+    # A: its third ACK (carrying Init1) outbound; B: that ACK arriving; nothing before
+    first = [seen.index(("A", Direction.OUTBOUND, True)),
+             seen.index(("B", Direction.INBOUND, True))]
+    assert not any(flag for _, _, flag in seen[:first[0]])
+    assert seen[first[0] + 1:first[1]] == []
+    assert all(flag for _, _, flag in seen[first[1]:])
+    seen.clear()
+    fast = []
+    for host in (a, b):
+        run_fast = host.engine._fast
+
+        def fast_spy(*args, _run=run_fast):
+            fast.append(_run(*args))
+            return fast[-1]
+        host.engine._fast = fast_spy   # type: ignore[method-assign]
     pair.send(a, a.seg(ISN_A + 1 + 0, ISN_B + 1, ACK | PSH, b"data"))
-    assert flagged == []
+    assert seen == [("A", Direction.OUTBOUND, True), ("B", Direction.INBOUND, True)]
+    assert len(fast) == 2 and None not in fast
 
 
 def test_fallback_when_the_peer_has_no_eno():
