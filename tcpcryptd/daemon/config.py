@@ -70,6 +70,10 @@ class QueueConfig:
     #: worker processes, each on its own queue ``number + k``; 0: one per CPU, at most
     #: :data:`MAX_AUTO_WORKERS`
     workers: int = 0
+    #: nflog group on which the kernel tells worker ``k`` (group ``log_group + k``) of the
+    #: connections it made plain on the peer's SYN-ACK; away from 0, the group iptables'
+    #: NFLOG target and ulogd use by default (a group has one listener)
+    log_group: int = 8548
 
     def worker_count(self) -> int:
         """How many workers run: ``workers``, or for 0 the CPUs this process may use."""
@@ -354,6 +358,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Validator]]] = {
         "number": _integer(0, 65535),
         "max_len": _integer(1, 65535),
         "workers": _integer(0, 64),
+        "log_group": _integer(0, 65535 - 64),
     }),
     "marks": (MarksConfig, {"injected": _MARK, "seen": _MARK, "encrypted": _MARK,
                             "plain": _MARK, "tentative": _MARK}),

@@ -3,9 +3,9 @@
 When the peer answers our ENO SYN with a SYN-ACK without ENO, the kernel decides the
 connection plain by itself (RFC 8547 §4.6; :mod:`tcpcryptd.daemon.nftables`, the tentative
 state confirmed by the local stack's first ACK), so the daemon never sees that SYN-ACK. The
-confirming rule logs the ACK's headers to an nflog group (one per worker, the worker's queue
-number); this binding reads them and hands the connection's 4-tuple to a callback, which
-forgets the engine's syn-sent flow. Nothing waits for it: until the message arrives the
+confirming rule logs the ACK's headers to an nflog group (worker ``k``'s is
+``queue.log_group + k``); this binding reads them and hands the connection's 4-tuple to a
+callback, which forgets the engine's syn-sent flow. Nothing waits for it: until the message arrives the
 flow only takes memory, and a lost message (the socket buffer overflowed, counted as
 ``daemon_nflog_lost``) leaves the flow to the engine's handshake timeout.
 

@@ -29,7 +29,8 @@ log = logging.getLogger("tcpcryptd.daemon")
 
 
 def rule_spec(config: Config) -> RuleSpec:
-    """The rules of ``config``; each worker's nflog group is its queue number."""
+    """The rules of ``config``; worker ``k`` reads queue ``queue.number + k`` and nflog
+    group ``queue.log_group + k``."""
     marks = config.marks
     workers = config.queue.worker_count()
     offload = OffloadSpec(marks.injected, marks.seen, marks.encrypted, marks.plain,
@@ -39,8 +40,8 @@ def rule_spec(config: Config) -> RuleSpec:
                                                         config.policy.default),
                           skip_ports=config.firewall.skip_ports,
                           mark_tentative=marks.tentative,
-                          log_groups=tuple(range(config.queue.number,
-                                                 config.queue.number + workers)),
+                          log_groups=tuple(range(config.queue.log_group,
+                                                 config.queue.log_group + workers)),
                           encrypted_timeout=nftables.established_timeout())
     return RuleSpec(config.queue.number, offload, workers)
 
@@ -103,7 +104,7 @@ def serve(config: Config, firewall: Firewall | None, backend_name: str) -> None:
                             held=lambda: verdicts.held, counters=path.counters)
         stack.callback(queue.close)
         # bound before the rules log to it (daemon/nflog.py)
-        plain_log = PlainLog(config.queue.number, path.on_peer_plain, path.counters)
+        plain_log = PlainLog(config.queue.log_group, path.on_peer_plain, path.counters)
         stack.callback(plain_log.close)
         stack.callback(_drop_held, verdicts)
         if firewall is not None:

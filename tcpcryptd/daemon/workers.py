@@ -63,7 +63,8 @@ def worker_config(config: Config, index: int, enabled: bool) -> Config:
     """Worker ``index``'s configuration: its queue, its control socket, the current switch."""
     return dataclasses.replace(
         config,
-        queue=dataclasses.replace(config.queue, number=config.queue.number + index, workers=1),
+        queue=dataclasses.replace(config.queue, number=config.queue.number + index,
+                                  log_group=config.queue.log_group + index, workers=1),
         control=dataclasses.replace(config.control, socket=worker_socket(config, index)),
         encryption=dataclasses.replace(config.encryption, enabled=enabled),
         metrics=dataclasses.replace(config.metrics, listen=""))   # served by the supervisor

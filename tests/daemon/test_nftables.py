@@ -12,6 +12,7 @@ import pytest
 from tcpcryptd.daemon.config import parse_config
 from tcpcryptd.daemon.nftables import OffloadSpec, table_text
 from tcpcryptd.daemon.runner import rule_spec
+from tcpcryptd.daemon.workers import worker_config
 
 SPEC = OffloadSpec(mark_injected=0x4, mark_seen=0x2, mark_encrypted=0x1, mark_plain=0x8,
                    timeout=7200, max_elements=1024, mark_tentative=0x10, log_groups=(3, 4))
@@ -235,10 +236,18 @@ def test_skip_ports_never_become_tentative():
                for line in lines if "update @tentative" in line)
 
 
-def test_each_worker_is_told_on_its_own_group_the_queue_number():
+def test_each_worker_is_told_on_its_own_group():
     spec = rule_spec(parse_config({"queue": {"number": 20, "workers": 3},
                                    "marks": {"tentative": 0x100}})).offload
-    assert (spec.log_groups, spec.mark_tentative) == ((20, 21, 22), 0x100)
+    assert (spec.log_groups, spec.mark_tentative) == ((8548, 8549, 8550), 0x100)
+    spec = rule_spec(parse_config({"queue": {"workers": 2, "log_group": 7}})).offload
+    assert spec.log_groups == (7, 8)
+
+
+def test_a_worker_reads_its_own_queue_and_nflog_group():
+    config = parse_config({"queue": {"number": 20, "workers": 3, "log_group": 100}})
+    queue = worker_config(config, 2, True).queue
+    assert (queue.number, queue.log_group, queue.workers) == (22, 102, 1)
 
 
 def test_nft_accepts_the_tentative_rules():
