@@ -29,6 +29,8 @@ pytestmark = pytest.mark.e2e
 
 #: curl's "operation timed out": a hang, which is not the error a tampered frame must cause.
 CURL_TIMED_OUT = 28
+#: what an upload of the kill -9 tests has delivered before the daemon dies
+FIRST_PART = 1 * MB
 
 
 def _own_rules(e2e: E2E) -> str:
@@ -49,28 +51,34 @@ def _notrack(e2e: E2E) -> None:
                       "-j", "CT", "--notrack")
 
 
-def _upload_killed_midway(e2e: E2E, daemons: dict, name: str,
-                          after_kill: Callable[[], None] | None = None) -> None:
-    """An encrypted upload A -> B whose daemon in A dies by kill -9 after the first megabyte
-    arrived (then ``after_kill`` runs); the local stack goes on sending the rest (and
-    retransmitting) with nobody to encrypt it. Nothing of it may be on the wire in
-    plaintext, and B holds a prefix only."""
+def _upload_first_megabyte(e2e: E2E, name: str):
+    """An upload A -> B through nc, started: its first megabyte has arrived. Returns the
+    data, the capture, B's received file, and the listener and client processes."""
     data = e2e.payload(IMPAIRED_SIZE).read_bytes()
-    first_part = 1 * MB
     capture = e2e.bed.capture(name)
     received = e2e.bed.workdir / f"{name}-received.bin"
     listener = e2e.nc_listen("B", received)
     client = e2e.bed.a.popen(["nc", "-N", e2e.bed.addr("B"), str(NC_PORT)],
                              stdin=subprocess.PIPE)
     assert client.stdin is not None
-    client.stdin.write(data[:first_part])
+    client.stdin.write(data[:FIRST_PART])
     client.stdin.flush()
-    wait_for_size(received, first_part)
+    wait_for_size(received, FIRST_PART)
+    return data, capture, received, listener, client
+
+
+def _upload_killed_midway(e2e: E2E, daemons: dict, name: str,
+                          after_kill: Callable[[], None] | None = None) -> None:
+    """An encrypted upload A -> B whose daemon in A dies by kill -9 after the first megabyte
+    arrived (then ``after_kill`` runs); the local stack goes on sending the rest (and
+    retransmitting) with nobody to encrypt it. Nothing of it may be on the wire in
+    plaintext, and B holds a prefix only."""
+    data, capture, received, listener, client = _upload_first_megabyte(e2e, name)
     assert len(session_ids(daemons["B"], NC_PORT)) == 1
     daemons["A"].kill()
     if after_kill is not None:
         after_kill()
-    send_rest_and_stop(client, listener, data[first_part:])
+    send_rest_and_stop(client, listener, data[FIRST_PART:])
     capture.stop()
     report = capture.analyze(e2e.marker)
     assert report.syn_with_eno == 1 and report.synack_with_eno == 1, report.summary()
@@ -154,21 +162,12 @@ def test_a_plain_connection_conntrack_does_not_track_survives_kill9(e2e: E2E) ->
     without it: the untracked guard stops only the 4-tuples the daemon saw encrypted."""
     daemons = e2e.daemons("A")
     _notrack(e2e)
-    data = e2e.payload(IMPAIRED_SIZE).read_bytes()
-    first_part = 1 * MB
-    capture = e2e.bed.capture("plain-untracked-kill9")
-    received = e2e.bed.workdir / "plain-untracked-kill9-received.bin"
-    listener = e2e.nc_listen("B", received)
-    client = e2e.bed.a.popen(["nc", "-N", e2e.bed.addr("B"), str(NC_PORT)],
-                             stdin=subprocess.PIPE)
-    assert client.stdin is not None
-    client.stdin.write(data[:first_part])
-    client.stdin.flush()
-    wait_for_size(received, first_part)
+    data, capture, received, listener, client = _upload_first_megabyte(
+        e2e, "plain-untracked-kill9")
     assert daemons["A"].counters().get("fallback_no-eno") == 1   # the daemon had it
     daemons["A"].kill()
     try:   # the timeouts are hang protection only
-        client.communicate(data[first_part:], timeout=TRANSFER_TIMEOUT)
+        client.communicate(data[FIRST_PART:], timeout=TRANSFER_TIMEOUT)
         listener.wait(timeout=TRANSFER_TIMEOUT)
     finally:
         client.kill()
