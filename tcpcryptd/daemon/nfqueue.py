@@ -6,9 +6,9 @@ whole (up to ~64 KB) instead of segmenting them first, and takes them back with 
 payload (it segments a mangled super-packet itself on the way out). One readable event
 reads every waiting packet message (:meth:`PacketQueue.process`, up to :data:`RECV_BUDGET`
 per round); the first packet's verdict leaves at once, all the verdicts the others produced
-leave together in one ``sendmsg`` of several netlink messages; a run of consecutive packet ids accepted unchanged with the same mark becomes one
-``NFQNL_MSG_VERDICT_BATCH`` when no held packet has a lower id (a batch verdict covers every
-queued id up to its own). A packet that waits for keys is kept (its payload is already a
+leave together in one ``sendmsg`` of several netlink messages; a run of consecutive packet
+ids accepted unchanged with the same mark becomes one ``NFQNL_MSG_VERDICT_BATCH`` when no
+held packet has a lower id (a batch verdict covers every queued id up to its own). A packet that waits for keys is kept (its payload is already a
 copy) and given its verdict later, in any order; a verdict carries the packet's new nfmark
 (``NFQA_MARK``) and, when rewritten, its new bytes (``NFQA_PAYLOAD``). IPv4 and IPv6 share
 the queue.

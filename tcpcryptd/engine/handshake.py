@@ -4,11 +4,12 @@ Everything from a flow's SYN to its session: :func:`outbound_syn_phase` and
 :func:`inbound_syn_phase` take the segments of a flow that is not synchronized yet (SYN,
 SYN-ACK, retransmissions, RSTs, the third segment), :func:`half_open_segment` and
 :func:`syn_sent_segment` those of the compact records of the SYN phase
-(:class:`~tcpcryptd.engine.flow.HalfOpen`, :class:`~tcpcryptd.engine.flow.SynSent`); the Init1/Init2 exchange (or the
-resumed session) that follows is :mod:`tcpcryptd.engine.keying`.
+(:class:`~tcpcryptd.engine.flow.HalfOpen`, :class:`~tcpcryptd.engine.flow.SynSent`); the
+Init1/Init2 exchange (or the resumed session) that follows is :mod:`tcpcryptd.engine.keying`.
 
 * Outbound SYN (we are host A): the SYN-form ENO option is appended, TEPs by preference; the
-  option bytes are kept in the :class:`~tcpcryptd.core.negotiation.ENOEndpoint` so every
+  option bytes are kept (in the :class:`~tcpcryptd.engine.flow.SynSent` record, then in the
+  :class:`~tcpcryptd.core.negotiation.ENOEndpoint` of the flow it is promoted to) so every
   retransmitted SYN carries identical bytes and the transcript is exact (RFC 8547 §4.6, §4.8).
 * Inbound SYN with ENO (we are host B): the outbound SYN-ACK gets B's answer, the global
   suboption 0x01 plus one TEP (RFC 8547 §4.5).

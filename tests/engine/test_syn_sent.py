@@ -81,6 +81,14 @@ def test_the_syn_gets_our_option_and_a_full_checksum_and_leaves_a_record() -> No
     assert (status.state, status.role, status.tep, status.age) == ("syn-sent", "A", "", 1.5)
 
 
+def test_a_syn_without_room_for_the_option_goes_plain_and_leaves_no_record() -> None:
+    pair = Pair()
+    full = syn_options() + b"\x01" * 16 + b"\x1e\x04\x00\x00"   # 40 option bytes
+    result = pair.send(pair.a, pair.a.seg(ISN_A, 0, SYN, options=full), deliver=False)[0]
+    assert result.verdict is Verdict.ACCEPT and result.plain and result.data is None
+    assert pair.a.engine.counters["plain_option-space"] == 1 and pair.a.engine._flows == {}
+
+
 def test_a_syn_ack_without_eno_falls_back_from_the_record() -> None:
     pair = Pair()
     pair.send(pair.a, _syn(pair), deliver=False)
