@@ -736,9 +736,11 @@ def syn_sent_segment(ctx: Context, table: FlowTable, record: SynSent, pkt: TCPPa
     if flags == SYN:
         return False
     if flags == SYN | ACK and pkt.ack == (record.local_isn + 1) & MASK32:
-        opts = _options(pkt)
-        if opts is None or has_eno_option(opts):
-            return False
+        try:
+            if tcp_options.eno_options(pkt.options):
+                return False
+        except PacketError:
+            return False    # a malformed option list: on_syn_ack's fallback
         # what on_syn_ack decides on a flow for a SYN-ACK without ENO
         _offer_declined(ctx, record)
         table.fall_back(record, _NO_ENO, result)
