@@ -320,6 +320,7 @@ class Engine:
         drop_held(flow, result)
         if self._flows.get(flow.key) is flow:
             del self._flows[flow.key]
+            self._deadlines.drop(flow)
             if type(flow) is HalfOpen:
                 self._half_open -= 1
             if flow.stale is None:
@@ -411,10 +412,11 @@ class Engine:
         flow = promote(record) if passive else promote_syn_sent(record)  # type: ignore[arg-type]
         if self._flows.get(record.key) is record:
             self._flows[record.key] = flow
+            self._deadlines.drop(record)
             if passive:
                 self._half_open -= 1
                 record.stale = None
-            record.scheduled = None     # its heap entry is dead: the flow gets its own
+            record.scheduled = None     # the flow gets its own entry
         return flow
 
     def replace_inbound(self, flow: Flow | HalfOpen, pkt: TCPPacket, now: float,

@@ -201,3 +201,27 @@ def test_a_syn_ack_with_eno_promotes_and_the_connection_is_encrypted() -> None:
     live = [e for e in engine._deadlines.heap
             if e[2].scheduled == e[0] and engine._flows.get(e[2].key) is e[2]]
     assert [e[2] for e in live] == [flow]
+
+
+def test_records_wait_in_creation_order_and_leave_no_timer_entry_behind() -> None:
+    """A record's only deadline is its handshake's end: no heap entry, gone with it."""
+    config = EngineConfig()
+    pair = Pair(config)
+    engine = pair.a.engine
+    for k in range(300):
+        pair.a.port = 30000 + k
+        pair.b.peer_port = pair.a.port
+        pair.now = k * 0.01
+        pair.send(pair.a, _syn(pair), deliver=False)
+        if k % 3:
+            pair.arrive(pair.a, _plain_syn_ack(pair))   # falls back: forgotten
+    assert len(engine._flows) == 100 and engine.counters["fallback_no-eno"] == 200
+    assert engine._deadlines.heap == [] and len(engine._deadlines.records) == 100
+    # the first record left (k = 0) is the next deadline; they expire in order
+    assert engine.next_deadline() == config.handshake_timeout
+    pair.timer(pair.a, config.handshake_timeout + 1.0)
+    assert engine.counters["expired_handshake"] == 34
+    assert engine.next_deadline() == config.handshake_timeout + 1.02
+    pair.timer(pair.a, config.handshake_timeout + 3.0)
+    assert engine._flows == {} and engine._deadlines.records == {}
+    assert engine.next_deadline() is None
