@@ -5,10 +5,10 @@ the kernel hands over the local stack's GSO super-packets and GRO-merged inbound
 whole (up to ~64 KB) instead of segmenting them first, and takes them back with a new
 payload (it segments a mangled super-packet itself on the way out). One readable event
 reads every waiting packet message (:meth:`PacketQueue.process`, up to :data:`RECV_BUDGET`
-per round) and all the verdicts they produced leave in one ``sendmsg`` of several netlink
-messages; a run of consecutive packet ids accepted unchanged with the same mark becomes one
-``NFQNL_MSG_VERDICT_BATCH`` when no held packet has a lower id (a batch verdict covers every
-queued id up to its own). A packet that waits for keys is kept (its payload is already a
+per round); the first packet's verdict leaves at once, all the verdicts the others produced
+leave together in one ``sendmsg`` of several netlink messages; a run of consecutive packet
+ids accepted unchanged with the same mark becomes one ``NFQNL_MSG_VERDICT_BATCH`` when no
+held packet has a lower id (a batch verdict covers every queued id up to its own). A packet that waits for keys is kept (its payload is already a
 copy) and given its verdict later, in any order; a verdict carries the packet's new nfmark
 (``NFQA_MARK``) and, when rewritten, its new bytes (``NFQA_PAYLOAD``). IPv4 and IPv6 share
 the queue.
@@ -276,10 +276,18 @@ class PacketQueue:
     # ---- receiving
 
     def process(self) -> None:
-        """Handle the packets waiting on the socket (up to :data:`RECV_BUDGET`), then send
-        their verdicts."""
+        """Handle the packets waiting on the socket (up to :data:`RECV_BUDGET`) and send
+        their verdicts: the first packet's at once, before the socket is read again, the
+        others' together at the end.
+
+        A lone packet (latency-bound traffic: a SYN, a request) so does not wait for the
+        read that finds the socket empty; and the kernel goes on with that packet inside
+        the ``sendmsg`` (over a veth pair the peer's answer may be queued before it
+        returns, then the next read finds it without another ``epoll_wait``).
+        """
         recv_into, buffer, view = self._sock.recv_into, self._buffer, self._view
         messages = self._messages
+        first = True
         for _ in range(RECV_BUDGET):
             try:
                 size = recv_into(buffer)
@@ -291,6 +299,9 @@ class PacketQueue:
                     continue
                 raise
             messages(view, size)
+            if first:
+                first = False
+                self.flush()
         self.flush()
 
     def _messages(self, view: memoryview, size: int) -> None:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tcpcryptd.core.negotiation import Fallback
     from tcpcryptd.engine.actions import Result
     from tcpcryptd.engine.config import EngineConfig
-    from tcpcryptd.engine.flow import Flow, HalfOpen
+    from tcpcryptd.engine.flow import Flow, HalfOpen, SynSent
     from tcpcryptd.packet.tcp import TCPPacket
 
 
@@ -49,7 +49,8 @@ class Context:
 class FlowTable(Protocol):
     """The flow-table operations of the SYN phase (implemented by the engine)."""
 
-    def forget(self, flow: Flow | HalfOpen, result: Result, *, restore: bool = True) -> None:
+    def forget(self, flow: Flow | HalfOpen | SynSent, result: Result, *,
+               restore: bool = True) -> None:
         """Drop ``flow`` from the table (its held packets dropped)."""
 
     def open_flow(self, pkt: TCPPacket, outbound: bool, now: float,
@@ -63,5 +64,5 @@ class FlowTable(Protocol):
     def plain(self, reason: str, result: Result) -> Result:
         """Leave the connection plain, counted as ``plain_<reason>``."""
 
-    def fall_back(self, flow: Flow, fallback: Fallback, result: Result) -> None:
+    def fall_back(self, flow: Flow | SynSent, fallback: Fallback, result: Result) -> None:
         """ENO failed (RFC 8547 §4.6): forget the flow, the connection goes on plain."""

@@ -26,7 +26,9 @@ TIME-WAIT-like linger after both FINs or a RST, after which the flow is forgotte
 flood costs no cryptography: keys are generated only when Init1/Init2 is needed (or ahead
 of need, a few at most, in :meth:`Engine.prepare` while the daemon is idle), and a
 passive flow is a compact :class:`~tcpcryptd.engine.flow.HalfOpen` record (~0.8 KB) until
-the third segment promotes it to a :class:`~tcpcryptd.engine.flow.Flow`.
+the third segment promotes it to a :class:`~tcpcryptd.engine.flow.Flow`.  An outbound SYN
+likewise makes a :class:`~tcpcryptd.engine.flow.SynSent` record, promoted only when the
+SYN-ACK carries ENO: a peer without ENO costs no :class:`~tcpcryptd.engine.flow.Flow`.
 
 Counters: ``encrypted``, ``plain`` and ``plain_<reason>`` (never tried), ``fallback`` and
 ``fallback_<reason>`` (RFC 8547 §4.6), ``aborts`` and ``aborts_<reason>``,
@@ -56,18 +58,20 @@ from tcpcryptd.engine.flow import (
     FlowStatus,
     HalfOpen,
     State,
+    SynSent,
     flow_addresses,
     ip_end,
 )
 from tcpcryptd.engine.handshake import (
-    add_syn_option,
     half_open_segment,
     inbound_syn_phase,
     open_active,
     open_half_open,
     outbound_syn_phase,
     promote,
+    promote_syn_sent,
     syn_refusal,
+    syn_sent_segment,
 )
 from tcpcryptd.engine.inbound import fast_inbound, handle_inbound
 from tcpcryptd.engine.outbound import fast_outbound, handle_outbound
@@ -93,7 +97,7 @@ class Engine:
         #: take the fast paths for common segments (off: every packet is fully parsed; the
         #: tests compare both ways, which must give the same bytes)
         self.fast_path = fast_path
-        self._flows: dict[tuple, Flow | HalfOpen] = {}
+        self._flows: dict[tuple, Flow | HalfOpen | SynSent] = {}
         #: how many of them are :class:`HalfOpen` records (``max_half_open``)
         self._half_open = 0
         self._deadlines = Deadlines(self._ctx, self._flows)
@@ -143,7 +147,12 @@ class Engine:
                 fields = _TCP_FIXED.unpack_from(data, tcp_start)
                 flow = self._flows.get((version, src, fields[0], dst, fields[1]) if outbound
                                        else (version, dst, fields[1], src, fields[0]))
-                if flow is not None and flow.state is State.ENCRYPTED:
+                if flow is None:
+                    if outbound and fields[4] & (SYN | ACK | RST) == SYN:
+                        # a new connection's SYN leaves unchanged or rebuilt with a full
+                        # checksum (open_flow): nothing to complete
+                        checksum_partial = False
+                elif flow.state is State.ENCRYPTED:
                     if checksum_partial and (ip_end(data, tcp_start)
                                              <= tcp_start + ((fields[4] >> 12) << 2)):
                         # no payload: the fast paths edit the header in place
@@ -173,6 +182,11 @@ class Engine:
                     target = None
                 else:
                     flow = target = self._promote(flow)
+            elif type(flow) is SynSent:
+                if syn_sent_segment(ctx, self, flow, pkt, outbound, now, result):
+                    target = None
+                else:
+                    flow = target = self._promote(flow)
             if target is not None:
                 if flow.stale is not None:
                     target = route_stale(ctx, flow, pkt, outbound, now)
@@ -192,7 +206,7 @@ class Engine:
                 elif not inbound_syn_phase(ctx, self, target, pkt, now, result):
                     handle_inbound(ctx, target, pkt, now, result)
         except Exception as error:  # noqa: BLE001 -- a bug must not stop the daemon or leak
-            if target is None or type(target) is HalfOpen:
+            if target is None or type(target) in (HalfOpen, SynSent):
                 target = self._promote(flow)    # type: ignore[arg-type]
             fail(ctx, target, error, now, result)
         current = self._flows.get(key)
@@ -298,15 +312,19 @@ class Engine:
 
     # -- the flow table (context.FlowTable, for the SYN phase) ----------------------------
 
-    def forget(self, flow: Flow | HalfOpen, result: Result, *, restore: bool = True) -> None:
+    def forget(self, flow: Flow | HalfOpen | SynSent, result: Result, *,
+               restore: bool = True) -> None:
         """Drop ``flow`` from the table, its held packets with it (dropped: never released
         unencrypted); an ended flow it stood in for comes back (unless ``restore`` is
         False: the flow is being replaced)."""
         drop_held(flow, result)
         if self._flows.get(flow.key) is flow:
             del self._flows[flow.key]
+            self._deadlines.drop(flow)
             if type(flow) is HalfOpen:
                 self._half_open -= 1
+            if flow.stale is None:
+                return
             stale = live_stale(self._ctx, flow, self._ctx.now) if restore else None
             flow.stale = None
             if stale is not None:
@@ -314,7 +332,7 @@ class Engine:
                 stale.scheduled = None
                 self._deadlines.schedule(stale)
 
-    def fall_back(self, flow: Flow, fallback: Fallback, result: Result) -> None:
+    def fall_back(self, flow: Flow | SynSent, fallback: Fallback, result: Result) -> None:
         """ENO failed (RFC 8547 §4.6): forget the flow, the connection goes on plain."""
         self._fell_back(flow.key, fallback, result)
         self.forget(flow, result)
@@ -375,9 +393,12 @@ class Engine:
         if len(self._flows) >= cfg.max_flows:
             return self.plain("flow-limit")
         if outbound:
-            flow = open_active(self._ctx, pkt, now)
-            if not add_syn_option(flow, pkt):
+            flow = open_active(self._ctx, pkt, pkt.to_bytes() if raw is None else bytes(raw), now)
+            if flow is None:
                 return self.plain("option-space")
+            # with a full checksum: the stack's SYN may hold only the pseudo-header sum
+            # (handle_packet leaves it so)
+            out = pkt.to_bytes()
         else:
             opened = open_half_open(self._ctx, pkt, pkt.to_bytes() if raw is None else bytes(raw),
                                     now)
@@ -391,19 +412,24 @@ class Engine:
                 return self.plain("half-open-limit")
             self._half_open += 1
             flow = opened
+            out = pkt.to_bytes_incremental()
         self._flows[flow.key] = flow
         self._deadlines.schedule(flow)
-        return Result(Verdict.ACCEPT, pkt.to_bytes_incremental())
+        return Result(Verdict.ACCEPT, out)
 
-    def _promote(self, record: HalfOpen) -> Flow:
-        """The record's :class:`Flow` (:func:`~tcpcryptd.engine.handshake.promote`), in the
-        record's place in the table if it has one there; the caller schedules it."""
-        flow = promote(record)
+    def _promote(self, record: HalfOpen | SynSent) -> Flow:
+        """The record's :class:`Flow` (:func:`~tcpcryptd.engine.handshake.promote`,
+        :func:`~tcpcryptd.engine.handshake.promote_syn_sent`), in the record's place in the
+        table if it has one there; the caller schedules it."""
+        passive = type(record) is HalfOpen
+        flow = promote(record) if passive else promote_syn_sent(record)  # type: ignore[arg-type]
         if self._flows.get(record.key) is record:
             self._flows[record.key] = flow
-            self._half_open -= 1
-            record.stale = None
-            record.scheduled = None     # its heap entry is dead: the flow gets its own
+            self._deadlines.drop(record)
+            if passive:
+                self._half_open -= 1
+                record.stale = None
+            record.scheduled = None     # the flow gets its own entry
         return flow
 
     def replace_inbound(self, flow: Flow | HalfOpen, pkt: TCPPacket, now: float,

@@ -485,7 +485,83 @@ def _tep_name(tep: int) -> str:
         return f"0x{tep:02x}"
 
 
-class HalfOpen:
+class SynRecord:
+    """What the two SYN-phase records (:class:`HalfOpen`, :class:`SynSent`) share: the
+    attributes the table and timer code read on every flow are class constants here (no
+    keys, no deadlines of their own, never closed; nothing is held before the handshake ends,
+    there are no keys to wait for), and the status line of a flow not negotiated yet."""
+
+    __slots__ = ()
+
+    key: FlowKey
+    role: Role
+    state: State
+    created: float
+    held = ()
+    closed_at = None
+    session = None
+    rtx_deadline = None
+    dl_deadline = None
+    aead_idle_at = None
+    #: the negotiated TEP (0: not negotiated yet)
+    tep = 0
+
+    def status(self, now: float) -> FlowStatus:
+        local, remote = flow_addresses(self.key)
+        return FlowStatus(
+            local=local, remote=remote, state=str(self.state), role=str(self.role),
+            tep=_tep_name(self.tep), aead="", session_id="", age=now - self.created,
+            packets_out=0, packets_in=0, bytes_out_plain=0, bytes_out_wire=0,
+            bytes_in_wire=0, bytes_in_plain=0, abort_reason="")
+
+
+class SynSent(SynRecord):
+    """An active ENO flow before the peer's SYN-ACK: the SYN-phase record of host A.
+
+    Whether the peer takes part is known only from its SYN-ACK (RFC 8547 §4.5, §4.6), and
+    most peers answer without ENO: the connection then falls back to plain TCP and the flow
+    is forgotten.  Until then host A keeps only what it cannot derive again: the local
+    stack's SYN as it left the stack (raw bytes, before our option), our SYN-form option
+    (identical in every SYN, retransmissions included, RFC 8547 §4.6, §4.8), the cached
+    secret the option offers (RFC 8548 §3.5), the ISN, the times and the SYN count.  No ENO
+    endpoint, send map, reassembly or buffers: an outbound SYN costs one small object.
+
+    The engine answers the stack's SYNs (retransmitted, or a new one replacing the record),
+    its other segments of the SYN phase, the peer's RSTs and a SYN-ACK without ENO from the
+    record (:func:`~tcpcryptd.engine.handshake.syn_sent_segment`), and expires it like any
+    handshake (``handshake_timeout``).  Any other segment (a SYN-ACK with ENO, the peer's
+    SYN of a simultaneous open) promotes it: :func:`~tcpcryptd.engine.handshake.promote`
+    builds the :class:`Flow` the SYN would have made, and the flow goes on exactly as if it
+    had been a :class:`Flow` all along.
+    """
+
+    __slots__ = ("key", "syn", "syn_option", "local_isn", "resume_entry", "created",
+                 "last_activity", "syn_sends", "scheduled")
+
+    role = Role.A
+    state = State.SYN_SENT
+    #: the ENO endpoint is built at promotion: a SYN the record sends takes ``syn_option``
+    eno = None
+    negotiated = None
+    stale = None
+
+    def __init__(self, key: FlowKey, syn: bytes, syn_option: bytes, local_isn: int,
+                 resume_entry: CacheEntry | None, now: float) -> None:
+        self.key = key
+        #: the local stack's SYN as it arrived (IP header included, without our option)
+        self.syn = syn
+        #: our SYN-form option, added to every SYN
+        self.syn_option = syn_option
+        self.local_isn = local_isn
+        #: the cached secret the option offers (taken from the cache), or None
+        self.resume_entry = resume_entry
+        #: when the first SYN left (the SYN's RTT sample, RFC 6298 §3, is taken from it)
+        self.created = self.last_activity = now
+        self.syn_sends = 1
+        self.scheduled: float | None = None
+
+
+class HalfOpen(SynRecord):
     """A passive ENO flow before the peer's third segment: the SYN-phase record.
 
     Host B learns whether encryption is on only from A's first ACK (RFC 8547 §4.6), and a
@@ -501,8 +577,7 @@ class HalfOpen:
     segment promotes it (:meth:`~tcpcryptd.engine.engine.Engine._promote`): the stored
     segments and the record's ENO answer rebuild the :class:`Flow` the SYN and the SYN-ACK
     would have made (:func:`~tcpcryptd.engine.handshake.promote`, without negotiating
-    again), so the flow goes on exactly as if it had been a :class:`Flow` all along.  Attributes the timer code reads on every flow are class
-    constants here (no keys, no deadlines of their own, never closed).
+    again), so the flow goes on exactly as if it had been a :class:`Flow` all along.
     """
 
     __slots__ = ("key", "syn", "syn_ack", "syn_option", "tep", "peer_isn", "created",
@@ -510,12 +585,6 @@ class HalfOpen:
 
     role = Role.B
     state = State.SYN_RECEIVED
-    held = ()   # nothing is held before the third segment: there are no keys to wait for
-    closed_at = None
-    session = None
-    rtx_deadline = None
-    dl_deadline = None
-    aead_idle_at = None
 
     def __init__(self, key: FlowKey, syn: bytes, syn_option: bytes, tep: int, peer_isn: int,
                  now: float) -> None:
@@ -545,14 +614,6 @@ class HalfOpen:
     def stack_window(self) -> int:
         """The window field of the stack's latest SYN-ACK (65535 before one)."""
         return 65535 if self.syn_ack is None else TCPPacket.parse(self.syn_ack).window
-
-    def status(self, now: float) -> FlowStatus:
-        local, remote = flow_addresses(self.key)
-        return FlowStatus(
-            local=local, remote=remote, state=str(self.state), role=str(self.role),
-            tep=_tep_name(self.tep), aead="", session_id="",
-            age=now - self.created, packets_out=0, packets_in=0, bytes_out_plain=0,
-            bytes_out_wire=0, bytes_in_wire=0, bytes_in_plain=0, abort_reason="")
 
 
 #: The timestamp option as Linux lays it out, alone or first: NOP NOP TS (RFC 7323 App. A)

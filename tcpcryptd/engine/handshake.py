@@ -2,12 +2,14 @@
 
 Everything from a flow's SYN to its session: :func:`outbound_syn_phase` and
 :func:`inbound_syn_phase` take the segments of a flow that is not synchronized yet (SYN,
-SYN-ACK, retransmissions, RSTs, the third segment), :func:`half_open_segment` those of a
-compact :class:`~tcpcryptd.engine.flow.HalfOpen` record; the Init1/Init2 exchange (or the
-resumed session) that follows is :mod:`tcpcryptd.engine.keying`.
+SYN-ACK, retransmissions, RSTs, the third segment), :func:`half_open_segment` and
+:func:`syn_sent_segment` those of the compact records of the SYN phase
+(:class:`~tcpcryptd.engine.flow.HalfOpen`, :class:`~tcpcryptd.engine.flow.SynSent`); the
+Init1/Init2 exchange (or the resumed session) that follows is :mod:`tcpcryptd.engine.keying`.
 
 * Outbound SYN (we are host A): the SYN-form ENO option is appended, TEPs by preference; the
-  option bytes are kept in the :class:`~tcpcryptd.core.negotiation.ENOEndpoint` so every
+  option bytes are kept (in the :class:`~tcpcryptd.engine.flow.SynSent` record, then in the
+  :class:`~tcpcryptd.core.negotiation.ENOEndpoint` of the flow it is promoted to) so every
   retransmitted SYN carries identical bytes and the transcript is exact (RFC 8547 §4.6, §4.8).
 * Inbound SYN with ENO (we are host B): the outbound SYN-ACK gets B's answer, the global
   suboption 0x01 plus one TEP (RFC 8547 §4.5).
@@ -62,7 +64,15 @@ from tcpcryptd.core.negotiation import (
 from tcpcryptd.core.resumption import CacheEntry, new_resumption_nonce
 from tcpcryptd.engine.actions import Direction, Result, Transmit, Verdict
 from tcpcryptd.engine.context import Context, FlowTable
-from tcpcryptd.engine.flow import DEFAULT_MSS, MASK32, MSS_CLAMP, Flow, HalfOpen, State
+from tcpcryptd.engine.flow import (
+    DEFAULT_MSS,
+    MASK32,
+    MSS_CLAMP,
+    Flow,
+    HalfOpen,
+    State,
+    SynSent,
+)
 from tcpcryptd.engine.keying import peer_of, resume, start_init1
 from tcpcryptd.packet import options as tcp_options
 from tcpcryptd.packet.tcp import ACK, FIN, RST, SYN, FlowKey, PacketError, TCPPacket
@@ -195,8 +205,10 @@ def _resumption_offer(ctx: Context, pkt: TCPPacket, now: float
         entry.tep, entry.own_half, nonce)]), entry
 
 
-def open_active(ctx: Context, pkt: TCPPacket, now: float) -> Flow:
-    """A new flow for an outbound SYN; we are host A (caller checked :func:`syn_refusal`).
+def open_active(ctx: Context, pkt: TCPPacket, raw: bytes, now: float) -> SynSent | None:
+    """An outbound SYN (we are host A; the caller checked :func:`syn_refusal`): our SYN-form
+    ENO option appended to ``pkt``'s options, TEPs by preference, and the record of the
+    flow (``raw``: the SYN as the stack sent it); None when the option does not fit.
 
     With a cached secret for the peer the SYN offers resumption (:func:`_resumption_offer`);
     only a resumption answer naming that secret's identifier is valid then (RFC 8548 §3.5).
@@ -204,22 +216,40 @@ def open_active(ctx: Context, pkt: TCPPacket, now: float) -> Flow:
     passive_role = pkt.sport in ctx.config.passive_role_ports
     offer = None if passive_role else _resumption_offer(ctx, pkt, now)
     if offer is None:
-        eno = ENOEndpoint.active(_active_syn_option(tuple(ctx.config.teps), passive_role))
+        option, entry = _active_syn_option(tuple(ctx.config.teps), passive_role).raw, None
     else:
-        eno = ENOEndpoint.active(offer[0], is_valid=TcpcryptValidity(resume_id=offer[1].resume_id))
-    flow = Flow(pkt.flow_key(), Role.A, eno, now)
-    if offer is not None:
-        flow.resume_entry = offer[1]
-    flow.local_isn = pkt.seq
-    _record_syn(flow, pkt, local=True)
+        option, entry = offer[0].raw, offer[1]
+    try:
+        pkt.options = tcp_options.add(pkt.options, option)
+    except PacketError:
+        return None
+    return SynSent(pkt.flow_key(), raw, option, pkt.seq, entry, now)
+
+
+def promote_syn_sent(record: SynSent) -> Flow:
+    """The :class:`Flow` a :class:`SynSent` record stands for, as the SYN would have made
+    it, with the record's times and SYN count: the ENO endpoint of our option (valid
+    answers to a resumption offer name its secret, RFC 8548 §3.5) and the options of the
+    stack's SYN (:func:`_record_syn`)."""
+    entry = record.resume_entry
+    local = parse_syn_option(record.syn_option)
+    eno = (ENOEndpoint.active(local) if entry is None else
+           ENOEndpoint.active(local, is_valid=TcpcryptValidity(resume_id=entry.resume_id)))
+    flow = Flow(record.key, Role.A, eno, record.created)
+    flow.resume_entry = entry
+    flow.local_isn = record.local_isn
+    _record_syn(flow, TCPPacket.parse(record.syn), local=True)
+    flow.syn_sends = record.syn_sends
+    flow.last_activity = record.last_activity
     return flow
 
 
-def add_syn_option(flow: Flow, pkt: TCPPacket) -> bool:
+def add_syn_option(flow: Flow | SynSent, pkt: TCPPacket) -> bool:
     """Append our SYN-form ENO option to an outbound SYN or SYN-ACK; False if it cannot.
 
-    Once the session exists the ENO endpoint is gone; a SYN-ACK retransmitted then carries
-    the same option bytes, kept in ``flow.syn_option``.
+    Without an ENO endpoint (a :class:`SynSent` record has none yet; once the session
+    exists it is gone) the segment carries the same option bytes as before, kept in
+    ``flow.syn_option`` (a SYN-ACK retransmitted after the session exists).
     """
     eno = flow.eno
     option = (flow.syn_option if eno is None
@@ -233,18 +263,24 @@ def add_syn_option(flow: Flow, pkt: TCPPacket) -> bool:
     return True
 
 
+def _offer_declined(ctx: Context, flow: Flow | SynSent) -> None:
+    """The peer did not resume the secret our SYN offered: it is dropped (counted
+    ``resume_declined``), the fresh exchange follows, and it is never offered again
+    (RFC 8548 §3.5)."""
+    if flow.resume_entry is not None:
+        flow.resume_entry = None
+        ctx.count("resume_declined")
+
+
 def on_syn_ack(ctx: Context, flow: Flow, pkt: TCPPacket, now: float) -> Fallback | None:
     """Host A receives the SYN-ACK: negotiate (RFC 8547 §4.5, §4.6); clamp its MSS.  An
-    offered secret the peer did not resume is dropped (counted ``resume_declined``): the
-    fresh exchange follows, and the secret is never offered again (§3.5)."""
+    offered secret the peer did not resume is dropped (:func:`_offer_declined`)."""
     opts = _options(pkt)
     if opts is None:
         return Fallback(FallbackReason.MALFORMED)
     flow.eno.on_received(syn=True, ack=True, options=opts)
-    if flow.resume_entry is not None and not (flow.eno.negotiated
-                                              and flow.eno.negotiated.resumed):
-        flow.resume_entry = None
-        ctx.count("resume_declined")
+    if not (flow.eno.negotiated and flow.eno.negotiated.resumed):
+        _offer_declined(ctx, flow)
     if flow.eno.negotiated is None:
         return flow.eno.outcome if isinstance(flow.eno.outcome, Fallback) else Fallback(
             FallbackReason.NO_ENO)
@@ -279,9 +315,8 @@ def on_simultaneous_syn(ctx: Context, flow: Flow, pkt: TCPPacket) -> Fallback | 
         if not isinstance(outcome, Fallback) or outcome.reason is FallbackReason.ROLE_CONFLICT:
             return Fallback(FallbackReason.SIMULTANEOUS_OPEN)
         return outcome
-    if flow.resume_entry is not None and not negotiated.resumed:
-        flow.resume_entry = None
-        ctx.count("resume_declined")
+    if not negotiated.resumed:
+        _offer_declined(ctx, flow)
     flow.negotiated = negotiated
     flow.role = negotiated.role
     flow.tep = negotiated.tep
@@ -683,6 +718,34 @@ def half_open_segment(ctx: Context, table: FlowTable, record: HalfOpen, pkt: TCP
         syn_received_rst(ctx, table, record, pkt, result)
         return True
     return False
+
+
+def syn_sent_segment(ctx: Context, table: FlowTable, record: SynSent, pkt: TCPPacket,
+                     outbound: bool, now: float, result: Result) -> bool:
+    """A segment on a :class:`SynSent` record, handled as the functions above handle it on
+    a syn-sent :class:`Flow`; False when the segment needs the flow itself (a SYN-ACK that
+    answers our SYN with an ENO option or a malformed option list, the peer's SYN or the
+    stack's SYN-ACK of a simultaneous open): the caller promotes the record and runs the
+    usual path.  The stack's SYNs and other segments, the peer's RSTs, its other segments
+    and a SYN-ACK without ENO (the connection falls back, RFC 8547 §4.6) are answered from
+    the record and never promote it."""
+    flags = pkt.flags & (SYN | ACK | RST)
+    if outbound:
+        return flags & (SYN | ACK) != SYN | ACK and outbound_syn_phase(
+            ctx, table, record, pkt, now, result)   # type: ignore[arg-type]
+    if flags == SYN:
+        return False
+    if flags == SYN | ACK and pkt.ack == (record.local_isn + 1) & MASK32:
+        try:
+            if tcp_options.eno_options(pkt.options):
+                return False
+        except PacketError:
+            return False    # a malformed option list: on_syn_ack's fallback
+        # what on_syn_ack decides on a flow for a SYN-ACK without ENO
+        _offer_declined(ctx, record)
+        table.fall_back(record, _NO_ENO, result)
+        return True
+    return inbound_syn_phase(ctx, table, record, pkt, now, result)   # type: ignore[arg-type]
 
 
 def syn_received_rst(ctx: Context, table: FlowTable, flow: Flow | HalfOpen, pkt: TCPPacket,

@@ -14,7 +14,11 @@ time (``idle_timeout``), of its linger and tombstone, and the three timers of an
 
 :class:`Deadlines` keeps them in one heap with lazy deletion: a flow's entry is live while
 ``flow.scheduled`` equals its time; stale entries are skipped and compacted away, so the heap
-holds at most ~1.5 entries per flow (docs/ARCHITECTURE.md "Memory").
+holds at most ~1.5 entries per flow (docs/ARCHITECTURE.md "Memory").  The SYN-phase records
+(:class:`~tcpcryptd.engine.flow.HalfOpen`, :class:`~tcpcryptd.engine.flow.SynSent`) have
+no heap entry: a record's only deadline is the end of its handshake, which never moves, so
+they wait in creation order and leave with the record (most are forgotten or promoted
+within a round trip; an entry of the heap would keep each dead one until a compaction).
 """
 
 from __future__ import annotations
@@ -27,10 +31,15 @@ from tcpcryptd.engine.actions import Result
 from tcpcryptd.engine.closing import abort, bury
 from tcpcryptd.engine.context import Context
 from tcpcryptd.engine.delivery import redeliver
-from tcpcryptd.engine.flow import HANDSHAKE_STATES, Flow, HalfOpen, State
+from tcpcryptd.engine.flow import HANDSHAKE_STATES, Flow, HalfOpen, State, SynRecord, SynSent
+from tcpcryptd.packet.tcp import FlowKey
 
 
-def deadline(ctx: Context, flow: Flow | HalfOpen) -> float:
+#: The SYN-phase record types (:attr:`Deadlines.records`)
+_RECORDS = (HalfOpen, SynSent)
+
+
+def deadline(ctx: Context, flow: Flow | HalfOpen | SynSent) -> float:
     """When the flow's earliest timer runs out."""
     cfg = ctx.config
     if flow.state is State.TOMBSTONE:
@@ -50,16 +59,20 @@ def deadline(ctx: Context, flow: Flow | HalfOpen) -> float:
 class Deadlines:
     """The heap of flow deadlines (time, tiebreak, flow) of one engine's flow table."""
 
-    __slots__ = ("heap", "_ctx", "_flows", "_tiebreak")
+    __slots__ = ("heap", "records", "_ctx", "_flows", "_tiebreak")
 
     def __init__(self, ctx: Context, flows: dict) -> None:
-        self.heap: list[tuple[float, int, Flow | HalfOpen]] = []
+        self.heap: list[tuple[float, int, Flow]] = []
+        #: the SYN-phase records by key, in the order they were scheduled (created): their
+        #: deadlines' order while ``handshake_timeout`` stays
+        self.records: dict[FlowKey, SynRecord] = {}
         self._ctx = ctx
         self._flows = flows
         self._tiebreak = itertools.count()
 
-    def schedule(self, flow: Flow | HalfOpen) -> None:
-        """Push the flow's deadline if it is earlier than its live entry (or it has none)."""
+    def schedule(self, flow: Flow | HalfOpen | SynSent) -> None:
+        """Push the flow's deadline if it is earlier than its live entry (or it has none); a
+        record's, once, into :attr:`records`."""
         ctx = self._ctx
         cfg = ctx.config
         release = flow.aead_idle_at
@@ -79,6 +92,9 @@ class Deadlines:
         when = deadline(ctx, flow)
         if scheduled is None or when < scheduled:
             flow.scheduled = when
+            if type(flow) in _RECORDS:
+                self.records[flow.key] = flow   # type: ignore[assignment]
+                return
             heap = self.heap
             heapq.heappush(heap, (when, next(self._tiebreak), flow))
             if len(heap) > 3 * len(self._flows) // 2 + 256:
@@ -92,20 +108,32 @@ class Deadlines:
                      if entry[2].scheduled == entry[0] and flows.get(entry[2].key) is entry[2]]
         heapq.heapify(self.heap)
 
+    def drop(self, flow: Flow | HalfOpen | SynSent) -> None:
+        """``flow`` left the table (forgotten, or a record promoted): a record's entry goes
+        with it (a flow's heap entry is skipped when it comes up)."""
+        if self.records.get(flow.key) is flow:
+            del self.records[flow.key]
+
     def next(self) -> float | None:
         """The earliest live deadline, or None."""
         heap = self.heap
+        first = None
         while heap:
             when, _, flow = heap[0]
             if flow.scheduled == when and self._flows.get(flow.key) is flow:
-                return when
+                first = when
+                break
             heapq.heappop(heap)
-        return None
+        for record in self.records.values():
+            if first is None or record.scheduled < first:   # type: ignore[operator]
+                first = record.scheduled
+            break
+        return first
 
-    def due(self, now: float) -> Iterator[Flow | HalfOpen]:
-        """Pop the flows whose live deadline is at or before ``now``, earliest first (a
-        flow scheduled again meanwhile for a time already due comes again; entries pushed
-        after a compaction meanwhile wait for the next call)."""
+    def due(self, now: float) -> Iterator[Flow | HalfOpen | SynSent]:
+        """Pop the flows whose live deadline is at or before ``now``, the heap's earliest
+        first, then the records' (a flow scheduled again meanwhile for a time already due
+        comes again; entries pushed after a compaction meanwhile wait for the next call)."""
         heap = self.heap
         while heap and heap[0][0] <= now:
             when, _, flow = heapq.heappop(heap)
@@ -113,6 +141,15 @@ class Deadlines:
                 continue
             flow.scheduled = None
             yield flow
+        records = self.records
+        while records:
+            key = next(iter(records))
+            record = records[key]
+            if record.scheduled > now:   # type: ignore[operator]
+                break
+            del records[key]
+            record.scheduled = None
+            yield record
 
 
 def expire(ctx: Context, flow: Flow, now: float, result: Result) -> bool:

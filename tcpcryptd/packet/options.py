@@ -82,8 +82,18 @@ _SACK_BLOCK_LEN = 8
 # Kinds whose data are 32-bit numbers: added at an offset of 2 mod 4, so the numbers are
 # 32-bit aligned (the layout of RFC 7323 Appendix A and RFC 2018 §3).
 _WORD_ALIGNED_KINDS = frozenset((TS, SACK))
-#: The kinds the getters read, with the lengths :func:`_is_well_formed` checks.
-_READ_KINDS = frozenset((MSS, WS, SACK_PERM, TS, SACK, TFO))
+#: The kinds the getters read, each with the lengths its RFC allows (a known kind with
+#: another length is skipped, see the module docstring): MSS (RFC 9293 §3.7.1), window scale and
+#: timestamps (RFC 7323 §2.2, §3.2), SACK-permitted and SACK with 1 to 4 blocks (RFC 2018
+#: §2, §3), TFO: a cookie request or a 4..16-byte cookie (RFC 7413 §4.1.1).
+_WELL_FORMED: dict[int, frozenset[int]] = {
+    MSS: frozenset((4,)),
+    WS: frozenset((3,)),
+    SACK_PERM: frozenset((2,)),
+    TS: frozenset((10,)),
+    SACK: frozenset(2 + _SACK_BLOCK_LEN * blocks for blocks in range(1, 5)),
+    TFO: frozenset((2, *range(6, 19))),
+}
 
 
 class OptionError(PacketError):
@@ -92,22 +102,6 @@ class OptionError(PacketError):
 
 class OptionSpaceError(PacketError):
     """An edited option list would exceed the 40 bytes of a TCP header."""
-
-
-def _is_well_formed(kind: int, length: int) -> bool:
-    """Whether an option of a kind the getters read has a length its RFC allows."""
-    if kind == MSS:
-        return length == 4
-    if kind == WS:
-        return length == 3
-    if kind == SACK_PERM:
-        return length == 2
-    if kind == TS:
-        return length == 10
-    if kind == SACK:
-        return 10 <= length <= 34 and (length - 2) % _SACK_BLOCK_LEN == 0
-    # TFO, RFC 7413 §4.1.1: a cookie request (no cookie) or a 4..16-byte cookie.
-    return length == 2 or 6 <= length <= 18
 
 
 #: One walk of an option list: ``[(kind, group_start, start, end)]`` of every option, the end
@@ -136,6 +130,7 @@ def _scan(raw: Buffer) -> _Scan:
             return scanned
     items: list[tuple[int, int, int, int]] = []
     found: dict[int, list[tuple[int, int]]] = {}
+    well_formed = _WELL_FORMED
     n = len(raw)
     i = 0
     group_start = 0
@@ -154,7 +149,7 @@ def _scan(raw: Buffer) -> _Scan:
             raise OptionError(f"option kind {kind} with bad length {length}")
         end = i + length
         items.append((kind, group_start, i, end))
-        if kind in _READ_KINDS and _is_well_formed(kind, length):
+        if length in well_formed.get(kind, ()):
             found.setdefault(kind, []).append((i, end))
         i = group_start = content_end = end
     scanned = (items, content_end, found)

@@ -101,12 +101,26 @@ def test_a_packet_message_and_its_verdict_with_mark_and_payload(bed):
     assert sent(kernel) == [(NFQNL_MSG_VERDICT, NF_ACCEPT, 7, 0x25, b"new bytes")]
 
 
-def test_verdicts_of_one_round_leave_in_one_send_and_runs_become_one_batch(bed):
+def test_the_first_verdict_leaves_at_once_the_rest_of_the_round_in_one_send(bed):
     kernel, queue, seen, _ = bed
-    for packet_id in (10, 11, 12, 13, 20):
+    for packet_id in (9, 10, 11, 12, 13, 20):
         kernel.send(packet_message(packet_id, b"x" * 40))
-    queue.callback = lambda p: p.drop() if p.id == 20 else p.accept(1)
+    reads = []
+
+    def callback(packet):
+        # what the kernel has received when the packet is handled
+        kernel.setblocking(False)
+        try:
+            reads.append((packet.id, sent(kernel)))
+        except BlockingIOError:
+            pass
+        kernel.setblocking(True)
+        packet.drop() if packet.id == 20 else packet.accept(1)
+    queue.callback = callback
     queue.process()
+    # the first packet's verdict was sent before the second packet was read
+    assert reads == [(10, [(NFQNL_MSG_VERDICT, NF_ACCEPT, 9, 1, None)])]
+    # the others' in one send, the run of accepts as one batch verdict
     assert sent(kernel) == [(NFQNL_MSG_VERDICT_BATCH, NF_ACCEPT, 13, 1, None),
                             (NFQNL_MSG_VERDICT, NF_DROP, 20, None, None)]
     assert queue.counters["daemon_verdict_batches"] == 1
@@ -115,12 +129,13 @@ def test_verdicts_of_one_round_leave_in_one_send_and_runs_become_one_batch(bed):
 def test_no_batch_over_a_held_packet(bed):
     kernel, queue, seen, held = bed
     held.add(4)
-    for packet_id in (5, 6):
+    for packet_id in (5, 6, 7):
         kernel.send(packet_message(packet_id, b"x" * 40))
     queue.callback = lambda p: p.accept()
     queue.process()
-    assert sent(kernel) == [(NFQNL_MSG_VERDICT, NF_ACCEPT, 5, None, None),
-                            (NFQNL_MSG_VERDICT, NF_ACCEPT, 6, None, None)]
+    assert sent(kernel) == [(NFQNL_MSG_VERDICT, NF_ACCEPT, 5, None, None)]
+    assert sent(kernel) == [(NFQNL_MSG_VERDICT, NF_ACCEPT, 6, None, None),
+                            (NFQNL_MSG_VERDICT, NF_ACCEPT, 7, None, None)]
 
 
 def test_a_payload_too_long_for_a_verdict_drops_the_packet(bed):

@@ -106,6 +106,20 @@ def test_known_kinds_with_wrong_length_are_skipped_like_linux() -> None:
     assert options.replace_sack(b"\x05\x0c" + bytes(10), []) == b""
 
 
+def test_each_read_kind_is_taken_at_exactly_the_lengths_its_rfc_allows() -> None:
+    allowed = {options.MSS: {4}, options.WS: {3}, options.SACK_PERM: {2}, options.TS: {10},
+               options.SACK: {10, 18, 26, 34}, options.TFO: {2, *range(6, 19)}}
+    getters = {options.MSS: options.mss, options.WS: options.wscale,
+               options.SACK_PERM: options.sack_permitted, options.TS: options.timestamps,
+               options.SACK: options.sack_blocks, options.TFO: options.tfo}
+    for kind, lengths in allowed.items():
+        for length in range(2, 41):
+            raw = bytes((kind, length)) + bytes(range(1, length - 1))
+            value = getters[kind](raw + bytes(-len(raw) % 4))
+            taken = value is not None and value is not False and value != []
+            assert taken is (length in lengths), (kind, length)
+
+
 def test_duplicates_read_last_and_edited_all_like_linux() -> None:
     two_mss = b"\x02\x04\x05\xb4\x02\x04\x23\x28"  # 1460, then 9000
     assert options.mss(two_mss) == 9000
