@@ -65,6 +65,7 @@ from tcpcryptd.engine.flow import (
 from tcpcryptd.engine.handshake import (
     half_open_segment,
     inbound_syn_phase,
+    offer_declined,
     open_active,
     open_half_open,
     outbound_syn_phase,
@@ -349,12 +350,14 @@ class Engine:
         """The kernel made the connection ``key`` plain without the queue: the peer's
         SYN-ACK carried no ENO option and the local stack acknowledged it, so it answered
         our SYN exactly (RFC 8547 §4.6; daemon/nftables.py, which also counts it). Its
-        syn-sent flow is forgotten. A flow in any other state saw a SYN-ACK itself and
-        decides alone: nothing happens (nor for an unknown ``key``)."""
+        syn-sent flow is forgotten (a secret its SYN offered counts ``resume_declined``, as
+        when the daemon sees such a SYN-ACK). A flow in any other state saw a SYN-ACK itself
+        and decides alone: nothing happens (nor for an unknown ``key``)."""
         result = Result(None)
         flow = self._flows.get(key)
         if flow is not None and flow.state is State.SYN_SENT and flow.closed_at is None:
             self._ctx.now = now
+            offer_declined(self._ctx, flow)
             self.forget(flow, result)
         return result
 

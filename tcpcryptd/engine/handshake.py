@@ -263,7 +263,7 @@ def add_syn_option(flow: Flow | SynSent, pkt: TCPPacket) -> bool:
     return True
 
 
-def _offer_declined(ctx: Context, flow: Flow | SynSent) -> None:
+def offer_declined(ctx: Context, flow: Flow | SynSent) -> None:
     """The peer did not resume the secret our SYN offered: it is dropped (counted
     ``resume_declined``), the fresh exchange follows, and it is never offered again
     (RFC 8548 §3.5)."""
@@ -274,13 +274,13 @@ def _offer_declined(ctx: Context, flow: Flow | SynSent) -> None:
 
 def on_syn_ack(ctx: Context, flow: Flow, pkt: TCPPacket, now: float) -> Fallback | None:
     """Host A receives the SYN-ACK: negotiate (RFC 8547 §4.5, §4.6); clamp its MSS.  An
-    offered secret the peer did not resume is dropped (:func:`_offer_declined`)."""
+    offered secret the peer did not resume is dropped (:func:`offer_declined`)."""
     opts = _options(pkt)
     if opts is None:
         return Fallback(FallbackReason.MALFORMED)
     flow.eno.on_received(syn=True, ack=True, options=opts)
     if not (flow.eno.negotiated and flow.eno.negotiated.resumed):
-        _offer_declined(ctx, flow)
+        offer_declined(ctx, flow)
     if flow.eno.negotiated is None:
         return flow.eno.outcome if isinstance(flow.eno.outcome, Fallback) else Fallback(
             FallbackReason.NO_ENO)
@@ -316,7 +316,7 @@ def on_simultaneous_syn(ctx: Context, flow: Flow, pkt: TCPPacket) -> Fallback | 
             return Fallback(FallbackReason.SIMULTANEOUS_OPEN)
         return outcome
     if not negotiated.resumed:
-        _offer_declined(ctx, flow)
+        offer_declined(ctx, flow)
     flow.negotiated = negotiated
     flow.role = negotiated.role
     flow.tep = negotiated.tep
@@ -742,7 +742,7 @@ def syn_sent_segment(ctx: Context, table: FlowTable, record: SynSent, pkt: TCPPa
         except PacketError:
             return False    # a malformed option list: on_syn_ack's fallback
         # what on_syn_ack decides on a flow for a SYN-ACK without ENO
-        _offer_declined(ctx, record)
+        offer_declined(ctx, record)
         table.fall_back(record, _NO_ENO, result)
         return True
     return inbound_syn_phase(ctx, table, record, pkt, now, result)   # type: ignore[arg-type]

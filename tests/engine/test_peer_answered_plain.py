@@ -40,3 +40,22 @@ def test_a_flow_that_saw_its_syn_ack_or_another_key_is_left_alone():
     assert state and state != ["syn-sent"]
     engine.peer_answered_plain(key, 2.0)
     assert [flow.state for flow in engine.flows()] == state
+
+
+def test_a_secret_offered_to_a_peer_that_answered_plain_counts_as_declined():
+    """The kernel decided the SYN-ACK, so the daemon never saw it: forgetting the record
+    still counts the secret its SYN offered as declined (RFC 8548 §3.5), as a SYN-ACK
+    without ENO that the daemon sees does; the secret is gone from the cache either way."""
+    pair = Pair()
+    pair.handshake()
+    pair.send(pair.a, pair.a.seg(ISN_A + 1, ISN_B + 1, ACK, b"x"))
+    pair.a.port += 1    # a second connection to the same peer offers the cached secret
+    syn = pair.a.seg(ISN_A + 5000, 0, SYN, options=syn_options())
+    pair.send(pair.a, syn, deliver=False)
+    key = TCPPacket.parse(syn).flow_key()
+    engine = pair.a.engine
+    assert engine._flows[key].resume_entry is not None      # the SYN offered the secret
+    assert engine.counters["resume_declined"] == 0
+    engine.peer_answered_plain(key, 1.0)
+    assert engine.counters["resume_declined"] == 1
+    assert [flow for flow in engine.flows() if flow.state == "syn-sent"] == []
