@@ -13,16 +13,24 @@ from e2e_support import E2E
 
 pytestmark = pytest.mark.e2e
 
+#: round trips a loss test runs at most until R's rule has dropped something
+LOSS_ROUNDS = 3
 IMPAIRMENT_MIX = ("--seed", "11", "--drop", "0.01", "--dup", "0.02", "--reorder", "0.05",
                   "--delay-ms", "5", "--resegment", "0.05")
 
 
 @pytest.mark.parametrize(("loss", "family"), [(0.01, 4), (0.05, 4), (0.01, 6)])
 def test_random_loss(e2e: E2E, loss: float, family: int) -> None:
+    """Both transfers intact and encrypted under random loss. R's rule drops whole GSO
+    super-packets, so a round trip is only a few hundred packets: at 1% it loses none a few
+    times in a hundred. A round that lost nothing proves nothing and is run again."""
     e2e.daemons("A", "B")
     e2e.bed.forward_loss(loss)
-    report, _ = e2e.impaired_round_trip("loss", family)
-    e2e.assert_encrypted(report, connections=2)
+    for attempt in range(LOSS_ROUNDS):
+        report, _ = e2e.impaired_round_trip(f"loss-{attempt}", family)
+        e2e.assert_encrypted(report, connections=2)
+        if e2e.bed.loss_drops() > 0:
+            break
     assert e2e.bed.loss_drops() > 0
 
 
