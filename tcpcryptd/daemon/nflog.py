@@ -26,17 +26,17 @@ from collections import Counter
 from collections.abc import Callable
 
 from tcpcryptd.daemon.errors import QueueError
-from tcpcryptd.daemon.nfqueue import (
-    _BE32,
-    _ERRNO,
-    _NLA,
-    _NLMSG_LEN_KIND,
-    _NLMSGHDR,
-    _PADDING,
-    NETLINK_NETFILTER,
-    NLM_F_ACK,
-    NLM_F_REQUEST,
-    NLMSG_ERROR,
+from tcpcryptd.daemon.netlink import (
+    BE32,
+    HEADERS,
+    NLA,
+    NLA_TYPE_MASK,
+    NLMSG_LEN_KIND,
+    NLMSGHDR,
+    attribute,
+    open_socket,
+    request,
+    set_buffer,
 )
 from tcpcryptd.packet.tcp import FlowKey
 
@@ -50,8 +50,6 @@ NFULA_CFG_CMD = 1
 NFULA_CFG_TIMEOUT = 4
 NFULNL_CFG_CMD_BIND = 1
 NFULNL_CFG_CMD_UNBIND = 2
-_NLA_TYPE_MASK = 0x3FFF
-_HEADERS = _NLMSGHDR.size + 4
 _PORTS = struct.Struct(">HH")
 #: Hundredths of a second the kernel holds messages before it sends a batch short of the
 #: rule's threshold.
@@ -101,19 +99,11 @@ class PlainLog:
             self._sock = sock
             sock.setblocking(False)
             return
+        self._sock = open_socket(f"nflog group {group}")
         try:
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        except OSError as exc:
-            raise QueueError(f"cannot open nflog: {exc} (needs CAP_NET_ADMIN)") from exc
-        try:
-            self._sock.bind((0, 0))
-            try:
-                self._sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33),
-                                      RCVBUF)
-            except OSError:
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-            self._config(self._attr(NFULA_CFG_CMD, bytes((NFULNL_CFG_CMD_BIND,))))
-            self._config(self._attr(NFULA_CFG_TIMEOUT, _BE32.pack(FLUSH_TIMEOUT)))
+            set_buffer(self._sock, True, RCVBUF)
+            self._config(attribute(NFULA_CFG_CMD, bytes((NFULNL_CFG_CMD_BIND,))))
+            self._config(attribute(NFULA_CFG_TIMEOUT, BE32.pack(FLUSH_TIMEOUT)))
         except (OSError, QueueError) as exc:
             self._sock.close()
             if isinstance(exc, QueueError):
@@ -121,26 +111,10 @@ class PlainLog:
             raise QueueError(f"cannot bind nflog group {group}: {exc}") from exc
         self._sock.setblocking(False)
 
-    @staticmethod
-    def _attr(kind: int, value: bytes) -> bytes:
-        return _NLA.pack(4 + len(value), kind) + value + _PADDING[len(value) & 3]
-
     def _config(self, attributes: bytes) -> None:
         """Send one config message and wait for the kernel's acknowledgment."""
-        self._sock.send(_NLMSGHDR.pack(_HEADERS + len(attributes), NFULNL_MSG_CONFIG,
-                                       NLM_F_REQUEST | NLM_F_ACK, 0, 0)
-                        + struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(self.group))
-                        + attributes)
-        while True:
-            reply = self._sock.recv(8192)
-            if len(reply) >= _NLMSGHDR.size + 4 and _NLMSGHDR.unpack_from(reply)[1] == NLMSG_ERROR:
-                break
-        error = -_ERRNO.unpack_from(reply, _NLMSGHDR.size)[0]
-        if error:
-            hint = ("is another program bound to it?" if error == errno.EBUSY
-                    else "does the kernel have nfnetlink_log?")
-            raise QueueError(f"cannot bind nflog group {self.group}: "
-                             f"{errno.errorcode.get(error, error)} ({hint})")
+        request(self._sock, NFULNL_MSG_CONFIG, self.group, attributes,
+                f"nflog group {self.group}", "does the kernel have nfnetlink_log?")
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -163,20 +137,20 @@ class PlainLog:
 
     def _messages(self, view: memoryview, size: int) -> None:
         pos = 0
-        while size - pos >= _NLMSGHDR.size:
-            length, kind = _NLMSG_LEN_KIND.unpack_from(view, pos)
+        while size - pos >= NLMSGHDR.size:
+            length, kind = NLMSG_LEN_KIND.unpack_from(view, pos)
             end = pos + length
-            if length < _NLMSGHDR.size or end > size:
+            if length < NLMSGHDR.size or end > size:
                 self.counters["daemon_nflog_bad"] += 1
                 return
             if kind == NFULNL_MSG_PACKET:
                 key = None
-                at = pos + _HEADERS
+                at = pos + HEADERS
                 while end - at >= 4:
-                    attr_length, attr_kind = _NLA.unpack_from(view, at)
+                    attr_length, attr_kind = NLA.unpack_from(view, at)
                     if attr_length < 4 or at + attr_length > end:
                         break
-                    if attr_kind & _NLA_TYPE_MASK == NFULA_PAYLOAD:
+                    if attr_kind & NLA_TYPE_MASK == NFULA_PAYLOAD:
                         key = logged_key(view[at + 4:at + attr_length])
                         break
                     at = (at + attr_length + 3) & ~3
@@ -190,7 +164,7 @@ class PlainLog:
         """Unbind the group and close the socket."""
         try:
             self._sock.setblocking(True)
-            self._config(self._attr(NFULA_CFG_CMD, bytes((NFULNL_CFG_CMD_UNBIND,))))
+            self._config(attribute(NFULA_CFG_CMD, bytes((NFULNL_CFG_CMD_UNBIND,))))
         except (OSError, QueueError) as exc:
             log.debug("unbinding nflog group %d: %s", self.group, exc)
         self._sock.close()

@@ -39,6 +39,22 @@ from socket import htonl
 from typing import Protocol
 
 from tcpcryptd.daemon.errors import QueueError
+from tcpcryptd.daemon.netlink import (
+    BE32,
+    ERRNO,
+    HEADERS,
+    NLA,
+    NLA_TYPE_MASK,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    NLMSG_LEN_KIND,
+    NLMSGHDR,
+    PADDING,
+    attribute,
+    open_socket,
+    request,
+    set_buffer,
+)
 from tcpcryptd.engine.actions import Direction
 
 log = logging.getLogger(__name__)
@@ -58,15 +74,11 @@ SEND_FLUSH_IOVECS = 900
 RCVBUF = 32 << 20
 SNDBUF = 8 << 20
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET = NFNL_SUBSYS_QUEUE << 8 | 0
 NFQNL_MSG_VERDICT = NFNL_SUBSYS_QUEUE << 8 | 1
 NFQNL_MSG_CONFIG = NFNL_SUBSYS_QUEUE << 8 | 2
 NFQNL_MSG_VERDICT_BATCH = NFNL_SUBSYS_QUEUE << 8 | 3
-NLMSG_ERROR = 2
-NLM_F_REQUEST = 1
-NLM_F_ACK = 4
 # attributes of a packet message / a verdict
 NFQA_PACKET_HDR = 1
 NFQA_VERDICT_HDR = 2
@@ -87,16 +99,8 @@ NFQNL_COPY_PACKET = 2
 NFQA_CFG_F_GSO = 1 << 2
 NF_DROP = 0
 NF_ACCEPT = 1
-_NLA_TYPE_MASK = 0x3FFF
 
-_NLMSGHDR = struct.Struct("=IHHII")
-_NLMSG_LEN_KIND = struct.Struct("=IH")
-_NFGEN_LEN = 4
-_HEADERS = _NLMSGHDR.size + _NFGEN_LEN
-_NLA = struct.Struct("=HH")
-_BE32 = struct.Struct(">I")
 _PACKET_HDR = struct.Struct(">IHB")
-_ERRNO = struct.Struct("=i")
 #: nlmsghdr | nfgenmsg | NFQA_VERDICT_HDR (verdict, id) -- every verdict message starts so
 _VERDICT = struct.Struct("=IHHII BBH HHII")
 #: ... then NFQA_MARK
@@ -104,7 +108,6 @@ _MARK_ATTR = struct.Struct("=HHI")
 #: a verdict with NFQA_MARK and the head of NFQA_PAYLOAD (the payload follows)
 _VERDICT_MARK_PAYLOAD = struct.Struct("=IHHII BBH HHII HHI HH")
 _PAYLOAD_ATTR = struct.Struct("=HH")
-_PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
 
 
 class QueuedPacket(Protocol):
@@ -208,13 +211,11 @@ class PacketQueue:
             self._sock = sock
             sock.setblocking(False)
             return
+        self._sock = open_socket(f"NFQUEUE {queue_num}")
         try:
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        except OSError as exc:
-            raise QueueError(f"cannot open NFQUEUE: {exc} (needs CAP_NET_ADMIN)") from exc
-        try:
-            self._sock.bind((0, 0))
-            self._buffers()
+            if not (set_buffer(self._sock, True, RCVBUF) and set_buffer(self._sock, False, SNDBUF)):
+                log.info("NFQUEUE %d: socket buffer limited by net.core.[rw]mem_max "
+                         "(raise it for bursts)", queue_num)
             self._configure(max_len, gso)
         except (OSError, QueueError) as exc:
             self._sock.close()
@@ -225,50 +226,19 @@ class PacketQueue:
 
     # ---- setup
 
-    def _buffers(self) -> None:
-        for force, plain, size in ((getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF,
-                                    RCVBUF),
-                                   (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF,
-                                    SNDBUF)):
-            try:
-                self._sock.setsockopt(socket.SOL_SOCKET, force, size)
-            except OSError:
-                self._sock.setsockopt(socket.SOL_SOCKET, plain, size)
-                log.info("NFQUEUE %d: socket buffer limited by net.core.[rw]mem_max "
-                         "(raise it for bursts)", self.queue_num)
-
     def _config(self, attributes: bytes) -> None:
         """Send one config message and wait for the kernel's acknowledgment."""
-        message = self._message(NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, attributes)
-        self._sock.send(message)
-        while True:
-            reply = self._sock.recv(8192)
-            if len(reply) < _NLMSGHDR.size + 4:
-                continue
-            if _NLMSGHDR.unpack_from(reply)[1] != NLMSG_ERROR:
-                continue
-            error = -_ERRNO.unpack_from(reply, _NLMSGHDR.size)[0]
-            if error:
-                hint = ("is another program bound to it?" if error == errno.EBUSY
-                        else "does the kernel have nfnetlink_queue with GSO queueing?")
-                raise QueueError(f"cannot bind NFQUEUE {self.queue_num}: "
-                                 f"{errno.errorcode.get(error, error)} ({hint})")
-            return
-
-    def _message(self, kind: int, flags: int, attributes: bytes) -> bytes:
-        return (_NLMSGHDR.pack(_HEADERS + len(attributes), kind, flags, 0, 0)
-                + struct.pack("=BBH", socket.AF_UNSPEC, 0, self._res_id) + attributes)
+        request(self._sock, NFQNL_MSG_CONFIG, self.queue_num, attributes,
+                f"NFQUEUE {self.queue_num}",
+                "does the kernel have nfnetlink_queue with GSO queueing?")
 
     def _configure(self, max_len: int, gso: bool) -> None:
-        def attr(kind: int, value: bytes) -> bytes:
-            return _NLA.pack(4 + len(value), kind) + value + _PADDING[len(value) & 3]
-
-        self._config(attr(NFQA_CFG_CMD, struct.pack(">BxH", NFQNL_CFG_CMD_BIND, 0)))
-        self._config(attr(NFQA_CFG_PARAMS, struct.pack(">IB", MAX_COPY, NFQNL_COPY_PACKET)))
-        self._config(attr(NFQA_CFG_QUEUE_MAXLEN, _BE32.pack(max_len)))
+        self._config(attribute(NFQA_CFG_CMD, struct.pack(">BxH", NFQNL_CFG_CMD_BIND, 0)))
+        self._config(attribute(NFQA_CFG_PARAMS, struct.pack(">IB", MAX_COPY, NFQNL_COPY_PACKET)))
+        self._config(attribute(NFQA_CFG_QUEUE_MAXLEN, BE32.pack(max_len)))
         if gso:
-            self._config(attr(NFQA_CFG_MASK, _BE32.pack(NFQA_CFG_F_GSO))
-                         + attr(NFQA_CFG_FLAGS, _BE32.pack(NFQA_CFG_F_GSO)))
+            self._config(attribute(NFQA_CFG_MASK, BE32.pack(NFQA_CFG_F_GSO))
+                         + attribute(NFQA_CFG_FLAGS, BE32.pack(NFQA_CFG_F_GSO)))
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -308,24 +278,24 @@ class PacketQueue:
         """Every netlink message of one datagram (the kernel sends one packet message per
         datagram); the attributes of a packet message are read in the same pass."""
         pos = 0
-        unpack_attribute, unpack_u32 = _NLA.unpack_from, _BE32.unpack_from
-        while size - pos >= _NLMSGHDR.size:
-            length, kind = _NLMSG_LEN_KIND.unpack_from(view, pos)
+        unpack_attribute, unpack_u32 = NLA.unpack_from, BE32.unpack_from
+        while size - pos >= NLMSGHDR.size:
+            length, kind = NLMSG_LEN_KIND.unpack_from(view, pos)
             end = pos + length
-            if length < _NLMSGHDR.size or end > size:
+            if length < NLMSGHDR.size or end > size:
                 self.counters["daemon_netlink_bad"] += 1
                 return
             if kind == NFQNL_MSG_PACKET:
                 header = None
                 mark = skb_info = 0
                 payload = b""
-                at = pos + _HEADERS
+                at = pos + HEADERS
                 while end - at >= 4:
                     attr_length, attr_kind = unpack_attribute(view, at)
                     attr_end = at + attr_length
                     if attr_length < 4 or attr_end > end:
                         break
-                    attr_kind &= _NLA_TYPE_MASK
+                    attr_kind &= NLA_TYPE_MASK
                     if attr_kind == NFQA_PAYLOAD:
                         payload = view[at + 4:attr_end].tobytes()
                     elif attr_kind == NFQA_PACKET_HDR:
@@ -342,8 +312,8 @@ class PacketQueue:
                     self.counters["daemon_netlink_bad"] += 1
                 else:
                     self.callback(Packet(self, header[0], header[2], mark, payload, skb_info))
-            elif kind == NLMSG_ERROR and length >= _NLMSGHDR.size + 4:
-                if _ERRNO.unpack_from(view, pos + _NLMSGHDR.size)[0]:
+            elif kind == NLMSG_ERROR and length >= NLMSGHDR.size + 4:
+                if ERRNO.unpack_from(view, pos + NLMSGHDR.size)[0]:
                     self.counters["daemon_netlink_errors"] += 1   # e.g. a verdict's id unknown
             pos = (end + 3) & ~3
 
@@ -376,7 +346,7 @@ class PacketQueue:
     def _append(self, kind: int, packet_id: int, verdict: int, mark: int | None,
                 payload: bytes | None) -> None:
         iov = self._iov
-        pad = b"" if payload is None else _PADDING[len(payload) & 3]
+        pad = b"" if payload is None else PADDING[len(payload) & 3]
         if payload is not None and mark is not None:
             # the common rewritten packet: the headers and both attribute heads in one pack
             length = _VERDICT_MARK_PAYLOAD.size + len(payload) + len(pad)
@@ -438,8 +408,7 @@ class PacketQueue:
         try:
             self.flush()
             self._sock.setblocking(True)
-            self._config(_NLA.pack(8, NFQA_CFG_CMD)
-                         + struct.pack(">BxH", NFQNL_CFG_CMD_UNBIND, 0))
+            self._config(attribute(NFQA_CFG_CMD, struct.pack(">BxH", NFQNL_CFG_CMD_UNBIND, 0)))
         except (OSError, QueueError) as exc:
             log.debug("unbinding NFQUEUE %d: %s", self.queue_num, exc)
         self._sock.close()
