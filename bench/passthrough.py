@@ -32,8 +32,10 @@ from types import FrameType
 from typing import Any
 
 from tcpcryptd.daemon.config import Config
-from tcpcryptd.daemon.firewall import Firewall, detect_backend
+from tcpcryptd.daemon.firewall import Firewall, RuleSpec, detect_backend
+from tcpcryptd.daemon.nftables import require_selectors
 from tcpcryptd.daemon.runner import rule_spec
+from tcpcryptd.engine.policy import Mode
 
 
 class _Stop(Exception):
@@ -70,6 +72,16 @@ def _syn_rules(queue: int, action: str) -> None:
                        capture_output=True, timeout=30)
 
 
+def passthrough_spec(config: Config, queue: int) -> RuleSpec:
+    """The daemon's rules for ``queue``, with every SYN and SYN-ACK sent to the queue as
+    under policy ``require`` everywhere: the kernel then never decides a connection plain by
+    itself (a peer's SYN or SYN-ACK without ENO, which this consumer never adds), and the
+    consumer never marks one plain, so every packet of every connection is queued."""
+    spec = rule_spec(config)
+    offload = dataclasses.replace(spec.offload, queued_syns=require_selectors((), Mode.REQUIRE))
+    return dataclasses.replace(spec, queue_num=queue, workers=1, offload=offload)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queue", type=int, default=Config().queue.number)
@@ -100,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.syn_only:
             _syn_rules(args.queue, "-I")
         else:
-            # the daemon's rules for this queue; nothing is ever marked plain: all is queued
-            firewall.install(dataclasses.replace(rule_spec(config), queue_num=args.queue,
-                                                 workers=1))
+            firewall.install(passthrough_spec(config, args.queue))
         print("passthrough: ready", flush=True)
         while True:
             # The same I/O pattern as the daemon's loop: wait, then drain without blocking.

@@ -166,3 +166,21 @@ def test_merge_offload_replaces_only_that_section() -> None:
     assert [n for n in again["notes"] if n.startswith(OFFLOAD_REMEASURED)] == \
         [again["notes"][1]]
     assert earlier["offload"]["daemon_client"]["connections_per_s"]["daemon"] is None
+
+
+def test_the_passthrough_queues_every_packet_the_kernel_would_offload():
+    """The pass-through baseline adds no ENO option, so with the daemon's own rules the
+    kernel would decide its connections plain by itself (a SYN or SYN-ACK without ENO) and
+    queue nothing after them; its rules send every SYN and SYN-ACK to the queue instead."""
+    from bench.passthrough import passthrough_spec
+    from tcpcryptd.daemon.config import Config
+    from tcpcryptd.daemon.nftables import table_text
+
+    spec = passthrough_spec(Config(), 7)
+    assert (spec.queue_num, spec.workers) == (7, 1)
+    chain = table_text(spec.offload).split("chain in_offload {")[1].split("}")[0].splitlines()
+    kernel_decides = [i for i, rule in enumerate(chain)
+                      if "option 69 missing" in rule]
+    assert kernel_decides, chain
+    # a rule before them returns every SYN and SYN-ACK, so neither ever matches
+    assert any(rule.strip() == "tcp flags & syn != 0 return" for rule in chain[:kernel_decides[0]])
