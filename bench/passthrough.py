@@ -1,8 +1,9 @@
 """The NFQUEUE pass-through baseline: the daemon's queue rules, a consumer that accepts all.
 
 Run in each namespace (root): ``python -m bench.passthrough [--queue N]``. It binds the
-queue, installs exactly the rules ``tcpcryptd run`` installs (tcpcryptd.daemon.firewall with
-the default configuration's marks), prints ``passthrough: ready`` and then accepts every
+queue, installs the rules ``tcpcryptd run`` installs (tcpcryptd.daemon.firewall with the
+default configuration's marks) with every SYN and SYN-ACK queued (:func:`passthrough_spec`),
+prints ``passthrough: ready`` and then accepts every
 packet unchanged until SIGTERM/SIGINT, when it removes the rules and prints
 ``passthrough: accepted N``. The difference between this and plain TCP is the cost of the
 queue itself (two kernel/user crossings per packet); the difference between this and
