@@ -1,7 +1,8 @@
-"""Netfilter netlink as the queue and log bindings both speak it (``linux/netlink.h``,
-``linux/netfilter/nfnetlink.h``).
+"""Netlink as the daemon speaks it: the headers every netlink family shares
+(``linux/netlink.h``; the sock_diag lookup uses them too) and netfilter's, as the queue and
+log bindings both speak it (``linux/netfilter/nfnetlink.h``).
 
-Every message is a netlink header, a ``nfgenmsg`` (family, version 0, resource id -- the
+Every netfilter message is a netlink header, a ``nfgenmsg`` (family, version 0, resource id -- the
 queue or group number -- big-endian) and attributes (length, kind, value padded to 4
 bytes). A binding opens one raw ``NETLINK_NETFILTER`` socket (:func:`open_socket`) and
 configures its queue or group with requests the kernel acknowledges (:func:`request`).

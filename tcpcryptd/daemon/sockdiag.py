@@ -18,15 +18,14 @@ import os
 import socket
 import struct
 
+from tcpcryptd.daemon.netlink import ERRNO, NLM_F_REQUEST, NLMSG_ERROR, NLMSGHDR
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
-NLM_F_REQUEST = 0x1
-NLMSG_ERROR = 2
 INET_DIAG_NOCOOKIE = 0xFFFFFFFF
 #: every TCP state (TCPF_ALL)
 _ALL_STATES = 0xFFF
 
-_NLMSGHDR = struct.Struct("=IHHII")
 #: inet_diag_req_v2: family, protocol, ext, pad, states; then inet_diag_sockid:
 #: sport, dport (network order), src[16], dst[16], interface, cookie[2]
 _REQUEST = struct.Struct("=BBBxI")
@@ -35,7 +34,6 @@ _SOCKID_TAIL = struct.Struct("=III")
 #: inet_diag_msg: family, state, timer, retrans, sockid (48 bytes), expires, rqueue,
 #: wqueue, uid, inode
 _MSG = struct.Struct("=BBBB48sIIIII")
-_ERRNO = struct.Struct("=i")
 
 
 class DiagError(OSError):
@@ -65,7 +63,7 @@ def socket_owner(local: tuple[str, int], remote: tuple[str, int],
             + _PORTS.pack(local[1], remote[1]) + src + dst
             + _SOCKID_TAIL.pack(0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE))
     sequence = 1
-    message = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST,
+    message = NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST,
                              sequence, 0) + body
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as netlink:
         netlink.settimeout(timeout)
@@ -73,16 +71,16 @@ def socket_owner(local: tuple[str, int], remote: tuple[str, int],
         while True:
             data = netlink.recv(65536)
             offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-                if length < _NLMSGHDR.size:
+            while offset + NLMSGHDR.size <= len(data):
+                length, kind, _flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
+                if length < NLMSGHDR.size:
                     raise DiagError(errno.EBADMSG, "malformed sock_diag answer")
-                payload = offset + _NLMSGHDR.size
+                payload = offset + NLMSGHDR.size
                 offset += (length + 3) & ~3
                 if seq != sequence:
                     continue
                 if kind == NLMSG_ERROR:
-                    (code,) = _ERRNO.unpack_from(data, payload)
+                    (code,) = ERRNO.unpack_from(data, payload)
                     if -code == errno.ENOENT:
                         return None
                     raise DiagError(-code, f"sock_diag lookup failed: {os.strerror(-code)}")
