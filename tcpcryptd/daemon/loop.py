@@ -158,26 +158,15 @@ class PacketPath:
 
     def on_timer(self) -> None:
         now = self.clock()
-        try:
-            result = self.engine.handle_timer(now)
-        except Exception:
-            self.counters["daemon_timer_errors"] += 1
-            log.debug("engine timer failed", exc_info=True)
-            return
-        self._apply(result)
-        # idle connections freed their cipher contexts: give the heap back (daemon/heap.py)
-        self.heap.after_timers(self.engine.counters.get("aead_released", 0), now)
+        if self._apply_call("daemon_timer_errors", "engine timer", self.engine.handle_timer, now):
+            # idle connections freed their cipher contexts: give the heap back (daemon/heap.py)
+            self.heap.after_timers(self.engine.counters.get("aead_released", 0), now)
 
     def on_peer_plain(self, key: FlowKey) -> None:
         """The kernel made the connection ``key`` plain on the peer's SYN-ACK without ENO
         (daemon/nflog.py): the engine forgets its syn-sent flow."""
-        try:
-            result = self.engine.peer_answered_plain(key, self.clock())
-        except Exception:
-            self.counters["daemon_engine_errors"] += 1
-            log.debug("engine failed on a kernel-made plain connection", exc_info=True)
-            return
-        self._apply(result)
+        self._apply_call("daemon_engine_errors", "engine on a kernel-made plain connection",
+                         self.engine.peer_answered_plain, key, self.clock())
 
     def next_deadline(self) -> float | None:
         """When :meth:`on_timer` must run next: the engine's next timer, or a heap trim
@@ -194,13 +183,21 @@ class PacketPath:
 
     def shutdown(self) -> None:
         """Abort the engine's encrypted connections (RSTs both ways) before the rules go."""
+        self._apply_call("daemon_timer_errors", "engine shutdown", self.engine.shutdown,
+                         self.clock())
+
+    def _apply_call(self, counter: str, what: str, call: Callable[..., Result],
+                    *args: object) -> bool:
+        """Apply the result of an engine call outside the packet path; an exception is
+        counted in ``counter`` and logged at DEBUG (False)."""
         try:
-            result = self.engine.shutdown(self.clock())
+            result = call(*args)
         except Exception:
-            self.counters["daemon_timer_errors"] += 1
-            log.debug("engine shutdown failed", exc_info=True)
-            return
+            self.counters[counter] += 1
+            log.debug("%s failed", what, exc_info=True)
+            return False
         self._apply(result)
+        return True
 
     def _verdict(self, packet: QueuedPacket, result: Result) -> None:
         if result.verdict is Verdict.ACCEPT and result.plain:
