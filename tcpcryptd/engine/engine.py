@@ -395,16 +395,16 @@ class Engine:
             return self.plain(refusal)
         if len(self._flows) >= cfg.max_flows:
             return self.plain("flow-limit")
+        syn = pkt.to_bytes() if raw is None else bytes(raw)
         if outbound:
-            flow = open_active(self._ctx, pkt, pkt.to_bytes() if raw is None else bytes(raw), now)
+            flow = open_active(self._ctx, pkt, syn, now)
             if flow is None:
                 return self.plain("option-space")
             # with a full checksum: the stack's SYN may hold only the pseudo-header sum
             # (handle_packet leaves it so)
             out = pkt.to_bytes()
         else:
-            opened = open_half_open(self._ctx, pkt, pkt.to_bytes() if raw is None else bytes(raw),
-                                    now)
+            opened = open_half_open(self._ctx, pkt, syn, now)
             if isinstance(opened, Fallback):
                 result = Result(Verdict.ACCEPT, plain=True)
                 self._fell_back(pkt.reverse_flow_key(), opened, result)

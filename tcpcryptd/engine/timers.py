@@ -124,10 +124,9 @@ class Deadlines:
                 first = when
                 break
             heapq.heappop(heap)
-        for record in self.records.values():
-            if first is None or record.scheduled < first:   # type: ignore[operator]
-                first = record.scheduled
-            break
+        record = next(iter(self.records.values()), None)   # the earliest record's
+        if record is not None and (first is None or record.scheduled < first):  # type: ignore[operator]
+            first = record.scheduled
         return first
 
     def due(self, now: float) -> Iterator[Flow | HalfOpen | SynSent]:
