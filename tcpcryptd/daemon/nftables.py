@@ -136,6 +136,7 @@ import json
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from tcpcryptd.core.constants import ENO_KIND
 from tcpcryptd.daemon.config import MarksConfig
@@ -161,14 +162,25 @@ LOG_SNAPLEN = 64
 #: after the group's flush timeout, :data:`tcpcryptd.daemon.nflog.FLUSH_TIMEOUT`)
 LOG_QUEUE_THRESHOLD = 16
 
-#: (set name, nft address type, address keyword, nfproto) per IP version.
-_FAMILIES = (("plain4", "ipv4_addr", "ip", "ipv4"), ("plain6", "ipv6_addr", "ip6", "ipv6"))
-#: the tentative sets, in the same order: (set name, address keyword, nfproto)
-_TENTATIVE = (("tentative4", "ip", "ipv4"), ("tentative6", "ip6", "ipv6"))
+
+
+class _Family(NamedTuple):
+    """One IP version's sets and nft words."""
+
+    plain: str          #: offloaded plain connections
+    tentative: str      #: made tentatively plain by the peer's SYN-ACK without ENO
+    enc: str            #: encrypted connections conntrack does not track
+    addr_type: str
+    ip: str             #: the address keyword
+    nfproto: str
+
+
+_FAMILIES = (_Family("plain4", "tentative4", "enc4", "ipv4_addr", "ip", "ipv4"),
+             _Family("plain6", "tentative6", "enc6", "ipv6_addr", "ip6", "ipv6"))
+#: the encrypted connections conntrack does not track, per IP version
+ENCRYPTED_SETS = tuple(family.enc for family in _FAMILIES)
 #: a SYN-ACK: SYN and ACK, neither RST nor FIN
 _SYN_ACK = "tcp flags & (syn | ack | rst | fin) == syn | ack"
-#: the encrypted connections conntrack does not track, per IP version (as ``_FAMILIES``)
-ENCRYPTED_SETS = ("enc4", "enc6")
 #: how long conntrack keeps an established TCP connection by default
 #: (``nf_conntrack_tcp_timeout_established``): the lifetime of an ``@enc`` element
 ESTABLISHED_TIMEOUT = 432000
@@ -240,7 +252,7 @@ def _offload_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
         rules = ["chain out_offload {", "type filter hook output priority raw - 1; policy accept;"]
         return rules + [f"meta nfproto {nfproto} tcp flags & (syn | ack) != syn "
                         f"{_tuple(ip, True)} @{set_name} {mark_plain} accept"
-                        for set_name, _, ip, nfproto in _FAMILIES] + _confirm_rules(spec) + ["}"]
+                        for set_name, _, _, _, ip, nfproto in _FAMILIES] + _confirm_rules(spec) + ["}"]
     rules = ["chain in_offload {", "type filter hook input priority mangle - 1; policy accept;",
              # after conntrack: the connmark alone answers, no set lookup
              f"ct mark & {enc | plain:#x} == {plain:#x} tcp flags & (syn | ack) != syn "
@@ -282,7 +294,7 @@ def _tentative_rules(spec: OffloadSpec) -> list[str]:
             f"ct state established ct direction reply ct mark & {enc | plain | seen:#x} == 0 "
             f"{_skipped_ports(spec)}update @{set_name} {{ {_tuple(ip, False)} }} "
             f"meta mark set meta mark | {mark:#x} accept"
-            for set_name, ip, nfproto in _TENTATIVE]
+            for _, set_name, _, _, ip, nfproto in _FAMILIES]
 
 
 def _confirm_rules(spec: OffloadSpec) -> list[str]:
@@ -297,7 +309,7 @@ def _confirm_rules(spec: OffloadSpec) -> list[str]:
     """
     mark = spec.mark_plain | spec.mark_tentative
     rules = []
-    for set_name, ip, nfproto in _TENTATIVE:
+    for _, set_name, _, _, ip, nfproto in _FAMILIES:
         key = _tuple(ip, True)
         rules.append(f"meta nfproto {nfproto} tcp flags & (syn | rst | ack) == ack "
                      f"{key} @{set_name} delete @{set_name} {{ {key} }} "
@@ -334,7 +346,7 @@ def _tentative_record_rules(spec: OffloadSpec, outbound: bool) -> list[str]:
     return [f"meta mark & {tentative:#x} != 0 accept"] + [
         f"{_SYN_ACK} meta mark & {seen:#x} != 0 meta nfproto {nfproto} "
         f"ct mark set ct mark | {seen:#x} delete @{set_name} {{ {_tuple(ip, False)} }}"
-        for set_name, ip, nfproto in _TENTATIVE]
+        for _, set_name, _, _, ip, nfproto in _FAMILIES]
 
 
 def _record_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
@@ -352,7 +364,7 @@ def _record_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
         # outbound offload's only source) and stop; a SYN-ACK goes on to the SYN lifetime
         fast = [f"{recorded} tcp flags & syn == 0 meta nfproto {nfproto} "
                 f"update @{set_name} {{ {_tuple(ip, True)} }} accept"
-                for set_name, _, ip, nfproto in _FAMILIES]
+                for set_name, _, _, _, ip, nfproto in _FAMILIES]
     else:
         fast = [f"{recorded} accept"]
     rules = head + fast + _tentative_record_rules(spec, outbound) + [
@@ -365,7 +377,7 @@ def _record_chain(spec: OffloadSpec, outbound: bool) -> list[str]:
     first = f"meta mark & {plain:#x} != 0 ct mark & {enc:#x} == 0"
     record = f"ct mark set ct mark | {plain:#x}"
     forget = f"ct mark set ct mark & {~plain & 0xFFFFFFFF:#x}"
-    for set_name, _, ip, nfproto in _FAMILIES:
+    for set_name, _, _, _, ip, nfproto in _FAMILIES:
         key = _tuple(ip, outbound)
         family = f"meta nfproto {nfproto}"
         rules += [
@@ -402,7 +414,7 @@ def _untracked_guard(spec: OffloadSpec, outbound: bool) -> list[str]:
     if outbound:
         rules.append(f"ct state invalid meta mark & {verdicted | plain:#x} == 0 "
                      f"{_skipped_ports(spec)}drop")
-    for enc_set, (_, _, ip, nfproto) in zip(ENCRYPTED_SETS, _FAMILIES):
+    for _, _, enc_set, _, ip, nfproto in _FAMILIES:
         key, family = _tuple(ip, outbound), f"meta nfproto {nfproto}"
         if outbound:
             rules += [f"{untracked} tcp flags & (syn | rst) != 0 {family} "
@@ -418,6 +430,15 @@ def _untracked_guard(spec: OffloadSpec, outbound: bool) -> list[str]:
     return rules
 
 
+def _set(name: str, addr_type: str, timeout: int, size: int,
+         elements: list[str] | None = None) -> list[str]:
+    """A set of 4-tuples (local address . port . remote address . port) whose elements
+    time out, with ``elements`` (``KEY expires Ns``) in it."""
+    return [f"set {name} {{", f"type {addr_type} . inet_service . {addr_type} . inet_service;",
+            f"flags dynamic, timeout; timeout {timeout}s; size {size};",
+            *([f"elements = {{ {', '.join(elements)} }}"] if elements else []), "}"]
+
+
 def table_text(spec: OffloadSpec,
                encrypted: dict[str, list[tuple[str, int]]] | None = None) -> str:
     """``nft -f`` input (re)creating the table in one transaction.
@@ -430,24 +451,14 @@ def table_text(spec: OffloadSpec,
     """
     lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{",
              f"counter {COUNTER_NO_ENO_SYN} {{ }}", f"counter {COUNTER_NO_ENO_SYN_ACK} {{ }}"]
-    for (set_name, addr_type, _, _), (tentative, _, _) in zip(_FAMILIES, _TENTATIVE):
-        lines += [f"set {set_name} {{",
-                  f"type {addr_type} . inet_service . {addr_type} . inet_service;",
-                  f"flags dynamic, timeout; timeout {spec.timeout}s; size {spec.max_elements};",
-                  "}",
-                  f"set {tentative} {{",
-                  f"type {addr_type} . inet_service . {addr_type} . inet_service;",
-                  f"flags dynamic, timeout; timeout {SYN_TIMEOUT}s; size {spec.max_elements};",
-                  "}"]
-    for set_name, (_, addr_type, _, _) in zip(ENCRYPTED_SETS, _FAMILIES):
+    size = spec.max_elements
+    for family in _FAMILIES:
+        lines += _set(family.plain, family.addr_type, spec.timeout, size)
+        lines += _set(family.tentative, family.addr_type, SYN_TIMEOUT, size)
+    for family in _FAMILIES:
         kept = [f"{key} expires {min(expires, spec.encrypted_timeout)}s"
-                for key, expires in (encrypted or {}).get(set_name, ())]
-        lines += [f"set {set_name} {{",
-                  f"type {addr_type} . inet_service . {addr_type} . inet_service;",
-                  f"flags dynamic, timeout; timeout {spec.encrypted_timeout}s; "
-                  f"size {spec.max_elements};",
-                  *([f"elements = {{ {', '.join(kept)} }}"] if kept else []),
-                  "}"]
+                for key, expires in (encrypted or {}).get(family.enc, ())]
+        lines += _set(family.enc, family.addr_type, spec.encrypted_timeout, size, kept)
     lines += _offload_chain(spec, outbound=True)
     lines += _offload_chain(spec, outbound=False)
     lines += _record_chain(spec, outbound=True)
